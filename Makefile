@@ -1,0 +1,50 @@
+# SHVYA: `make up` runs the platform, `make test` runs every test. Both install what they need.
+PYTHON ?= python3
+UV := .tools/bin/uv
+VENV := .venv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+SYNC := $(UV) sync --all-packages --extra embedded --group dev --frozen
+
+.PHONY: install up infra migrate test test-fast bench lint format clean
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv==0.13.9
+
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml libs/common/pyproject.toml services/*/pyproject.toml
+	$(SYNC)
+	@touch $@
+
+install: $(VENV)/.synced
+
+up: install
+	$(VENV)/bin/shvya up
+
+infra: install
+	$(VENV)/bin/shvya infra
+
+migrate: install
+	$(VENV)/bin/shvya migrate
+
+test: install
+	bash deploy/ensure-chromium.sh
+	$(VENV)/bin/pytest
+
+test-fast: install
+	$(VENV)/bin/pytest tests/unit
+
+bench: install
+	$(VENV)/bin/python bench/run.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy libs/common/src services/*/src
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

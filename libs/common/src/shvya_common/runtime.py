@@ -1,0 +1,155 @@
+"""How a SHVYA process starts and stops: one owner for each resource, closed in reverse order.
+
+`platform()` opens the database pool and the NATS connection, declares the streams and installs
+the job bus; `run_worker()` adds a worker over the service's handlers, metrics, and a graceful
+SIGTERM/SIGINT shutdown (stop fetching, finish the jobs in hand, drain NATS, close the pool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from shvya_common.bus import JobBus, Worker, ensure_streams, install_bus
+from shvya_common.bus.worker import Handler
+from shvya_common.contracts import Topology
+from shvya_common.db import create_pool, migrate
+from shvya_common.metrics import start_metrics_server
+from shvya_common.settings import CommonSettings
+
+log = structlog.get_logger(__name__)
+
+CONNECT_DEADLINE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Platform:
+    """The shared resources of one process."""
+
+    pool: asyncpg.Pool
+    nc: NATS
+    js: JetStreamContext
+    bus: JobBus
+    topology: Topology
+
+
+async def _retry_until(what: str, connect: Callable[[], Awaitable[object]]) -> object:
+    """Keep trying to reach a dependency at start-up, for when everything starts at once."""
+    deadline = asyncio.get_running_loop().time() + CONNECT_DEADLINE_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            return await connect()
+        except Exception as err:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"could not reach {what}: {err}") from err
+            log.warning("waiting_for_dependency", dependency=what, error=str(err))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def _disconnected() -> None:
+    log.warning("nats_disconnected")
+
+
+async def _reconnected() -> None:
+    log.info("nats_reconnected")
+
+
+@asynccontextmanager
+async def platform(settings: CommonSettings, service: str) -> AsyncIterator[Platform]:
+    async with AsyncExitStack() as stack:
+        await _retry_until("PostgreSQL", lambda: migrate(settings.database_url))
+        pool = await create_pool(settings.database_url, settings.db_pool_min, settings.db_pool_max)
+        stack.push_async_callback(pool.close)
+
+        async def _connect() -> NATS:
+            return await nats.connect(
+                servers=[settings.nats_url],
+                name=f"shvya-{service}",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=3,
+                disconnected_cb=_disconnected,
+                reconnected_cb=_reconnected,
+            )
+
+        nc = await _retry_until("NATS", _connect)
+        assert isinstance(nc, NATS)
+        stack.push_async_callback(nc.drain)  # drained before the pool closes
+        js = nc.jetstream()
+        topology = Topology(settings.nats_prefix)
+        await ensure_streams(js, topology, settings.duplicate_window_seconds)
+        bus = JobBus(pool, js, topology, service=service, max_attempts=settings.max_attempts)
+        install_bus(bus)
+        stack.callback(install_bus, None)
+        yield Platform(pool, nc, js, bus, topology)
+
+
+def stop_event() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT."""
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, event.set)
+    return event
+
+
+HandlerFactory = Callable[[Platform, AsyncExitStack], Awaitable[dict[str, Handler]]]
+Background = Callable[[Platform, asyncio.Event], Awaitable[None]]
+
+
+async def run_worker(
+    settings: CommonSettings,
+    service: str,
+    default_metrics_port: int,
+    make_handlers: HandlerFactory,
+    background: Background | None = None,
+) -> None:
+    """Run a worker service until SIGTERM/SIGINT."""
+    async with platform(settings, service) as plat, AsyncExitStack() as stack:
+        # Installed once started: a signal during start-up keeps its default (exit now).
+        stopping = stop_event()
+        start_metrics_server(settings.metrics_host, settings.metrics_port or default_metrics_port)
+        handlers = await make_handlers(plat, stack)
+        worker = None
+        if handlers:
+            worker = Worker(
+                service=service,
+                bus=plat.bus,
+                nc=plat.nc,
+                handlers=handlers,
+                retry_schedule=settings.retry_schedule,
+                concurrency=settings.worker_concurrency,
+                ack_wait=settings.ack_wait_seconds,
+                poll_seconds=settings.worker_poll_seconds,
+            )
+            await worker.start()
+        extra = asyncio.create_task(background(plat, stopping)) if background else None
+        log.info("service_ready")
+        await stopping.wait()
+        log.info("service_stopping")
+        if worker is not None:
+            await worker.stop()
+        if extra is not None:
+            await extra
+    log.info("service_stopped")
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    """Run a service's async main on uvloop where available."""
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())

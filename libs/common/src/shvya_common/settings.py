@@ -1,0 +1,74 @@
+"""Settings shared by every service, read from the environment or `.env` and validated at start-up.
+
+Each service subclasses `CommonSettings` with its own fields. Settings are built in `main()` and
+passed down; nothing here reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54320/shvya"
+
+
+class CommonSettings(BaseSettings):
+    """What every SHVYA process needs: where NATS and Postgres are, and how the job bus behaves."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    nats_url: str = Field(DEFAULT_NATS_URL, description="NATS server with JetStream enabled.")
+    database_url: str = Field(DEFAULT_DATABASE_URL, description="PostgreSQL with pgvector.")
+    nats_prefix: str = Field(
+        "shvya",
+        pattern=r"^[a-z][a-z0-9_]{0,31}$",
+        description="Prefix of every subject and stream; lets several installs share one NATS.",
+    )
+    retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 20.0, 60.0, 180.0, 600.0],
+        description="Seconds to wait before each retry; after the last one a job is dead-lettered.",
+    )
+    ack_wait_seconds: float = Field(
+        30.0, gt=0, description="How long a worker may go silent on a job before it is redelivered."
+    )
+    worker_concurrency: int = Field(16, ge=1, le=1024, description="Jobs run at once per worker.")
+    worker_poll_seconds: float = Field(
+        0.25,
+        gt=0,
+        description="Idle re-check interval, which bounds how late a delayed retry runs.",
+    )
+    duplicate_window_seconds: float = Field(
+        600.0, gt=0, description="JetStream de-duplication window for published jobs."
+    )
+    orphan_grace_seconds: float = Field(
+        30.0, gt=0, description="Age after which a job with no database row is dropped."
+    )
+    db_pool_min: int = Field(2, ge=1)
+    db_pool_max: int = Field(16, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    metrics_port: int = Field(0, ge=0, le=65535, description="0 picks the service's default port.")
+    metrics_host: str = "127.0.0.1"
+
+    @field_validator("retry_schedule", mode="before")
+    @classmethod
+    def _parse_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p for p in value.replace(" ", "").split(",") if p]
+            return [float(p) for p in parts]
+        return value
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _check_schedule(cls, value: list[float]) -> list[float]:
+        if not value or any(v <= 0 for v in value):
+            raise ValueError("retry_schedule needs at least one positive delay")
+        return value
+
+    @property
+    def max_attempts(self) -> int:
+        """First try plus one retry for each entry of the schedule."""
+        return len(self.retry_schedule) + 1

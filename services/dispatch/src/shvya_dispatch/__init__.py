@@ -1,0 +1,1 @@
+"""SHVYA dispatch: per-channel policy and sending, exactly once per send request."""

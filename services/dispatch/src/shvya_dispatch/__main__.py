@@ -1,0 +1,3 @@
+from shvya_dispatch.app import main
+
+main()

@@ -1,0 +1,24 @@
+"""What every channel adapter provides."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """A send that left: the provider's id for it and the status to record."""
+
+    provider_message_id: str
+    status: str = "sent"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Channel(Protocol):
+    name: str
+
+    async def send(
+        self, to: str, text: str, *, template_id: uuid.UUID | None = None, message_id: uuid.UUID
+    ) -> SendResult: ...

@@ -1,0 +1,44 @@
+"""Routes a send to its channel's adapter; unconfigured channels go to the log channel when the
+settings say so, with the substitution recorded on the message."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from typing import Literal
+
+from shvya_common.errors import PermanentError
+from shvya_dispatch.channels.base import Channel, SendResult
+
+
+class ChannelRouter:
+    def __init__(
+        self,
+        channels: dict[str, Channel],
+        fallback: Channel | None,
+        unconfigured: Literal["log", "fail"] = "log",
+    ) -> None:
+        self.channels = channels
+        self.fallback = fallback
+        self.unconfigured = unconfigured
+
+    async def send(
+        self,
+        to: str,
+        text: str,
+        channel: str,
+        template_id: uuid.UUID | None = None,
+        *,
+        message_id: uuid.UUID,
+    ) -> SendResult:
+        adapter = self.channels.get(channel)
+        if adapter is not None:
+            return await adapter.send(to, text, template_id=template_id, message_id=message_id)
+        if self.unconfigured == "log" and self.fallback is not None:
+            result = await self.fallback.send(
+                to, text, template_id=template_id, message_id=message_id
+            )
+            meta = {**result.meta, "routed_to": self.fallback.name,
+                    "reason": f"channel {channel!r} has no credentials configured"}  # fmt: skip
+            return replace(result, meta=meta)
+        raise PermanentError(f"channel {channel!r} is not configured")

@@ -1,0 +1,3 @@
+from shvya_engage.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""SHVYA ingest: the HTTP edge. Webhooks in, normalise, persist, publish jobs; the admin API."""

@@ -1,0 +1,3 @@
+from shvya_ingest.app import main
+
+main()

@@ -1,0 +1,252 @@
+"""Ingest's HTTP routes: the original's /inbound-message, /queue/stats and /admin/dlq/replay,
+plus health, readiness and metrics.
+
+Bad input gets a 4xx with a reason and writes nothing. A database or NATS outage gets 503:
+the message, its job and its publish share one transaction, so a failure leaves no trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import asyncpg
+import nats.errors
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from shvya_common.contracts.jobs import JobEnvelope, task_spec
+from shvya_common.runtime import Platform
+from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
+from shvya_ingest.repository import CompanyRoute, IngestRepository
+from shvya_ingest.settings import IngestSettings
+
+log = structlog.get_logger(__name__)
+
+# Failures of a dependency, not of the request: answered 503 so the sender retries.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    nats.errors.Error,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+class InboundMessage(BaseModel):
+    """The original request, plus an optional sender-side id that makes retries idempotent."""
+
+    model_config = ConfigDict(str_strip_whitespace=True)
+
+    phone_number: str = Field(
+        min_length=1, max_length=254, description="E.164 number, or an email address for email."
+    )
+    contact_name: str | None = Field(None, max_length=200)
+    message_text: str = Field(min_length=1, max_length=16_384)
+    channel: Literal["whatsapp_cloud", "whatsapp_web", "email", "log"]
+    company_id: uuid.UUID | None = None
+    provider_message_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="The sender's id for this message; a retry with the same id is not filed "
+        "twice and gets the same message_id and job_id back.",
+    )
+
+
+class InboundAccepted(BaseModel):
+    status: Literal["ok"] = "ok"
+    message_id: uuid.UUID
+    job_id: uuid.UUID
+
+
+class QueueStatsOut(BaseModel):
+    queued: int
+    processing: int
+    completed: int
+    failed: int
+    dlq: int
+    total: int
+
+
+class ReplayRequest(BaseModel):
+    max_jobs: int = Field(10, ge=1, le=1000)
+
+
+class ReplayResult(BaseModel):
+    replayed: int
+    job_ids: list[uuid.UUID]
+
+
+class Ingest:
+    """The state behind the routes: the platform, the repository and a route cache."""
+
+    def __init__(self, settings: IngestSettings, plat: Platform) -> None:
+        self.settings = settings
+        self.plat = plat
+        self.repo = IngestRepository(plat.pool)
+        self.routes: dict[uuid.UUID, CompanyRoute] = {}
+        self.default_company_id: uuid.UUID | None = None
+        self.engage = task_spec("ai.engage")
+
+    async def route_for(self, company_id: uuid.UUID | None) -> CompanyRoute:
+        if company_id is None:
+            if self.default_company_id is None:
+                self.default_company_id = await self.repo.ensure_default_company(
+                    self.settings.default_company_name
+                )
+            company_id = self.default_company_id
+        route = self.routes.get(company_id)
+        if route is None:
+            route = await self.repo.ensure_company_route(company_id)
+            if route is None:
+                raise HTTPException(404, f"company_id {company_id} does not exist")
+            self.routes[company_id] = route
+        return route
+
+    async def accept(self, body: InboundMessage) -> InboundAccepted:
+        try:
+            if body.channel == "email" or "@" in body.phone_number:
+                identity: Literal["phone", "email"] = "email"
+                address = normalise_email(body.phone_number)
+            else:
+                identity = "phone"
+                address = normalise_phone(body.phone_number, self.settings.default_phone_region)
+        except AddressError as err:
+            raise HTTPException(422, str(err)) from err
+        route = await self.route_for(body.company_id)
+        bus = self.plat.bus
+        async with self.plat.pool.acquire(timeout=5) as conn, conn.transaction():
+            filed = await self.repo.file_inbound(
+                conn, route, identity=identity, address=address, contact_name=body.contact_name,
+                channel=body.channel, text=body.message_text,
+                provider_message_id=body.provider_message_id, task=self.engage.name,
+                priority=self.engage.priority, max_attempts=bus.max_attempts,
+            )  # fmt: skip
+            if filed.created:
+                assert filed.job_id is not None
+                # Published before COMMIT: a 2xx means the job is in JetStream.
+                await bus.publish(
+                    JobEnvelope(
+                        job_id=filed.job_id, task=self.engage.name,
+                        priority=self.engage.priority,
+                        params={"lead_id": str(filed.lead_id), "message_id": str(filed.message_id)},
+                        company_id=route.company_id, lead_id=filed.lead_id,
+                        enqueued_at=datetime.now(UTC),
+                    ),  # fmt: skip
+                    str(filed.job_id),
+                )
+        if filed.job_id is None:
+            raise HTTPException(409, "message already filed but its job is missing")
+        log.info(
+            "inbound_filed" if filed.created else "inbound_duplicate",
+            message_id=str(filed.message_id), lead_id=str(filed.lead_id),
+            company_id=str(route.company_id), job_id=str(filed.job_id), channel=body.channel,
+        )  # fmt: skip
+        return InboundAccepted(message_id=filed.message_id, job_id=filed.job_id)
+
+
+def get_ingest(request: Request) -> Ingest:
+    ingest: Ingest = request.app.state.ingest
+    return ingest
+
+
+IngestDep = Annotated[Ingest, Depends(get_ingest)]
+bearer = HTTPBearer(auto_error=False)
+
+
+def require_admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    settings: IngestSettings = request.app.state.ingest.settings
+    expected = settings.admin_token.get_secret_value().encode()
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(401, "admin routes need 'Authorization: Bearer <ADMIN_TOKEN>'",
+                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    if not secrets.compare_digest(credentials.credentials.encode(), expected):
+        raise HTTPException(403, "admin token does not match")
+
+
+router = APIRouter()
+admin = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], tags=["admin"])
+
+
+@router.post("/inbound-message", response_model=InboundAccepted, tags=["inbound"])
+async def inbound_message(body: InboundMessage, ingest: IngestDep) -> InboundAccepted:
+    """File an inbound message in the CRM and enqueue `ai.engage` at priority 100."""
+    return await ingest.accept(body)
+
+
+@router.get("/queue/stats", response_model=QueueStatsOut, tags=["queue"])
+async def queue_stats(ingest: IngestDep) -> QueueStatsOut:
+    stats = await ingest.plat.bus.queue_stats()
+    return QueueStatsOut(**stats.__dict__)
+
+
+@admin.post("/dlq/replay", response_model=ReplayResult)
+async def replay_dlq(ingest: IngestDep, body: ReplayRequest | None = None) -> ReplayResult:
+    """Put up to `max_jobs` dead-lettered jobs back on the queue, attempts reset."""
+    ids = await ingest.plat.bus.replay_dlq((body or ReplayRequest()).max_jobs)
+    return ReplayResult(replayed=len(ids), job_ids=ids)
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"])
+async def readyz(ingest: IngestDep) -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(ingest.plat.pool.fetchval("SELECT 1"), 2)
+        checks["database"] = "ok"
+    except Exception as err:
+        checks["database"] = f"unavailable: {type(err).__name__}"
+    try:
+        await asyncio.wait_for(ingest.plat.js.account_info(), 2)
+        checks["nats"] = "ok"
+    except Exception as err:
+        checks["nats"] = f"unavailable: {type(err).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "unavailable", **checks},
+                        status_code=200 if ready else 503)  # fmt: skip
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors: list[dict[str, Any]] = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    for error in OUTAGE_ERRORS:
+
+        @app.exception_handler(error)
+        async def _outage(_: Request, exc: Exception) -> JSONResponse:
+            log.warning("dependency_unavailable", error=type(exc).__name__)
+            return JSONResponse(
+                {"detail": "a dependency (database or queue) is unavailable; retry later"},
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )

@@ -1,0 +1,1 @@
+"""SHVYA scheduler: durable timers for deferred sends, sequences, follow-ups and reminders."""

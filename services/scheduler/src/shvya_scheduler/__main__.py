@@ -1,0 +1,3 @@
+from shvya_scheduler.app import main
+
+main()
