@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -48,6 +48,14 @@ class CommonSettings(BaseSettings):
     )
     db_pool_min: int = Field(2, ge=1)
     db_pool_max: int = Field(16, ge=1)
+    public_base_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="Public URL of ingest, used in unsubscribe, open and click links.",
+    )
+    link_secret: SecretStr = Field(
+        SecretStr("dev-only-link-secret-change-me"),
+        description="Signs unsubscribe and tracking links; set a random value in production.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_port: int = Field(0, ge=0, le=65535, description="0 picks the service's default port.")

@@ -78,7 +78,10 @@ class SendParams(BaseModel):
     template_params: list[str] = Field(default_factory=list)
     # The logical identity of this send; the outbound message is unique by it.
     send_key: str
-    purpose: Literal["reply", "followup", "marketing", "notification"] = "reply"
+    # optout_confirmation is the one send allowed to a lead that just opted out.
+    purpose: Literal["reply", "followup", "marketing", "notification", "optout_confirmation"] = (
+        "reply"
+    )
     reply_to_message_id: UUID | None = None
     ai: AiMeta | None = None
 
