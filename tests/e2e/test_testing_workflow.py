@@ -6,8 +6,7 @@ import asyncpg
 import httpx
 import pytest
 
-from shvya_common.embedded import free_port
-from tests.support import ServiceProcess, eventually, service_env
+from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -19,26 +18,9 @@ CURL_BODY = {
 }
 
 
-@pytest.fixture
-async def platform_processes(base_env, tmp_path):
-    port = free_port()
-    procs = []
-    for name in ("ingest", "engage", "dispatch", "scheduler"):
-        env = service_env({**base_env, "PORT": port, "METRICS_PORT": free_port()})
-        procs.append(ServiceProcess(name, env, tmp_path).start())
-    try:
-        for proc in procs:
-            await proc.wait_ready()
-        yield f"http://127.0.0.1:{port}", procs
-    finally:
-        for proc in procs:
-            proc.stop()
-
-
-async def test_curl_example_reaches_completed_and_stores_reply(platform_processes, db_url):
+async def test_curl_example_reaches_completed_and_stores_reply(running, db_url):
     """POSTing the original curl example yields completed=1 and a stored outbound reply."""
-    base, _ = platform_processes
-    async with httpx.AsyncClient(base_url=base) as client:
+    async with httpx.AsyncClient(base_url=running.url) as client:
         response = await client.post("/inbound-message", json=CURL_BODY)
         assert response.status_code == 200, response.text
         body = response.json()

@@ -1,5 +1,5 @@
 """The `shvya` command: `up` runs the whole platform, `infra` only NATS and PostgreSQL,
-`migrate` applies the schema.
+`migrate` applies the schema, `reembed` re-embeds the knowledge base.
 
 `up` starts the embedded NATS and PostgreSQL when NATS_URL / DATABASE_URL are unset (data under
 `.data/`, so a restart keeps everything), then supervises the four services as separate
@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import sys
+import uuid
 from pathlib import Path
 
 from shvya_common.embedded import EmbeddedNats, EmbeddedPostgres
@@ -170,6 +171,10 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--only", nargs="+", choices=SERVICES, help="run only these services")
     sub.add_parser("infra", help="run only the embedded NATS and PostgreSQL")
     sub.add_parser("migrate", help="apply database migrations")
+    reembed = sub.add_parser("reembed", help="re-embed the knowledge base after a model change")
+    reembed.add_argument("--company", type=uuid.UUID, help="only this company's chunks")
+    reembed.add_argument("--all", dest="everything", action="store_true",
+                         help="also chunks already embedded with the current model")  # fmt: skip
     args = parser.parse_args(argv)
     root = Path.cwd()
     if args.command == "up":
@@ -178,6 +183,10 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(_infra(root))
     elif args.command == "migrate":
         asyncio.run(_migrate())
+    elif args.command == "reembed":
+        from shvya_common.knowledge.command import run_reembed
+
+        sys.exit(asyncio.run(run_reembed(args.company, args.everything)))
 
 
 if __name__ == "__main__":

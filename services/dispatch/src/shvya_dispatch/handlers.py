@@ -1,21 +1,42 @@
-"""What dispatch does with each send request: route it to its channel, exactly once.
+"""What dispatch does with each send request: apply the channel's rules, then send it once.
+
+First the policy engine (policies.py) decides. A suppressed recipient completes the send as
+'suppressed'. Free text outside WhatsApp's window is converted to the fallback template, or
+held as 'held'. Pauses, quiet hours and pacing defer the send (DeferJob) to the earliest allowed
+moment.
 
 The outbound message row is the send's ledger. It is marked 'sending' (committed) before the
 provider is called and 'sent' after. A redelivery that finds 'sending' cannot know whether the
 provider got the message, so it records 'unknown' and does not send again: no customer gets the
 same message twice.
+
+Provider refusals that need more than retry-or-dead-letter (channels/errors.py):
+
+- outside the window: convert to the fallback template, or hold, and never retry the free text;
+- opted out: suppress the recipient, then dead-letter;
+- sender refused: pause the channel for the company, then defer.
+
+The pacing slot is released only after the send is recorded, so the gap counts from `sent_at`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
 
 from shvya_common.bus import JobContext
 from shvya_common.contracts import SendParams
-from shvya_dispatch.channels import ChannelRouter
+from shvya_dispatch.channels import ChannelRouter, SendResult
+from shvya_dispatch.channels.errors import (
+    SendOutcomeUnknown,
+    ChannelPausedError,
+    RecipientOptedOutError,
+    WindowClosedError,
+)
+from shvya_dispatch.policies import PolicyEngine, Verdict
 from shvya_dispatch.repository import DispatchRepository
 
 log = structlog.get_logger(__name__)
@@ -25,6 +46,7 @@ log = structlog.get_logger(__name__)
 class Deps:
     repo: DispatchRepository
     router: ChannelRouter
+    policies: PolicyEngine
 
 
 async def handle_send(params: SendParams, job: JobContext, deps: Deps) -> dict[str, Any]:
@@ -33,14 +55,88 @@ async def handle_send(params: SendParams, job: JobContext, deps: Deps) -> dict[s
         await deps.repo.record_ambiguous(message_id, params.lead_id, params.company_id)
         log.warning("send_ambiguous_not_repeated", message_id=str(message_id))
         return {"status": "unknown"}
+    verdict = await deps.policies.evaluate(params)
+    if verdict.action != "send":
+        status = "suppressed" if verdict.action == "suppress" else "held"
+        return await _finish_unsent(params, message_id, deps, status, verdict.reason)
+    if verdict.template_id is not None:
+        log.info("send_converted_to_template", template=verdict.template_name)
+    reservation = await deps.policies.reserve(params, message_id, verdict)
+    try:
+        return await _send(params, message_id, verdict, deps)
+    except SendOutcomeUnknown as err:
+        await deps.repo.record_ambiguous(message_id, params.lead_id, params.company_id)
+        log.warning("send_outcome_unknown_not_repeated", message_id=str(message_id),
+                    reason=str(err))  # fmt: skip
+        return {"status": "unknown", "reason": str(err)}
+    finally:
+        if reservation is not None:
+            await deps.policies.settle(reservation)
+
+
+async def _finish_unsent(
+    params: SendParams, message_id: uuid.UUID, deps: Deps, status: str, reason: str
+) -> dict[str, Any]:
+    done = await deps.repo.record_outcome(
+        message_id, params.lead_id, params.company_id, status=status, reason=reason,
+        channel=params.channel,
+    )  # fmt: skip
+    if not done:
+        return {"status": "not pending"}
+    log.info(f"send_{status}", message_id=str(message_id), channel=params.channel, reason=reason)
+    return {"status": status, "reason": reason}
+
+
+async def _send(
+    params: SendParams, message_id: uuid.UUID, verdict: Verdict, deps: Deps
+) -> dict[str, Any]:
     if not await deps.repo.mark_sending(message_id):
         return {"status": "not pending"}
-    result = await deps.router.send(
-        params.to, params.text, params.channel, params.template_id, message_id=message_id
-    )
+    converted: dict[str, Any] | None = None
+    if verdict.template_id is not None:
+        converted = {"name": verdict.template_name, "reason": verdict.reason}
+        result = await _attempt(params, message_id, deps, verdict.template_id)
+    else:
+        try:
+            result = await _attempt(params, message_id, deps, params.template_id)
+        except WindowClosedError as err:
+            if params.template_id is not None:
+                raise
+            # Our record of the window disagreed with the provider's: never retry free text.
+            fallback = await deps.policies.fallback_template(params.company_id)
+            if fallback is None:
+                reason = f"{err.reason}; the company has no fallback template"
+                return await _finish_unsent(params, message_id, deps, "held", reason)
+            converted = {"name": fallback[1], "reason": err.reason}
+            result = await _attempt(params, message_id, deps, fallback[0])
+    if converted is not None:
+        result = replace(result, meta={**result.meta, "converted_to_template": converted})
+        await deps.repo.add_event(
+            params.company_id, params.lead_id, "message.converted_to_template",
+            {"message_id": str(message_id), "channel": params.channel, **converted},
+        )  # fmt: skip
     await deps.repo.record_sent(
         message_id, params.lead_id, params.company_id, status=result.status,
         provider_message_id=result.provider_message_id, channel=params.channel, meta=result.meta,
     )  # fmt: skip
     log.info("send_done", message_id=str(message_id), channel=params.channel, status=result.status)
     return {"status": result.status, "provider_message_id": result.provider_message_id}
+
+
+async def _attempt(
+    params: SendParams, message_id: uuid.UUID, deps: Deps, template_id: uuid.UUID | None
+) -> SendResult:
+    """One call to the channel, with the refusals that change state beyond this send handled."""
+    if template_id != params.template_id:
+        # A converted send: the template takes its parameters from the lead, not the caller.
+        params = params.model_copy(update={"template_id": template_id, "template_params": []})
+    try:
+        return await deps.router.send(
+            params.to, params.text, params.channel, template_id,
+            message_id=message_id, params=params,
+        )  # fmt: skip
+    except RecipientOptedOutError as err:
+        await deps.policies.suppress(params, err)
+        raise
+    except ChannelPausedError as err:
+        raise await deps.policies.pause(params, message_id, err) from err

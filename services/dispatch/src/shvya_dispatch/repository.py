@@ -1,4 +1,6 @@
-"""Dispatch's SQL: the send's state transitions on the outbound message row."""
+"""Dispatch's SQL: the send's state transitions on the outbound message row, what the
+email channel reads and writes (subjects, hard-bounce suppressions), and the policy engine's
+state (suppressions, channel pauses, pacing slots, templates)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,9 @@ import uuid
 from typing import Any
 
 import asyncpg
+
+from shvya_dispatch.channels.email import EmailContext
+from shvya_dispatch.templates import WHATSAPP_TEMPLATE_CHANNELS
 
 
 class DispatchRepository:
@@ -63,3 +68,332 @@ class DispatchRepository:
                 " 'message.send_ambiguous', jsonb_build_object('message_id', $3::uuid))",
                 company_id, lead_id, message_id,
             )  # fmt: skip
+
+    async def record_outcome(
+        self,
+        message_id: uuid.UUID,
+        lead_id: uuid.UUID,
+        company_id: uuid.UUID,
+        *,
+        status: str,
+        reason: str,
+        channel: str,
+    ) -> bool:
+        """Finish a send that did not go out ('suppressed', 'held') with its reason and an event
+        `message.<status>`; False if the send was no longer pending."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchval(
+                "UPDATE messages SET status = $2, last_error = $3, updated_at = now()"
+                " WHERE id = $1 AND status IN ('queued', 'retrying', 'scheduled', 'sending')"
+                " RETURNING id",
+                message_id, status, reason[:2000],
+            )  # fmt: skip
+            if done is None:
+                return False
+            await conn.execute(
+                "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, $2, $3,"
+                " jsonb_build_object('message_id', $4::uuid, 'channel', $5::text,"
+                " 'reason', $6::text))",
+                company_id, lead_id, f"message.{status}", message_id, channel, reason[:2000],
+            )  # fmt: skip
+        return True
+
+    async def add_event(
+        self, company_id: uuid.UUID, lead_id: uuid.UUID | None, kind: str, payload: dict[str, Any]
+    ) -> None:
+        await self.pool.execute(
+            "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, $2, $3, $4)",
+            company_id, lead_id, kind, payload,
+        )  # fmt: skip
+
+
+class EmailRepository:
+    """The email channel's reads and writes: where a subject comes from, and hard bounces."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def email_context(
+        self, company_id: uuid.UUID, template_id: uuid.UUID | None
+    ) -> EmailContext:
+        row = await self.pool.fetchrow(
+            "SELECT c.name, c.settings->>'email_subject' AS company_subject,"
+            " t.subject AS template_subject FROM companies c"
+            " LEFT JOIN templates t ON t.id = $2 AND t.company_id = c.id WHERE c.id = $1",
+            company_id, template_id,
+        )  # fmt: skip
+        if row is None:
+            return EmailContext()
+        return EmailContext(row["name"], row["company_subject"], row["template_subject"])
+
+    async def suppress_address(
+        self, company_id: uuid.UUID, lead_id: uuid.UUID, address: str, reason: str
+    ) -> None:
+        """Suppress `address` on email for every purpose, and record the bounce as an event."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO suppressions (company_id, channel, address, scope, reason)"
+                " VALUES ($1, 'email', $2, 'all', $3)"
+                " ON CONFLICT (company_id, channel, address, scope) DO NOTHING",
+                company_id, address, reason,
+            )  # fmt: skip
+            await conn.execute(
+                "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, $2,"
+                " 'email.hard_bounce', jsonb_build_object('address', $3::text,"
+                " 'reason', $4::text))",
+                company_id, lead_id, address, reason,
+            )  # fmt: skip
+
+
+# Takes the pacing slot when it is free: past its gap, no live lease, and (with a cap) not full
+# today. Concurrent callers serialise on the row, and the loser's WHERE sees the winner's lease.
+_RESERVE_SLOT = """
+INSERT INTO send_pacing AS p (company_id, channel, pacing_key, next_allowed_at, lease_until,
+                              lease_message_id, day, day_count, updated_at)
+VALUES ($1, $2, $3, now(), now() + make_interval(secs => $5::float8), $4,
+        (now() AT TIME ZONE $6)::date, 1, now())
+ON CONFLICT (company_id, channel, pacing_key) DO UPDATE
+   SET lease_until = EXCLUDED.lease_until,
+       lease_message_id = EXCLUDED.lease_message_id,
+       day_count = CASE WHEN p.day = EXCLUDED.day THEN p.day_count + 1 ELSE 1 END,
+       day = EXCLUDED.day,
+       updated_at = now()
+ WHERE p.next_allowed_at <= now()
+   AND (p.lease_until IS NULL OR p.lease_until <= now() OR p.lease_message_id = $4)
+   AND ($7::int = 0 OR p.day IS DISTINCT FROM EXCLUDED.day OR p.day_count < $7::int)
+RETURNING day_count
+"""
+
+_SLOT_STATE = """
+SELECT now() AS now, next_allowed_at, lease_until, day, day_count,
+       (now() AT TIME ZONE $4)::date AS today,
+       (date_trunc('day', now() AT TIME ZONE $4) + interval '1 day') AT TIME ZONE $4 AS next_day
+FROM send_pacing WHERE company_id = $1 AND channel = $2 AND pacing_key = $3
+"""
+
+# A pause is (re)started only when none is in force, so concurrent refusals write one event.
+_START_PAUSE = """
+INSERT INTO channel_pauses AS p (company_id, channel, error_code, reason, paused_at, paused_until,
+                                 credential_fingerprint, resumed_at)
+VALUES ($1, $2, $3, $4, now(), now() + make_interval(secs => $5::float8), $6, NULL)
+ON CONFLICT (company_id, channel) DO UPDATE
+   SET error_code = EXCLUDED.error_code, reason = EXCLUDED.reason, paused_at = now(),
+       paused_until = EXCLUDED.paused_until,
+       credential_fingerprint = EXCLUDED.credential_fingerprint, resumed_at = NULL
+ WHERE p.resumed_at IS NOT NULL
+    OR p.paused_until <= now()
+    OR (p.credential_fingerprint IS NOT NULL AND p.credential_fingerprint IS DISTINCT FROM $7)
+RETURNING now() AS now, paused_until
+"""
+
+_ACTIVE_PAUSE = """
+SELECT now() AS now, error_code, reason, paused_at, paused_until FROM channel_pauses
+WHERE company_id = $1 AND channel = $2 AND resumed_at IS NULL
+  AND (paused_until IS NULL OR paused_until > now())
+  AND (credential_fingerprint IS NULL OR credential_fingerprint = $3)
+"""
+
+
+class PolicyRepository:
+    """The policy engine's reads and writes: send context, suppressions, pauses, pacing slots,
+    and the templates a send may use."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def send_context(
+        self, company_id: uuid.UUID, lead_id: uuid.UUID
+    ) -> asyncpg.Record | None:
+        """The database clock, the lead's window and zone, and the company's zone and settings."""
+        return await self.pool.fetchrow(
+            "SELECT now() AS now, l.last_inbound_at, l.timezone AS lead_timezone,"
+            " c.timezone AS company_timezone, c.settings AS company_settings"
+            " FROM leads l JOIN companies c ON c.id = l.company_id"
+            " WHERE l.id = $2 AND l.company_id = $1",
+            company_id, lead_id,
+        )  # fmt: skip
+
+    async def company_settings(self, company_id: uuid.UUID) -> dict[str, Any]:
+        settings = await self.pool.fetchval(
+            "SELECT settings FROM companies WHERE id = $1", company_id
+        )
+        return settings or {}
+
+    async def find_suppression(
+        self, company_id: uuid.UUID, channels: list[str], address: str, scopes: list[str]
+    ) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            "SELECT channel, scope, reason, created_at FROM suppressions"
+            " WHERE company_id = $1 AND channel = ANY($2::text[])"
+            " AND lower(address) = lower($3) AND scope = ANY($4::text[])"
+            " ORDER BY created_at DESC LIMIT 1",
+            company_id, channels, address.strip(), scopes,
+        )  # fmt: skip
+
+    async def suppress_recipient(
+        self,
+        company_id: uuid.UUID,
+        lead_id: uuid.UUID,
+        channel: str,
+        address: str,
+        scope: str,
+        reason: str,
+    ) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            created = await conn.fetchval(
+                "INSERT INTO suppressions (company_id, channel, address, scope, reason)"
+                " VALUES ($1, $2, $3, $4, $5)"
+                " ON CONFLICT (company_id, channel, address, scope) DO NOTHING RETURNING id",
+                company_id, channel, address.strip(), scope, reason[:2000],
+            )  # fmt: skip
+            if created is not None:
+                await conn.execute(
+                    "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, $2,"
+                    " 'lead.suppressed', jsonb_build_object('channel', $3::text,"
+                    " 'scope', $4::text, 'reason', $5::text))",
+                    company_id, lead_id, channel, scope, reason[:2000],
+                )  # fmt: skip
+
+    async def active_pause(
+        self, company_id: uuid.UUID, channel: str, fingerprint: str | None
+    ) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(_ACTIVE_PAUSE, company_id, channel, fingerprint)
+
+    async def start_pause(
+        self,
+        company_id: uuid.UUID,
+        channel: str,
+        code: int,
+        reason: str,
+        pause_seconds: float | None,
+        fingerprint: str | None,
+        current_fingerprint: str | None,
+        lead_id: uuid.UUID,
+        message_id: uuid.UUID,
+    ) -> dict[str, Any]:
+        """Pause the channel for the company unless a pause is already in force; returns
+        {now, paused_until, created}. A new pause writes one `channel.paused` event.
+
+        `fingerprint` binds the pause to the refused credentials; `current_fingerprint` is what
+        the channel runs with now (a pause bound to other credentials is no longer in force)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                _START_PAUSE, company_id, channel, code, reason[:2000], pause_seconds,
+                fingerprint, current_fingerprint,
+            )  # fmt: skip
+            if row is not None:
+                await conn.execute(
+                    "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, NULL,"
+                    " 'channel.paused', jsonb_build_object('channel', $2::text, 'code', $3::int,"
+                    " 'reason', $4::text, 'paused_until', $5::timestamptz,"
+                    " 'lead_id', $6::uuid, 'message_id', $7::uuid))",
+                    company_id, channel, code, reason[:2000], row["paused_until"], lead_id,
+                    message_id,
+                )  # fmt: skip
+                return {"now": row["now"], "paused_until": row["paused_until"], "created": True}
+            current = await conn.fetchrow(
+                "SELECT now() AS now, paused_until FROM channel_pauses"
+                " WHERE company_id = $1 AND channel = $2",
+                company_id, channel,
+            )  # fmt: skip
+            assert current is not None
+            return {"now": current["now"], "paused_until": current["paused_until"],
+                    "created": False}  # fmt: skip
+
+    async def list_pauses(self, include_lifted: bool = False) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self.pool.fetch(
+            "SELECT p.company_id, c.name AS company_name, p.channel, p.error_code, p.reason,"
+            " p.paused_at, p.paused_until, p.resumed_at, p.credential_fingerprint IS NOT NULL"
+            " AS until_credentials_change,"
+            " (p.resumed_at IS NULL AND (p.paused_until IS NULL OR p.paused_until > now()))"
+            " AS in_force"
+            " FROM channel_pauses p JOIN companies c ON c.id = p.company_id"
+            " WHERE $1 OR (p.resumed_at IS NULL AND (p.paused_until IS NULL"
+            " OR p.paused_until > now()))"
+            " ORDER BY p.paused_at",
+            include_lifted,
+        )  # fmt: skip
+        return rows
+
+    async def lift_pause(self, company_id: uuid.UUID, channel: str, by: str) -> bool:
+        """End a pause now; False if none was in force. Writes a `channel.resumed` event."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            lifted = await conn.fetchval(
+                "UPDATE channel_pauses SET resumed_at = now()"
+                " WHERE company_id = $1 AND channel = $2 AND resumed_at IS NULL"
+                " AND (paused_until IS NULL OR paused_until > now()) RETURNING error_code",
+                company_id, channel,
+            )  # fmt: skip
+            if lifted is None:
+                return False
+            await conn.execute(
+                "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, NULL,"
+                " 'channel.resumed', jsonb_build_object('channel', $2::text, 'by', $3::text))",
+                company_id, channel, by,
+            )  # fmt: skip
+        return True
+
+    async def approved_whatsapp_template(
+        self, company_id: uuid.UUID, name: str, language: str | None
+    ) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            "SELECT id, name FROM templates WHERE company_id = $1 AND name = $2"
+            " AND channel = ANY($3::text[]) AND status = 'approved'"
+            " AND ($4::text IS NULL OR language = $4) ORDER BY created_at LIMIT 1",
+            company_id, name, list(WHATSAPP_TEMPLATE_CHANNELS), language,
+        )  # fmt: skip
+
+    async def template_for_lead(
+        self, company_id: uuid.UUID, lead_id: uuid.UUID, template_id: uuid.UUID
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        row = await self.pool.fetchrow(
+            "SELECT t.id, t.name, t.language, t.body, t.variables, t.status, t.channel,"
+            " l.contact_name, l.phone_e164, l.email, l.attributes, c.name AS company_name"
+            " FROM templates t JOIN companies c ON c.id = t.company_id"
+            " JOIN leads l ON l.company_id = t.company_id AND l.id = $3"
+            " WHERE t.id = $1 AND t.company_id = $2",
+            template_id, company_id, lead_id,
+        )  # fmt: skip
+        if row is None:
+            return None
+        template_keys = ("id", "name", "language", "body", "variables", "status", "channel")
+        lead_keys = ("contact_name", "phone_e164", "email", "attributes", "company_name")
+        return {k: row[k] for k in template_keys}, {k: row[k] for k in lead_keys}
+
+    async def reserve_slot(
+        self,
+        company_id: uuid.UUID,
+        channel: str,
+        key: str,
+        message_id: uuid.UUID,
+        lease_seconds: float,
+        zone: str,
+        daily_cap: int,
+    ) -> bool:
+        taken = await self.pool.fetchval(
+            _RESERVE_SLOT, company_id, channel, key, message_id, lease_seconds, zone, daily_cap
+        )
+        return taken is not None
+
+    async def slot_state(
+        self, company_id: uuid.UUID, channel: str, key: str, zone: str
+    ) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(_SLOT_STATE, company_id, channel, key, zone)
+
+    async def settle_slot(
+        self,
+        company_id: uuid.UUID,
+        channel: str,
+        key: str,
+        message_id: uuid.UUID,
+        gap_seconds: float,
+    ) -> None:
+        """The send holding the slot is done: the next may go `gap_seconds` from now."""
+        await self.pool.execute(
+            "UPDATE send_pacing SET next_allowed_at = now() + make_interval(secs => $5::float8),"
+            " lease_until = NULL, lease_message_id = NULL, last_sent_at = now(),"
+            " updated_at = now()"
+            " WHERE company_id = $1 AND channel = $2 AND pacing_key = $3"
+            " AND lease_message_id = $4",
+            company_id, channel, key, message_id, gap_seconds,
+        )  # fmt: skip

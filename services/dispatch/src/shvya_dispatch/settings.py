@@ -1,13 +1,19 @@
-"""Dispatch settings: which channels are live and how unconfigured ones behave."""
+"""Dispatch settings: which channels are live, how unconfigured ones behave, and each channel's
+connection (SMTP for email, the browser profile for WhatsApp Web)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from shvya_common.settings import CommonSettings
+
+# A WhatsApp Web account name is a directory name under WHATSAPP_WEB_PROFILE_DIR.
+ACCOUNT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
 class DispatchSettings(CommonSettings):
@@ -19,3 +25,181 @@ class DispatchSettings(CommonSettings):
     log_channel_file: Path | None = Field(
         None, description="Also append each log-channel send to this JSON-lines file."
     )
+
+    # --- WhatsApp Cloud API (Meta Graph); unset credentials leave the channel unconfigured ---
+    whatsapp_cloud_phone_id: str | None = Field(
+        None, pattern=r"^\d+$", description="Phone number ID (WhatsApp > API Setup in Meta's app)."
+    )
+    whatsapp_cloud_token: SecretStr | None = Field(
+        None, description="Access token (a system user's permanent token in production)."
+    )
+    whatsapp_cloud_base_url: str = Field(
+        "https://graph.facebook.com", pattern=r"^https?://", description="Graph API base URL."
+    )
+    whatsapp_cloud_api_version: str = Field(
+        "v23.0", description="Graph API version, e.g. v23.0 (a bare 23.0 is accepted)."
+    )
+    whatsapp_cloud_timeout_seconds: float = Field(15.0, gt=0, description="Whole request.")
+    whatsapp_cloud_connect_timeout_seconds: float = Field(5.0, gt=0)
+    whatsapp_cloud_block_pause_seconds: float = Field(
+        86400.0, gt=0, description="How long a policy/spam block (368, 131048) pauses a company."
+    )
+
+    # --- Send policies: defaults; companies.settings->'policies'->'<channel>' overrides them ---
+    policy_whatsapp_cloud_min_gap_seconds: float = Field(
+        15.0, ge=0, description="Least time between two messages to the same recipient."
+    )
+    policy_whatsapp_cloud_window_hours: float = Field(
+        24.0, gt=0, description="Customer-service window after the lead's last inbound message."
+    )
+    policy_whatsapp_web_min_gap_seconds: float = Field(
+        60.0, ge=0, description="Least time between two messages from the same account."
+    )
+    policy_whatsapp_web_jitter_seconds: float = Field(
+        30.0, ge=0, description="Up to this much random time added to each gap."
+    )
+    policy_whatsapp_web_daily_cap: int = Field(
+        200, ge=0, description="Messages per account per local day; 0 = no cap."
+    )
+    policy_email_quiet_hours: str = Field(
+        "08:00-22:00",
+        pattern=r"^(\d{1,2}:\d{2}-\d{1,2}:\d{2})?$",
+        description="Local hours email may be sent in (lead's time zone, else company's); "
+        "empty = any time.",
+    )
+    policy_pause_recheck_seconds: float = Field(
+        300.0, gt=0, description="A send to a paused channel waits this long, then is re-checked."
+    )
+    policy_pacing_lease_seconds: float = Field(
+        120.0, gt=0, description="Longest a send may hold its pacing slot in flight."
+    )
+    policy_optout_confirmation_grace_seconds: float = Field(
+        86400.0, ge=0, description="An opt-out confirmation may follow the opt-out this long."
+    )
+
+    @field_validator("whatsapp_cloud_api_version")
+    @classmethod
+    def _normalise_graph_version(cls, value: str) -> str:
+        version = value.strip()
+        version = version if version.startswith("v") else f"v{version}"
+        if not re.fullmatch(r"v\d+\.\d+", version):
+            raise ValueError(f"expected a Graph API version like v23.0, got {value!r}")
+        return version
+
+    @model_validator(mode="after")
+    def _check_whatsapp_cloud(self) -> DispatchSettings:
+        if (self.whatsapp_cloud_phone_id is None) != (self.whatsapp_cloud_token is None):
+            raise ValueError(
+                "set both WHATSAPP_CLOUD_PHONE_ID and WHATSAPP_CLOUD_TOKEN, or neither"
+            )
+        return self
+
+    @property
+    def whatsapp_cloud_configured(self) -> bool:
+        return self.whatsapp_cloud_phone_id is not None and self.whatsapp_cloud_token is not None
+
+    # --- Email (SMTP) ---
+    smtp_host: str | None = Field(None, description="SMTP server; unset disables email.")
+    smtp_port: int | None = Field(
+        None, ge=1, le=65535, description="Unset: 587 for starttls, 465 for tls, 25 for none."
+    )
+    smtp_user: str | None = Field(None, description="Login name; unset sends without AUTH.")
+    smtp_password: SecretStr | None = None
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        "starttls", description="STARTTLS upgrade, implicit TLS from the first byte, or plain."
+    )
+    smtp_ca_file: Path | None = Field(
+        None, description="CA bundle that signs the server's certificate; unset: the system's."
+    )
+    smtp_from: str | None = Field(None, description="Envelope and header sender address.")
+    smtp_from_name: str | None = Field(None, description="Display name on the From header.")
+    smtp_timeout_seconds: float = Field(30.0, gt=0, description="Per SMTP command.")
+    smtp_max_connections: int = Field(4, ge=1, le=100, description="SMTP sessions at once.")
+    smtp_message_id_domain: str | None = Field(
+        None, description="Right-hand side of Message-IDs and the EHLO name; unset: SMTP_FROM's."
+    )
+    email_default_subject: str = Field(
+        "A message from {company}",
+        description="Subject when neither the template nor the company sets one.",
+    )
+    email_unsubscribe_mailto: str | None = Field(
+        None, description="Also offer mailto: unsubscribe in List-Unsubscribe."
+    )
+    email_unsubscribe_footer: bool = Field(True, description="Unsubscribe link under the body.")
+    email_open_tracking: bool = Field(True, description="Open pixel in the HTML part.")
+    email_click_tracking: bool = Field(True, description="Route http(s) links via ingest.")
+
+    # --- WhatsApp Web (Playwright + Debian's Chromium) ---
+    whatsapp_web_enabled: bool = False
+    whatsapp_web_url: str = Field("https://web.whatsapp.com", description="WhatsApp Web's base.")
+    whatsapp_web_chromium_path: Path = Field(
+        Path("/usr/bin/chromium"), description="The system Chromium Playwright launches."
+    )
+    whatsapp_web_profile_dir: Path = Field(
+        Path(".data/whatsapp-web"), description="One browser profile per account below this."
+    )
+    whatsapp_web_account: str = Field(
+        "default", pattern=ACCOUNT_PATTERN, description="Account used when no mapping applies."
+    )
+    whatsapp_web_company_accounts: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="company_id=account pairs, comma separated."
+    )
+    whatsapp_web_headless: bool = True
+    whatsapp_web_user_agent: str | None = Field(
+        None, description="Unset: a desktop Chrome agent with the installed Chromium's version."
+    )
+    whatsapp_web_typing_delay_min_ms: float = Field(35.0, ge=0)
+    whatsapp_web_typing_delay_max_ms: float = Field(140.0, ge=0)
+    whatsapp_web_load_timeout_seconds: float = Field(
+        60.0, gt=0, description="For the chat (or the login screen) to appear."
+    )
+    whatsapp_web_sent_timeout_seconds: float = Field(
+        30.0, gt=0, description="For the outgoing bubble to appear after clicking send."
+    )
+    whatsapp_web_login_timeout_seconds: float = Field(
+        300.0, gt=0, description="How long the login command waits for the QR to be scanned."
+    )
+
+    @field_validator("whatsapp_web_company_accounts", mode="before")
+    @classmethod
+    def _parse_company_accounts(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = [p for p in value.replace(" ", "").split(",") if p]
+            try:
+                return dict(p.split("=", 1) for p in pairs)
+            except ValueError:
+                raise ValueError("expected company_id=account pairs, comma separated") from None
+        return value
+
+    @field_validator("whatsapp_web_company_accounts")
+    @classmethod
+    def _check_company_accounts(cls, value: dict[str, str]) -> dict[str, str]:
+        for company, account in value.items():
+            if not re.fullmatch(ACCOUNT_PATTERN, account):
+                raise ValueError(f"account name {account!r} (for {company}) must match "
+                                 f"{ACCOUNT_PATTERN}")  # fmt: skip
+        return {company.lower(): account for company, account in value.items()}
+
+    @model_validator(mode="after")
+    def _check_channels(self) -> DispatchSettings:
+        if self.smtp_host and not self.smtp_from:
+            raise ValueError("SMTP_HOST is set, so SMTP_FROM (the sender address) is required")
+        if self.smtp_user and self.smtp_password is None:
+            raise ValueError("SMTP_USER is set, so SMTP_PASSWORD is required")
+        if self.whatsapp_web_typing_delay_min_ms > self.whatsapp_web_typing_delay_max_ms:
+            raise ValueError(
+                "WHATSAPP_WEB_TYPING_DELAY_MIN_MS exceeds WHATSAPP_WEB_TYPING_DELAY_MAX_MS"
+            )
+        return self
+
+    @property
+    def smtp_port_effective(self) -> int:
+        if self.smtp_port is not None:
+            return self.smtp_port
+        return {"starttls": 587, "tls": 465, "none": 25}[self.smtp_security]
+
+    def whatsapp_web_account_for(self, company_id: object) -> str:
+        """The WhatsApp Web account (browser profile) that sends for `company_id`."""
+        return self.whatsapp_web_company_accounts.get(
+            str(company_id).lower(), self.whatsapp_web_account
+        )

@@ -1,17 +1,30 @@
-"""Wires engage: the responder (OpenAI when a key is set, else offline) and its handlers."""
+"""Wires engage: the responder (OpenAI when a key is set, else offline), the knowledge-base
+retriever, and the handlers for ai.engage, ai.summary and followup.bumpup."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import uuid
 from contextlib import AsyncExitStack
 
+import asyncpg
 import openai
 import structlog
 
 from shvya_common.bus.worker import Handler
+from shvya_common.knowledge import Embedder, open_embedder, retrieve
 from shvya_common.logging import configure_logging
-from shvya_common.runtime import Platform, run, run_worker
-from shvya_engage.handlers import Deps, handle_engage
+from shvya_common.runtime import HandlerFactory, Platform, run, run_worker
+from shvya_engage.handlers import (
+    Deps,
+    Retrieved,
+    Retriever,
+    handle_bumpup,
+    handle_engage,
+    handle_summary,
+)
+from shvya_engage.prompts import encoding
 from shvya_engage.repository import EngageRepository
 from shvya_engage.responders import OfflineResponder, OpenAIResponder, Responder
 from shvya_engage.settings import EngageSettings
@@ -33,18 +46,39 @@ async def build_responder(settings: EngageSettings, stack: AsyncExitStack) -> Re
         http_client=openai.DefaultAioHttpClient(),
     )
     stack.push_async_callback(client.close)
-    return OpenAIResponder(client, settings.default_model)
+    return OpenAIResponder(
+        client, settings.default_model, summary_max_tokens=settings.summary_max_tokens
+    )
 
 
-def make_handlers(settings: EngageSettings):  # type: ignore[no-untyped-def]
+def make_retriever(pool: asyncpg.Pool, embedder: Embedder | None) -> Retriever:
+    """Hybrid retrieval over the company's knowledge base; keyword-only without an embedder."""
+
+    async def retrieve_chunks(company_id: uuid.UUID, query: str, k: int) -> Retrieved:
+        found = await retrieve(pool, company_id, query, k=k, embedder=embedder)
+        return Retrieved(list(found.chunks), found.mode, found.note)
+
+    return retrieve_chunks
+
+
+def make_handlers(settings: EngageSettings) -> HandlerFactory:
     async def factory(plat: Platform, stack: AsyncExitStack) -> dict[str, Handler]:
+        # Loading the BPE ranks takes a moment: do it now, not inside the first job.
+        await asyncio.to_thread(encoding)
         deps = Deps(
             bus=plat.bus,
             repo=EngageRepository(plat.pool),
             responder=await build_responder(settings, stack),
-            history_messages=settings.history_messages,
+            retrieve=make_retriever(
+                plat.pool, await stack.enter_async_context(open_embedder(settings))
+            ),
+            settings=settings,
         )
-        return {"ai.engage": functools.partial(handle_engage, deps=deps)}
+        return {
+            "ai.engage": functools.partial(handle_engage, deps=deps),
+            "ai.summary": functools.partial(handle_summary, deps=deps),
+            "followup.bumpup": functools.partial(handle_bumpup, deps=deps),
+        }
 
     return factory
 

@@ -1,26 +1,60 @@
-"""What engage does with each job: ai.engage answers an inbound message and hands the reply to
-dispatch as a send request.
+"""What engage does with each job: ai.engage answers an inbound message, ai.summary summarises
+a lead's conversation into `leads.attributes['summary']`, followup.bumpup nudges a silent lead.
 
-A redelivered ai.engage finds its reply's send key already taken and stops; the send request
-and its outbound message are created in one transaction keyed by that send key, so a reply is
-never queued twice.
+A reply is grounded: the knowledge base is searched with the inbound text, the best chunks go
+into the prompt as numbered sources, and the text that comes back passes the guards before it
+is handed to dispatch as a send request. A redelivered ai.engage finds its reply's send key
+taken and stops; the send request, its outbound message, the event and the AI session are
+written in one transaction, so a reply is never queued twice.
+
+A bump-up re-checks everything at run time, because the lead may have replied since the sweep
+picked it: the last message must still be ours, silent long enough, on WhatsApp, and under the
+maximum in a row. Its send key `bumpup:<lead>:<n>` makes a redelivery a no-op.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 
 from shvya_common.bus import JobBus, JobContext
-from shvya_common.contracts import EngageParams, SendParams
+from shvya_common.contracts import BumpupParams, EngageParams, SendParams, SummaryParams
 from shvya_common.contracts.jobs import AiMeta
 from shvya_common.errors import PermanentError
-from shvya_engage.repository import EngageRepository
-from shvya_engage.responders import Responder
+from shvya_engage.followups import template_bumpup
+from shvya_engage.guards import ChannelLimits, guard_text
+from shvya_engage.prompts import (
+    SourceChunk,
+    build_bumpup_prompt,
+    build_reply_prompt,
+    build_summary_prompt,
+)
+from shvya_engage.repository import WHATSAPP, EngageRepository
+from shvya_engage.responders import OFFLINE, Generation, Responder
+from shvya_engage.settings import EngageSettings
 
 log = structlog.get_logger(__name__)
+
+BUMPUP_PRIORITY = 95
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """Knowledge-base chunks for a query, and how they were found."""
+
+    chunks: list[SourceChunk]
+    mode: str
+    # Why a search did not run (no embedder, chunks not embedded yet, ...), if one did not.
+    note: str | None = None
+
+
+# (company_id, query, k) -> the best chunks; the knowledge base behind it is wired in app.py.
+Retriever = Callable[[uuid.UUID, str, int], Awaitable[Retrieved]]
 
 
 @dataclass(frozen=True)
@@ -28,38 +62,157 @@ class Deps:
     bus: JobBus
     repo: EngageRepository
     responder: Responder
-    history_messages: int
+    retrieve: Retriever
+    settings: EngageSettings
+
+    @property
+    def limits(self) -> ChannelLimits:
+        s = self.settings
+        return ChannelLimits(s.whatsapp_max_chars, s.email_max_chars, s.other_max_chars)
 
 
 async def handle_engage(params: EngageParams, job: JobContext, deps: Deps) -> dict[str, Any]:
+    settings = deps.settings
     send_key = f"reply:{params.message_id}"
     if await deps.repo.reply_exists(send_key):
         log.info("engage_already_answered")
         return {"skipped": "already answered"}
-    ctx = await deps.repo.load_context(params.lead_id, params.message_id, deps.history_messages)
+    ctx = await deps.repo.load_context(params.lead_id, params.message_id, settings.history_messages)
     if ctx is None:
         raise PermanentError(f"lead {params.lead_id} or message {params.message_id} not found")
-    reply = await deps.responder.reply(ctx)
-    to = ctx.email if ctx.channel == "email" else ctx.phone_e164
+    to = ctx.lead.email if ctx.channel == "email" else ctx.lead.phone_e164
     if not to:
         raise PermanentError(f"lead has no address for channel {ctx.channel}")
-    send = SendParams(
-        company_id=ctx.company_id, lead_id=ctx.lead_id, channel=ctx.channel,  # type: ignore[arg-type]
-        to=to, text=reply.text, send_key=send_key, purpose="reply",
-        reply_to_message_id=ctx.message_id,
-        ai=AiMeta(responder=reply.responder, model=reply.model,  # type: ignore[arg-type]
-                  prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens),
+    # The lead is talking: any bump-up waiting on a timer is moot.
+    await deps.repo.cancel_followups(deps.bus.pool, ctx.lead_id)
+    found = (
+        await deps.retrieve(ctx.company_id, ctx.message_text, settings.kb_top_k)
+        if settings.kb_top_k
+        else Retrieved([], "none")
+    )
+    prompt = build_reply_prompt(
+        ctx, found.chunks, history_budget=settings.history_token_budget,
+        source_budget=settings.kb_token_budget, message_budget=settings.message_token_limit,
     )  # fmt: skip
+    reply = await deps.responder.reply(ctx, prompt)
+    guarded = guard_text(reply.text, ctx.channel, deps.limits, settings.reply_fallback)
+    send = SendParams(
+        company_id=ctx.company_id, lead_id=ctx.lead_id, channel=ctx.channel,
+        to=to, text=guarded.text, send_key=send_key, purpose="reply",
+        reply_to_message_id=ctx.message_id,
+        ai=AiMeta(responder=reply.responder, model=reply.model,
+                  prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+                  sources=[s.doc_id for s in prompt.sources]),
+    )  # fmt: skip
+    payload = {
+        "responder": reply.responder, "model": reply.model, "offline": reply.responder == OFFLINE,
+        "retrieval_mode": found.mode, "retrieval_note": found.note,
+        "sources": [s.describe() for s in prompt.sources], "history_turns": prompt.history_turns,
+        "prompt_tokens_estimate": prompt.tokens, "guards": list(guarded.actions),
+    }  # fmt: skip
     async with deps.bus.pool.acquire() as conn, conn.transaction():
         message_id, created = await deps.bus.request_send(
             conn, send, priority=job.priority, job_id=job.job_id
         )
         if created:
             await deps.repo.record_reply(
-                conn, ctx, job_id=job.job_id, reply_message_id=message_id,
-                responder=reply.responder, model=reply.model,
+                conn, ctx, job_id=job.job_id, reply_message_id=message_id, payload=payload,
                 prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
             )  # fmt: skip
     log.info("engage_replied", responder=reply.responder, model=reply.model,
+             sources=len(prompt.sources), retrieval_mode=found.mode,
              reply_message_id=str(message_id))  # fmt: skip
-    return {"reply_message_id": str(message_id), "responder": reply.responder}
+    return {"reply_message_id": str(message_id), "responder": reply.responder,
+            "sources": len(prompt.sources)}  # fmt: skip
+
+
+async def handle_summary(params: SummaryParams, job: JobContext, deps: Deps) -> dict[str, Any]:
+    settings = deps.settings
+    conv = await deps.repo.load_conversation(params.lead_id, settings.summary_history_messages)
+    if conv is None:
+        raise PermanentError(f"lead {params.lead_id} not found")
+    if not conv.turns:
+        log.info("summary_skipped_no_messages")
+        return {"skipped": "no conversation yet"}
+    prompt = build_summary_prompt(conv.lead, conv.turns, budget=settings.summary_token_budget)
+    result = await deps.responder.summarize(conv, prompt)
+    stored = {
+        **result.summary.model_dump(mode="json"),
+        "responder": result.responder, "model": result.model,
+        "offline": result.responder == "offline",
+        "generated_at": datetime.now(UTC).isoformat(), "reason": params.reason,
+        "job_id": str(job.job_id), "messages": prompt.history_turns,
+        "last_message_id": str(conv.last_message_id) if conv.last_message_id else None,
+    }  # fmt: skip
+    event = {
+        "job_id": str(job.job_id), "reason": params.reason, "responder": result.responder,
+        "model": result.model, "offline": result.responder == "offline",
+        "sentiment": result.summary.sentiment, "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens, "messages": prompt.history_turns,
+    }  # fmt: skip
+    await deps.repo.save_summary(conv.lead, stored, event)
+    log.info("summary_stored", responder=result.responder, sentiment=result.summary.sentiment)
+    return {"sentiment": result.summary.sentiment, "responder": result.responder}
+
+
+async def handle_bumpup(params: BumpupParams, job: JobContext, deps: Deps) -> dict[str, Any]:
+    settings = deps.settings
+    number = params.bump_number
+    state = await deps.repo.load_bumpup_state(params.lead_id, turns=10)
+    if state is None:
+        raise PermanentError(f"lead {params.lead_id} not found")
+    skip: str | None = None
+    silent_since = datetime.now(UTC) - timedelta(days=settings.bumpup_silent_days)
+    if state.last_direction != "outbound":
+        skip = "lead replied" if state.last_direction == "inbound" else "no message of ours"
+        await deps.repo.cancel_followups(deps.bus.pool, params.lead_id)
+    elif state.whatsapp_channel not in WHATSAPP or not state.lead.phone_e164:
+        skip = "no WhatsApp conversation"
+    elif state.sent >= number:
+        skip = f"bump-up {number} already sent"
+    elif state.unanswered >= settings.bumpup_max:
+        skip = f"{state.unanswered} bump-ups already unanswered (max {settings.bumpup_max})"
+    elif state.last_message_at is not None and state.last_message_at > silent_since:
+        skip = "not silent long enough"
+    if skip is not None:
+        log.info("bumpup_skipped", reason=skip, bump_number=number)
+        return {"skipped": skip}
+    assert state.whatsapp_channel is not None and state.lead.phone_e164 is not None
+    fallback = template_bumpup(state.lead.lead_id, state.lead.first_name, number)
+    if settings.bumpup_ai:
+        prompt = build_bumpup_prompt(
+            state.config.system_prompt, state.lead, state.turns,
+            days=settings.bumpup_silent_days, number=number, budget=800,
+        )  # fmt: skip
+        generated = await deps.responder.bumpup(state, prompt, number)
+    else:
+        generated = Generation(fallback, OFFLINE, None)
+    guarded = guard_text(generated.text, state.whatsapp_channel, deps.limits, fallback)
+    send = SendParams(
+        company_id=state.lead.company_id, lead_id=state.lead.lead_id,
+        channel=state.whatsapp_channel,
+        to=state.lead.phone_e164, text=guarded.text, send_key=f"bumpup:{params.lead_id}:{number}",
+        purpose="followup",
+        ai=AiMeta(responder=generated.responder, model=generated.model,
+                  prompt_tokens=generated.prompt_tokens,
+                  completion_tokens=generated.completion_tokens),
+    )  # fmt: skip
+    event = {
+        "job_id": str(job.job_id), "bump_number": number, "responder": generated.responder,
+        "model": generated.model, "offline": generated.responder == OFFLINE,
+        "prompt_tokens": generated.prompt_tokens,
+        "completion_tokens": generated.completion_tokens, "guards": list(guarded.actions),
+    }  # fmt: skip
+    async with deps.bus.pool.acquire() as conn, conn.transaction():
+        message_id, created = await deps.bus.request_send(
+            conn, send, priority=BUMPUP_PRIORITY, job_id=job.job_id
+        )
+        if created:
+            event["message_id"] = str(message_id)
+            await deps.repo.record_bumpup(
+                conn, state.lead, number=number, message_id=message_id, job_id=job.job_id,
+                event=event,
+            )  # fmt: skip
+    log.info("bumpup_requested", bump_number=number, message_id=str(message_id),
+             responder=generated.responder, created=created)  # fmt: skip
+    return {"message_id": str(message_id), "bump_number": number, "created": created}

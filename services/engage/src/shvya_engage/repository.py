@@ -1,12 +1,18 @@
-"""Engage's SQL: what a reply needs to know, and recording what it produced."""
+"""Engage's SQL: what a reply, a summary or a bump-up needs to know, and recording what each
+produced (events with token counts, the AI session, the lead's summary and follow-up state)."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
+
+# Messages that never reached the lead are not part of the conversation.
+_DEAD_STATUSES = ("dlq", "suppressed", "failed", "cancelled")
+WHATSAPP = ("whatsapp_cloud", "whatsapp_web")
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,7 @@ class Turn:
 
 
 @dataclass(frozen=True)
-class EngageContext:
+class LeadFacts:
     company_id: uuid.UUID
     lead_id: uuid.UUID
     contact_name: str | None
@@ -32,65 +38,131 @@ class EngageContext:
     email: str | None
     stage: str | None
     attributes: dict[str, Any]
+
+    @property
+    def first_name(self) -> str:
+        return (self.contact_name or "").strip().split(" ")[0]
+
+
+@dataclass(frozen=True)
+class EngageContext:
+    lead: LeadFacts
     message_id: uuid.UUID
     message_text: str
     channel: str
     config: AiConfig
     history: list[Turn]
 
+    @property
+    def company_id(self) -> uuid.UUID:
+        return self.lead.company_id
+
+    @property
+    def lead_id(self) -> uuid.UUID:
+        return self.lead.lead_id
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A lead's recent conversation, for a summary."""
+
+    lead: LeadFacts
+    config: AiConfig
+    turns: list[Turn]
+    last_message_id: uuid.UUID | None
+    last_message_at: datetime | None
+
+
+@dataclass(frozen=True)
+class BumpupState:
+    """What decides whether a bump-up may go out now."""
+
+    lead: LeadFacts
+    config: AiConfig
+    last_direction: str | None
+    last_message_at: datetime | None
+    whatsapp_channel: str | None
+    sent: int
+    unanswered: int
+    turns: list[Turn]
+
 
 DEFAULT_CONFIG = AiConfig(None, 0.7, 500, "You are a helpful sales assistant.")
+
+_LEAD_COLUMNS = """
+    l.company_id, l.contact_name, l.phone_e164, l.email, l.attributes, s.name AS stage,
+    a.model, a.temperature, a.max_tokens, a.system_prompt
+"""
+_LEAD_JOINS = """
+    LEFT JOIN stages s ON s.id = l.stage_id
+    LEFT JOIN ai_models a ON a.company_id = l.company_id
+"""
+
+
+def _lead(row: asyncpg.Record, lead_id: uuid.UUID) -> LeadFacts:
+    return LeadFacts(
+        company_id=row["company_id"], lead_id=lead_id, contact_name=row["contact_name"],
+        phone_e164=row["phone_e164"], email=row["email"], stage=row["stage"],
+        attributes=row["attributes"] or {},
+    )  # fmt: skip
+
+
+def _config(row: asyncpg.Record) -> AiConfig:
+    if row["system_prompt"] is None:
+        return DEFAULT_CONFIG
+    return AiConfig(row["model"], row["temperature"], row["max_tokens"], row["system_prompt"])
+
+
+async def _recent_turns(
+    conn: asyncpg.Connection, lead_id: uuid.UUID, limit: int,
+    before: datetime | None = None, exclude: uuid.UUID | None = None,
+) -> list[Turn]:  # fmt: skip
+    rows = await conn.fetch(
+        """
+        SELECT direction, body FROM (
+            SELECT direction, body, created_at, id FROM messages
+            WHERE lead_id = $1 AND ($2::timestamptz IS NULL OR created_at < $2)
+              AND ($3::uuid IS NULL OR id <> $3) AND status <> ALL($4::text[])
+            ORDER BY created_at DESC, id DESC LIMIT $5) recent
+        ORDER BY created_at, id
+        """,
+        lead_id, before, exclude, list(_DEAD_STATUSES), limit,
+    )  # fmt: skip
+    return [Turn(r["direction"], r["body"]) for r in rows]
 
 
 class EngageRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
+    # --- ai.engage ---
+
     async def load_context(
         self, lead_id: uuid.UUID, message_id: uuid.UUID, history: int
     ) -> EngageContext | None:
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(
-                """
-                SELECT l.company_id, l.contact_name, l.phone_e164, l.email, l.attributes,
-                       s.name AS stage, m.body, m.channel, m.created_at,
-                       a.model, a.temperature, a.max_tokens, a.system_prompt
+                f"""
+                SELECT {_LEAD_COLUMNS}, m.body, m.channel, m.created_at
                 FROM leads l
                 JOIN messages m ON m.id = $2 AND m.lead_id = l.id
-                LEFT JOIN stages s ON s.id = l.stage_id
-                LEFT JOIN ai_models a ON a.company_id = l.company_id
+                {_LEAD_JOINS}
                 WHERE l.id = $1
                 """,
                 lead_id, message_id,
             )  # fmt: skip
             if row is None:
                 return None
-            turns = await conn.fetch(
-                """
-                SELECT direction, body FROM (
-                    SELECT direction, body, created_at FROM messages
-                    WHERE lead_id = $1 AND created_at < $2 AND id <> $3
-                      AND status NOT IN ('dlq', 'suppressed')
-                    ORDER BY created_at DESC LIMIT $4) recent
-                ORDER BY created_at
-                """,
-                lead_id, row["created_at"], message_id, history,
-            )  # fmt: skip
-        config = (
-            AiConfig(row["model"], row["temperature"], row["max_tokens"], row["system_prompt"])
-            if row["system_prompt"] is not None
-            else DEFAULT_CONFIG
-        )
+            turns = await _recent_turns(conn, lead_id, history, row["created_at"], message_id)
         return EngageContext(
-            company_id=row["company_id"], lead_id=lead_id, contact_name=row["contact_name"],
-            phone_e164=row["phone_e164"], email=row["email"], stage=row["stage"],
-            attributes=row["attributes"], message_id=message_id, message_text=row["body"],
-            channel=row["channel"], config=config,
-            history=[Turn(t["direction"], t["body"]) for t in turns],
+            lead=_lead(row, lead_id), message_id=message_id, message_text=row["body"],
+            channel=row["channel"], config=_config(row), history=turns,
         )  # fmt: skip
 
     async def reply_exists(self, send_key: str) -> bool:
-        return bool(await self.pool.fetchval("SELECT 1 FROM messages WHERE send_key = $1", send_key))
+        return bool(
+            await self.pool.fetchval("SELECT 1 FROM messages WHERE send_key = $1", send_key)
+        )
 
     @staticmethod
     async def record_reply(
@@ -99,30 +171,153 @@ class EngageRepository:
         *,
         job_id: uuid.UUID,
         reply_message_id: uuid.UUID,
-        responder: str,
-        model: str | None,
+        payload: dict[str, Any],
         prompt_tokens: int,
         completion_tokens: int,
     ) -> None:
+        """The ai.reply_generated event and the AI session's running context, in one go."""
+        event = {
+            "job_id": str(job_id), "message_id": str(ctx.message_id),
+            "reply_message_id": str(reply_message_id), "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens, **payload,
+        }  # fmt: skip
         await conn.execute(
             """
-            INSERT INTO events (company_id, lead_id, type, payload)
-            VALUES ($1, $2, 'ai.reply_generated',
-                    jsonb_build_object('job_id', $3::uuid, 'message_id', $4::uuid,
-                                       'reply_message_id', $5::uuid, 'responder', $6::text,
-                                       'model', $7::text, 'prompt_tokens', $8::int,
-                                       'completion_tokens', $9::int))
-            """,
-            ctx.company_id, ctx.lead_id, job_id, ctx.message_id, reply_message_id, responder,
-            model, prompt_tokens, completion_tokens,
-        )  # fmt: skip
-        await conn.execute(
-            """
+            WITH ev AS (
+                INSERT INTO events (company_id, lead_id, type, payload)
+                VALUES ($1, $2, 'ai.reply_generated', $3))
             INSERT INTO ai_sessions (company_id, lead_id, turns, context)
-            VALUES ($1, $2, 1, jsonb_build_object('last_message_id', $3::uuid))
+            VALUES ($1, $2, 1, $4)
             ON CONFLICT (lead_id) DO UPDATE
                SET turns = ai_sessions.turns + 1, updated_at = now(),
-                   context = ai_sessions.context || EXCLUDED.context
+                   context = ai_sessions.context || EXCLUDED.context || jsonb_build_object(
+                       'prompt_tokens',
+                       coalesce((ai_sessions.context->>'prompt_tokens')::bigint, 0) + $5,
+                       'completion_tokens',
+                       coalesce((ai_sessions.context->>'completion_tokens')::bigint, 0) + $6)
             """,
-            ctx.company_id, ctx.lead_id, ctx.message_id,
+            ctx.company_id, ctx.lead_id, event,
+            {
+                "last_message_id": str(ctx.message_id),
+                "last_reply_message_id": str(reply_message_id),
+                "responder": payload.get("responder"), "model": payload.get("model"),
+                "retrieval_mode": payload.get("retrieval_mode"),
+                "last_sources": [s["doc_id"] for s in payload.get("sources", [])],
+                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            },
+            prompt_tokens, completion_tokens,
+        )  # fmt: skip
+
+    @staticmethod
+    async def cancel_followups(conn: asyncpg.Connection | asyncpg.Pool, lead_id: uuid.UUID) -> int:
+        """Cancel the lead's pending bump-up timers: the lead is talking again."""
+        status = await conn.execute(
+            "UPDATE timers SET status = 'cancelled', reason = 'lead replied'"
+            " WHERE lead_id = $1 AND status = 'pending' AND task_name = 'followup.bumpup'",
+            lead_id,
+        )
+        return int(status.rsplit(" ", 1)[1])
+
+    # --- ai.summary ---
+
+    async def load_conversation(self, lead_id: uuid.UUID, limit: int) -> Conversation | None:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"""
+                SELECT {_LEAD_COLUMNS}, last.id AS last_id, last.created_at AS last_at
+                FROM leads l
+                {_LEAD_JOINS}
+                LEFT JOIN LATERAL (
+                    SELECT id, created_at FROM messages
+                    WHERE lead_id = l.id AND status <> ALL($2::text[])
+                    ORDER BY created_at DESC, id DESC LIMIT 1) last ON true
+                WHERE l.id = $1
+                """,
+                lead_id, list(_DEAD_STATUSES),
+            )  # fmt: skip
+            if row is None:
+                return None
+            turns = await _recent_turns(conn, lead_id, limit)
+        return Conversation(_lead(row, lead_id), _config(row), turns, row["last_id"],
+                            row["last_at"])  # fmt: skip
+
+    async def save_summary(
+        self, lead: LeadFacts, summary: dict[str, Any], event: dict[str, Any]
+    ) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """
+                WITH ev AS (
+                    INSERT INTO events (company_id, lead_id, type, payload)
+                    VALUES ($1, $2, 'ai.summary_generated', $4))
+                UPDATE leads
+                   SET attributes = attributes || jsonb_build_object('summary', $3::jsonb),
+                       updated_at = now()
+                WHERE id = $2
+                """,
+                lead.company_id, lead.lead_id, summary, event,
+            )  # fmt: skip
+
+    # --- followup.bumpup ---
+
+    async def load_bumpup_state(self, lead_id: uuid.UUID, turns: int) -> BumpupState | None:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"""
+                SELECT {_LEAD_COLUMNS}, last.direction AS last_direction,
+                       last.created_at AS last_at, wa.channel AS wa_channel,
+                       (SELECT count(*) FROM messages f
+                         WHERE f.lead_id = l.id AND f.direction = 'outbound'
+                           AND f.meta->>'purpose' = 'followup'
+                           AND f.status <> ALL($2::text[])
+                           AND f.created_at > coalesce(
+                               (SELECT max(created_at) FROM messages i
+                                 WHERE i.lead_id = l.id AND i.direction = 'inbound'),
+                               '-infinity')) AS unanswered
+                FROM leads l
+                {_LEAD_JOINS}
+                LEFT JOIN LATERAL (
+                    SELECT direction, created_at FROM messages
+                    WHERE lead_id = l.id AND status <> ALL($2::text[])
+                    ORDER BY created_at DESC, id DESC LIMIT 1) last ON true
+                LEFT JOIN LATERAL (
+                    SELECT channel FROM messages
+                    WHERE lead_id = l.id AND channel = ANY($3::text[])
+                    ORDER BY created_at DESC, id DESC LIMIT 1) wa ON true
+                WHERE l.id = $1
+                """,
+                lead_id, list(_DEAD_STATUSES), list(WHATSAPP),
+            )  # fmt: skip
+            if row is None:
+                return None
+            recent = await _recent_turns(conn, lead_id, turns)
+        lead = _lead(row, lead_id)
+        followup = lead.attributes.get("followup")
+        sent = int(followup.get("count", 0)) if isinstance(followup, dict) else 0
+        return BumpupState(
+            lead=lead, config=_config(row), last_direction=row["last_direction"],
+            last_message_at=row["last_at"], whatsapp_channel=row["wa_channel"], sent=sent,
+            unanswered=row["unanswered"], turns=recent,
+        )  # fmt: skip
+
+    @staticmethod
+    async def record_bumpup(
+        conn: asyncpg.Connection, lead: LeadFacts, *, number: int, message_id: uuid.UUID,
+        job_id: uuid.UUID, event: dict[str, Any],
+    ) -> None:  # fmt: skip
+        """Count the bump-up on the lead and log it, in the send request's transaction."""
+        await conn.execute(
+            """
+            WITH ev AS (
+                INSERT INTO events (company_id, lead_id, type, payload)
+                VALUES ($1, $2, 'followup.bumpup_sent', $6))
+            UPDATE leads
+               SET attributes = attributes || jsonb_build_object('followup',
+                       coalesce(attributes->'followup', '{}'::jsonb) || jsonb_build_object(
+                           'count', $3::int, 'last_at', now(),
+                           'last_message_id', $4::uuid, 'last_job_id', $5::uuid)),
+                   updated_at = now()
+             WHERE id = $2
+            """,
+            lead.company_id, lead.lead_id, number, message_id, job_id, event,
         )  # fmt: skip

@@ -1,26 +1,66 @@
-"""Who writes a reply: an OpenAI-compatible chat model, or the offline responder.
+"""Who writes the text: an OpenAI-compatible chat model, or the offline responder.
 
-The offline responder is deterministic and says what it is, in the text's metadata, the events
-and the logs, so the embedded default answers without pretending to be a model.
+Both take the same prompts and retrieved sources. The offline responder is deterministic: it
+answers with the best knowledge-base passage, summarises extractively and bumps with
+templates, and it says what it is (responder "offline", no model) in the message metadata, the
+events, the summary and the logs, so it is never mistaken for a model.
 
-OpenAI errors are mapped here, at the boundary: rate limits, timeouts, connection errors and
-5xx are retryable; 400/401/403/404/422 are permanent.
+OpenAI errors are mapped here, at the boundary:
+
+    openai.OpenAIError
+    ├── APITimeoutError, APIConnectionError            → RetryableError
+    ├── APIStatusError 408, 409, 429, 5xx               → RetryableError
+    ├── APIStatusError 400, 401, 403, 404, 422, ...     → PermanentError (with the API's reason)
+    └── APIResponseValidationError, anything else       → RetryableError
+
+A summary whose JSON does not validate is a RetryableError too: the next attempt may pass, and
+after the retry schedule the job is dead-lettered with the validation error as its reason.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import openai
+import structlog
+from openai.types.chat import ChatCompletion
+from pydantic import ValidationError
 
-from shvya_common.errors import PermanentError, RetryableError
-from shvya_engage.repository import EngageContext
+from shvya_common.errors import PermanentError, RetryableError, ShvyaError
+from shvya_engage.followups import template_bumpup
+from shvya_engage.metrics import AI_CALLS, record_tokens
+from shvya_engage.prompts import Prompt
+from shvya_engage.repository import BumpupState, Conversation, EngageContext
+from shvya_engage.summaries import (
+    SUMMARY_RESPONSE_FORMAT,
+    ConversationSummary,
+    best_passage,
+    extractive_summary,
+)
+
+log = structlog.get_logger(__name__)
+
+OFFLINE = "offline"
+OFFLINE_NOTE = (
+    "(Automatic answer from our knowledge base — a member of our team will follow up "
+    "if you need more.)"
+)
 
 
 @dataclass(frozen=True)
-class Reply:
+class Generation:
     text: str
+    responder: str
+    model: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class SummaryResult:
+    summary: ConversationSummary
     responder: str
     model: str | None
     prompt_tokens: int = 0
@@ -30,69 +70,151 @@ class Reply:
 class Responder(Protocol):
     name: str
 
-    async def reply(self, ctx: EngageContext) -> Reply: ...
+    async def reply(self, ctx: EngageContext, prompt: Prompt) -> Generation: ...
+
+    async def summarize(self, conv: Conversation, prompt: Prompt) -> SummaryResult: ...
+
+    async def bumpup(self, state: BumpupState, prompt: Prompt, number: int) -> Generation: ...
 
 
-def build_messages(ctx: EngageContext) -> list[dict[str, str]]:
-    """System prompt, lead context, recent history, then the message being answered."""
-    lead_facts = [f"name: {ctx.contact_name or 'unknown'}", f"stage: {ctx.stage or 'New'}"]
-    messages = [
-        {"role": "system", "content": ctx.config.system_prompt},
-        {"role": "system", "content": "Lead context. " + "; ".join(lead_facts)},
-    ]
-    for turn in ctx.history:
-        role = "user" if turn.direction == "inbound" else "assistant"
-        messages.append({"role": role, "content": turn.body})
-    messages.append({"role": "user", "content": ctx.message_text})
-    return messages
+def _api_reason(err: openai.APIStatusError) -> str:
+    body = err.body
+    if isinstance(body, dict):
+        nested = body.get("error")
+        detail = nested.get("message") if isinstance(nested, dict) else body.get("message")
+        if isinstance(detail, str) and detail:
+            return detail[:300]
+    return err.message[:300]
+
+
+def map_api_error(err: Exception) -> ShvyaError:
+    """The SHVYA error for a failed model call: retry it, or dead-letter it with the reason."""
+    if isinstance(err, openai.APITimeoutError):
+        return RetryableError("model API timed out")
+    if isinstance(err, openai.APIConnectionError):
+        return RetryableError(f"model API unreachable: {err}")
+    if isinstance(err, openai.APIStatusError):
+        status = err.status_code
+        if status in (408, 409, 429) or status >= 500:
+            return RetryableError(f"model API returned {status}: {_api_reason(err)}")
+        return PermanentError(
+            f"model API rejected the request ({status} {type(err).__name__}): {_api_reason(err)}"
+        )
+    return RetryableError(f"model API error {type(err).__name__}: {err}")
 
 
 class OfflineResponder:
-    """A deterministic reply for when no model is configured; never mistaken for a model."""
+    """Deterministic text for when no model is configured; never mistaken for a model."""
 
-    name = "offline"
+    name = OFFLINE
 
-    async def reply(self, ctx: EngageContext) -> Reply:
-        first = (ctx.contact_name or "").split(" ")[0]
+    async def reply(self, ctx: EngageContext, prompt: Prompt) -> Generation:
+        first = ctx.lead.first_name
         greeting = f"Hi {first}!" if first else "Hi!"
-        text = (
-            f"{greeting} Thanks for your message. We have received it and a member of our "
-            "team will get back to you shortly."
-        )
-        return Reply(text=text, responder=self.name, model=None)
+        if prompt.sources:
+            best = prompt.sources[0]
+            passage = best_passage(best.content, ctx.message_text)
+            text = (
+                f"{greeting} Thanks for your message. Here is what our “{best.title}” says:"
+                f"\n\n{passage}\n\n{OFFLINE_NOTE}"
+            )
+        else:
+            text = (
+                f"{greeting} Thanks for your message. We have received it and a member of our "
+                "team will get back to you shortly."
+            )
+        AI_CALLS.labels("ai.engage", OFFLINE, "ok").inc()
+        return Generation(text=text, responder=OFFLINE, model=None)
+
+    async def summarize(self, conv: Conversation, prompt: Prompt) -> SummaryResult:
+        AI_CALLS.labels("ai.summary", OFFLINE, "ok").inc()
+        summary = extractive_summary(conv.lead.contact_name, conv.turns)
+        return SummaryResult(summary=summary, responder=OFFLINE, model=None)
+
+    async def bumpup(self, state: BumpupState, prompt: Prompt, number: int) -> Generation:
+        AI_CALLS.labels("followup.bumpup", OFFLINE, "ok").inc()
+        text = template_bumpup(state.lead.lead_id, state.lead.first_name, number)
+        return Generation(text=text, responder=OFFLINE, model=None)
 
 
 class OpenAIResponder:
-    """Chat completions through the official SDK (aiohttp transport)."""
+    """Chat completions through the official SDK; retries belong to the job schedule."""
 
     name = "openai"
 
-    def __init__(self, client: openai.AsyncOpenAI, default_model: str) -> None:
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        default_model: str,
+        *,
+        summary_max_tokens: int = 800,
+        bumpup_max_tokens: int = 150,
+    ) -> None:
         self.client = client
         self.default_model = default_model
+        self.summary_max_tokens = summary_max_tokens
+        self.bumpup_max_tokens = bumpup_max_tokens
 
-    async def reply(self, ctx: EngageContext) -> Reply:
-        model = ctx.config.model or self.default_model
+    async def _complete(
+        self, task: str, company_id: uuid.UUID, **request: Any
+    ) -> tuple[ChatCompletion, str, int, int]:
         try:
-            completion = await self.client.chat.completions.create(
-                model=model,
-                messages=build_messages(ctx),  # type: ignore[arg-type]
-                temperature=ctx.config.temperature,
-                max_tokens=ctx.config.max_tokens,
-            )
-        except (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError,
-                openai.InternalServerError) as err:  # fmt: skip
-            raise RetryableError(f"model API unavailable: {type(err).__name__}") from err
-        except openai.APIStatusError as err:
-            if err.status_code >= 500 or err.status_code in (408, 409, 429):
-                raise RetryableError(f"model API returned {err.status_code}") from err
-            raise PermanentError(f"model API rejected the request ({err.status_code})") from err
-        text = (completion.choices[0].message.content or "").strip() if completion.choices else ""
-        if not text:
-            raise RetryableError("model returned an empty reply")
+            completion = await self.client.chat.completions.create(**request)
+        except openai.OpenAIError as err:
+            mapped = map_api_error(err)
+            outcome = "permanent" if isinstance(mapped, PermanentError) else "retryable"
+            AI_CALLS.labels(task, self.name, outcome).inc()
+            log.warning("model_call_failed", task=task, error=str(mapped))
+            raise mapped from err
+        model = completion.model or request["model"]
         usage = completion.usage
-        return Reply(
-            text=text, responder=self.name, model=completion.model or model,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else 0
+        record_tokens(company_id, task, self.name, model, prompt_tokens, completion_tokens)
+        return completion, model, prompt_tokens, completion_tokens
+
+    @staticmethod
+    def _text(completion: ChatCompletion) -> str:
+        if not completion.choices:
+            return ""
+        return (completion.choices[0].message.content or "").strip()
+
+    async def reply(self, ctx: EngageContext, prompt: Prompt) -> Generation:
+        completion, model, p, c = await self._complete(
+            "ai.engage", ctx.company_id, model=ctx.config.model or self.default_model,
+            messages=prompt.messages, temperature=ctx.config.temperature,
+            max_tokens=ctx.config.max_tokens,
         )  # fmt: skip
+        AI_CALLS.labels("ai.engage", self.name, "ok").inc()
+        return Generation(self._text(completion), self.name, model, p, c)
+
+    async def summarize(self, conv: Conversation, prompt: Prompt) -> SummaryResult:
+        completion, model, p, c = await self._complete(
+            "ai.summary", conv.lead.company_id, model=conv.config.model or self.default_model,
+            messages=prompt.messages, temperature=0.2, max_tokens=self.summary_max_tokens,
+            response_format=SUMMARY_RESPONSE_FORMAT,
+        )  # fmt: skip
+        message = completion.choices[0].message if completion.choices else None
+        if message is not None and message.refusal:
+            AI_CALLS.labels("ai.summary", self.name, "invalid_output").inc()
+            raise RetryableError(f"model refused to summarise: {message.refusal[:200]}")
+        try:
+            summary = ConversationSummary.model_validate_json(self._text(completion))
+        except ValidationError as err:
+            AI_CALLS.labels("ai.summary", self.name, "invalid_output").inc()
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'output'}: {e['msg']}"
+                for e in err.errors()[:5]
+            )
+            raise RetryableError(f"summary output did not validate: {problems}") from err
+        AI_CALLS.labels("ai.summary", self.name, "ok").inc()
+        return SummaryResult(summary, self.name, model, p, c)
+
+    async def bumpup(self, state: BumpupState, prompt: Prompt, number: int) -> Generation:
+        completion, model, p, c = await self._complete(
+            "followup.bumpup", state.lead.company_id,
+            model=state.config.model or self.default_model, messages=prompt.messages,
+            temperature=state.config.temperature, max_tokens=self.bumpup_max_tokens,
+        )  # fmt: skip
+        AI_CALLS.labels("followup.bumpup", self.name, "ok").inc()
+        return Generation(self._text(completion), self.name, model, p, c)

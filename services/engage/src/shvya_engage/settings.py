@@ -1,19 +1,54 @@
-"""Engage settings: the OpenAI-compatible endpoint and how much history a reply sees."""
+"""Engage settings: the chat model endpoint, prompt budgets, per-channel length limits,
+knowledge-base retrieval, summaries and bump-ups."""
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
-from shvya_common.settings import CommonSettings
+from shvya_common.knowledge.settings import KnowledgeSettings
 
 
-class EngageSettings(CommonSettings):
-    openai_api_key: SecretStr | None = Field(
-        None, description="Key for the chat API; unset means the labelled offline responder."
-    )
-    openai_base_url: str | None = Field(
-        None, description="OpenAI-compatible base URL (vLLM, Ollama, a proxy); unset = OpenAI."
-    )
+class EngageSettings(KnowledgeSettings):
+    """OPENAI_API_KEY and OPENAI_BASE_URL come from KnowledgeSettings: unset key = offline."""
+
     openai_timeout_seconds: float = Field(30.0, gt=0)
     default_model: str = Field("gpt-4o-mini", description="Model when a company sets none.")
-    history_messages: int = Field(20, ge=0, le=200, description="Recent messages in a prompt.")
+    history_messages: int = Field(
+        20, ge=0, le=200, description="Most recent messages considered for a prompt."
+    )
+    history_token_budget: int = Field(
+        1500, ge=0, description="Tokens of conversation history a reply prompt may carry."
+    )
+    kb_top_k: int = Field(4, ge=0, le=20, description="Knowledge-base chunks retrieved per reply.")
+    kb_token_budget: int = Field(
+        1500, ge=0, description="Tokens of knowledge-base sources a reply prompt may carry."
+    )
+    message_token_limit: int = Field(
+        1000, ge=16, description="Tokens of the inbound message kept in the prompt."
+    )
+    whatsapp_max_chars: int = Field(
+        4096, ge=64, le=4096, description="Longest reply on WhatsApp (its limit is 4096)."
+    )
+    email_max_chars: int = Field(20_000, ge=64, description="Longest reply by email.")
+    other_max_chars: int = Field(4096, ge=64, description="Longest reply on other channels.")
+    reply_fallback: str = Field(
+        "Thanks for your message! A member of our team will get back to you shortly.",
+        min_length=1,
+        description="Sent when a generated reply is empty after the guards.",
+    )
+    summary_history_messages: int = Field(
+        60, ge=1, le=500, description="Most recent messages a summary reads."
+    )
+    summary_token_budget: int = Field(
+        3000, ge=100, description="Tokens of conversation a summary prompt may carry."
+    )
+    summary_max_tokens: int = Field(800, ge=100, description="Completion tokens for a summary.")
+    bumpup_silent_days: float = Field(
+        3.0, ge=0, description="A bump-up goes out only after this many days of silence."
+    )
+    bumpup_max: int = Field(
+        3, ge=0, description="Bump-ups sent in a row without a reply, then no more."
+    )
+    bumpup_ai: bool = Field(
+        True, description="Let the model write bump-ups when one is configured (else templates)."
+    )

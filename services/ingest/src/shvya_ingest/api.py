@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -23,10 +22,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from shvya_common.contracts.jobs import JobEnvelope, task_spec
 from shvya_common.runtime import Platform
+from shvya_ingest.inbound import InboundFiler
 from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
-from shvya_ingest.repository import CompanyRoute, IngestRepository
+from shvya_ingest.repository import CompanyRoute, InboundRow, IngestRepository
 from shvya_ingest.settings import IngestSettings
 
 log = structlog.get_logger(__name__)
@@ -35,6 +34,8 @@ log = structlog.get_logger(__name__)
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # A connection killed under an operation leaves the client in a state it reports this way.
+    asyncpg.InternalClientError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -69,6 +70,8 @@ class InboundMessage(BaseModel):
 class InboundAccepted(BaseModel):
     status: Literal["ok"] = "ok"
     message_id: uuid.UUID
+    # The message's ai.engage job; for an opt-out keyword (STOP, ...), which gets no ai.engage,
+    # the job that sends its one confirmation (a dispatch.send, whose id is its message's id).
     job_id: uuid.UUID
 
 
@@ -99,7 +102,7 @@ class Ingest:
         self.repo = IngestRepository(plat.pool)
         self.routes: dict[uuid.UUID, CompanyRoute] = {}
         self.default_company_id: uuid.UUID | None = None
-        self.engage = task_spec("ai.engage")
+        self.inbound = InboundFiler(settings, plat, self.repo)
 
     async def route_for(self, company_id: uuid.UUID | None) -> CompanyRoute:
         if company_id is None:
@@ -127,34 +130,15 @@ class Ingest:
         except AddressError as err:
             raise HTTPException(422, str(err)) from err
         route = await self.route_for(body.company_id)
-        bus = self.plat.bus
-        async with self.plat.pool.acquire(timeout=5) as conn, conn.transaction():
-            filed = await self.repo.file_inbound(
-                conn, route, identity=identity, address=address, contact_name=body.contact_name,
-                channel=body.channel, text=body.message_text,
-                provider_message_id=body.provider_message_id, task=self.engage.name,
-                priority=self.engage.priority, max_attempts=bus.max_attempts,
-            )  # fmt: skip
-            if filed.created:
-                assert filed.job_id is not None
-                # Published before COMMIT: a 2xx means the job is in JetStream.
-                await bus.publish(
-                    JobEnvelope(
-                        job_id=filed.job_id, task=self.engage.name,
-                        priority=self.engage.priority,
-                        params={"lead_id": str(filed.lead_id), "message_id": str(filed.message_id)},
-                        company_id=route.company_id, lead_id=filed.lead_id,
-                        enqueued_at=datetime.now(UTC),
-                    ),  # fmt: skip
-                    str(filed.job_id),
-                )
+        row = InboundRow(
+            address=address, text=body.message_text, contact_name=body.contact_name,
+            provider_message_id=body.provider_message_id,
+        )  # fmt: skip
+        [filed] = await self.inbound.file(
+            route, identity=identity, channel=body.channel, rows=[row]
+        )
         if filed.job_id is None:
             raise HTTPException(409, "message already filed but its job is missing")
-        log.info(
-            "inbound_filed" if filed.created else "inbound_duplicate",
-            message_id=str(filed.message_id), lead_id=str(filed.lead_id),
-            company_id=str(route.company_id), job_id=str(filed.job_id), channel=body.channel,
-        )  # fmt: skip
         return InboundAccepted(message_id=filed.message_id, job_id=filed.job_id)
 
 
@@ -186,7 +170,8 @@ admin = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], tags=[
 
 @router.post("/inbound-message", response_model=InboundAccepted, tags=["inbound"])
 async def inbound_message(body: InboundMessage, ingest: IngestDep) -> InboundAccepted:
-    """File an inbound message in the CRM and enqueue `ai.engage` at priority 100."""
+    """File an inbound message in the CRM and enqueue `ai.engage` at priority 100 (an opt-out
+    keyword instead suppresses the sender and queues one confirmation)."""
     return await ingest.accept(body)
 
 
@@ -231,6 +216,26 @@ async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+# SQLSTATE classes that mean "the database cannot serve us now", not "the request is wrong":
+# connection exceptions, insufficient resources, operator intervention (shutdown, starting up),
+# and a database closed to new connections.
+_OUTAGE_SQLSTATES = ("08", "53", "57", "55000")
+
+
+def _is_outage(exc: asyncpg.PostgresError) -> bool:
+    state = getattr(exc, "sqlstate", "") or ""
+    return state.startswith(_OUTAGE_SQLSTATES)
+
+
+def _unavailable(exc: BaseException) -> JSONResponse:
+    log.warning("dependency_unavailable", error=type(exc).__name__)
+    return JSONResponse(
+        {"detail": "a dependency (database or queue) is unavailable; retry later"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -240,13 +245,15 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         return JSONResponse({"detail": errors}, status_code=422)
 
+    @app.exception_handler(asyncpg.PostgresError)
+    async def _postgres(_: Request, exc: asyncpg.PostgresError) -> JSONResponse:
+        if _is_outage(exc):
+            return _unavailable(exc)
+        log.error("database_error", error=type(exc).__name__, sqlstate=exc.sqlstate)
+        return JSONResponse({"detail": "internal database error"}, status_code=500)
+
     for error in OUTAGE_ERRORS:
 
         @app.exception_handler(error)
         async def _outage(_: Request, exc: Exception) -> JSONResponse:
-            log.warning("dependency_unavailable", error=type(exc).__name__)
-            return JSONResponse(
-                {"detail": "a dependency (database or queue) is unavailable; retry later"},
-                status_code=503,
-                headers={"Retry-After": "5"},
-            )
+            return _unavailable(exc)

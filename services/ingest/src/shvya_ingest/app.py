@@ -11,9 +11,11 @@ from fastapi import FastAPI
 
 from shvya_common.logging import configure_logging
 from shvya_common.runtime import platform
+from shvya_ingest import ai_api, email_routes, kb_api, webhooks
 from shvya_ingest.api import Ingest, admin, install_error_handlers, router
 from shvya_ingest.middleware import EdgeMiddleware
 from shvya_ingest.settings import IngestSettings
+from shvya_ingest.smtp_receiver import start_smtp_receiver
 
 SERVICE = "ingest"
 
@@ -25,7 +27,13 @@ def create_app(settings: IngestSettings) -> FastAPI:
             ingest = Ingest(settings, plat)
             await ingest.route_for(None)  # the default company and its pipeline exist up front
             app.state.ingest = ingest
-            yield
+            smtp = await start_smtp_receiver(ingest) if settings.smtp_receiver_enabled else None
+            try:
+                yield
+            finally:
+                if smtp is not None:  # stop receiving mail before the pool closes
+                    smtp.close()
+                    await smtp.wait_closed()
 
     app = FastAPI(
         title="SHVYA ingest",
@@ -35,12 +43,17 @@ def create_app(settings: IngestSettings) -> FastAPI:
     )
     app.include_router(router)
     app.include_router(admin)
+    app.include_router(webhooks.router)
+    app.include_router(email_routes.router)
+    app.include_router(ai_api.router)
+    app.include_router(kb_api.router)  # its lifespan opens the embedder, inside the platform's
     install_error_handlers(app)
     app.add_middleware(
         EdgeMiddleware,
         max_body=settings.max_body_bytes,
         webhook_max_body=settings.webhook_max_body_bytes,
         timeout=settings.request_timeout_seconds,
+        routes=[kb_api.route_limits(settings)],
     )
     return app
 

@@ -1,12 +1,15 @@
 """Pure ASGI middleware (no per-request task overhead): body size limits, a request deadline
-that answers 503 instead of hanging, and request latency metrics."""
+that answers 503 instead of hanging, and request latency metrics. Routes that need more (document
+uploads) get their own limits through `RouteLimits`."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -26,7 +29,18 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def _send_json(send: Send, status: int, detail: str, extra: list[tuple[bytes, bytes]]) -> None:
+@dataclass(frozen=True)
+class RouteLimits:
+    """A body limit and a deadline for the paths `pattern` matches, instead of the defaults."""
+
+    pattern: re.Pattern[str]
+    max_body: int
+    timeout: float
+
+
+async def _send_json(
+    send: Send, status: int, detail: str, extra: list[tuple[bytes, bytes]]
+) -> None:
     body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers + extra})
@@ -35,9 +49,16 @@ async def _send_json(send: Send, status: int, detail: str, extra: list[tuple[byt
 
 class EdgeMiddleware:
     def __init__(
-        self, app: ASGIApp, *, max_body: int, webhook_max_body: int, timeout: float
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        webhook_max_body: int,
+        timeout: float,
+        routes: Sequence[RouteLimits] = (),
     ) -> None:
         self.app = app
+        self.routes = tuple(routes)
         self.max_body = max_body
         self.webhook_max_body = webhook_max_body
         self.timeout = timeout
@@ -48,6 +69,11 @@ class EdgeMiddleware:
             return
         path: str = scope.get("path", "")
         limit = self.webhook_max_body if path.startswith("/webhooks/") else self.max_body
+        timeout = self.timeout
+        for route in self.routes:
+            if route.pattern.match(path):
+                limit, timeout = route.max_body, route.timeout
+                break
         started = time.perf_counter()
         status_holder = {"status": 500, "started": False}
 
@@ -80,7 +106,7 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(timeout):
                 await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not status_holder["started"]:

@@ -1,19 +1,24 @@
-"""Ingest's SQL: companies and their default pipeline, and filing an inbound message.
+"""Ingest's SQL: companies and their default pipeline, and filing inbound messages.
 
-Filing is one statement (a chain of data-modifying CTEs): upsert the lead, insert the message,
-its contact, its ai.engage job and its event. Round trips dominate ingest's cost, so a request
-makes one, plus BEGIN/COMMIT around the JetStream publish.
+Filing is one statement (a chain of data-modifying CTEs over arrays): upsert the leads, insert
+the messages, their contacts, their ai.engage jobs (or, for an opt-out, a suppression) and their
+events. Round trips dominate ingest's cost, so a request makes one for a single message or for a
+webhook's whole batch, plus BEGIN/COMMIT around the JetStream publishes.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import asyncpg
 
 DEFAULT_STAGES = ["New", "Contacted", "Qualified", "Proposal", "Closed"]
+# An opt-out's confirmation is the send keyed "optout:<inbound message id>".
+OPTOUT_SEND_KEY_PREFIX = "optout:"
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,21 @@ class CompanyRoute:
     company_id: uuid.UUID
     pipeline_id: uuid.UUID
     new_stage_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class InboundRow:
+    """One message to file: who sent it, what it says, and what filing it sets in motion."""
+
+    address: str
+    text: str
+    contact_name: str | None = None
+    provider_message_id: str | None = None
+    # When the contact sent it (the provider's timestamp); None means now.
+    received_at: datetime | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    # An opt-out files the message and a suppression instead of an ai.engage job.
+    optout: bool = False
 
 
 @dataclass(frozen=True)
@@ -34,49 +54,81 @@ class Filed:
 def _file_sql(identity: Literal["phone", "email"]) -> str:
     column = "phone_e164" if identity == "phone" else "email"
     return f"""
-WITH lead AS (
+WITH input AS (
+    SELECT * FROM unnest($4::text[], $5::text[], $6::uuid[], $7::text[], $8::text[], $9::uuid[],
+                         $10::timestamptz[], $11::jsonb[], $12::boolean[])
+        AS i(address, contact_name, message_id, body, provider_message_id, job_id, received_at,
+             meta, optout)
+), lead AS (
     INSERT INTO leads (company_id, pipeline_id, stage_id, {column}, contact_name, last_inbound_at)
-    VALUES ($1, $2, $3, $4, $5, now())
+    SELECT $1, $2, $3, address,
+           (array_agg(contact_name ORDER BY received_at DESC)
+                FILTER (WHERE contact_name IS NOT NULL))[1],
+           max(received_at)
+    -- One order for every batch, so concurrent batches lock shared leads without deadlock.
+    FROM input GROUP BY address ORDER BY address
     ON CONFLICT (company_id, {column}) WHERE {column} IS NOT NULL DO UPDATE
        SET contact_name = COALESCE(EXCLUDED.contact_name, leads.contact_name),
-           last_inbound_at = now(), updated_at = now()
-    RETURNING id
+           -- A provider retrying an old message must not reopen a reply window.
+           last_inbound_at = GREATEST(leads.last_inbound_at, EXCLUDED.last_inbound_at),
+           updated_at = now()
+    RETURNING id, {column} AS address
 ), msg AS (
     INSERT INTO messages (id, company_id, lead_id, direction, channel, body, status,
-                          provider_message_id, job_id)
-    SELECT $6, $1, lead.id, 'inbound', $7, $8, 'received', $9, $10 FROM lead
+                          provider_message_id, job_id, meta)
+    SELECT i.message_id, $1, lead.id, 'inbound', $13, i.body, 'received', i.provider_message_id,
+           i.job_id, i.meta
+    FROM input i JOIN lead ON lead.address = i.address
     ON CONFLICT (company_id, channel, provider_message_id)
        WHERE provider_message_id IS NOT NULL DO NOTHING
-    RETURNING id, lead_id
+    RETURNING id, lead_id, job_id
 ), contact AS (
     INSERT INTO lead_contacts (lead_id, channel, address, is_primary)
-    SELECT msg.lead_id, $7, $4, true FROM msg
+    SELECT DISTINCT msg.lead_id, $13, lead.address, true FROM msg JOIN lead ON lead.id = msg.lead_id
     ON CONFLICT (lead_id, channel, address) DO NOTHING
 ), job AS (
     INSERT INTO jobs (id, task_name, task_params, priority, idempotency_key, company_id,
                       lead_id, max_attempts, status)
-    SELECT $10, $11, jsonb_build_object('lead_id', msg.lead_id, 'message_id', msg.id), $12,
-           $11 || ':' || msg.id, $1, msg.lead_id, $13, 'queued'
-    FROM msg
-    RETURNING id
+    SELECT msg.job_id, $14, jsonb_build_object('lead_id', msg.lead_id, 'message_id', msg.id), $15,
+           $14 || ':' || msg.id, $1, msg.lead_id, $16, 'queued'
+    FROM msg WHERE msg.job_id IS NOT NULL
+), suppress AS (
+    INSERT INTO suppressions (company_id, channel, address, scope, reason)
+    SELECT DISTINCT $1, $13, i.address, 'all', 'optout_keyword'
+    FROM msg JOIN input i ON i.message_id = msg.id WHERE i.optout
+    ON CONFLICT (company_id, channel, address, scope) DO NOTHING
 ), event AS (
     INSERT INTO events (company_id, lead_id, type, payload)
     SELECT $1, msg.lead_id, 'message.received',
-           jsonb_build_object('message_id', msg.id, 'channel', $7, 'job_id', $10,
-                              'provider_message_id', $9)
-    FROM msg
+           jsonb_build_object('message_id', msg.id, 'channel', $13, 'job_id', msg.job_id,
+                              'provider_message_id', i.provider_message_id, 'optout', i.optout)
+    FROM msg JOIN input i ON i.message_id = msg.id
+    UNION ALL
+    SELECT $1, msg.lead_id, 'lead.opted_out',
+           jsonb_build_object('message_id', msg.id, 'channel', $13, 'reason', 'optout_keyword')
+    FROM msg JOIN input i ON i.message_id = msg.id WHERE i.optout
 )
-SELECT msg.id AS message_id, msg.lead_id, job.id AS job_id FROM msg, job
+SELECT i.message_id AS requested_id, COALESCE(msg.id, old.id) AS message_id,
+       COALESCE(msg.lead_id, old.lead_id) AS lead_id, COALESCE(msg.job_id, old_job.id) AS job_id,
+       msg.id IS NOT NULL AS created
+FROM input i
+LEFT JOIN msg ON msg.id = i.message_id
+LEFT JOIN messages old
+       ON msg.id IS NULL AND old.company_id = $1 AND old.channel = $13
+      AND old.provider_message_id = i.provider_message_id
+LEFT JOIN jobs old_job ON old_job.idempotency_key = $14 || ':' || old.id
 """
 
 
 FILE_BY_PHONE = _file_sql("phone")
 FILE_BY_EMAIL = _file_sql("email")
 
+# A concurrent request that filed the same provider id committed after our statement's snapshot:
+# a fresh statement sees it.
 EXISTING = """
-SELECT m.id AS message_id, m.lead_id, j.id AS job_id
+SELECT m.provider_message_id, m.id AS message_id, m.lead_id, j.id AS job_id
 FROM messages m LEFT JOIN jobs j ON j.idempotency_key = $4 || ':' || m.id
-WHERE m.company_id = $1 AND m.channel = $2 AND m.provider_message_id = $3
+WHERE m.company_id = $1 AND m.channel = $2 AND m.provider_message_id = ANY($3::text[])
 """
 
 
@@ -133,27 +185,69 @@ class IngestRepository:
         route: CompanyRoute,
         *,
         identity: Literal["phone", "email"],
-        address: str,
-        contact_name: str | None,
         channel: str,
-        text: str,
-        provider_message_id: str | None,
+        rows: Sequence[InboundRow],
         task: str,
         priority: int,
         max_attempts: int,
-    ) -> Filed:
-        """File the message and its job in the caller's transaction; a repeated provider
-        message id returns the first filing instead."""
-        message_id, job_id = uuid.uuid4(), uuid.uuid4()
-        row = await conn.fetchrow(
+    ) -> list[Filed]:
+        """File messages, their leads, contacts, jobs (or suppressions) and events in one
+        statement, in the caller's transaction; results follow `rows`.
+
+        A provider message id seen before returns the first filing with `created` False. The
+        rows must not repeat a provider message id among themselves.
+        """
+        message_ids = [uuid.uuid4() for _ in rows]
+        job_ids = [None if row.optout else uuid.uuid4() for row in rows]
+        now = datetime.now(UTC)
+        records = await conn.fetch(
             FILE_BY_PHONE if identity == "phone" else FILE_BY_EMAIL,
-            route.company_id, route.pipeline_id, route.new_stage_id, address, contact_name,
-            message_id, channel, text, provider_message_id, job_id, task, priority, max_attempts,
+            route.company_id, route.pipeline_id, route.new_stage_id,
+            [r.address for r in rows], [r.contact_name for r in rows], message_ids,
+            [r.text for r in rows], [r.provider_message_id for r in rows], job_ids,
+            [r.received_at or now for r in rows], [r.meta for r in rows],
+            [r.optout for r in rows], channel, task, priority, max_attempts,
         )  # fmt: skip
-        if row is not None:
-            return Filed(row["message_id"], row["lead_id"], row["job_id"], True)
-        existing = await conn.fetchrow(
-            EXISTING, route.company_id, channel, provider_message_id, task
+        by_request = {rec["requested_id"]: rec for rec in records}
+        raced = [
+            row.provider_message_id
+            for row, message_id in zip(rows, message_ids, strict=True)
+            if by_request[message_id]["message_id"] is None
+        ]
+        existing = {}
+        if raced:
+            found = await conn.fetch(EXISTING, route.company_id, channel, raced, task)
+            existing = {rec["provider_message_id"]: rec for rec in found}
+        filed = []
+        for row, message_id in zip(rows, message_ids, strict=True):
+            rec = by_request[message_id]
+            if rec["message_id"] is None:
+                rec = existing[row.provider_message_id]
+                filed.append(Filed(rec["message_id"], rec["lead_id"], rec["job_id"], False))
+            else:
+                filed.append(
+                    Filed(rec["message_id"], rec["lead_id"], rec["job_id"], rec["created"])
+                )
+        return filed
+
+    @staticmethod
+    async def optout_confirmations(
+        conn: asyncpg.Connection, message_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, uuid.UUID]:
+        """The confirmation send (its job id is its message id) of each opted-out message."""
+        rows = await conn.fetch(
+            "SELECT id, reply_to_id FROM messages WHERE send_key = ANY($1::text[])",
+            [f"{OPTOUT_SEND_KEY_PREFIX}{m}" for m in message_ids],
         )
-        assert existing is not None, "conflict without an existing message"
-        return Filed(existing["message_id"], existing["lead_id"], existing["job_id"], False)
+        return {r["reply_to_id"]: r["id"] for r in rows}
+
+    @staticmethod
+    async def company_for_address(
+        conn: asyncpg.Connection | asyncpg.Pool, channel: str, address: str
+    ) -> uuid.UUID | None:
+        """The company that registered this provider address (inbound_routes), if any."""
+        company_id: uuid.UUID | None = await conn.fetchval(
+            "SELECT company_id FROM inbound_routes WHERE channel = $1 AND address = $2",
+            channel, address,
+        )  # fmt: skip
+        return company_id

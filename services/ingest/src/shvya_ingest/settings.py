@@ -1,13 +1,28 @@
-"""Ingest settings: where to listen, limits on what it accepts, and the admin token."""
+"""Ingest settings: where to listen, limits on what it accepts, the admin token, and the
+provider webhooks, opt-out keywords and SMTP receiver."""
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from typing import Annotated
 
-from shvya_common.settings import CommonSettings
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from shvya_common.knowledge.settings import KnowledgeSettings
+
+# Exact-match opt-out words (compared case- and accent-insensitively, see `optout.py`).
+DEFAULT_OPTOUT_KEYWORDS = [
+    "STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPT OUT", "OPTOUT",
+    "PARAR", "PARE", "SAIR", "CANCELAR",  # pt, es
+    "BAJA", "DAR DE BAJA",  # es
+    "ARRÊTER", "ARRETER", "DÉSABONNER", "DESABONNER",  # fr
+    "STOPP", "ABMELDEN",  # de, sv, no
+    "रोकें", "रोको", "बंद करो", "बंद",  # hi
+]  # fmt: skip
 
 
-class IngestSettings(CommonSettings):
+# KnowledgeSettings is a CommonSettings with the knowledge-base fields (the KB API's embedder).
+class IngestSettings(KnowledgeSettings):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(8000, ge=1, le=65535)
     http_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
@@ -35,3 +50,57 @@ class IngestSettings(CommonSettings):
         if len(token) < 16 or token.lower() in {"changeme", "change-me-please", "secret"}:
             raise ValueError("ADMIN_TOKEN must be a random string of at least 16 characters")
         return value
+
+    whatsapp_verify_token: SecretStr | None = Field(
+        None, description="Verify token typed into Meta's webhook setup; answers the handshake."
+    )
+    whatsapp_app_secret: SecretStr | None = Field(
+        None, description="Meta app secret; signs every webhook POST (X-Hub-Signature-256)."
+    )
+    optout_keywords: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_OPTOUT_KEYWORDS),
+        description="Comma-separated; an inbound message that is exactly one of these opts out.",
+    )
+    optout_confirmation_text: str = Field(
+        "You have been unsubscribed and will not receive further messages from us.",
+        min_length=1,
+        max_length=1000,
+        description="The one message sent to confirm an opt-out.",
+    )
+    email_webhook_token: SecretStr | None = Field(
+        None, description="When set, POST /webhooks/email needs 'Authorization: Bearer <token>'."
+    )
+    smtp_receiver_enabled: bool = Field(
+        False, description="Run a built-in SMTP server that files received mail as inbound."
+    )
+    smtp_receiver_host: str = "127.0.0.1"
+    smtp_receiver_port: int = Field(2525, ge=0, le=65535)
+    smtp_receiver_hostname: str = Field(
+        "shvya-ingest", description="Name the SMTP receiver announces in its greeting."
+    )
+    smtp_receiver_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest message the SMTP receiver accepts."
+    )
+
+    @field_validator(
+        "whatsapp_verify_token", "whatsapp_app_secret", "email_webhook_token", mode="before"
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("optout_keywords", mode="before")
+    @classmethod
+    def _split_keywords(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _one_smtp_listener(self) -> IngestSettings:
+        if self.smtp_receiver_enabled and self.http_workers > 1:
+            # Every worker process would run the lifespan and bind the same SMTP port.
+            raise ValueError("SMTP_RECEIVER_ENABLED needs HTTP_WORKERS=1")
+        return self

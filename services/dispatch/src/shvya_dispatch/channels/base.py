@@ -6,6 +6,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from shvya_common.contracts import SendParams
+
 
 @dataclass(frozen=True)
 class SendResult:
@@ -20,5 +22,15 @@ class Channel(Protocol):
     name: str
 
     async def send(
-        self, to: str, text: str, *, template_id: uuid.UUID | None = None, message_id: uuid.UUID
-    ) -> SendResult: ...
+        self,
+        to: str,
+        text: str,
+        *,
+        template_id: uuid.UUID | None = None,
+        message_id: uuid.UUID,
+        params: SendParams | None = None,
+    ) -> SendResult:
+        """Deliver one message. `params` is the whole send request, for adapters that need more
+        than the address and text (company, lead, purpose: email's unsubscribe link and bounce
+        suppression, WhatsApp Web's account); the router always passes it."""
+        ...

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import structlog
 
+from shvya_common.contracts import SendParams
 from shvya_dispatch.channels.base import SendResult
 
 log = structlog.get_logger(__name__)
@@ -27,7 +28,13 @@ class LogChannel:
         self._lock = asyncio.Lock()
 
     async def send(
-        self, to: str, text: str, *, template_id: uuid.UUID | None = None, message_id: uuid.UUID
+        self,
+        to: str,
+        text: str,
+        *,
+        template_id: uuid.UUID | None = None,
+        message_id: uuid.UUID,
+        params: SendParams | None = None,
     ) -> SendResult:
         record = {
             "message_id": str(message_id),

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import replace
 from typing import Literal
 
+from shvya_common.contracts import SendParams
 from shvya_common.errors import PermanentError
 from shvya_dispatch.channels.base import Channel, SendResult
 
@@ -30,13 +31,16 @@ class ChannelRouter:
         template_id: uuid.UUID | None = None,
         *,
         message_id: uuid.UUID,
+        params: SendParams | None = None,
     ) -> SendResult:
         adapter = self.channels.get(channel)
         if adapter is not None:
-            return await adapter.send(to, text, template_id=template_id, message_id=message_id)
+            return await adapter.send(
+                to, text, template_id=template_id, message_id=message_id, params=params
+            )
         if self.unconfigured == "log" and self.fallback is not None:
             result = await self.fallback.send(
-                to, text, template_id=template_id, message_id=message_id
+                to, text, template_id=template_id, message_id=message_id, params=params
             )
             meta = {**result.meta, "routed_to": self.fallback.name,
                     "reason": f"channel {channel!r} has no credentials configured"}  # fmt: skip

@@ -1,0 +1,152 @@
+"""Helpers for dispatch tests: companies, leads, templates and queued sends in a real database,
+and the real dispatch wiring (`build_deps`) around a fake Graph server."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import AsyncExitStack
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from shvya_common.bus import JobContext
+from shvya_common.contracts import SendParams
+from shvya_dispatch.app import build_deps
+from shvya_dispatch.handlers import Deps, handle_send
+from shvya_dispatch.settings import DispatchSettings
+from tests.fakes.graph_server import FakeGraph
+
+TOKEN = "EAAG-test-token-never-logged"
+PHONE_ID = "106540352242922"
+
+
+def dispatch_settings(
+    db_url: str, graph: FakeGraph | None = None, **extra: Any
+) -> DispatchSettings:
+    values: dict[str, Any] = {"database_url": db_url, "log_format": "json"}
+    if graph is not None:
+        values.update(
+            whatsapp_cloud_phone_id=graph.phone_number_id, whatsapp_cloud_token=graph.token,
+            whatsapp_cloud_base_url=graph.base_url, whatsapp_cloud_api_version=graph.version,
+            whatsapp_cloud_timeout_seconds=2.0, whatsapp_cloud_connect_timeout_seconds=1.0,
+        )  # fmt: skip
+    values.update(extra)
+    return DispatchSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+class Dispatcher:
+    """The real dispatch dependencies in this process; `send` runs the handler on a queued send."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: DispatchSettings) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.stack = AsyncExitStack()
+        self.deps: Deps | None = None
+
+    async def __aenter__(self) -> Dispatcher:
+        self.deps = await build_deps(self.settings, self.pool, self.stack)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stack.aclose()
+
+    async def send(
+        self, message_id: uuid.UUID, params: SendParams, prior_status: str | None = "queued"
+    ) -> dict[str, Any]:
+        assert self.deps is not None
+        job = JobContext(
+            job_id=message_id, task="dispatch.send", priority=100, attempt=1,
+            company_id=params.company_id, lead_id=params.lead_id, prior_status=prior_status,
+        )  # fmt: skip
+        return await handle_send(params, job, self.deps)
+
+
+async def make_company(
+    pool: asyncpg.Pool, *, timezone: str = "UTC", settings: dict[str, Any] | None = None
+) -> uuid.UUID:
+    company_id: uuid.UUID = await pool.fetchval(
+        "INSERT INTO companies (name, timezone, settings) VALUES ('Acme', $1, $2) RETURNING id",
+        timezone, settings or {},
+    )  # fmt: skip
+    return company_id
+
+
+async def make_lead(
+    pool: asyncpg.Pool,
+    company_id: uuid.UUID,
+    *,
+    phone: str | None = "+15551230001",
+    email: str | None = None,
+    last_inbound_at: datetime | None = None,
+    timezone: str | None = None,
+    contact_name: str = "Asha Rao",
+) -> uuid.UUID:
+    lead_id: uuid.UUID = await pool.fetchval(
+        "INSERT INTO leads (company_id, phone_e164, email, contact_name, timezone,"
+        " last_inbound_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        company_id, phone, email, contact_name, timezone, last_inbound_at,
+    )  # fmt: skip
+    return lead_id
+
+
+async def make_template(
+    pool: asyncpg.Pool,
+    company_id: uuid.UUID,
+    name: str,
+    body: str,
+    variables: list[Any],
+    *,
+    channel: str = "whatsapp_cloud",
+    status: str = "approved",
+    language: str = "en_US",
+) -> uuid.UUID:
+    template_id: uuid.UUID = await pool.fetchval(
+        "INSERT INTO templates (company_id, name, channel, language, body, variables, status)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        company_id, name, channel, language, body, variables, status,
+    )  # fmt: skip
+    return template_id
+
+
+async def queue_send(
+    pool: asyncpg.Pool,
+    company_id: uuid.UUID,
+    lead_id: uuid.UUID,
+    *,
+    to: str = "+15551230001",
+    channel: str = "whatsapp_cloud",
+    text: str = "Thanks for writing! Here is what you asked about.",
+    purpose: str = "reply",
+    template_id: uuid.UUID | None = None,
+) -> tuple[uuid.UUID, SendParams]:
+    """An outbound message row in 'queued', as `JobBus.request_send` writes it."""
+    params = SendParams(
+        company_id=company_id, lead_id=lead_id, channel=channel, to=to, text=text,  # type: ignore[arg-type]
+        template_id=template_id, send_key=f"test:{uuid.uuid4()}", purpose=purpose,  # type: ignore[arg-type]
+    )  # fmt: skip
+    message_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO messages (id, company_id, lead_id, direction, channel, body, status,"
+        " send_key, recipient, priority, meta)"
+        " VALUES ($1, $2, $3, 'outbound', $4, $5, 'queued', $6, $7, 100, $8)",
+        message_id, company_id, lead_id, channel, text, params.send_key, to,
+        {"purpose": purpose},
+    )  # fmt: skip
+    return message_id, params
+
+
+async def message_row(pool: asyncpg.Pool, message_id: uuid.UUID) -> asyncpg.Record:
+    row = await pool.fetchrow(
+        "SELECT status, provider_message_id, sent_at, last_error, meta FROM messages WHERE id = $1",
+        message_id,
+    )
+    assert row is not None
+    return row
+
+
+async def event_types(pool: asyncpg.Pool, company_id: uuid.UUID) -> list[str]:
+    rows = await pool.fetch(
+        "SELECT type FROM events WHERE company_id = $1 ORDER BY created_at", company_id
+    )
+    return [r["type"] for r in rows]

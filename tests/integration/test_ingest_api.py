@@ -1,0 +1,211 @@
+"""Ingest's HTTP edge in-process against real NATS and PostgreSQL: bad input, auth, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+
+import asyncpg
+import httpx
+import pytest
+
+from shvya_common.db import migrate
+from shvya_common.embedded import EmbeddedNats, free_port
+from shvya_ingest.app import create_app
+from shvya_ingest.settings import IngestSettings
+
+pytestmark = pytest.mark.integration
+
+GOOD = {"phone_number": "+1 (202) 555-0123", "contact_name": "Lee", "message_text": "Hi",
+        "channel": "whatsapp_cloud"}  # fmt: skip
+
+
+@asynccontextmanager
+async def ingest_client(env: dict[str, str], **overrides: str):
+    values = {k.lower(): v for k, v in {**env, **overrides}.items()}
+    app = create_app(IngestSettings(**values))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            yield client
+
+
+async def counts(db_url: str) -> dict[str, int]:
+    conn = await asyncpg.connect(db_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM messages) AS messages, (SELECT count(*) FROM jobs) AS jobs,"
+            " (SELECT count(*) FROM leads) AS leads, (SELECT count(*) FROM events) AS events"
+        )
+        return dict(row)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def client(base_env):
+    async with ingest_client(base_env) as c:
+        yield c
+
+
+NOTHING = {"messages": 0, "jobs": 0, "leads": 0, "events": 0}
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "reason"),
+    [
+        (b'{"phone_number": "+12025550123", ', 422, "JSON"),
+        (json.dumps({**GOOD, "message_text": ""}).encode(), 422, "message_text"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "channel"}).encode(), 422, "channel"),
+        (json.dumps({**GOOD, "channel": "telegram"}).encode(), 422, "channel"),
+        (json.dumps({**GOOD, "phone_number": "call me maybe"}).encode(), 422, "phone"),
+        (json.dumps({**GOOD, "phone_number": "12"}).encode(), 422, "phone"),
+        (json.dumps({**GOOD, "company_id": "not-a-uuid"}).encode(), 422, "company_id"),
+        (json.dumps({**GOOD, "message_text": "x" * 70_000}).encode(), 413, "larger than"),
+        (json.dumps([GOOD]).encode(), 422, ""),
+    ],
+    ids=[
+        "malformed-json",
+        "empty-text",
+        "missing-channel",
+        "unknown-channel",
+        "not-a-phone",
+        "short-phone",
+        "bad-company-id",
+        "too-large",
+        "not-an-object",
+    ],  # fmt: skip
+)
+async def test_bad_input_gets_4xx_with_reason_and_writes_nothing(
+    client, db_url, raw, status, reason
+):
+    """Malformed or invalid requests are refused with a reason and leave no record."""
+    response = await client.post(
+        "/inbound-message", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == status, response.text
+    assert reason.lower() in response.text.lower()
+    after = await counts(db_url)
+    assert after == NOTHING
+
+
+async def test_unknown_company_is_404_and_writes_nothing(client, db_url):
+    """A company_id that does not exist is refused rather than silently created."""
+    response = await client.post(
+        "/inbound-message", json={**GOOD, "company_id": "00000000-0000-4000-8000-000000000000"}
+    )
+    assert response.status_code == 404
+    assert "does not exist" in response.json()["detail"]
+    assert await counts(db_url) == NOTHING
+
+
+async def test_lead_is_upserted_by_normalised_phone_and_name_updated(client, db_url):
+    """Two spellings of one number reach the same lead, whose name follows the latest message."""
+    first = await client.post("/inbound-message", json=GOOD)
+    second = await client.post(
+        "/inbound-message", json={**GOOD, "phone_number": "+12025550123", "contact_name": "Lee K"}
+    )
+    assert first.status_code == second.status_code == 200
+    conn = await asyncpg.connect(db_url)
+    try:
+        leads = await conn.fetch("SELECT phone_e164, contact_name FROM leads")
+        assert [dict(r) for r in leads] == [{"phone_e164": "+12025550123", "contact_name": "Lee K"}]
+        assert await conn.fetchval("SELECT count(*) FROM messages") == 2
+        jobs = await conn.fetch("SELECT task_name, priority, status FROM jobs")
+        assert {(j["task_name"], j["priority"]) for j in jobs} == {("ai.engage", 100)}
+    finally:
+        await conn.close()
+
+
+async def test_admin_replay_needs_the_bearer_token(client, admin_token):
+    """/admin/* answers 401 without a token, 403 with a wrong one, 200 with the right one."""
+    assert (await client.post("/admin/dlq/replay", json={"max_jobs": 5})).status_code == 401
+    wrong = await client.post(
+        "/admin/dlq/replay", json={"max_jobs": 5}, headers={"Authorization": "Bearer nope"}
+    )
+    assert wrong.status_code == 403
+    right = await client.post(
+        "/admin/dlq/replay", json={"max_jobs": 5},
+        headers={"Authorization": f"Bearer {admin_token}"},
+    )  # fmt: skip
+    assert right.status_code == 200
+    assert right.json() == {"replayed": 0, "job_ids": []}
+    bad = await client.post(
+        "/admin/dlq/replay", json={"max_jobs": 0},
+        headers={"Authorization": f"Bearer {admin_token}"},
+    )  # fmt: skip
+    assert bad.status_code == 422
+
+
+async def test_health_readiness_and_metrics(client):
+    """/healthz, /readyz (database and NATS) and /metrics answer."""
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["database"] == "ok"
+    await client.post("/inbound-message", json=GOOD)
+    metrics = (await client.get("/metrics")).text
+    assert 'shvya_http_request_seconds_count{method="POST",route="/inbound-message"' in metrics
+    assert "shvya_jobs_enqueued_total" in metrics
+
+
+async def test_nats_outage_gets_503_and_writes_nothing(base_env, db_url, tmp_path):
+    """With NATS down, /inbound-message answers 503 and rolls the message back."""
+    nats_server = EmbeddedNats(tmp_path / "nats", free_port(), free_port())
+    nats_server.start()
+    try:
+        async with ingest_client(base_env, NATS_URL=nats_server.url) as client:
+            assert (await client.post("/inbound-message", json=GOOD)).status_code == 200
+            nats_server.stop()
+            response = await client.post(
+                "/inbound-message", json={**GOOD, "phone_number": "+12025550199"}
+            )
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "5"
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["nats"] != "ok"
+    finally:
+        nats_server.stop()
+    after = await counts(db_url)
+    assert after["messages"] == 1 and after["jobs"] == 1
+
+
+async def test_database_outage_gets_503(base_env, db_url, pg_admin_url):
+    """With the database unreachable, /inbound-message answers 503 instead of 500 or hanging."""
+    async with ingest_client(base_env, REQUEST_TIMEOUT_SECONDS="5") as client:
+        assert (await client.post("/inbound-message", json=GOOD)).status_code == 200
+        name = db_url.rsplit("/", 1)[1]
+        admin = await asyncpg.connect(pg_admin_url)
+        try:
+            await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+            )
+            response = await client.post(
+                "/inbound-message", json={**GOOD, "phone_number": "+12025550199"}
+            )
+            assert response.status_code == 503, response.text
+        finally:
+            await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+            await admin.close()
+
+
+async def test_migrations_are_safe_when_services_start_at_once(pg_admin_url):
+    """Eight concurrent migrators on an empty database apply each migration exactly once."""
+    name = f"m_{free_port()}"
+    admin = await asyncpg.connect(pg_admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        results = await asyncio.gather(*(migrate(url) for _ in range(8)))
+        applied = [m for r in results for m in r]
+        conn = await asyncpg.connect(url)
+        try:
+            versions = await conn.fetch("SELECT name FROM schema_migrations ORDER BY version")
+        finally:
+            await conn.close()
+        assert sorted(applied) == [v["name"] for v in versions]
+        assert len(applied) == len(set(applied))
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
