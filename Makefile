@@ -12,7 +12,7 @@ $(UV):
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet --disable-pip-version-check uv==0.13.9
 
-# A venv that has the offline embedder keeps it when re-synced (uv sync removes what it is not asked for).
+# A venv with the offline embedder keeps it when re-synced (uv sync drops what is not asked for).
 $(VENV)/.synced: $(UV) uv.lock pyproject.toml libs/common/pyproject.toml services/*/pyproject.toml
 	$(SYNC) $(if $(wildcard $(VENV)/.offline-embedder),--extra offline-embedder)
 	@touch $@

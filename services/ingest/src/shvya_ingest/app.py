@@ -34,6 +34,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
                 if smtp is not None:  # stop receiving mail before the pool closes
                     smtp.close()
                     await smtp.wait_closed()
+                await ingest.batcher.close()
 
     app = FastAPI(
         title="SHVYA ingest",

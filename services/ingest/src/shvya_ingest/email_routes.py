@@ -66,7 +66,7 @@ class InboundEmailWebhook(BaseModel):
         return self
 
 
-def require_email_token(
+async def require_email_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:

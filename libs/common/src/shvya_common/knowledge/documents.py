@@ -14,6 +14,7 @@ by keyword search, and `shvya reembed` embeds them later.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import uuid
@@ -188,9 +189,10 @@ class KnowledgeBase:
     async def _store(
         self, company_id: uuid.UUID, doc_id: uuid.UUID | None, doc: NewDocument
     ) -> StoredDocument | None:
-        title, fmt, text = prepare(doc)
-        chunks = chunk_document(
-            text, "text" if fmt == "text" else "markdown",
+        # Parsing a large HTML page or cutting a long text takes a while: not on the event loop.
+        title, fmt, text = await asyncio.to_thread(prepare, doc)
+        chunks = await asyncio.to_thread(
+            chunk_document, text, "text" if fmt == "text" else "markdown",
             max_chars=self.chunk_chars, overlap_chars=self.overlap_chars,
         )  # fmt: skip
         async with self.pool.acquire() as conn:

@@ -1,0 +1,95 @@
+"""Coalesces concurrent single-message filings into shared transactions.
+
+Round trips, not SQL, dominate ingest's cost: a message filed alone costs BEGIN, the filing
+statement and COMMIT, plus its JetStream publish. Under load many requests wait at once, so
+each flusher takes everything queued while the previous batch was in flight (up to `max_batch`)
+and files it with `InboundFiler.file`: one transaction and one statement per company, channel
+and identity, with the publishes gathered before COMMIT. At low load a batch is a single
+request and nothing waits on a timer, so latency is unchanged.
+
+A batch shares its fate: if its transaction fails (database or NATS down), every request in it
+gets the same error, and none of them was filed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+from shvya_common.contracts.jobs import Channel
+from shvya_ingest.inbound import Accepted, InboundFiler
+from shvya_ingest.repository import CompanyRoute, InboundRow
+
+Identity = Literal["phone", "email"]
+
+
+@dataclass
+class _Pending:
+    route: CompanyRoute
+    identity: Identity
+    channel: Channel
+    row: InboundRow
+    future: asyncio.Future[Accepted]
+
+
+class FilingBatcher:
+    def __init__(self, filer: InboundFiler, *, max_batch: int = 128, flushers: int = 2) -> None:
+        self.filer = filer
+        self.max_batch = max_batch
+        self._queue: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._flusher()) for _ in range(flushers)]
+
+    async def file_one(
+        self, route: CompanyRoute, identity: Identity, channel: Channel, row: InboundRow
+    ) -> Accepted:
+        future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(route, identity, channel, row, future))
+        self._wake.set()
+        return await future
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(RuntimeError("ingest is shutting down"))
+
+    async def _flusher(self) -> None:
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
+            await self._file(batch)
+
+    async def _file(self, batch: list[_Pending]) -> None:
+        groups: dict[tuple[object, ...], list[_Pending]] = {}
+        for pending in batch:
+            if pending.future.done():  # the request was cancelled (client gone, deadline)
+                continue
+            key = (pending.route.company_id, pending.identity, pending.channel)
+            groups.setdefault(key, []).append(pending)
+        for items in groups.values():
+            first = items[0]
+            try:
+                results = await self.filer.file(
+                    first.route, identity=first.identity, channel=first.channel,
+                    rows=[p.row for p in items],
+                )  # fmt: skip
+            except Exception as err:
+                for p in items:
+                    if not p.future.done():
+                        p.future.set_exception(err)
+                continue
+            for p, result in zip(items, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)
