@@ -44,8 +44,12 @@ def ensure_wrk() -> str:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
         subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "wrk"],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
         found = shutil.which("wrk")
     if not found:
         sys.exit("wrk is needed for the benchmark: apt-get install wrk")
@@ -62,17 +66,31 @@ def _ms(text: str) -> float:
 
 def run_wrk(url: str, threads: int = 2) -> dict[str, float]:
     out = subprocess.run(
-        [ensure_wrk(), f"-t{threads}", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency",
-         "-s", str(ROOT / "bench" / "post.lua"), url],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+        [
+            ensure_wrk(),
+            f"-t{threads}",
+            f"-c{CONNECTIONS}",
+            f"-d{DURATION}s",
+            "--latency",
+            "-s",
+            str(ROOT / "bench" / "post.lua"),
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     pct = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"\s+(50|99)%\s+(\S+)", out)}
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50": pct["50"], "p99": pct["99"],
-            "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
-            "socket_errors": 0.0 if errors is None else 1.0}  # fmt: skip
+    return {
+        "rps": rps,
+        "p50": pct["50"],
+        "p99": pct["99"],
+        "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
+        "socket_errors": 0.0 if errors is None else 1.0,
+    }
 
 
 def wait_http(url: str, timeout: float = 60) -> None:
@@ -89,8 +107,9 @@ def wait_http(url: str, timeout: float = 60) -> None:
 
 def start_service(name: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
     log = (logs / f"{name}.log").open("wb")
-    return subprocess.Popen([sys.executable, "-m", f"shvya_{name}"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", f"shvya_{name}"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -127,8 +146,12 @@ async def e2e_latency(base: str, db_url: str) -> dict[str, float]:
     async with httpx.AsyncClient(base_url=base, timeout=10) as client:
         tasks = []
         for i in range(E2E_MESSAGES):
-            body = {"phone_number": f"+1303555{i:04d}", "contact_name": "Latency",
-                    "message_text": f"ping {i}", "channel": "log"}  # fmt: skip
+            body = {
+                "phone_number": f"+1303555{i:04d}",
+                "contact_name": "Latency",
+                "message_text": f"ping {i}",
+                "channel": "log",
+            }
             tasks.append(asyncio.create_task(client.post("/inbound-message", json=body)))
             await asyncio.sleep(1 / E2E_RATE)
         responses = await asyncio.gather(*tasks)
@@ -171,20 +194,41 @@ def main() -> None:
         pg.start()
         port = free_port()
         env = {
-            **os.environ, "NATS_URL": nats_server.url, "DATABASE_URL": pg.url,
-            "ADMIN_TOKEN": "bench-admin-token-0123456789", "PORT": str(port),
-            "LOG_LEVEL": "warning", "LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
-            "DB_POOL_MAX": "32", "WORKER_CONCURRENCY": "64",
-        }  # fmt: skip
+            **os.environ,
+            "NATS_URL": nats_server.url,
+            "DATABASE_URL": pg.url,
+            "ADMIN_TOKEN": "bench-admin-token-0123456789",
+            "PORT": str(port),
+            "LOG_LEVEL": "warning",
+            "LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+            "DB_POOL_MAX": "32",
+            "WORKER_CONCURRENCY": "64",
+        }
         env.pop("OPENAI_API_KEY", None)
 
         print(f"[1/4] minimal FastAPI handler, {CONNECTIONS} connections, {DURATION}s", flush=True)
         mport = free_port()
         minimal = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bench.minimal_app:app", "--port", str(mport),
-             "--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http",
-             "httptools"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.minimal_app:app",
+                "--port",
+                str(mport),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for_port(mport)
         results["minimal FastAPI handler"] = run_wrk(f"http://127.0.0.1:{mport}")
         stop(minimal)
@@ -194,8 +238,10 @@ def main() -> None:
         procs.append(ingest)
         wait_http(f"http://127.0.0.1:{port}/healthz")
         # Warm the company/pipeline cache and connection pool before measuring.
-        httpx.post(f"http://127.0.0.1:{port}/inbound-message", json={
-            "phone_number": "+12025550100", "message_text": "warm", "channel": "log"})  # fmt: skip
+        httpx.post(
+            f"http://127.0.0.1:{port}/inbound-message",
+            json={"phone_number": "+12025550100", "message_text": "warm", "channel": "log"},
+        )
         results["ingest POST /inbound-message"] = run_wrk(f"http://127.0.0.1:{port}")
         backlog = asyncio.run(_count(pg.url, "SELECT count(*) FROM jobs"))
 
@@ -231,19 +277,40 @@ def report(results: dict[str, dict[str, float]]) -> None:
     e2e = results["end-to-end latency"]
     ratio = ingest["rps"] / base["rps"]
     rows = [
-        ("minimal FastAPI handler (yardstick)", f"{base['rps']:,.0f} req/s",
-         f"{base['p50']:.1f} ms", f"{base['p99']:.1f} ms", "1.00"),
-        ("ingest POST /inbound-message", f"{ingest['rps']:,.0f} req/s",
-         f"{ingest['p50']:.1f} ms", f"{ingest['p99']:.1f} ms", f"{ratio:.2f}"),
-        ("pipeline: inbound → AI (offline) → reply recorded", f"{drain_rate:,.0f} msg/s", "", "",
-         f"{drain_rate / base['rps']:.2f}"),
-        (f"end-to-end latency ({int(e2e['count'])} msgs at {E2E_RATE:.0f}/s)", "",
-         f"{e2e['p50']:.1f} ms", f"{e2e['p99']:.1f} ms", ""),
-    ]  # fmt: skip
+        (
+            "minimal FastAPI handler (yardstick)",
+            f"{base['rps']:,.0f} req/s",
+            f"{base['p50']:.1f} ms",
+            f"{base['p99']:.1f} ms",
+            "1.00",
+        ),
+        (
+            "ingest POST /inbound-message",
+            f"{ingest['rps']:,.0f} req/s",
+            f"{ingest['p50']:.1f} ms",
+            f"{ingest['p99']:.1f} ms",
+            f"{ratio:.2f}",
+        ),
+        (
+            "pipeline: inbound → AI (offline) → reply recorded",
+            f"{drain_rate:,.0f} msg/s",
+            "",
+            "",
+            f"{drain_rate / base['rps']:.2f}",
+        ),
+        (
+            f"end-to-end latency ({int(e2e['count'])} msgs at {E2E_RATE:.0f}/s)",
+            "",
+            f"{e2e['p50']:.1f} ms",
+            f"{e2e['p99']:.1f} ms",
+            "",
+        ),
+    ]
     header = ("what", "throughput", "p50", "p99", "ratio to yardstick")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
-    lines = [" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in
-             [header, *rows]]  # fmt: skip
+    lines = [
+        " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]
+    ]
     table = "\n".join([lines[0], "-+-".join("-" * w for w in widths), *lines[1:]])
     print("\n" + table + "\n")
     verdict = (

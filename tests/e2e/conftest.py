@@ -20,8 +20,9 @@ class Platform:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, name: str, **extra: str) -> ServiceProcess:
-        env = service_env({**self.base_env, "PORT": self.port, "METRICS_PORT": free_port(),
-                           **extra})  # fmt: skip
+        env = service_env(
+            {**self.base_env, "PORT": self.port, "METRICS_PORT": free_port(), **extra}
+        )
         proc = ServiceProcess(name, env, self.log_dir).start()
         self.procs[name] = proc
         return proc

@@ -34,39 +34,61 @@ async def test_model_reply_quiet_summary_bumpup_and_summary_api(services, db_url
     conversation and bump the silent lead once; the admin API summary lands on the lead."""
     async with FakeOpenAI(api_key=KEY) as server:
         server.chat_responder = model
-        ai = {"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": server.base_url,
-              "EMBEDDINGS_PROVIDER": "none", "BUMPUP_SILENT_DAYS": SILENT_DAYS,
-              "BUMPUP_MAX": "1"}  # fmt: skip
+        ai = {
+            "OPENAI_API_KEY": KEY,
+            "OPENAI_BASE_URL": server.base_url,
+            "EMBEDDINGS_PROVIDER": "none",
+            "BUMPUP_SILENT_DAYS": SILENT_DAYS,
+            "BUMPUP_MAX": "1",
+        }
         services.start("ingest")
         services.start("engage", **ai)
         services.start("dispatch")
-        services.start("scheduler", SWEEP_INTERVAL_SECONDS="0.5", SUMMARY_QUIET_MINUTES="0.02",
-                       BUMPUP_SILENT_DAYS=SILENT_DAYS, BUMPUP_MAX="1")  # fmt: skip
+        services.start(
+            "scheduler",
+            SWEEP_INTERVAL_SECONDS="0.5",
+            SUMMARY_QUIET_MINUTES="0.02",
+            BUMPUP_SILENT_DAYS=SILENT_DAYS,
+            BUMPUP_MAX="1",
+        )
         for proc in services.procs.values():
             await proc.wait_ready()
         conn = await asyncpg.connect(db_url)
-        await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
-                                  schema="pg_catalog")  # fmt: skip
+        await conn.set_type_codec(
+            "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
         admin = {"Authorization": f"Bearer {services.base_env['ADMIN_TOKEN']}"}
         try:
             company = await conn.fetchval("SELECT id FROM companies WHERE is_default")
             async with httpx.AsyncClient(base_url=services.url, headers=admin) as client:
                 configured = await client.put(
                     f"/admin/companies/{company}/ai-model",
-                    json={"model": "gpt-acme", "temperature": 0.2, "max_tokens": 200,
-                          "system_prompt": SYSTEM_PROMPT},
-                )  # fmt: skip
+                    json={
+                        "model": "gpt-acme",
+                        "temperature": 0.2,
+                        "max_tokens": 200,
+                        "system_prompt": SYSTEM_PROMPT,
+                    },
+                )
                 assert configured.status_code == 200, configured.text
-                inbound = await client.post("/inbound-message", json={
-                    "phone_number": "+15550142", "contact_name": "Ravi Kumar",
-                    "message_text": "How much is the Home plan?", "channel": "whatsapp_cloud",
-                })  # fmt: skip
+                inbound = await client.post(
+                    "/inbound-message",
+                    json={
+                        "phone_number": "+15550142",
+                        "contact_name": "Ravi Kumar",
+                        "message_text": "How much is the Home plan?",
+                        "channel": "whatsapp_cloud",
+                    },
+                )
                 assert inbound.status_code == 200, inbound.text
                 lead = await conn.fetchval("SELECT id FROM leads")
 
-                reply = await eventually(lambda: conn.fetchrow(
-                    "SELECT body, meta FROM messages WHERE direction = 'outbound'"
-                    " AND meta->>'purpose' = 'reply' AND status = 'logged'"))  # fmt: skip
+                reply = await eventually(
+                    lambda: conn.fetchrow(
+                        "SELECT body, meta FROM messages WHERE direction = 'outbound'"
+                        " AND meta->>'purpose' = 'reply' AND status = 'logged'"
+                    )
+                )
                 assert reply["body"] == ANSWER
                 assert reply["meta"]["ai"]["model"] == "gpt-acme"
                 first = server.answered_chats()[0].body
@@ -81,10 +103,13 @@ async def test_model_reply_quiet_summary_bumpup_and_summary_api(services, db_url
                 )
                 assert quiet["reason"] == "quiet" and quiet["responder"] == "openai"
 
-                bump = await eventually(lambda: conn.fetchrow(
-                    "SELECT body, priority, send_key FROM messages"
-                    " WHERE meta->>'purpose' = 'followup' AND status = 'logged'"),
-                    timeout=60)  # fmt: skip
+                bump = await eventually(
+                    lambda: conn.fetchrow(
+                        "SELECT body, priority, send_key FROM messages"
+                        " WHERE meta->>'purpose' = 'followup' AND status = 'logged'"
+                    ),
+                    timeout=60,
+                )
                 assert bump["body"] == BUMP and bump["priority"] == 95
                 assert bump["send_key"] == f"bumpup:{lead}:1"
 

@@ -48,9 +48,13 @@ async def test_two_dispatch_processes_never_send_to_one_recipient_within_15_seco
             async with plat.pool.acquire() as conn, conn.transaction():
                 for n in range(2):
                     params = SendParams(
-                        company_id=company, lead_id=lead, channel="whatsapp_cloud",
-                        to="+15551230001", text=f"Reply number {n + 1}", send_key=f"e2e:{n}",
-                    )  # fmt: skip
+                        company_id=company,
+                        lead_id=lead,
+                        channel="whatsapp_cloud",
+                        to="+15551230001",
+                        text=f"Reply number {n + 1}",
+                        send_key=f"e2e:{n}",
+                    )
                     message_id, _ = await plat.bus.request_send(conn, params, priority=100)
                     ids.append(message_id)
 
@@ -73,8 +77,10 @@ async def test_two_dispatch_processes_never_send_to_one_recipient_within_15_seco
     assert second["meta"]["deferred_reason"].startswith("pacing")
     assert datetime.fromisoformat(second["meta"]["deferred_until"]) <= second["sent_at"]
     assert len(graph.requests) == 2
-    assert {r.wamid for r in graph.requests} == {first["provider_message_id"],
-                                                 second["provider_message_id"]}  # fmt: skip
+    assert {r.wamid for r in graph.requests} == {
+        first["provider_message_id"],
+        second["provider_message_id"],
+    }
 
     def handled(proc: ServiceProcess) -> set[str]:
         jobs = set()

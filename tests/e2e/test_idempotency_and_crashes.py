@@ -64,13 +64,22 @@ class SlowChat:
         if self.calls == 1:
             self.first_call.set()
             await asyncio.sleep(3600)  # the worker serving this is killed meanwhile
-        return web.json_response({
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": 0,
-            "model": payload["model"],
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": "We ship to Berlin."}}],
-            "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
-        })  # fmt: skip
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": 0,
+                "model": payload["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "We ship to Berlin."},
+                    }
+                ],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
+            }
+        )
 
     async def __aenter__(self) -> SlowChat:
         app = web.Application()
@@ -88,32 +97,43 @@ async def test_engage_killed_mid_job_completes_exactly_once(services, db_url):
     """kill -9 of the engage worker during a model call: the job is redelivered to a new worker
     and completes once, with one reply."""
     async with SlowChat() as chat:
-        ai = {"OPENAI_API_KEY": "sk-test-not-a-real-key",
-              "OPENAI_BASE_URL": f"http://127.0.0.1:{chat.port}/v1"}  # fmt: skip
+        ai = {
+            "OPENAI_API_KEY": "sk-test-not-a-real-key",
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{chat.port}/v1",
+        }
         for name in ("ingest", "dispatch"):
             services.start(name)
         first = services.start("engage", **ai)
         for proc in list(services.procs.values()):
             await proc.wait_ready()
         async with httpx.AsyncClient(base_url=services.url) as client:
-            response = await client.post("/inbound-message", json={
-                "phone_number": "+12025550123", "contact_name": "Kim",
-                "message_text": "Shipping?", "channel": "whatsapp_cloud"})  # fmt: skip
+            response = await client.post(
+                "/inbound-message",
+                json={
+                    "phone_number": "+12025550123",
+                    "contact_name": "Kim",
+                    "message_text": "Shipping?",
+                    "channel": "whatsapp_cloud",
+                },
+            )
             assert response.status_code == 200
             job_id = response.json()["job_id"]
             await asyncio.wait_for(chat.first_call.wait(), 30)
             first.kill9()
-            second = ServiceProcess("engage", {**first.env, "METRICS_PORT": str(free_port())},
-                                    services.log_dir).start()  # fmt: skip
+            second = ServiceProcess(
+                "engage", {**first.env, "METRICS_PORT": str(free_port())}, services.log_dir
+            ).start()
             services.procs["engage-2"] = second
             await second.wait_ready()
-            await eventually(lambda: client.get("/queue/stats"),
-                             lambda r: r.json()["completed"] == 1, timeout=60)  # fmt: skip
+            await eventually(
+                lambda: client.get("/queue/stats"), lambda r: r.json()["completed"] == 1, timeout=60
+            )
 
     conn = await asyncpg.connect(db_url)
     try:
-        job = await conn.fetchrow("SELECT status, attempts FROM jobs WHERE id = $1",
-                                  uuid.UUID(job_id))  # fmt: skip
+        job = await conn.fetchrow(
+            "SELECT status, attempts FROM jobs WHERE id = $1", uuid.UUID(job_id)
+        )
         assert job["status"] == "completed" and job["attempts"] == 2
         await eventually(
             lambda: conn.fetch("SELECT body, status FROM messages WHERE direction='outbound'"),
@@ -140,18 +160,22 @@ async def test_job_that_kills_its_worker_every_time_ends_in_dlq(plat, base_env, 
             if status == "dlq":
                 break
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.workers.crashy",
+                sys.executable,
+                "-m",
+                "tests.workers.crashy",
                 env={**env, "METRICS_PORT": str(free_port())},
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
             try:
                 code = await asyncio.wait_for(proc.wait(), 20)
             except TimeoutError:
                 proc.terminate()
                 code = await proc.wait()
             crashes += code == 17
-        row = await conn.fetchrow("SELECT status, attempts, last_error FROM jobs WHERE id = $1",
-                                  job.id)  # fmt: skip
+        row = await conn.fetchrow(
+            "SELECT status, attempts, last_error FROM jobs WHERE id = $1", job.id
+        )
     finally:
         await conn.close()
     assert row["status"] == "dlq"
@@ -159,6 +183,7 @@ async def test_job_that_kills_its_worker_every_time_ends_in_dlq(plat, base_env, 
     assert "crashed or timed out" in row["last_error"]
     info = await plat.js.stream_info(plat.topology.dlq_stream)
     assert info.state.messages == 1
-    raw = await plat.js.get_last_msg(plat.topology.dlq_stream, plat.topology.dlq_subject(
-        "webhook.reminder"))  # fmt: skip
+    raw = await plat.js.get_last_msg(
+        plat.topology.dlq_stream, plat.topology.dlq_subject("webhook.reminder")
+    )
     assert json.loads(raw.data)["envelope"]["job_id"] == str(job.id)

@@ -30,8 +30,14 @@ async def test_curl_example_reaches_completed_and_stores_reply(running, db_url):
             return (await client.get("/queue/stats")).json()
 
         final = await eventually(stats, lambda s: s["completed"] == 1)
-        assert final == {"queued": 0, "processing": 0, "completed": 1, "failed": 0, "dlq": 0,
-                         "total": 1}
+        assert final == {
+            "queued": 0,
+            "processing": 0,
+            "completed": 1,
+            "failed": 0,
+            "dlq": 0,
+            "total": 1,
+        }
 
     conn = await asyncpg.connect(db_url)
     try:
@@ -49,7 +55,13 @@ async def test_curl_example_reaches_completed_and_stores_reply(running, db_url):
         stages = await conn.fetch(
             "SELECT s.name FROM stages s JOIN pipelines p ON p.id = s.pipeline_id ORDER BY position"
         )
-        assert [s["name"] for s in stages] == ["New", "Contacted", "Qualified", "Proposal", "Closed"]
+        assert [s["name"] for s in stages] == [
+            "New",
+            "Contacted",
+            "Qualified",
+            "Proposal",
+            "Closed",
+        ]
         events = {r["type"] for r in await conn.fetch("SELECT type FROM events")}
         assert {"message.received", "ai.reply_generated", "message.sent"} <= events
     finally:

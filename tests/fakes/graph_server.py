@@ -40,34 +40,58 @@ ERRORS: dict[int, tuple[int, str, str]] = {
     4: (400, "Application request limit reached", "The app has reached its API call rate limit."),
     100: (400, "Invalid parameter", "A parameter is missing or invalid."),
     190: (401, "Error validating access token: Session has expired", "Access token expired."),
-    368: (400, "Temporarily blocked for policies violations",
-          "The WhatsApp Business Account is restricted for violating a platform policy."),
+    368: (
+        400,
+        "Temporarily blocked for policies violations",
+        "The WhatsApp Business Account is restricted for violating a platform policy.",
+    ),
     80007: (400, "Rate limit issues", "The WhatsApp Business Account has reached its rate limit."),
-    130429: (400, "Rate limit hit",
-             "Message failed to send because there were too many messages sent from this phone "
-             "number in a short period of time"),
+    130429: (
+        400,
+        "Rate limit hit",
+        "Message failed to send because there were too many messages sent from this phone "
+        "number in a short period of time",
+    ),
     131000: (500, "Something went wrong", "Message failed to send due to an unknown error."),
     131016: (503, "Service unavailable", "A service is temporarily unavailable."),
     131026: (400, "Message Undeliverable", "Message failed to send."),
-    131047: (400, "Re-engagement message",
-             "Message failed to send because more than 24 hours have passed since the customer "
-             "last replied to this number."),
-    131048: (400, "Spam rate limit hit",
-             "Message failed to send because there are restrictions on how many messages can be "
-             "sent from this phone number."),
-    131050: (400, "Unable to deliver the message. This recipient has chosen to stop receiving "
-             "marketing messages on WhatsApp from your business", "User stopped marketing."),
+    131047: (
+        400,
+        "Re-engagement message",
+        "Message failed to send because more than 24 hours have passed since the customer "
+        "last replied to this number.",
+    ),
+    131048: (
+        400,
+        "Spam rate limit hit",
+        "Message failed to send because there are restrictions on how many messages can be "
+        "sent from this phone number.",
+    ),
+    131050: (
+        400,
+        "Unable to deliver the message. This recipient has chosen to stop receiving "
+        "marketing messages on WhatsApp from your business",
+        "User stopped marketing.",
+    ),
     131051: (400, "Unsupported message type", "Message type is not currently supported."),
-    131056: (400, "(Business Account, Consumer Account) pair rate limit hit",
-             "Too many messages sent from the sender phone number to the same recipient phone "
-             "number in a short period of time."),
-    132000: (400, "Number of parameters does not match the expected number of params",
-             "body: number of localizable_params (0) does not match the expected number of "
-             "params (1)"),
+    131056: (
+        400,
+        "(Business Account, Consumer Account) pair rate limit hit",
+        "Too many messages sent from the sender phone number to the same recipient phone "
+        "number in a short period of time.",
+    ),
+    132000: (
+        400,
+        "Number of parameters does not match the expected number of params",
+        "body: number of localizable_params (0) does not match the expected number of params (1)",
+    ),
     133004: (503, "Server temporarily unavailable", "The server is temporarily unavailable."),
-    132001: (404, "Template name does not exist in the translation",
-             "template name (x) does not exist in en_US"),
-}  # fmt: skip
+    132001: (
+        404,
+        "Template name does not exist in the translation",
+        "template name (x) does not exist in en_US",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -245,9 +269,10 @@ class FakeGraph:
             return web.Response(status=499)
         if isinstance(action, ServerError):
             return web.Response(
-                status=action.status, text="<html><body>Bad Gateway</body></html>",
+                status=action.status,
+                text="<html><body>Bad Gateway</body></html>",
                 content_type="text/html",
-            )  # fmt: skip
+            )
         if isinstance(action, GraphFault):
             body = error_body(action.code)
             record.answer = body

@@ -216,8 +216,14 @@ class FakeOpenAI:
         headers = {"x-request-id": "req_fake"}
         if retry_after is not None:
             headers["retry-after"] = str(retry_after)
-        body = {"error": {"message": message or f"fake error {status}", "type": kind,
-                          "param": None, "code": code}}  # fmt: skip
+        body = {
+            "error": {
+                "message": message or f"fake error {status}",
+                "type": kind,
+                "param": None,
+                "code": code,
+            }
+        }
         return web.json_response(body, status=status, headers=headers)
 
     async def _take(
@@ -249,11 +255,16 @@ class FakeOpenAI:
         return action
 
     def _record(
-        self, request: web.Request, body: dict[str, Any], status: int,
-        usage: dict[str, int] | None = None, delayed: float = 0.0,
-    ) -> None:  # fmt: skip
-        recorded = RecordedRequest(request.method, request.path, dict(request.headers), body,
-                                   status, usage or {}, delayed)  # fmt: skip
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        status: int,
+        usage: dict[str, int] | None = None,
+        delayed: float = 0.0,
+    ) -> None:
+        recorded = RecordedRequest(
+            request.method, request.path, dict(request.headers), body, status, usage or {}, delayed
+        )
         self.requests.append(recorded)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -269,8 +280,11 @@ class FakeOpenAI:
         else:
             text, finish = self._default_answer(body), "stop"
         prompt = sum(count_words(_message_text(m)) + 3 for m in body["messages"])
-        usage = {"prompt_tokens": prompt, "completion_tokens": count_words(text),
-                 "total_tokens": prompt + count_words(text)}  # fmt: skip
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": count_words(text),
+            "total_tokens": prompt + count_words(text),
+        }
         self._record(request, body, 200, usage)
         return web.json_response(
             {

@@ -27,10 +27,13 @@ def dispatch_settings(
     values: dict[str, Any] = {"database_url": db_url, "log_format": "json"}
     if graph is not None:
         values.update(
-            whatsapp_cloud_phone_id=graph.phone_number_id, whatsapp_cloud_token=graph.token,
-            whatsapp_cloud_base_url=graph.base_url, whatsapp_cloud_api_version=graph.version,
-            whatsapp_cloud_timeout_seconds=2.0, whatsapp_cloud_connect_timeout_seconds=1.0,
-        )  # fmt: skip
+            whatsapp_cloud_phone_id=graph.phone_number_id,
+            whatsapp_cloud_token=graph.token,
+            whatsapp_cloud_base_url=graph.base_url,
+            whatsapp_cloud_api_version=graph.version,
+            whatsapp_cloud_timeout_seconds=2.0,
+            whatsapp_cloud_connect_timeout_seconds=1.0,
+        )
     values.update(extra)
     return DispatchSettings(_env_file=None, **values)  # type: ignore[call-arg]
 
@@ -56,9 +59,14 @@ class Dispatcher:
     ) -> dict[str, Any]:
         assert self.deps is not None
         job = JobContext(
-            job_id=message_id, task="dispatch.send", priority=100, attempt=1,
-            company_id=params.company_id, lead_id=params.lead_id, prior_status=prior_status,
-        )  # fmt: skip
+            job_id=message_id,
+            task="dispatch.send",
+            priority=100,
+            attempt=1,
+            company_id=params.company_id,
+            lead_id=params.lead_id,
+            prior_status=prior_status,
+        )
         return await handle_send(params, job, self.deps)
 
 
@@ -67,8 +75,9 @@ async def make_company(
 ) -> uuid.UUID:
     company_id: uuid.UUID = await pool.fetchval(
         "INSERT INTO companies (name, timezone, settings) VALUES ('Acme', $1, $2) RETURNING id",
-        timezone, settings or {},
-    )  # fmt: skip
+        timezone,
+        settings or {},
+    )
     return company_id
 
 
@@ -85,8 +94,13 @@ async def make_lead(
     lead_id: uuid.UUID = await pool.fetchval(
         "INSERT INTO leads (company_id, phone_e164, email, contact_name, timezone,"
         " last_inbound_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        company_id, phone, email, contact_name, timezone, last_inbound_at,
-    )  # fmt: skip
+        company_id,
+        phone,
+        email,
+        contact_name,
+        timezone,
+        last_inbound_at,
+    )
     return lead_id
 
 
@@ -104,8 +118,14 @@ async def make_template(
     template_id: uuid.UUID = await pool.fetchval(
         "INSERT INTO templates (company_id, name, channel, language, body, variables, status)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        company_id, name, channel, language, body, variables, status,
-    )  # fmt: skip
+        company_id,
+        name,
+        channel,
+        language,
+        body,
+        variables,
+        status,
+    )
     return template_id
 
 
@@ -122,17 +142,29 @@ async def queue_send(
 ) -> tuple[uuid.UUID, SendParams]:
     """An outbound message row in 'queued', as `JobBus.request_send` writes it."""
     params = SendParams(
-        company_id=company_id, lead_id=lead_id, channel=channel, to=to, text=text,  # type: ignore[arg-type]
-        template_id=template_id, send_key=f"test:{uuid.uuid4()}", purpose=purpose,  # type: ignore[arg-type]
-    )  # fmt: skip
+        company_id=company_id,
+        lead_id=lead_id,
+        channel=channel,
+        to=to,
+        text=text,  # type: ignore[arg-type]
+        template_id=template_id,
+        send_key=f"test:{uuid.uuid4()}",
+        purpose=purpose,  # type: ignore[arg-type]
+    )
     message_id = uuid.uuid4()
     await pool.execute(
         "INSERT INTO messages (id, company_id, lead_id, direction, channel, body, status,"
         " send_key, recipient, priority, meta)"
         " VALUES ($1, $2, $3, 'outbound', $4, $5, 'queued', $6, $7, 100, $8)",
-        message_id, company_id, lead_id, channel, text, params.send_key, to,
+        message_id,
+        company_id,
+        lead_id,
+        channel,
+        text,
+        params.send_key,
+        to,
         {"purpose": purpose},
-    )  # fmt: skip
+    )
     return message_id, params
 
 

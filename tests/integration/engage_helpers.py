@@ -26,13 +26,22 @@ SYSTEM_PROMPT = (
 )
 
 DOCS = [
-    ("Pricing", "# Pricing\nThe Home plan costs $99 per month and includes 6 panels. "
-                "The Business plan costs $450 per month for up to 30 panels."),
-    ("Warranty", "# Warranty\nEvery panel carries a 25-year performance warranty. "
-                 "Inverters are covered for 10 years, batteries for 12 years."),
-    ("Installation", "# Installation\nInstallation takes two days after the roof survey. "
-                     "We install in Pune, Mumbai and Bengaluru."),
-]  # fmt: skip
+    (
+        "Pricing",
+        "# Pricing\nThe Home plan costs $99 per month and includes 6 panels. "
+        "The Business plan costs $450 per month for up to 30 panels.",
+    ),
+    (
+        "Warranty",
+        "# Warranty\nEvery panel carries a 25-year performance warranty. "
+        "Inverters are covered for 10 years, batteries for 12 years.",
+    ),
+    (
+        "Installation",
+        "# Installation\nInstallation takes two days after the roof survey. "
+        "We install in Pune, Mumbai and Bengaluru.",
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -67,8 +76,10 @@ async def seed_lead(
             await pool.execute(
                 "INSERT INTO ai_models (company_id, model, temperature, max_tokens, system_prompt)"
                 " VALUES ($1, $2, 0.4, 256, $3)",
-                company_id, model or "gpt-4o-mini", system_prompt,
-            )  # fmt: skip
+                company_id,
+                model or "gpt-4o-mini",
+                system_prompt,
+            )
     pipeline = await pool.fetchval(
         "INSERT INTO pipelines (company_id, name) VALUES ($1, 'Sales') RETURNING id", company_id
     )
@@ -79,8 +90,14 @@ async def seed_lead(
     lead_id = await pool.fetchval(
         "INSERT INTO leads (company_id, pipeline_id, stage_id, phone_e164, email, contact_name,"
         " attributes) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        company_id, pipeline, stage, phone, email, name, attributes or {},
-    )  # fmt: skip
+        company_id,
+        pipeline,
+        stage,
+        phone,
+        email,
+        name,
+        attributes or {},
+    )
     return Lead(company_id, lead_id)
 
 
@@ -104,14 +121,22 @@ async def add_message(
             "INSERT INTO messages (company_id, lead_id, direction, channel, body, status, meta,"
             " created_at, sent_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now() - $8::interval,"
             " CASE WHEN $3 = 'outbound' THEN now() - $8::interval END) RETURNING id",
-            lead.company_id, lead.lead_id, direction, channel, body, status, meta, ago,
-        )  # fmt: skip
+            lead.company_id,
+            lead.lead_id,
+            direction,
+            channel,
+            body,
+            status,
+            meta,
+            ago,
+        )
         if status not in ("dlq", "suppressed", "failed"):
             await conn.execute(
                 f"UPDATE leads SET {column} = greatest({column}, now() - $2::interval)"
                 " WHERE id = $1",
-                lead.lead_id, ago,
-            )  # fmt: skip
+                lead.lead_id,
+                ago,
+            )
     return message_id
 
 
@@ -132,9 +157,11 @@ async def load_docs(
 
 async def enqueue_engage(plat: Platform, lead: Lead, message_id: uuid.UUID) -> uuid.UUID:
     job = await plat.bus.enqueue_job(
-        "ai.engage", EngageParams(lead_id=lead.lead_id, message_id=message_id),
-        company_id=lead.company_id, lead_id=lead.lead_id,
-    )  # fmt: skip
+        "ai.engage",
+        EngageParams(lead_id=lead.lead_id, message_id=message_id),
+        company_id=lead.company_id,
+        lead_id=lead.lead_id,
+    )
     return job.id
 
 
@@ -155,10 +182,15 @@ async def engage_worker(plat: Platform, settings: EngageSettings) -> AsyncIterat
     async with AsyncExitStack() as stack:
         handlers = await make_handlers(settings)(plat, stack)
         worker = Worker(
-            service="engage", bus=plat.bus, nc=plat.nc, handlers=handlers,
-            retry_schedule=settings.retry_schedule, concurrency=4,
-            ack_wait=settings.ack_wait_seconds, poll_seconds=settings.worker_poll_seconds,
-        )  # fmt: skip
+            service="engage",
+            bus=plat.bus,
+            nc=plat.nc,
+            handlers=handlers,
+            retry_schedule=settings.retry_schedule,
+            concurrency=4,
+            ack_wait=settings.ack_wait_seconds,
+            poll_seconds=settings.worker_poll_seconds,
+        )
         await worker.start()
         try:
             yield worker

@@ -29,9 +29,12 @@ async def test_channels_are_registered_only_when_configured(db_url: str, tmp_pat
         assert "whatsapp_web" not in bare.router.channels
 
         settings = DispatchSettings(
-            _env_file=None, smtp_host="127.0.0.1", smtp_from="sales@acme.example",
-            whatsapp_web_enabled=True, whatsapp_web_profile_dir=tmp_path / "profiles",
-        )  # fmt: skip
+            _env_file=None,
+            smtp_host="127.0.0.1",
+            smtp_from="sales@acme.example",
+            whatsapp_web_enabled=True,
+            whatsapp_web_profile_dir=tmp_path / "profiles",
+        )
         async with AsyncExitStack() as stack:
             deps = await build_deps(settings, pool, stack)
             assert isinstance(deps.router.channels["email"], EmailChannel)

@@ -81,8 +81,12 @@ async def suppress(pool, company, channel, address, scope="all", age=timedelta(0
     await pool.execute(
         "INSERT INTO suppressions (company_id, channel, address, scope, reason, created_at)"
         " VALUES ($1, $2, $3, $4, 'optout_keyword', now() - $5::interval)",
-        company, channel, address, scope, age,
-    )  # fmt: skip
+        company,
+        channel,
+        address,
+        scope,
+        age,
+    )
 
 
 async def test_suppressed_recipient_is_never_sent_to(dispatcher, graph, pool, company):
@@ -147,12 +151,14 @@ async def test_optout_confirmation_long_after_the_opt_out_is_suppressed(
 
 async def test_email_suppression_ignores_address_case(pool, db_url, company):
     """A suppressed email address blocks sends to any capitalisation of it."""
-    lead = await make_lead(pool, company, phone=None, email="Asha@Example.com",
-                           timezone=zone_at_local_hour(12))  # fmt: skip
+    lead = await make_lead(
+        pool, company, phone=None, email="Asha@Example.com", timezone=zone_at_local_hour(12)
+    )
     await suppress(pool, company, "email", "asha@example.com")
     async with Dispatcher(pool, dispatch_settings(db_url)) as d:
-        message_id, params = await queue_send(pool, company, lead, channel="email",
-                                              to="Asha@Example.com")  # fmt: skip
+        message_id, params = await queue_send(
+            pool, company, lead, channel="email", to="Asha@Example.com"
+        )
         assert (await d.send(message_id, params))["status"] == "suppressed"
 
 
@@ -173,8 +179,9 @@ async def with_fallback(pool, company):
         ' {"name": "reengage", "language": "en_US"}}\' WHERE id = $1',
         company,
     )
-    await make_template(pool, company, "reengage", "Hi {{1}}, shall we continue?", ["first_name"],
-                        language="hi")  # fmt: skip
+    await make_template(
+        pool, company, "reengage", "Hi {{1}}, shall we continue?", ["first_name"], language="hi"
+    )
     return await make_template(
         pool, company, "reengage", "Hi {{1}}, shall we continue?", ["first_name"]
     )
@@ -230,8 +237,9 @@ async def test_window_rule_applies_on_the_log_stand_in_too(pool, db_url, company
         lead = await make_lead(pool, company, last_inbound_at=None)
         message_id, params = await queue_send(pool, company, lead)
         assert (await d.send(message_id, params))["status"] == "held"
-        inside = await make_lead(pool, company, phone="+15551230002",
-                                 last_inbound_at=datetime.now(UTC))  # fmt: skip
+        inside = await make_lead(
+            pool, company, phone="+15551230002", last_inbound_at=datetime.now(UTC)
+        )
         message_id, params = await queue_send(pool, company, inside, to="+15551230002")
         assert (await d.send(message_id, params))["status"] == "logged"
 
@@ -244,8 +252,9 @@ async def test_email_in_the_leads_night_is_deferred_to_8am_local(pool, db_url, c
     zone = zone_at_local_hour(3)
     lead = await make_lead(pool, company, phone=None, email="asha@example.com", timezone=zone)
     async with Dispatcher(pool, dispatch_settings(db_url)) as d:
-        message_id, params = await queue_send(pool, company, lead, channel="email",
-                                              to="asha@example.com")  # fmt: skip
+        message_id, params = await queue_send(
+            pool, company, lead, channel="email", to="asha@example.com"
+        )
         with pytest.raises(DeferJob, match="quiet hours") as caught:
             await d.send(message_id, params)
     local_now = (await db_now(pool)).astimezone(ZoneInfo(zone))
@@ -262,8 +271,9 @@ async def test_email_falls_back_to_the_company_zone(pool, db_url):
     async with Dispatcher(pool, dispatch_settings(db_url)) as d:
         for company, outcome in ((night, "deferred"), (day, "logged")):
             lead = await make_lead(pool, company, phone=None, email="lead@example.com")
-            message_id, params = await queue_send(pool, company, lead, channel="email",
-                                                  to="lead@example.com")  # fmt: skip
+            message_id, params = await queue_send(
+                pool, company, lead, channel="email", to="lead@example.com"
+            )
             try:
                 result = (await d.send(message_id, params))["status"]
             except DeferJob as deferral:
@@ -278,11 +288,13 @@ async def test_company_can_override_quiet_hours(pool, db_url):
     company = await make_company(
         pool, settings={"policies": {"email": {"quiet_hours": "00:00-23:59"}}}
     )
-    lead = await make_lead(pool, company, phone=None, email="owl@example.com",
-                           timezone=zone_at_local_hour(3))  # fmt: skip
+    lead = await make_lead(
+        pool, company, phone=None, email="owl@example.com", timezone=zone_at_local_hour(3)
+    )
     async with Dispatcher(pool, dispatch_settings(db_url)) as d:
-        message_id, params = await queue_send(pool, company, lead, channel="email",
-                                              to="owl@example.com")  # fmt: skip
+        message_id, params = await queue_send(
+            pool, company, lead, channel="email", to="owl@example.com"
+        )
         assert (await d.send(message_id, params))["status"] == "logged"
 
 
@@ -331,8 +343,9 @@ async def test_slot_of_a_crashed_send_frees_when_its_lease_expires(
         "INSERT INTO send_pacing (company_id, channel, pacing_key, next_allowed_at, lease_until,"
         " lease_message_id) VALUES ($1, 'whatsapp_cloud', '+15551230001', now(),"
         " now() + interval '100 seconds', $2)",
-        company, uuid.uuid4(),
-    )  # fmt: skip
+        company,
+        uuid.uuid4(),
+    )
     message_id, params = await queue_send(pool, company, lead)
     with pytest.raises(DeferJob, match="in flight"):
         await dispatcher.send(message_id, params)
@@ -348,8 +361,9 @@ async def test_whatsapp_web_paces_each_account_by_a_minute_plus_jitter(pool, db_
         a = await make_lead(pool, company, phone="+15551230001")
         b = await make_lead(pool, company, phone="+15551230002")
         first_id, first = await queue_send(pool, company, a, channel="whatsapp_web")
-        second_id, second = await queue_send(pool, company, b, channel="whatsapp_web",
-                                             to="+15551230002")  # fmt: skip
+        second_id, second = await queue_send(
+            pool, company, b, channel="whatsapp_web", to="+15551230002"
+        )
         assert (await d.send(first_id, first))["status"] == "logged"
         with pytest.raises(DeferJob, match="per account") as caught:
             await d.send(second_id, second)
@@ -363,10 +377,14 @@ async def test_whatsapp_web_paces_each_account_by_a_minute_plus_jitter(pool, db_
 async def test_whatsapp_web_daily_cap_defers_to_the_next_local_day(pool, db_url):
     """When an account's daily cap is reached, the next send waits for local midnight."""
     company = await make_company(
-        pool, timezone="Asia/Kolkata",
-        settings={"policies": {"whatsapp_web": {"daily_cap": 2, "min_gap_seconds": 0,
-                                                "jitter_seconds": 0}}},
-    )  # fmt: skip
+        pool,
+        timezone="Asia/Kolkata",
+        settings={
+            "policies": {
+                "whatsapp_web": {"daily_cap": 2, "min_gap_seconds": 0, "jitter_seconds": 0}
+            }
+        },
+    )
     lead = await make_lead(pool, company)
     async with Dispatcher(pool, dispatch_settings(db_url)) as d:
         sends = [await queue_send(pool, company, lead, channel="whatsapp_web") for _ in range(3)]
@@ -389,18 +407,27 @@ async def test_deferred_send_is_parked_without_spending_an_attempt(plat, db_url)
     async with Dispatcher(plat.pool, dispatch_settings(db_url)) as d:
         assert d.deps is not None
         worker = Worker(
-            service="dispatch", bus=plat.bus, nc=plat.nc,
+            service="dispatch",
+            bus=plat.bus,
+            nc=plat.nc,
             handlers={"dispatch.send": functools.partial(handle_send, deps=d.deps)},
-            retry_schedule=[0.2, 0.4], concurrency=1, ack_wait=5.0, poll_seconds=0.05,
-        )  # fmt: skip
+            retry_schedule=[0.2, 0.4],
+            concurrency=1,
+            ack_wait=5.0,
+            poll_seconds=0.05,
+        )
         await worker.start()
         try:
             ids = []
             for n in range(2):
                 params = SendParams(
-                    company_id=company, lead_id=lead, channel="whatsapp_cloud",
-                    to="+15551230001", text=f"message {n}", send_key=f"pace:{n}",
-                )  # fmt: skip
+                    company_id=company,
+                    lead_id=lead,
+                    channel="whatsapp_cloud",
+                    to="+15551230001",
+                    text=f"message {n}",
+                    send_key=f"pace:{n}",
+                )
                 async with plat.pool.acquire() as conn, conn.transaction():
                     message_id, _ = await plat.bus.request_send(conn, params, priority=100)
                 ids.append(message_id)

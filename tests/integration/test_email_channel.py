@@ -59,16 +59,18 @@ class Recorder:
     async def handle_DATA(self, server, session, envelope):
         if self.data_reply is not None:
             return self.data_reply
-        self.received.append({
-            "mail_from": envelope.mail_from,
-            "rcpt_tos": list(envelope.rcpt_tos),
-            "content": envelope.original_content or envelope.content,
-            # session.ssl is set by STARTTLS; an SMTPS transport carries its own ssl_object.
-            "tls": session.ssl is not None
-            or server.transport.get_extra_info("ssl_object") is not None,
-            "authenticated": bool(session.authenticated),
-            "ehlo": session.host_name,
-        })  # fmt: skip
+        self.received.append(
+            {
+                "mail_from": envelope.mail_from,
+                "rcpt_tos": list(envelope.rcpt_tos),
+                "content": envelope.original_content or envelope.content,
+                # session.ssl is set by STARTTLS; an SMTPS transport carries its own ssl_object.
+                "tls": session.ssl is not None
+                or server.transport.get_extra_info("ssl_object") is not None,
+                "authenticated": bool(session.authenticated),
+                "ehlo": session.host_name,
+            }
+        )
         return "250 2.0.0 queued"
 
 
@@ -186,10 +188,16 @@ async def lead(pool: asyncpg.Pool) -> SendParams:
         company_id,
     )
     return SendParams(
-        company_id=company_id, lead_id=lead_id, channel="email", to="Riya@Example.org",
-        text="", template_id=template_id, template_params=["Riya"], send_key="k1",
+        company_id=company_id,
+        lead_id=lead_id,
+        channel="email",
+        to="Riya@Example.org",
+        text="",
+        template_id=template_id,
+        template_params=["Riya"],
+        send_key="k1",
         purpose="marketing",
-    )  # fmt: skip
+    )
 
 
 def make_settings(port: int, **overrides: Any) -> DispatchSettings:
@@ -321,9 +329,12 @@ async def test_starttls_with_login_over_a_verified_self_signed_certificate(
     """SMTP_SECURITY=starttls upgrades the session (verifying the server against SMTP_CA_FILE)
     and logs in with SMTP_USER / SMTP_PASSWORD before sending."""
     settings = make_settings(
-        starttls_smtp, smtp_security="starttls", smtp_ca_file=cert.cert,
-        smtp_user="mailer", smtp_password=SMTP_PASSWORD,
-    )  # fmt: skip
+        starttls_smtp,
+        smtp_security="starttls",
+        smtp_ca_file=cert.cert,
+        smtp_user="mailer",
+        smtp_password=SMTP_PASSWORD,
+    )
     params = lead.model_copy(update={"text": "over TLS"})
     await channel(settings, pool).send(
         params.to, params.text, message_id=uuid.uuid4(), params=params
@@ -338,9 +349,12 @@ async def test_wrong_password_is_permanent_and_the_error_never_shows_it(
 ) -> None:
     """A 535 login refusal dead-letters the send, and the error names no password."""
     settings = make_settings(
-        starttls_smtp, smtp_security="starttls", smtp_ca_file=cert.cert,
-        smtp_user="mailer", smtp_password="not-the-password",
-    )  # fmt: skip
+        starttls_smtp,
+        smtp_security="starttls",
+        smtp_ca_file=cert.cert,
+        smtp_user="mailer",
+        smtp_password="not-the-password",
+    )
     params = lead.model_copy(update={"text": "x"})
     with pytest.raises(PermanentError, match="535") as info:
         await channel(settings, pool).send(params.to, "x", message_id=uuid.uuid4(), params=params)

@@ -22,13 +22,21 @@ from tests.integration.webhook_support import (
 
 pytestmark = pytest.mark.integration
 
-CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
-          " Chrome/126.0.0.0 Safari/537.36")  # fmt: skip
-GMAIL_PROXY = ("Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0"
-               " (via ggpht.com GoogleImageProxy)")  # fmt: skip
-EMAIL = {"from": "Priya.Shah@Example.COM", "from_name": "Priya Shah", "to": "sales@acme.test",
-         "subject": "Pricing for 20 seats", "text": "Hi, what does the team plan cost?",
-         "message_id": "<CAF=abc123@mail.example.com>"}  # fmt: skip
+CHROME = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/126.0.0.0 Safari/537.36"
+)
+GMAIL_PROXY = (
+    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+)
+EMAIL = {
+    "from": "Priya.Shah@Example.COM",
+    "from_name": "Priya Shah",
+    "to": "sales@acme.test",
+    "subject": "Pricing for 20 seats",
+    "text": "Hi, what does the team plan cost?",
+    "message_id": "<CAF=abc123@mail.example.com>",
+}
 
 
 @pytest.fixture
@@ -47,8 +55,10 @@ async def _sent_email(conn) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
     message = await conn.fetchval(
         "INSERT INTO messages (company_id, lead_id, direction, channel, body, status, recipient)"
         " VALUES ($1, $2, 'outbound', 'email', 'Our team plan is $10/seat.', 'sent',"
-        " 'Priya.Shah@example.com') RETURNING id", company, lead,
-    )  # fmt: skip
+        " 'Priya.Shah@example.com') RETURNING id",
+        company,
+        lead,
+    )
     return company, lead, message
 
 
@@ -110,9 +120,10 @@ async def test_unsubscribe_post_suppresses_and_answers_200_without_redirect(
     assert url.startswith("https://ingest.example.com/u/")
     for _ in range(2):
         response = await client.post(
-            path_of(url), content=b"List-Unsubscribe=One-Click",
+            path_of(url),
+            content=b"List-Unsubscribe=One-Click",
             headers={"content-type": "application/x-www-form-urlencoded"},
-        )  # fmt: skip
+        )
         assert response.status_code == 200
         assert "location" not in response.headers
     async with database(db_url) as conn:
@@ -162,8 +173,10 @@ async def test_open_pixel_counts_people_and_flags_mail_proxies(client, base_env,
             "SELECT lead_id, payload FROM events WHERE type = 'email.opened' ORDER BY created_at"
         )
     assert [(e["payload"]["machine"], e["payload"]["agent"]) for e in events] == [
-        (False, None), (True, "google_image_proxy"), (True, "apple_mail_privacy")
-    ]  # fmt: skip
+        (False, None),
+        (True, "google_image_proxy"),
+        (True, "apple_mail_privacy"),
+    ]
     assert {e["lead_id"] for e in events} == {lead}
     assert {e["payload"]["message_id"] for e in events} == {str(message)}
 
@@ -210,8 +223,9 @@ async def test_smtp_receiver_files_a_real_smtp_message_once(base_env, db_url):
     html_only["From"] = "ops@example.net"
     html_only["To"] = "sales@acme.test"
     html_only["Subject"] = "Invoice"
-    html_only.set_content("<html><body><p>Please send the invoice &amp; PO.</p></body></html>",
-                          subtype="html")  # fmt: skip
+    html_only.set_content(
+        "<html><body><p>Please send the invoice &amp; PO.</p></body></html>", subtype="html"
+    )
     async with ingest_client(base_env, **overrides):
         for message in (mail, mail, html_only):
             await aiosmtplib.send(message, hostname="127.0.0.1", port=port, timeout=10)
@@ -225,7 +239,7 @@ async def test_smtp_receiver_files_a_real_smtp_message_once(base_env, db_url):
     assert [(r["email"], r["contact_name"], r["subject"]) for r in rows] == [
         ("ops@example.net", None, "Invoice"),
         ("rahul@example.org", "Rahul Verma", "Demo next week?"),
-    ]  # fmt: skip
+    ]
     assert rows[0]["body"] == "Please send the invoice & PO."
     assert rows[0]["provider_message_id"].startswith("sha256:")
     assert rows[1]["body"].startswith("Can we do a demo on Tuesday?")

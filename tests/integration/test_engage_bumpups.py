@@ -30,10 +30,17 @@ KEY = "sk-test-bumpup"
 async def silent_lead(pool, *, phone="+15550100", channel="whatsapp_cloud", **kwargs):
     """A lead who wrote 5 days ago and has not answered our reply of 4 days ago."""
     lead = await seed_lead(pool, phone=phone, **kwargs)
-    await add_message(pool, lead, "inbound", "Is solar worth it?", channel=channel,
-                      ago=timedelta(days=5))  # fmt: skip
-    last = await add_message(pool, lead, "outbound", "Yes! Want a free roof survey?",
-                             channel=channel, ago=timedelta(days=4))  # fmt: skip
+    await add_message(
+        pool, lead, "inbound", "Is solar worth it?", channel=channel, ago=timedelta(days=5)
+    )
+    last = await add_message(
+        pool,
+        lead,
+        "outbound",
+        "Yes! Want a free roof survey?",
+        channel=channel,
+        ago=timedelta(days=4),
+    )
     return lead, last
 
 
@@ -65,12 +72,19 @@ async def test_sweep_selects_only_silent_leads_whose_last_message_was_ours(plat)
     await silent_lead(plat.pool, phone=None, email="e@example.com", channel="email")
     maxed, _ = await silent_lead(plat.pool, phone="+15550103")
     for days in (3.5, 3.2, 3.1):
-        await add_message(plat.pool, maxed, "outbound", "Just checking in", purpose="followup",
-                          ago=timedelta(days=days))  # fmt: skip
+        await add_message(
+            plat.pool,
+            maxed,
+            "outbound",
+            "Just checking in",
+            purpose="followup",
+            ago=timedelta(days=days),
+        )
     undelivered = await seed_lead(plat.pool, phone="+15550104")
     await add_message(plat.pool, undelivered, "inbound", "Hello", ago=timedelta(days=6))
-    await add_message(plat.pool, undelivered, "outbound", "Hi!", ago=timedelta(days=5),
-                      status="dlq")  # fmt: skip
+    await add_message(
+        plat.pool, undelivered, "outbound", "Hi!", ago=timedelta(days=5), status="dlq"
+    )
 
     assert await sweep_bumpups(plat.bus, DAYS, max_bumps=3, limit=100) == 1
     assert await sweep_bumpups(plat.bus, DAYS, max_bumps=3, limit=100) == 0
@@ -93,9 +107,10 @@ async def test_bumpup_goes_out_on_whatsapp_and_is_counted(plat, base_env):
         assert row["status"] == "completed", row["last_error"]
         # A redelivery (or a replayed job) finds its send key taken and sends nothing new.
         again = await plat.bus.enqueue_job(
-            "followup.bumpup", BumpupParams(lead_id=lead.lead_id, bump_number=1),
+            "followup.bumpup",
+            BumpupParams(lead_id=lead.lead_id, bump_number=1),
             lead_id=lead.lead_id,
-        )  # fmt: skip
+        )
         repeated = await finished_job(plat.pool, again.id)
         assert repeated["result"] == {"skipped": "bump-up 1 already sent"}
     [sent] = await followups(plat.pool, lead)
@@ -121,14 +136,16 @@ async def test_bumpup_stands_down_when_the_lead_replied_meanwhile(plat, base_env
     pending bump-up timers are cancelled."""
     lead, _ = await silent_lead(plat.pool)
     assert await sweep_bumpups(plat.bus, DAYS, max_bumps=3, limit=10) == 1
-    await add_message(plat.pool, lead, "inbound", "Sorry, was travelling. Still interested!",
-                      channel="email")  # fmt: skip
+    await add_message(
+        plat.pool, lead, "inbound", "Sorry, was travelling. Still interested!", channel="email"
+    )
     timer = await plat.pool.fetchval(
         "INSERT INTO timers (kind, due_at, task_name, task_params, priority, lead_id)"
         " VALUES ('enqueue', now() + interval '3 days', 'followup.bumpup', $1, 95, $2)"
         " RETURNING id",
-        {"lead_id": str(lead.lead_id), "bump_number": 1}, lead.lead_id,
-    )  # fmt: skip
+        {"lead_id": str(lead.lead_id), "bump_number": 1},
+        lead.lead_id,
+    )
     [job] = await bumpup_jobs(plat.pool)
     async with engage_worker(plat, engage_settings(base_env)):
         row = await finished_job(plat.pool, job["id"])
@@ -143,17 +160,24 @@ async def test_bumpups_stop_at_the_maximum(plat, base_env):
     """With BUMPUP_MAX unanswered bump-ups already sent, the handler sends no more."""
     lead, _ = await silent_lead(plat.pool)
     for days in (3.5, 3.2):
-        await add_message(plat.pool, lead, "outbound", "Just checking in", purpose="followup",
-                          ago=timedelta(days=days))  # fmt: skip
+        await add_message(
+            plat.pool,
+            lead,
+            "outbound",
+            "Just checking in",
+            purpose="followup",
+            ago=timedelta(days=days),
+        )
     await plat.pool.execute(
         'UPDATE leads SET attributes = \'{"followup": {"count": 2}}\' WHERE id = $1',
         lead.lead_id,
     )
     async with engage_worker(plat, engage_settings(base_env, bumpup_max=2)):
         job = await plat.bus.enqueue_job(
-            "followup.bumpup", BumpupParams(lead_id=lead.lead_id, bump_number=3),
+            "followup.bumpup",
+            BumpupParams(lead_id=lead.lead_id, bump_number=3),
             lead_id=lead.lead_id,
-        )  # fmt: skip
+        )
         row = await finished_job(plat.pool, job.id)
     assert row["result"]["skipped"].startswith("2 bump-ups already unanswered")
     assert len(await followups(plat.pool, lead)) == 2
@@ -167,9 +191,10 @@ async def test_bumpup_is_written_by_the_model_when_one_is_configured(plat, base_
         server.script_chat(Content("Hi Asha! <b>Still</b> keen on that free roof survey?"))
         settings = engage_settings(base_env, openai_api_key=KEY, openai_base_url=server.base_url)
         job = await plat.bus.enqueue_job(
-            "followup.bumpup", BumpupParams(lead_id=lead.lead_id, bump_number=1),
+            "followup.bumpup",
+            BumpupParams(lead_id=lead.lead_id, bump_number=1),
             lead_id=lead.lead_id,
-        )  # fmt: skip
+        )
         async with engage_worker(plat, settings):
             row = await finished_job(plat.pool, job.id)
         [chat] = server.answered_chats()

@@ -29,9 +29,12 @@ async def server():
 @pytest.fixture
 async def responder(server):
     client = openai.AsyncOpenAI(
-        api_key=KEY, base_url=server.base_url, timeout=0.5, max_retries=0,
+        api_key=KEY,
+        base_url=server.base_url,
+        timeout=0.5,
+        max_retries=0,
         http_client=openai.DefaultAioHttpClient(),
-    )  # fmt: skip
+    )
     yield OpenAIResponder(client, "gpt-default", summary_max_tokens=700)
     await client.close()
 
@@ -56,9 +59,14 @@ def prompt_for(ctx: EngageContext):
 def tokens(company_id, task: str, kind: str, model: str) -> float:
     value = REGISTRY.get_sample_value(
         "shvya_ai_tokens_total",
-        {"company_id": str(company_id), "task": task, "kind": kind, "responder": "openai",
-         "model": model},
-    )  # fmt: skip
+        {
+            "company_id": str(company_id),
+            "task": task,
+            "kind": kind,
+            "responder": "openai",
+            "model": model,
+        },
+    )
     return value or 0.0
 
 
@@ -147,8 +155,9 @@ def conversation() -> Conversation:
 async def test_summary_request_uses_strict_json_schema(server, responder):
     """ai.summary asks for response_format json_schema (strict) and parses the JSON reply."""
     conv = conversation()
-    result = await responder.summarize(conv, build_summary_prompt(conv.lead, conv.turns,
-                                                                  budget=500))  # fmt: skip
+    result = await responder.summarize(
+        conv, build_summary_prompt(conv.lead, conv.turns, budget=500)
+    )
     [request] = server.chat_requests()
     response_format = request.body["response_format"]
     assert response_format["type"] == "json_schema"

@@ -59,10 +59,12 @@ async def conversation(pool, **lead_args):
     await add_message(
         pool, lead, "inbound", "Hi! I love the idea of solar.", ago=timedelta(hours=3)
     )
-    await add_message(pool, lead, "outbound", "Great! What kind of roof do you have?",
-                      ago=timedelta(hours=3))  # fmt: skip
-    last = await add_message(pool, lead, "inbound", "A flat roof. What is the price?",
-                             ago=timedelta(hours=2))  # fmt: skip
+    await add_message(
+        pool, lead, "outbound", "Great! What kind of roof do you have?", ago=timedelta(hours=3)
+    )
+    last = await add_message(
+        pool, lead, "inbound", "A flat roof. What is the price?", ago=timedelta(hours=2)
+    )
     return lead, last
 
 
@@ -117,8 +119,9 @@ async def test_summary_that_fails_validation_is_retried(plat, base_env, server):
     lead, _ = await conversation(plat.pool)
     server.script_chat(Content('{"summary": "cut off'))
     async with engage_worker(plat, online(base_env, server)):
-        job = await plat.bus.enqueue_job("ai.summary", SummaryParams(lead_id=lead.lead_id),
-                                         lead_id=lead.lead_id)  # fmt: skip
+        job = await plat.bus.enqueue_job(
+            "ai.summary", SummaryParams(lead_id=lead.lead_id), lead_id=lead.lead_id
+        )
         row = await finished_job(plat.pool, job.id)
     assert row["status"] == "completed" and row["attempts"] == 2
     assert (await summary_of(plat.pool, lead))["sentiment"] == "positive"
@@ -132,8 +135,9 @@ async def test_summary_that_never_validates_is_dead_lettered(plat, base_env, ser
     bad = Content('{"summary": "ok", "key_points": [], "sentiment": "ecstatic", "next_action": ""}')
     server.script_chat(*[bad] * settings.max_attempts)
     async with engage_worker(plat, settings):
-        job = await plat.bus.enqueue_job("ai.summary", SummaryParams(lead_id=lead.lead_id),
-                                         lead_id=lead.lead_id)  # fmt: skip
+        job = await plat.bus.enqueue_job(
+            "ai.summary", SummaryParams(lead_id=lead.lead_id), lead_id=lead.lead_id
+        )
         row = await finished_job(plat.pool, job.id)
     assert row["status"] == "dlq" and row["attempts"] == settings.max_attempts
     assert "summary output did not validate" in row["last_error"]
@@ -146,8 +150,9 @@ async def test_offline_summary_is_extractive_and_labelled(plat, base_env):
     """Without a key the summary is the deterministic extractive one, labelled offline."""
     lead, _ = await conversation(plat.pool)
     async with engage_worker(plat, engage_settings(base_env)):
-        job = await plat.bus.enqueue_job("ai.summary", SummaryParams(lead_id=lead.lead_id),
-                                         lead_id=lead.lead_id)  # fmt: skip
+        job = await plat.bus.enqueue_job(
+            "ai.summary", SummaryParams(lead_id=lead.lead_id), lead_id=lead.lead_id
+        )
         assert (await finished_job(plat.pool, job.id))["status"] == "completed"
     stored = await summary_of(plat.pool, lead)
     assert stored["responder"] == "offline" and stored["offline"] is True

@@ -17,8 +17,12 @@ from shvya_ingest.settings import IngestSettings
 
 pytestmark = pytest.mark.integration
 
-GOOD = {"phone_number": "+1 (202) 555-0123", "contact_name": "Lee", "message_text": "Hi",
-        "channel": "whatsapp_cloud"}  # fmt: skip
+GOOD = {
+    "phone_number": "+1 (202) 555-0123",
+    "contact_name": "Lee",
+    "message_text": "Hi",
+    "channel": "whatsapp_cloud",
+}
 
 
 @asynccontextmanager
@@ -35,8 +39,9 @@ async def counts(db_url: str) -> dict[str, int]:
     conn = await asyncpg.connect(db_url)
     try:
         row = await conn.fetchrow(
-            "SELECT (SELECT count(*) FROM messages) AS messages, (SELECT count(*) FROM jobs) AS jobs,"
-            " (SELECT count(*) FROM leads) AS leads, (SELECT count(*) FROM events) AS events"
+            "SELECT (SELECT count(*) FROM messages) AS messages,"
+            " (SELECT count(*) FROM jobs) AS jobs, (SELECT count(*) FROM leads) AS leads,"
+            " (SELECT count(*) FROM events) AS events"
         )
         return dict(row)
     finally:
@@ -75,7 +80,7 @@ NOTHING = {"messages": 0, "jobs": 0, "leads": 0, "events": 0}
         "bad-company-id",
         "too-large",
         "not-an-object",
-    ],  # fmt: skip
+    ],
 )
 async def test_bad_input_gets_4xx_with_reason_and_writes_nothing(
     client, db_url, raw, status, reason
@@ -126,15 +131,17 @@ async def test_admin_replay_needs_the_bearer_token(client, admin_token):
     )
     assert wrong.status_code == 403
     right = await client.post(
-        "/admin/dlq/replay", json={"max_jobs": 5},
+        "/admin/dlq/replay",
+        json={"max_jobs": 5},
         headers={"Authorization": f"Bearer {admin_token}"},
-    )  # fmt: skip
+    )
     assert right.status_code == 200
     assert right.json() == {"replayed": 0, "job_ids": []}
     bad = await client.post(
-        "/admin/dlq/replay", json={"max_jobs": 0},
+        "/admin/dlq/replay",
+        json={"max_jobs": 0},
         headers={"Authorization": f"Bearer {admin_token}"},
-    )  # fmt: skip
+    )
     assert bad.status_code == 422
 
 

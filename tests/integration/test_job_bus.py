@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 
@@ -20,9 +21,15 @@ SCHEDULE = [0.2, 0.4, 0.6, 0.8, 1.0]
 
 def make_worker(plat, handlers, concurrency=4) -> Worker:
     return Worker(
-        service="test", bus=plat.bus, nc=plat.nc, handlers=handlers, retry_schedule=SCHEDULE,
-        concurrency=concurrency, ack_wait=5.0, poll_seconds=0.05,
-    )  # fmt: skip
+        service="test",
+        bus=plat.bus,
+        nc=plat.nc,
+        handlers=handlers,
+        retry_schedule=SCHEDULE,
+        concurrency=concurrency,
+        ack_wait=5.0,
+        poll_seconds=0.05,
+    )
 
 
 async def job_row(plat, job_id):
@@ -48,7 +55,7 @@ async def test_failures_retry_on_the_schedule_in_order_then_dead_letter(plat):
     finally:
         await worker.stop()
     assert [attempt for attempt, _ in seen] == [1, 2, 3, 4, 5, 6]
-    gaps = [b - a for (_, a), (_, b) in zip(seen, seen[1:], strict=False)]
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(seen)]
     for gap, delay in zip(gaps, SCHEDULE, strict=True):
         assert gap >= delay * 0.9, (gaps, SCHEDULE)
     assert row["attempts"] == 6
@@ -66,9 +73,15 @@ async def test_failed_status_is_visible_between_retries(plat):
             raise RetryableError("first try fails")
         await gate.wait()
 
-    worker = Worker(service="test", bus=plat.bus, nc=plat.nc,
-                    handlers={"webhook.reminder": fails_once}, retry_schedule=[2.0],
-                    ack_wait=5.0, poll_seconds=0.05)  # fmt: skip
+    worker = Worker(
+        service="test",
+        bus=plat.bus,
+        nc=plat.nc,
+        handlers={"webhook.reminder": fails_once},
+        retry_schedule=[2.0],
+        ack_wait=5.0,
+        poll_seconds=0.05,
+    )
     await worker.start()
     try:
         job = await plat.bus.enqueue_job("webhook.reminder", {})
@@ -116,8 +129,9 @@ async def test_replay_runs_dead_letters_once_with_original_priority_and_params(p
     worker = make_worker(plat, {"webhook.reminder": flaky})
     await worker.start()
     try:
-        jobs = [await plat.bus.enqueue_job("webhook.reminder", {"n": i}, priority=55)
-                for i in range(3)]  # fmt: skip
+        jobs = [
+            await plat.bus.enqueue_job("webhook.reminder", {"n": i}, priority=55) for i in range(3)
+        ]
         for job in jobs:
             await eventually(lambda j=job: job_row(plat, j.id), lambda r: r["status"] == "dlq")
         healthy = True
@@ -125,8 +139,9 @@ async def test_replay_runs_dead_letters_once_with_original_priority_and_params(p
         assert sorted(first + second) == sorted(j.id for j in jobs)
         assert await plat.bus.replay_dlq(10) == []
         for job in jobs:
-            await eventually(lambda j=job: job_row(plat, j.id),
-                             lambda r: r["status"] == "completed")  # fmt: skip
+            await eventually(
+                lambda j=job: job_row(plat, j.id), lambda r: r["status"] == "completed"
+            )
         await asyncio.sleep(0.5)
     finally:
         await worker.stop()
@@ -146,14 +161,14 @@ async def test_higher_priority_starts_first_under_a_backlog(plat):
 
     lead, message = str(uuid.uuid4()), str(uuid.uuid4())
     backlog = (
-        [("webhook.reminder", {})] * 8 + [("sequence.step", {})] * 6
+        [("webhook.reminder", {})] * 8
+        + [("sequence.step", {})] * 6
         + [("ai.summary", {"lead_id": lead})] * 4
         + [("ai.engage", {"lead_id": lead, "message_id": message})] * 3
-    )  # fmt: skip
+    )
     for task, params in backlog:
         await plat.bus.enqueue_job(task, params)
-    handlers = {t: record for t in ("webhook.reminder", "sequence.step", "ai.summary",
-                                    "ai.engage")}  # fmt: skip
+    handlers = {t: record for t in ("webhook.reminder", "sequence.step", "ai.summary", "ai.engage")}
     worker = make_worker(plat, handlers, concurrency=1)
     await worker.start()
     try:
@@ -205,8 +220,14 @@ async def test_idempotency_key_returns_the_existing_job(plat):
 
 async def test_default_priority_comes_from_the_task_table(plat):
     """Jobs get the original's priorities unless the caller overrides them."""
-    expected = {"ai.engage": 100, "followup.bumpup": 95, "ai.summary": 90, "sequence.step": 70,
-                "email.sequence": 60, "webhook.reminder": 50}  # fmt: skip
+    expected = {
+        "ai.engage": 100,
+        "followup.bumpup": 95,
+        "ai.summary": 90,
+        "sequence.step": 70,
+        "email.sequence": 60,
+        "webhook.reminder": 50,
+    }
     lead, message = str(uuid.uuid4()), str(uuid.uuid4())
     for task in expected:
         await plat.bus.enqueue_job(task, {"lead_id": lead, "message_id": message})
@@ -250,8 +271,10 @@ async def test_two_scheduler_replicas_fire_each_timer_once(plat):
         await plat.bus.pool.execute(
             "INSERT INTO timers (kind, due_at, task_name, task_params, priority, idempotency_key)"
             " VALUES ('enqueue', $1, 'sequence.step', $2, 70, $3)",
-            now, {"i": i}, f"t:{i}",
-        )  # fmt: skip
+            now,
+            {"i": i},
+            f"t:{i}",
+        )
     fired = await asyncio.gather(*(fire_due_timers(plat.bus, 7) for _ in range(8)))
     while sum(fired) < 40:
         more = await asyncio.gather(fire_due_timers(plat.bus, 7), fire_due_timers(plat.bus, 7))

@@ -87,19 +87,24 @@ async def kb_client(env: dict[str, str], **overrides: str) -> AsyncIterator[http
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://ingest",
-            headers={"Authorization": f"Bearer {env['ADMIN_TOKEN']}"}, timeout=60,
-        ) as client:  # fmt: skip
+            transport=transport,
+            base_url="http://ingest",
+            headers={"Authorization": f"Bearer {env['ADMIN_TOKEN']}"},
+            timeout=60,
+        ) as client:
             yield client
 
 
 @pytest.fixture
 def kb_env(base_env: dict[str, str], fake_openai: FakeOpenAI) -> dict[str, str]:
     return {
-        **base_env, "EMBEDDINGS_PROVIDER": "openai", "OPENAI_API_KEY": "sk-test",
-        "OPENAI_BASE_URL": fake_openai.base_url, "EMBEDDINGS_MAX_RETRIES": "0",
+        **base_env,
+        "EMBEDDINGS_PROVIDER": "openai",
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": fake_openai.base_url,
+        "EMBEDDINGS_MAX_RETRIES": "0",
         "KB_FETCH_ALLOW_PRIVATE": "true",
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -180,9 +185,11 @@ async def test_a_raw_markdown_body_is_accepted_with_the_title_in_the_query(kb_en
     """`curl --data-binary @file.md -H 'Content-Type: text/markdown'` works without JSON."""
     async with kb_client(kb_env) as client:
         response = await client.post(
-            docs(company), params={"title": "Pricing", "source": "pricing.md"},
-            content=PRICING.encode(), headers={"Content-Type": "text/markdown; charset=utf-8"},
-        )  # fmt: skip
+            docs(company),
+            params={"title": "Pricing", "source": "pricing.md"},
+            content=PRICING.encode(),
+            headers={"Content-Type": "text/markdown; charset=utf-8"},
+        )
         assert response.status_code == 201, response.text
         body = response.json()
         assert (body["title"], body["source"], body["chunks"]) == ("Pricing", "pricing.md", 2)

@@ -73,9 +73,12 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
 
 
 def openai_embedder(
-    server: FakeOpenAI, *, model: str = "text-embedding-3-small", dimensions: int = 384,
+    server: FakeOpenAI,
+    *,
+    model: str = "text-embedding-3-small",
+    dimensions: int = 384,
     timeout: float = 10.0,
-) -> OpenAIEmbedder:  # fmt: skip
+) -> OpenAIEmbedder:
     client = openai.AsyncOpenAI(
         api_key="sk-test", base_url=server.base_url, max_retries=0, timeout=timeout
     )
@@ -94,9 +97,13 @@ async def load_fixture(kb: KnowledgeBase, company_id: uuid.UUID) -> dict[uuid.UU
 
 
 async def hit_rate(
-    pool: asyncpg.Pool, company_id: uuid.UUID, names: dict[uuid.UUID, str],
-    embedder: Embedder | None, label: str, capsys: pytest.CaptureFixture[str],
-) -> tuple[float, set[str]]:  # fmt: skip
+    pool: asyncpg.Pool,
+    company_id: uuid.UUID,
+    names: dict[uuid.UUID, str],
+    embedder: Embedder | None,
+    label: str,
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[float, set[str]]:
     """Share of fixture questions whose expected document is in the top 3; prints the misses."""
     hits = 0
     modes = set()
@@ -110,8 +117,10 @@ async def hit_rate(
             print(f"  miss ({label}): {item['question']!r} wanted {item['expected']}, got {top}")
     rate = hits / len(QUESTIONS)
     with capsys.disabled():  # shown in every run, not only when the test fails
-        print(f"\n{label}: expected document in the top 3 for {hits}/{len(QUESTIONS)}"
-              f" questions = {rate:.1%}")  # fmt: skip
+        print(
+            f"\n{label}: expected document in the top 3 for {hits}/{len(QUESTIONS)}"
+            f" questions = {rate:.1%}"
+        )
     return rate, modes
 
 
@@ -227,8 +236,10 @@ async def test_a_server_that_ignores_dimensions_is_refused():
 
     async def fixed_size(request: web.Request) -> web.Response:
         body = await request.json()
-        data = [{"object": "embedding", "index": i, "embedding": [0.6, 0.8, 0.0]}
-                for i, _ in enumerate(body["input"])]  # fmt: skip
+        data = [
+            {"object": "embedding", "index": i, "embedding": [0.6, 0.8, 0.0]}
+            for i, _ in enumerate(body["input"])
+        ]
         usage = {"prompt_tokens": 1, "total_tokens": 1}
         return web.json_response(
             {"object": "list", "data": data, "model": body["model"], "usage": usage}
@@ -279,8 +290,9 @@ async def test_vectors_of_another_model_are_never_compared_until_reembedded(
         assert before.mode == "keyword"
         assert before.note is not None and "shvya reembed" in before.note
         sent = len(fake_openai.embedding_requests())
-        assert not any(r.body["model"] == "text-embedding-3-large" for r in
-                       fake_openai.embedding_requests())  # fmt: skip
+        assert not any(
+            r.body["model"] == "text-embedding-3-large" for r in fake_openai.embedding_requests()
+        )
         progress: list[int] = []
         report = await reembed(pool, new, batch_size=16, progress=progress.append)
         assert report.embedded == chunks and report.resized_from is None
@@ -401,14 +413,25 @@ async def test_reembed_command_embeds_documents_loaded_without_an_embedder(
     await load_fixture(KnowledgeBase(pool, None), company_id)
     chunks = await pool.fetchval("SELECT count(*) FROM ai_kb_docs")
     env = {
-        **os.environ, "DATABASE_URL": db_url, "EMBEDDINGS_PROVIDER": "openai",
-        "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_openai.base_url,
-        "EMBEDDINGS_BATCH_SIZE": "50", "LOG_FORMAT": "json",
-    }  # fmt: skip
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "EMBEDDINGS_PROVIDER": "openai",
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": fake_openai.base_url,
+        "EMBEDDINGS_BATCH_SIZE": "50",
+        "LOG_FORMAT": "json",
+    }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shvya_common.cli", "reembed", "--company", str(company_id),
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "shvya_common.cli",
+        "reembed",
+        "--company",
+        str(company_id),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     text = out.decode()
     assert proc.returncode == 0, text
@@ -416,9 +439,14 @@ async def test_reembed_command_embeds_documents_loaded_without_an_embedder(
     assert await pool.fetchval("SELECT count(*) FROM ai_kb_docs WHERE embedding IS NULL") == 0
     env["EMBEDDINGS_PROVIDER"] = "none"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shvya_common.cli", "reembed",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "shvya_common.cli",
+        "reembed",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 2
     assert "no embedder configured" in out.decode()
@@ -446,8 +474,11 @@ async def test_migration_keeps_rows_written_before_it(pg_admin_url):
             ids[title] = await conn.fetchval(
                 "INSERT INTO ai_kb_docs (company_id, title, content, embedding)"
                 " VALUES ($1, $2, $3, $4::vector) RETURNING id",
-                company, title, f"{title} text about refunds", vector,
-            )  # fmt: skip
+                company,
+                title,
+                f"{title} text about refunds",
+                vector,
+            )
         [sql] = [sql for version, _, sql in files if version == 4]
         await conn.execute(sql)
         migrated = {

@@ -101,9 +101,13 @@ async def test_template_send_fills_body_parameters_from_lead_data(dispatcher, gr
     """A template send names template and language and fills {{n}} from the lead's fields."""
     lead = await make_lead(pool, company, contact_name="Asha Rao")  # never wrote: needs a template
     template = await make_template(
-        pool, company, "order_update", "Hi {{1}}, we will call {{2}} today.",
-        ["first_name", "phone"], language="en_GB",
-    )  # fmt: skip
+        pool,
+        company,
+        "order_update",
+        "Hi {{1}}, we will call {{2}} today.",
+        ["first_name", "phone"],
+        language="en_GB",
+    )
     message_id, params = await queue_send(pool, company, lead, template_id=template)
     await dispatcher.send(message_id, params)
 
@@ -115,11 +119,17 @@ async def test_template_send_fills_body_parameters_from_lead_data(dispatcher, gr
         "template": {
             "name": "order_update",
             "language": {"code": "en_GB"},
-            "components": [{"type": "body", "parameters": [
-                {"type": "text", "text": "Asha"}, {"type": "text", "text": "+15551230001"},
-            ]}],
+            "components": [
+                {
+                    "type": "body",
+                    "parameters": [
+                        {"type": "text", "text": "Asha"},
+                        {"type": "text", "text": "+15551230001"},
+                    ],
+                }
+            ],
         },
-    }  # fmt: skip
+    }
     row = await message_row(pool, message_id)
     assert row["status"] == "sent" and row["provider_message_id"] == graph.requests[0].wamid
     assert row["meta"]["template"]["text"] == "Hi Asha, we will call +15551230001 today."
@@ -164,8 +174,9 @@ async def test_lost_answers_are_never_retried(pool, db_url, company, lead, fault
             message_id, params = await queue_send(pool, company, lead)
             outcome = await d.send(message_id, params)
             assert outcome["status"] == "unknown" and "not repeated" in outcome["reason"]
-            row = await pool.fetchrow("SELECT status, last_error FROM messages WHERE id = $1",
-                                      message_id)  # fmt: skip
+            row = await pool.fetchrow(
+                "SELECT status, last_error FROM messages WHERE id = $1", message_id
+            )
             assert row["status"] == "unknown"
             assert len(slow.requests) == 1
 
@@ -175,12 +186,16 @@ async def test_unreachable_graph_is_retried(pool, db_url, company, lead):
     async with FakeGraph(token=TOKEN, phone_number_id=PHONE_ID) as slow:
         base = slow.base_url
     settings = dispatch_settings(
-        db_url, None, whatsapp_cloud_phone_id=PHONE_ID, whatsapp_cloud_token=TOKEN,
+        db_url,
+        None,
+        whatsapp_cloud_phone_id=PHONE_ID,
+        whatsapp_cloud_token=TOKEN,
         whatsapp_cloud_base_url=base,
-    )  # fmt: skip
+    )
     async with Dispatcher(pool, settings) as d:
-        other = await make_lead(pool, company, phone="+15551230002",
-                                last_inbound_at=datetime.now(UTC))  # fmt: skip
+        other = await make_lead(
+            pool, company, phone="+15551230002", last_inbound_at=datetime.now(UTC)
+        )
         message_id, params = await queue_send(pool, company, other, to="+15551230002")
         with pytest.raises(RetryableError, match="unreachable"):
             await d.send(message_id, params)
@@ -207,8 +222,11 @@ async def test_marketing_opt_out_suppresses_the_lead_for_marketing(
     with pytest.raises(PermanentError, match="131050"):
         await dispatcher.send(message_id, params)
     suppression = await pool.fetchrow("SELECT channel, address, scope FROM suppressions")
-    assert dict(suppression) == {"channel": "whatsapp_cloud", "address": "+15551230001",
-                                 "scope": "marketing"}  # fmt: skip
+    assert dict(suppression) == {
+        "channel": "whatsapp_cloud",
+        "address": "+15551230001",
+        "scope": "marketing",
+    }
     assert "lead.suppressed" in await event_types(pool, company)
 
     followup_id, followup = await queue_send(pool, company, lead, purpose="followup")
@@ -272,8 +290,9 @@ async def test_expired_token_pauses_the_company_and_defers_its_sends(
     now = await pool.fetchval("SELECT now()")
     assert timedelta(seconds=290) < first.value.until - now <= timedelta(seconds=300)
 
-    other_lead = await make_lead(pool, company, phone="+15551230009",
-                                 last_inbound_at=datetime.now(UTC))  # fmt: skip
+    other_lead = await make_lead(
+        pool, company, phone="+15551230009", last_inbound_at=datetime.now(UTC)
+    )
     second_id, second = await queue_send(pool, company, other_lead, to="+15551230009")
     with pytest.raises(DeferJob, match="paused"):
         await dispatcher.send(second_id, second)

@@ -75,9 +75,13 @@ class RecordingRandom(random.Random):
 
 def params(to: str, text: str, company_id: uuid.UUID = COMPANY) -> SendParams:
     return SendParams(
-        company_id=company_id, lead_id=uuid.uuid4(), channel="whatsapp_web", to=to, text=text,
+        company_id=company_id,
+        lead_id=uuid.uuid4(),
+        channel="whatsapp_web",
+        to=to,
+        text=text,
         send_key=uuid.uuid4().hex,
-    )  # fmt: skip
+    )
 
 
 async def send(channel: WhatsAppWebChannel, p: SendParams) -> Any:
@@ -258,10 +262,21 @@ async def test_login_command_saves_the_qr_and_returns_once_linked(
         "WHATSAPP_WEB_LOGIN_TIMEOUT_SECONDS": "60",
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shvya_dispatch", "whatsapp-web-login", "--account", "sales",
-        "--qr-path", str(qr_path), "--settle-seconds", "0",
-        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "shvya_dispatch",
+        "whatsapp-web-login",
+        "--account",
+        "sales",
+        "--qr-path",
+        str(qr_path),
+        "--settle-seconds",
+        "0",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     assert proc.stdout is not None
     try:
         first = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
@@ -298,10 +313,19 @@ async def test_login_command_times_out_with_a_clear_message(
         "WHATSAPP_WEB_PROFILE_DIR": str(tmp_path / "profiles"),
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shvya_dispatch", "whatsapp-web-login", "--account", "sales",
-        "--timeout", "2",
-        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "shvya_dispatch",
+        "whatsapp-web-login",
+        "--account",
+        "sales",
+        "--timeout",
+        "2",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 90)
     assert proc.returncode == 1
     assert "was not linked within 2 s" in err.decode()

@@ -37,8 +37,11 @@ async def client(base_env):
 
 async def test_verify_handshake_echoes_challenge_only_with_the_right_token(client):
     """GET /webhooks/whatsapp returns hub.challenge as text/plain for the right token, else 403."""
-    params = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN,
-              "hub.challenge": "1158201444"}  # fmt: skip
+    params = {
+        "hub.mode": "subscribe",
+        "hub.verify_token": VERIFY_TOKEN,
+        "hub.challenge": "1158201444",
+    }
     ok = await client.get("/webhooks/whatsapp", params=params)
     assert ok.status_code == 200
     assert ok.text == "1158201444"
@@ -63,16 +66,18 @@ async def test_signature_missing_is_401_wrong_is_403_valid_is_200(client, db_url
     assert wrong.status_code == 403
     tampered = body.replace(b"Hi", b"Yo")
     replayed = await client.post(
-        "/webhooks/whatsapp", content=tampered,
+        "/webhooks/whatsapp",
+        content=tampered,
         headers={**headers, "x-hub-signature-256": signature(body)},
-    )  # fmt: skip
+    )
     assert replayed.status_code == 403
     async with database(db_url) as conn:
         assert await conn.fetchval("SELECT count(*) FROM messages") == 0
     valid = await client.post(
-        "/webhooks/whatsapp", content=body,
+        "/webhooks/whatsapp",
+        content=body,
         headers={**headers, "x-hub-signature-256": signature(body)},
-    )  # fmt: skip
+    )
     assert valid.status_code == 200, valid.text
     async with database(db_url) as conn:
         assert await conn.fetchval("SELECT count(*) FROM messages") == 1
@@ -99,11 +104,13 @@ async def test_meta_payload_is_filed_once_when_posted_three_times(client, db_url
             " l.last_inbound_at FROM messages m JOIN leads l ON l.id = m.lead_id"
             " ORDER BY l.phone_e164"
         )
-        assert [(r["provider_message_id"], r["channel"], r["phone_e164"], r["contact_name"])
-                for r in rows] == [
+        assert [
+            (r["provider_message_id"], r["channel"], r["phone_e164"], r["contact_name"])
+            for r in rows
+        ] == [
             (WAMID_A, "whatsapp_cloud", "+16505551234", "Sheena Nelson"),
             (WAMID_B, "whatsapp_cloud", "+919876543210", "Asha Rao"),
-        ]  # fmt: skip
+        ]
         assert rows[1]["body"] == "Kya price hai? ₹ में बताइए"
         # The 24-hour window opens at the contact's own timestamp, not at a retry's arrival.
         assert int(rows[0]["last_inbound_at"].timestamp()) == 1749416383
@@ -132,8 +139,10 @@ async def test_company_is_resolved_from_the_business_phone_number_id(client, db_
         acme = await conn.fetchval("INSERT INTO companies (name) VALUES ('Acme') RETURNING id")
         await conn.execute(
             "INSERT INTO inbound_routes (channel, address, company_id)"
-            " VALUES ('whatsapp_cloud', $1, $2)", PHONE_NUMBER_ID, acme,
-        )  # fmt: skip
+            " VALUES ('whatsapp_cloud', $1, $2)",
+            PHONE_NUMBER_ID,
+            acme,
+        )
     mine = meta_payload([text_message(WAMID_A, "16505551234", "for acme")])
     other = meta_payload(
         [text_message(WAMID_B, "16505551234", "for nobody")], phone_number_id="999000111"
@@ -146,8 +155,9 @@ async def test_company_is_resolved_from_the_business_phone_number_id(client, db_
             " JOIN companies c ON c.id = m.company_id ORDER BY m.body"
         )
     assert [(r["body"], r["name"], r["is_default"]) for r in rows] == [
-        ("for acme", "Acme", False), ("for nobody", "Default company", True)
-    ]  # fmt: skip
+        ("for acme", "Acme", False),
+        ("for nobody", "Default company", True),
+    ]
 
 
 async def _outbound(conn, wamid: str) -> uuid.UUID:
@@ -159,8 +169,10 @@ async def _outbound(conn, wamid: str) -> uuid.UUID:
         "INSERT INTO messages (company_id, lead_id, direction, channel, body, status,"
         " provider_message_id, recipient) VALUES ($1, $2, 'outbound', 'whatsapp_cloud',"
         " 'Yes, in blue.', 'sent', $3, '+16505551234') RETURNING id",
-        company, lead, wamid,
-    )  # fmt: skip
+        company,
+        lead,
+        wamid,
+    )
 
 
 async def test_statuses_move_forward_only_and_duplicates_change_nothing(client, db_url):
@@ -183,16 +195,19 @@ async def test_statuses_move_forward_only_and_duplicates_change_nothing(client, 
         )
         events = await conn.fetch(
             "SELECT type, payload->>'status' AS status FROM events"
-            " WHERE payload->>'message_id' = $1 ORDER BY created_at, type", str(message_id),
-        )  # fmt: skip
+            " WHERE payload->>'message_id' = $1 ORDER BY created_at, type",
+            str(message_id),
+        )
         stored = await conn.fetchval("SELECT count(*) FROM provider_statuses")
     assert row["status"] == "sent"  # dispatch's ledger is left alone
     assert row["delivery_status"] == "read"
     assert int(row["read_at"].timestamp()) == 1750857390
     assert int(row["delivered_at"].timestamp()) == 1750857386
     assert sorted(e["type"] for e in events) == [
-        "message.delivered", "message.provider_sent", "message.read"
-    ]  # fmt: skip
+        "message.delivered",
+        "message.provider_sent",
+        "message.read",
+    ]
     assert stored == 3
 
 
@@ -202,11 +217,18 @@ async def test_failed_status_records_the_error_once(client, db_url):
     async with database(db_url) as conn:
         message_id = await _outbound(conn, OUT_WAMID)
     failed = status(
-        OUT_WAMID, "failed", 1750857390,
-        errors=[{"code": 131026, "title": "Message undeliverable",
-                 "message": "Message undeliverable",
-                 "error_data": {"details": "Receiver is incapable of receiving this message"}}],
-    )  # fmt: skip
+        OUT_WAMID,
+        "failed",
+        1750857390,
+        errors=[
+            {
+                "code": 131026,
+                "title": "Message undeliverable",
+                "message": "Message undeliverable",
+                "error_data": {"details": "Receiver is incapable of receiving this message"},
+            }
+        ],
+    )
     for batch in ([status(OUT_WAMID, "sent", 1750857384)], [failed], [failed]):
         assert (await post_signed(client, meta_payload(statuses=batch))).status_code == 200
     async with database(db_url) as conn:
@@ -273,9 +295,12 @@ async def test_stop_in_two_languages_suppresses_and_confirms_once_without_engage
     for _ in range(2):
         answer = await post_signed(client, stop)
         assert answer.status_code == 200
-    french = {"phone_number": "+33612345678", "message_text": "arrêter",
-              "channel": "whatsapp_cloud",
-              "provider_message_id": "fr-1"}  # fmt: skip
+    french = {
+        "phone_number": "+33612345678",
+        "message_text": "arrêter",
+        "channel": "whatsapp_cloud",
+        "provider_message_id": "fr-1",
+    }
     first = await client.post("/inbound-message", json=french)
     again = await client.post("/inbound-message", json=french)
     assert first.status_code == again.status_code == 200, first.text
@@ -300,8 +325,9 @@ async def test_stop_in_two_languages_suppresses_and_confirms_once_without_engage
         ("whatsapp_cloud", "+33612345678", "all", "optout_keyword"),
     ]
     assert [(r["recipient"], r["purpose"]) for r in confirmations] == [
-        ("+16505551234", "optout_confirmation"), ("+33612345678", "optout_confirmation")
-    ]  # fmt: skip
+        ("+16505551234", "optout_confirmation"),
+        ("+33612345678", "optout_confirmation"),
+    ]
     assert all(r["send_key"] == f"optout:{r['reply_to_id']}" for r in confirmations)
     assert str(confirmations[1]["id"]) == first.json()["job_id"]
     # Only the ordinary sentence got an ai.engage job.

@@ -25,10 +25,13 @@ PHONE_NUMBER_ID = "106540352242922"
 
 def ingest_settings(env: dict[str, str], **overrides: str) -> IngestSettings:
     values = {
-        "WHATSAPP_APP_SECRET": APP_SECRET, "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
-        "LINK_SECRET": LINK_SECRET, "PUBLIC_BASE_URL": "https://ingest.example.com",
-        **env, **overrides,
-    }  # fmt: skip
+        "WHATSAPP_APP_SECRET": APP_SECRET,
+        "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
+        "LINK_SECRET": LINK_SECRET,
+        "PUBLIC_BASE_URL": "https://ingest.example.com",
+        **env,
+        **overrides,
+    }
     return IngestSettings(**{k.lower(): v for k, v in values.items()})
 
 
@@ -49,19 +52,30 @@ async def post_signed(client: httpx.AsyncClient, payload: dict[str, Any]) -> htt
     """POST a payload the way Meta does: compact JSON with non-ASCII escaped, signed."""
     body = json.dumps(payload, separators=(",", ":")).encode()
     return await client.post(
-        "/webhooks/whatsapp", content=body,
+        "/webhooks/whatsapp",
+        content=body,
         headers={"content-type": "application/json", "x-hub-signature-256": signature(body)},
-    )  # fmt: skip
+    )
 
 
 def text_message(wamid: str, sender: str, body: str, timestamp: int = 1749416383) -> dict[str, Any]:
-    return {"from": sender, "id": wamid, "timestamp": str(timestamp), "type": "text",
-            "text": {"body": body}}  # fmt: skip
+    return {
+        "from": sender,
+        "id": wamid,
+        "timestamp": str(timestamp),
+        "type": "text",
+        "text": {"body": body},
+    }
 
 
 def status(wamid: str, state: str, timestamp: int, **extra: Any) -> dict[str, Any]:
-    return {"id": wamid, "status": state, "timestamp": str(timestamp),
-            "recipient_id": "16505551234", **extra}  # fmt: skip
+    return {
+        "id": wamid,
+        "status": state,
+        "timestamp": str(timestamp),
+        "recipient_id": "16505551234",
+        **extra,
+    }
 
 
 def meta_payload(

@@ -14,8 +14,18 @@ from shvya_ingest.settings import IngestSettings
 
 @pytest.mark.parametrize(
     ("priority", "level"),
-    [(100, 100), (150, 100), (97, 95), (95, 95), (90, 90), (89, 70), (70, 70), (65, 60), (50, 50),
-     (10, 50)],  # fmt: skip
+    [
+        (100, 100),
+        (150, 100),
+        (97, 95),
+        (95, 95),
+        (90, 90),
+        (89, 70),
+        (70, 70),
+        (65, 60),
+        (50, 50),
+        (10, 50),
+    ],
 )
 def test_priority_rounds_down_to_a_level(priority: int, level: int) -> None:
     """A priority maps to the highest level not above it, so ordering is never inverted."""
@@ -25,9 +35,13 @@ def test_priority_rounds_down_to_a_level(priority: int, level: int) -> None:
 def test_task_table_keeps_the_original_priorities() -> None:
     """The original's six tasks keep their names and priorities."""
     assert {n: t.priority for n, t in TASKS.items() if n != "dispatch.send"} == {
-        "ai.engage": 100, "followup.bumpup": 95, "ai.summary": 90, "sequence.step": 70,
-        "email.sequence": 60, "webhook.reminder": 50,
-    }  # fmt: skip
+        "ai.engage": 100,
+        "followup.bumpup": 95,
+        "ai.summary": 90,
+        "sequence.step": 70,
+        "email.sequence": 60,
+        "webhook.reminder": 50,
+    }
 
 
 def test_subjects_are_prefixed_per_install() -> None:
@@ -58,8 +72,11 @@ def test_bad_settings_stop_start_up_with_a_reason() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("+1 (202) 555-0123", "+12025550123"), ("+4915112345678", "+4915112345678"),
-     ("+1234567890", "+1234567890")],  # fmt: skip
+    [
+        ("+1 (202) 555-0123", "+12025550123"),
+        ("+4915112345678", "+4915112345678"),
+        ("+1234567890", "+1234567890"),
+    ],
 )
 def test_phone_numbers_normalise_to_e164(raw: str, expected: str) -> None:
     """Numbers are stored in E.164, including unassigned test numbers that parse."""

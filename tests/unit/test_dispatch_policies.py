@@ -131,8 +131,9 @@ def test_whatsapp_suppressions_cover_both_whatsapp_channels():
 def test_fallback_template_setting_accepts_a_name_or_an_object():
     """whatsapp_fallback_template is a name, or {name, language}."""
     assert fallback_template_setting({"whatsapp_fallback_template": "reengage"}) == (
-        "reengage", None,
-    )  # fmt: skip
+        "reengage",
+        None,
+    )
     assert fallback_template_setting(
         {"whatsapp_fallback_template": {"name": "reengage", "language": "hi"}}
     ) == ("reengage", "hi")
@@ -140,21 +141,35 @@ def test_fallback_template_setting_accepts_a_name_or_an_object():
 
 
 def template_row(body: str, variables: list) -> dict:
-    return {"id": uuid.uuid4(), "name": "follow_up", "language": "en_US", "body": body,
-            "variables": variables, "status": "approved", "channel": "whatsapp_cloud"}  # fmt: skip
+    return {
+        "id": uuid.uuid4(),
+        "name": "follow_up",
+        "language": "en_US",
+        "body": body,
+        "variables": variables,
+        "status": "approved",
+        "channel": "whatsapp_cloud",
+    }
 
 
-LEAD = {"contact_name": "Asha  Rao", "phone_e164": "+919867800451", "email": None,
-        "attributes": {"city": "Pune", "vip": True}, "company_name": "Acme"}  # fmt: skip
+LEAD = {
+    "contact_name": "Asha  Rao",
+    "phone_e164": "+919867800451",
+    "email": None,
+    "attributes": {"city": "Pune", "vip": True},
+    "company_name": "Acme",
+}
 
 
 def test_template_parameters_are_filled_from_lead_fields():
     """Variables name lead fields (first_name, phone, attributes) and fill {{1}}, {{2}}, ... ."""
     rendered = render_template(
-        template_row("Hi {{1}}, {{2}} from {{3}} here ({{4}}).",
-                     ["first_name", "company_name", "attributes.city", "phone"]),
+        template_row(
+            "Hi {{1}}, {{2}} from {{3}} here ({{4}}).",
+            ["first_name", "company_name", "attributes.city", "phone"],
+        ),
         LEAD,
-    )  # fmt: skip
+    )
     assert rendered.parameters == ("Asha", "Acme", "Pune", "+919867800451")
     assert rendered.text == "Hi Asha, Acme from Pune here (+919867800451)."
 

@@ -104,9 +104,13 @@ def _settings(**kw: object) -> DispatchSettings:
 
 def _params(**kw: object) -> SendParams:
     base: dict[str, object] = dict(
-        company_id=uuid.uuid4(), lead_id=uuid.uuid4(), channel="email", to="a@b.example",
-        text="x", send_key="k",
-    )  # fmt: skip
+        company_id=uuid.uuid4(),
+        lead_id=uuid.uuid4(),
+        channel="email",
+        to="a@b.example",
+        text="x",
+        send_key="k",
+    )
     return SendParams(**(base | kw))
 
 

@@ -30,10 +30,17 @@ class Chunk:
 
 
 def context(text: str, history: list[Turn] | None = None, **attributes) -> EngageContext:
-    lead = LeadFacts(uuid.uuid4(), uuid.uuid4(), "Priya Shah", "+15550001", None, "Qualified",
-                     dict(attributes))  # fmt: skip
-    return EngageContext(lead, uuid.uuid4(), text, "whatsapp_cloud",
-                         AiConfig("gpt-test", 0.3, 300, SYSTEM), history or [])  # fmt: skip
+    lead = LeadFacts(
+        uuid.uuid4(), uuid.uuid4(), "Priya Shah", "+15550001", None, "Qualified", dict(attributes)
+    )
+    return EngageContext(
+        lead,
+        uuid.uuid4(),
+        text,
+        "whatsapp_cloud",
+        AiConfig("gpt-test", 0.3, 300, SYSTEM),
+        history or [],
+    )
 
 
 CHUNKS = [
@@ -52,9 +59,12 @@ def test_token_counts_come_from_the_bundled_encoding():
 def test_reply_prompt_order_sources_lead_and_message():
     """System prompt first, then rules with lead facts and numbered sources, then the message."""
     prompt = build_reply_prompt(
-        context("How much is the home plan?", plan_interest="home"), CHUNKS,
-        history_budget=500, source_budget=500, message_budget=200,
-    )  # fmt: skip
+        context("How much is the home plan?", plan_interest="home"),
+        CHUNKS,
+        history_budget=500,
+        source_budget=500,
+        message_budget=200,
+    )
     roles = [m["role"] for m in prompt.messages]
     assert roles == ["system", "system", "user"]
     assert prompt.messages[0]["content"] == SYSTEM
@@ -74,16 +84,21 @@ def test_sources_stop_at_their_token_budget():
     """Sources beyond the budget are left out rather than squeezing the rest of the prompt."""
     big = Chunk(uuid.uuid4(), 1, "Manual", None, "word " * 400, 0.4)
     prompt = build_reply_prompt(
-        context("hi"), [CHUNKS[0], big], history_budget=100, source_budget=120,
+        context("hi"),
+        [CHUNKS[0], big],
+        history_budget=100,
+        source_budget=120,
         message_budget=50,
-    )  # fmt: skip
+    )
     assert [s.title for s in prompt.sources] == ["Pricing"]
 
 
 def test_history_keeps_the_most_recent_turns_within_budget():
     """Older turns are dropped first once the history budget is spent; order stays oldest first."""
-    turns = [Turn("inbound" if i % 2 == 0 else "outbound", f"turn {i} " + "filler " * 20)
-             for i in range(30)]  # fmt: skip
+    turns = [
+        Turn("inbound" if i % 2 == 0 else "outbound", f"turn {i} " + "filler " * 20)
+        for i in range(30)
+    ]
     kept = fit_history(turns, budget=200)
     assert 0 < len(kept) < 30
     assert kept[-1]["content"].startswith("turn 29")

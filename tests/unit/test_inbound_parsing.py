@@ -23,17 +23,32 @@ MATCHER = OptOutMatcher(DEFAULT_OPTOUT_KEYWORDS)
 
 
 @pytest.mark.parametrize(
-    "text", ["STOP", "stop", " Stop! ", "UNSUBSCRIBE.", "Arrêter", "ARRETER", "stopp", "Baja",
-             "dar  de baja", "PARAR", "रोकें", "रोकें।", "opt out"],
-)  # fmt: skip
+    "text",
+    [
+        "STOP",
+        "stop",
+        " Stop! ",
+        "UNSUBSCRIBE.",
+        "Arrêter",
+        "ARRETER",
+        "stopp",
+        "Baja",
+        "dar  de baja",
+        "PARAR",
+        "रोकें",
+        "रोकें।",
+        "opt out",
+    ],
+)
 def test_opt_out_keywords_match_whole_messages_in_several_languages(text):
     """A message that is exactly a keyword, whatever its case, spacing or end marks, opts out."""
     assert MATCHER.matches(text)
 
 
 @pytest.mark.parametrize(
-    "text", ["stop sending me prices", "don't stop", "STOP STOP", "stopping", "bajar", "s top", ""],
-)  # fmt: skip
+    "text",
+    ["stop sending me prices", "don't stop", "STOP STOP", "stopping", "bajar", "s top", ""],
+)
 def test_sentences_and_near_misses_are_not_opt_outs(text):
     """Only exact matches count: a keyword inside a sentence is conversation."""
     assert not MATCHER.matches(text)
@@ -71,13 +86,40 @@ def test_meta_message_types_become_text_and_reactions_are_skipped():
 def test_meta_statuses_keep_delivery_states_and_describe_errors():
     """Statuses parse from Meta's shape; failed ones carry a readable error; others are dropped."""
     payload = MetaWebhook.model_validate(
-        {"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages",
-         "value": {"statuses": [
-             {"id": "wamid.1", "status": "failed", "timestamp": "1750857384",
-              "errors": [{"code": 131047, "title": "Re-engagement message",
-                          "error_data": {"details": "more than 24 hours"}}]},
-             {"id": "wamid.1", "status": "deleted", "timestamp": "1750857385"}]}}]}]}
-    )  # fmt: skip
+        {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "changes": [
+                        {
+                            "field": "messages",
+                            "value": {
+                                "statuses": [
+                                    {
+                                        "id": "wamid.1",
+                                        "status": "failed",
+                                        "timestamp": "1750857384",
+                                        "errors": [
+                                            {
+                                                "code": 131047,
+                                                "title": "Re-engagement message",
+                                                "error_data": {"details": "more than 24 hours"},
+                                            }
+                                        ],
+                                    },
+                                    {
+                                        "id": "wamid.1",
+                                        "status": "deleted",
+                                        "timestamp": "1750857385",
+                                    },
+                                ]
+                            },
+                        }
+                    ]
+                }
+            ],
+        }
+    )
     value = payload.entry[0].changes[0].value
     assert value is not None
     now = datetime.now(UTC)
@@ -102,24 +144,37 @@ def test_webhook_signature_is_hmac_sha256_of_the_raw_body():
 @pytest.mark.parametrize(
     ("agent", "ip", "expected"),
     [
-        ("Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0"
-         " (via ggpht.com GoogleImageProxy)",
-         "66.249.84.1", "google_image_proxy"),
+        (
+            "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0"
+            " (via ggpht.com GoogleImageProxy)",
+            "66.249.84.1",
+            "google_image_proxy",
+        ),
         ("Mozilla/5.0", "203.0.113.9", "apple_mail_privacy"),
         ("Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15", "17.58.0.1", "apple_mail_privacy"),
         ("Mozilla/5.0 (compatible; Barracuda Sentinel)", None, "barracuda"),
         ("Mimecast URL Protect", None, "mimecast"),
         ("Proofpoint URL Defense", None, "proofpoint"),
         ("Microsoft Office Existence Discovery", None, "microsoft_safelinks"),
-        ("YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html", None,
-         "yahoo_mail_proxy"),
+        (
+            "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html",
+            None,
+            "yahoo_mail_proxy",
+        ),
         ("", None, "no_user_agent"),
-        ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 Mobile",
-         "198.51.100.7", None),
-        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36",
-         "192.0.2.10", None),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 Mobile",
+            "198.51.100.7",
+            None,
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0"
+            " Safari/537.36",
+            "192.0.2.10",
+            None,
+        ),
     ],
-)  # fmt: skip
+)
 def test_mail_proxies_and_scanners_are_machine_and_people_are_not(agent, ip, expected):
     """Known proxies and scanners are named; a person's browser or phone is not flagged."""
     assert machine_agent(agent, ip) == expected
@@ -150,15 +205,19 @@ def test_link_helpers_sign_the_agreed_payloads():
     unsubscribe = links.unsubscribe_url(settings, company, " Ana@Example.COM ")
     assert unsubscribe.startswith("https://in.example.com/u/")
     assert verify("s" * 32, unsubscribe.rsplit("/", 1)[1]) == {
-        "c": company, "a": "Ana@example.com", "ch": "email"
-    }  # fmt: skip
+        "c": company,
+        "a": "Ana@example.com",
+        "ch": "email",
+    }
     pixel = links.open_pixel_url(settings, "m-1")
     assert pixel.startswith("https://in.example.com/t/o/") and pixel.endswith(".gif")
     assert verify("s" * 32, pixel.rsplit("/", 1)[1][:-4]) == {"k": "o", "m": "m-1"}
     click = links.click_url(settings, "m-1", "https://acme.test/a?b=c")
     assert verify("s" * 32, click.rsplit("/", 1)[1]) == {
-        "k": "c", "m": "m-1", "u": "https://acme.test/a?b=c"
-    }  # fmt: skip
+        "k": "c",
+        "m": "m-1",
+        "u": "https://acme.test/a?b=c",
+    }
     with pytest.raises(ValueError, match="http"):
         links.click_url(settings, "m-1", "javascript:alert(1)")
 

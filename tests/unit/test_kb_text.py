@@ -172,8 +172,10 @@ def test_auto_provider_prefers_a_key_then_the_offline_model():
     offline = "local" if offline_embedder_installed() else "none"  # `make test` installs it
     assert keyless.resolved_embeddings_provider() == offline
     wide = KnowledgeSettings(
-        embeddings_provider="auto", openai_api_key="", embeddings_api_key="",
+        embeddings_provider="auto",
+        openai_api_key="",
+        embeddings_api_key="",
         embeddings_dimensions=1536,
-    )  # fmt: skip
+    )
     assert wide.resolved_embeddings_provider() == "none"
     assert KnowledgeSettings(embeddings_provider="none").resolved_embeddings_provider() == "none"

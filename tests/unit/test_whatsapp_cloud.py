@@ -75,9 +75,15 @@ def test_policy_and_spam_blocks_pause_for_the_block_duration(code):
 
 
 @pytest.mark.parametrize(
-    ("status", "expected"), [(500, RetryableError), (503, RetryableError), (429, RetryableError),
-                             (400, PermanentError), (403, PermanentError)],
-)  # fmt: skip
+    ("status", "expected"),
+    [
+        (500, RetryableError),
+        (503, RetryableError),
+        (429, RetryableError),
+        (400, PermanentError),
+        (403, PermanentError),
+    ],
+)
 def test_unknown_codes_follow_the_http_status(status, expected):
     """An unlisted code is retried on 5xx/429 and dead-lettered on other 4xx."""
     body = {"error": {"message": "(#999999) Something new", "code": 999999}}
@@ -111,8 +117,15 @@ def test_text_payload_is_graphs_text_message():
 
 def test_template_payload_carries_body_parameters_in_order():
     """A template send names the template and language and fills body parameters in order."""
-    template = RenderedTemplate(uuid.uuid4(), "order_update", "en_US", "whatsapp_cloud",
-                                "approved", ("Asha", "ORD-9271"), "Hi Asha, ORD-9271")  # fmt: skip
+    template = RenderedTemplate(
+        uuid.uuid4(),
+        "order_update",
+        "en_US",
+        "whatsapp_cloud",
+        "approved",
+        ("Asha", "ORD-9271"),
+        "Hi Asha, ORD-9271",
+    )
     assert template_payload("+15551234567", template) == {
         "messaging_product": "whatsapp",
         "recipient_type": "individual",
@@ -136,8 +149,9 @@ def test_template_payload_carries_body_parameters_in_order():
 
 def test_template_without_parameters_has_no_components():
     """A template with no placeholders is sent without a components list."""
-    template = RenderedTemplate(uuid.uuid4(), "hello_world", "en_US", "whatsapp_cloud",
-                                "approved", (), "Hello World")  # fmt: skip
+    template = RenderedTemplate(
+        uuid.uuid4(), "hello_world", "en_US", "whatsapp_cloud", "approved", (), "Hello World"
+    )
     assert "components" not in template_payload("+15551234567", template)["template"]
 
 
@@ -150,11 +164,13 @@ def test_unaddressable_recipient_is_permanent(to):
 
 def test_parse_sent_reads_the_wamid():
     """messages[0].id is the wamid; wa_id and message_status are kept as meta."""
-    wamid, meta = parse_sent({
-        "messaging_product": "whatsapp",
-        "contacts": [{"input": "+15551234567", "wa_id": "15551234567"}],
-        "messages": [{"id": "wamid.ABC", "message_status": "accepted"}],
-    })  # fmt: skip
+    wamid, meta = parse_sent(
+        {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": "+15551234567", "wa_id": "15551234567"}],
+            "messages": [{"id": "wamid.ABC", "message_status": "accepted"}],
+        }
+    )
     assert wamid == "wamid.ABC"
     assert meta == {"wa_id": "15551234567", "message_status": "accepted"}
 

@@ -94,9 +94,13 @@ async def _supervise(name: str, env: dict[str, str], stopping: asyncio.Event) ->
     backoff = 1.0
     while not stopping.is_set():
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", f"shvya_{name}",
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            f"shvya_{name}",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         assert proc.stdout is not None
         pump = asyncio.create_task(_pump(name, proc.stdout))
         waiter = asyncio.create_task(proc.wait())
@@ -173,8 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("migrate", help="apply database migrations")
     reembed = sub.add_parser("reembed", help="re-embed the knowledge base after a model change")
     reembed.add_argument("--company", type=uuid.UUID, help="only this company's chunks")
-    reembed.add_argument("--all", dest="everything", action="store_true",
-                         help="also chunks already embedded with the current model")  # fmt: skip
+    reembed.add_argument(
+        "--all",
+        dest="everything",
+        action="store_true",
+        help="also chunks already embedded with the current model",
+    )
     args = parser.parse_args(argv)
     root = Path.cwd()
     if args.command == "up":

@@ -94,7 +94,7 @@ class EmbeddedNats:
                 str(self.port),
                 "-m",
                 str(self.monitor_port),
-            ],  # fmt: skip
+            ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
@@ -152,13 +152,22 @@ class EmbeddedPostgres:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         user = self._system_user()
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
-                [self._bin("initdb"), "-D", str(self.data_dir), "--auth=trust", "-U", "postgres",
-                 "--encoding=utf8"],
-                check=True, user=user, **quiet,  # type: ignore[arg-type]
-            )  # fmt: skip
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "--auth=trust",
+                    "-U",
+                    "postgres",
+                    "--encoding=utf8",
+                ],
+                check=True,
+                user=user,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
         if not self.running():
             if port_in_use(self.port):
                 raise RuntimeError(
@@ -170,22 +179,57 @@ class EmbeddedPostgres:
                 " -c shared_buffers=256MB -c fsync=on"
             )
             subprocess.run(
-                [self._bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60",
-                 "-l", str(self.data_dir / "postgres.log"), "-o", options, "start"],
-                check=True, user=user, **quiet,  # type: ignore[arg-type]
-            )  # fmt: skip
+                [
+                    self._bin("pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-l",
+                    str(self.data_dir / "postgres.log"),
+                    "-o",
+                    options,
+                    "start",
+                ],
+                check=True,
+                user=user,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
         wait_for_port(self.port)
         exists = subprocess.run(
-            [self._bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tAc",
-             f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'"],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip()  # fmt: skip
+            [
+                self._bin("psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-tAc",
+                f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         if not exists:
             subprocess.run(
-                [self._bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                 self.database],
-                check=True, **quiet,  # type: ignore[arg-type]
-            )  # fmt: skip
+                [
+                    self._bin("createdb"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    self.database,
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
 
     def running(self) -> bool:
         result = subprocess.run(
@@ -199,5 +243,6 @@ class EmbeddedPostgres:
         if (self.data_dir / "postmaster.pid").exists():
             subprocess.run(
                 [self._bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-m", "fast", "stop"],
-                user=self._system_user(), capture_output=True,
-            )  # fmt: skip
+                user=self._system_user(),
+                capture_output=True,
+            )

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import nats
@@ -124,7 +125,7 @@ def stop_event() -> asyncio.Event:
 
 
 HandlerFactory = Callable[[Platform, AsyncExitStack], Awaitable[dict[str, Handler]]]
-Background = Callable[[Platform, asyncio.Event], Awaitable[None]]
+Background = Callable[[Platform, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 async def run_worker(
@@ -164,7 +165,7 @@ async def run_worker(
     log.info("service_stopped")
 
 
-def run(main: Callable[[], Awaitable[None]]) -> None:
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a service's async main on uvloop where available."""
     try:
         import uvloop

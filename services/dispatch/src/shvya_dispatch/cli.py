@@ -36,9 +36,11 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, help="seconds to wait; default: WHATSAPP_WEB_LOGIN_TIMEOUT_SECONDS"
     )
     login.add_argument(
-        "--settle-seconds", type=float, default=5.0,
+        "--settle-seconds",
+        type=float,
+        default=5.0,
         help="keep the browser open this long after linking, so the session is stored",
-    )  # fmt: skip
+    )
     return parser
 
 
@@ -62,10 +64,14 @@ def whatsapp_web_login(args: argparse.Namespace) -> int:
         account = account or settings.whatsapp_web_account
         asyncio.run(
             login(
-                settings, account, qr_path=args.qr_path, wait_seconds=args.timeout,
-                settle_seconds=args.settle_seconds, say=lambda line: print(line, flush=True),
+                settings,
+                account,
+                qr_path=args.qr_path,
+                wait_seconds=args.timeout,
+                settle_seconds=args.settle_seconds,
+                say=lambda line: print(line, flush=True),
             )
-        )  # fmt: skip
+        )
     except LoginTimeout as err:
         print(f"error: {err}; run the command again for a fresh QR code", file=sys.stderr)
         return 1

@@ -31,9 +31,9 @@ from shvya_common.bus import JobContext
 from shvya_common.contracts import SendParams
 from shvya_dispatch.channels import ChannelRouter, SendResult
 from shvya_dispatch.channels.errors import (
-    SendOutcomeUnknown,
     ChannelPausedError,
     RecipientOptedOutError,
+    SendOutcomeUnknown,
     WindowClosedError,
 )
 from shvya_dispatch.policies import PolicyEngine, Verdict
@@ -66,8 +66,9 @@ async def handle_send(params: SendParams, job: JobContext, deps: Deps) -> dict[s
         return await _send(params, message_id, verdict, deps)
     except SendOutcomeUnknown as err:
         await deps.repo.record_ambiguous(message_id, params.lead_id, params.company_id)
-        log.warning("send_outcome_unknown_not_repeated", message_id=str(message_id),
-                    reason=str(err))  # fmt: skip
+        log.warning(
+            "send_outcome_unknown_not_repeated", message_id=str(message_id), reason=str(err)
+        )
         return {"status": "unknown", "reason": str(err)}
     finally:
         if reservation is not None:
@@ -78,9 +79,13 @@ async def _finish_unsent(
     params: SendParams, message_id: uuid.UUID, deps: Deps, status: str, reason: str
 ) -> dict[str, Any]:
     done = await deps.repo.record_outcome(
-        message_id, params.lead_id, params.company_id, status=status, reason=reason,
+        message_id,
+        params.lead_id,
+        params.company_id,
+        status=status,
+        reason=reason,
         channel=params.channel,
-    )  # fmt: skip
+    )
     if not done:
         return {"status": "not pending"}
     log.info(f"send_{status}", message_id=str(message_id), channel=params.channel, reason=reason)
@@ -112,13 +117,20 @@ async def _send(
     if converted is not None:
         result = replace(result, meta={**result.meta, "converted_to_template": converted})
         await deps.repo.add_event(
-            params.company_id, params.lead_id, "message.converted_to_template",
+            params.company_id,
+            params.lead_id,
+            "message.converted_to_template",
             {"message_id": str(message_id), "channel": params.channel, **converted},
-        )  # fmt: skip
+        )
     await deps.repo.record_sent(
-        message_id, params.lead_id, params.company_id, status=result.status,
-        provider_message_id=result.provider_message_id, channel=params.channel, meta=result.meta,
-    )  # fmt: skip
+        message_id,
+        params.lead_id,
+        params.company_id,
+        status=result.status,
+        provider_message_id=result.provider_message_id,
+        channel=params.channel,
+        meta=result.meta,
+    )
     log.info("send_done", message_id=str(message_id), channel=params.channel, status=result.status)
     return {"status": result.status, "provider_message_id": result.provider_message_id}
 
@@ -132,9 +144,13 @@ async def _attempt(
         params = params.model_copy(update={"template_id": template_id, "template_params": []})
     try:
         return await deps.router.send(
-            params.to, params.text, params.channel, template_id,
-            message_id=message_id, params=params,
-        )  # fmt: skip
+            params.to,
+            params.text,
+            params.channel,
+            template_id,
+            message_id=message_id,
+            params=params,
+        )
     except RecipientOptedOutError as err:
         await deps.policies.suppress(params, err)
         raise

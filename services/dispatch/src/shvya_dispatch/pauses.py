@@ -47,10 +47,12 @@ async def run_command(argv: Sequence[str], database_url: str) -> tuple[int, str]
             lines = []
             for r in rows:
                 until = (
-                    "until the credentials change" if r["until_credentials_change"]
-                    else f"until {r['paused_until']:%Y-%m-%d %H:%M %Z}" if r["paused_until"]
+                    "until the credentials change"
+                    if r["until_credentials_change"]
+                    else f"until {r['paused_until']:%Y-%m-%d %H:%M %Z}"
+                    if r["paused_until"]
                     else "until resumed"
-                )  # fmt: skip
+                )
                 state = "in force" if r["in_force"] else "lifted"
                 lines.append(
                     f"{r['company_id']}  {r['company_name']}  {r['channel']}"

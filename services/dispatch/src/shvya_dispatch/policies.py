@@ -352,9 +352,14 @@ class PolicyEngine:
         lease = self.lease_seconds if policy.min_gap_seconds > 0 else 0.0
         for _ in range(_RESERVE_TRIES):
             taken = await self.store.reserve_slot(
-                params.company_id, params.channel, key, message_id, lease,
-                verdict.company_zone, policy.daily_cap,
-            )  # fmt: skip
+                params.company_id,
+                params.channel,
+                key,
+                message_id,
+                lease,
+                verdict.company_zone,
+                policy.daily_cap,
+            )
             if taken:
                 gap = policy.min_gap_seconds + self.rng.uniform(0.0, policy.jitter_seconds)
                 return Reservation(params.company_id, params.channel, key, message_id, gap)
@@ -392,9 +397,12 @@ class PolicyEngine:
         """Release the slot: the next send on this key may go `gap_seconds` from now."""
         try:
             await self.store.settle_slot(
-                reservation.company_id, reservation.channel, reservation.key,
-                reservation.message_id, reservation.gap_seconds,
-            )  # fmt: skip
+                reservation.company_id,
+                reservation.channel,
+                reservation.key,
+                reservation.message_id,
+                reservation.gap_seconds,
+            )
         except Exception as err:  # the lease expires by itself; never hide the send's outcome
             log.warning("pacing_settle_failed", error=f"{type(err).__name__}: {err}")
 
@@ -404,9 +412,16 @@ class PolicyEngine:
         """Persist the pause (one event per pause) and return the deferral for this send."""
         current = self.credential_fingerprints.get(params.channel)
         row = await self.store.start_pause(
-            params.company_id, params.channel, err.code, err.reason, err.pause_seconds,
-            current if err.credential_bound else None, current, params.lead_id, message_id,
-        )  # fmt: skip
+            params.company_id,
+            params.channel,
+            err.code,
+            err.reason,
+            err.pause_seconds,
+            current if err.credential_bound else None,
+            current,
+            params.lead_id,
+            message_id,
+        )
         log.warning("channel_paused", channel=params.channel, code=err.code, new=row["created"])
         return DeferJob(
             self._recheck_at(row["now"], row["paused_until"]),

@@ -41,8 +41,11 @@ class DispatchRepository:
             await conn.execute(
                 "UPDATE messages SET status = $2, provider_message_id = $3, sent_at = now(),"
                 " last_error = NULL, meta = meta || $4, updated_at = now() WHERE id = $1",
-                message_id, status, provider_message_id, meta,
-            )  # fmt: skip
+                message_id,
+                status,
+                provider_message_id,
+                meta,
+            )
             await conn.execute(
                 "UPDATE leads SET last_outbound_at = now(), updated_at = now() WHERE id = $1",
                 lead_id,
@@ -51,8 +54,13 @@ class DispatchRepository:
                 "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, $2,"
                 " 'message.sent', jsonb_build_object('message_id', $3::uuid, 'channel', $4::text,"
                 " 'status', $5::text, 'provider_message_id', $6::text))",
-                company_id, lead_id, message_id, channel, status, provider_message_id,
-            )  # fmt: skip
+                company_id,
+                lead_id,
+                message_id,
+                channel,
+                status,
+                provider_message_id,
+            )
 
     async def record_ambiguous(
         self, message_id: uuid.UUID, lead_id: uuid.UUID, company_id: uuid.UUID
@@ -66,8 +74,10 @@ class DispatchRepository:
             await conn.execute(
                 "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, $2,"
                 " 'message.send_ambiguous', jsonb_build_object('message_id', $3::uuid))",
-                company_id, lead_id, message_id,
-            )  # fmt: skip
+                company_id,
+                lead_id,
+                message_id,
+            )
 
     async def record_outcome(
         self,
@@ -86,16 +96,23 @@ class DispatchRepository:
                 "UPDATE messages SET status = $2, last_error = $3, updated_at = now()"
                 " WHERE id = $1 AND status IN ('queued', 'retrying', 'scheduled', 'sending')"
                 " RETURNING id",
-                message_id, status, reason[:2000],
-            )  # fmt: skip
+                message_id,
+                status,
+                reason[:2000],
+            )
             if done is None:
                 return False
             await conn.execute(
                 "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, $2, $3,"
                 " jsonb_build_object('message_id', $4::uuid, 'channel', $5::text,"
                 " 'reason', $6::text))",
-                company_id, lead_id, f"message.{status}", message_id, channel, reason[:2000],
-            )  # fmt: skip
+                company_id,
+                lead_id,
+                f"message.{status}",
+                message_id,
+                channel,
+                reason[:2000],
+            )
         return True
 
     async def add_event(
@@ -103,8 +120,11 @@ class DispatchRepository:
     ) -> None:
         await self.pool.execute(
             "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, $2, $3, $4)",
-            company_id, lead_id, kind, payload,
-        )  # fmt: skip
+            company_id,
+            lead_id,
+            kind,
+            payload,
+        )
 
 
 class EmailRepository:
@@ -120,8 +140,9 @@ class EmailRepository:
             "SELECT c.name, c.settings->>'email_subject' AS company_subject,"
             " t.subject AS template_subject FROM companies c"
             " LEFT JOIN templates t ON t.id = $2 AND t.company_id = c.id WHERE c.id = $1",
-            company_id, template_id,
-        )  # fmt: skip
+            company_id,
+            template_id,
+        )
         if row is None:
             return EmailContext()
         return EmailContext(row["name"], row["company_subject"], row["template_subject"])
@@ -135,14 +156,19 @@ class EmailRepository:
                 "INSERT INTO suppressions (company_id, channel, address, scope, reason)"
                 " VALUES ($1, 'email', $2, 'all', $3)"
                 " ON CONFLICT (company_id, channel, address, scope) DO NOTHING",
-                company_id, address, reason,
-            )  # fmt: skip
+                company_id,
+                address,
+                reason,
+            )
             await conn.execute(
                 "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, $2,"
                 " 'email.hard_bounce', jsonb_build_object('address', $3::text,"
                 " 'reason', $4::text))",
-                company_id, lead_id, address, reason,
-            )  # fmt: skip
+                company_id,
+                lead_id,
+                address,
+                reason,
+            )
 
 
 # Takes the pacing slot when it is free: past its gap, no live lease, and (with a cap) not full
@@ -210,8 +236,9 @@ class PolicyRepository:
             " c.timezone AS company_timezone, c.settings AS company_settings"
             " FROM leads l JOIN companies c ON c.id = l.company_id"
             " WHERE l.id = $2 AND l.company_id = $1",
-            company_id, lead_id,
-        )  # fmt: skip
+            company_id,
+            lead_id,
+        )
 
     async def company_settings(self, company_id: uuid.UUID) -> dict[str, Any]:
         settings = await self.pool.fetchval(
@@ -227,8 +254,11 @@ class PolicyRepository:
             " WHERE company_id = $1 AND channel = ANY($2::text[])"
             " AND lower(address) = lower($3) AND scope = ANY($4::text[])"
             " ORDER BY created_at DESC LIMIT 1",
-            company_id, channels, address.strip(), scopes,
-        )  # fmt: skip
+            company_id,
+            channels,
+            address.strip(),
+            scopes,
+        )
 
     async def suppress_recipient(
         self,
@@ -244,15 +274,23 @@ class PolicyRepository:
                 "INSERT INTO suppressions (company_id, channel, address, scope, reason)"
                 " VALUES ($1, $2, $3, $4, $5)"
                 " ON CONFLICT (company_id, channel, address, scope) DO NOTHING RETURNING id",
-                company_id, channel, address.strip(), scope, reason[:2000],
-            )  # fmt: skip
+                company_id,
+                channel,
+                address.strip(),
+                scope,
+                reason[:2000],
+            )
             if created is not None:
                 await conn.execute(
                     "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, $2,"
                     " 'lead.suppressed', jsonb_build_object('channel', $3::text,"
                     " 'scope', $4::text, 'reason', $5::text))",
-                    company_id, lead_id, channel, scope, reason[:2000],
-                )  # fmt: skip
+                    company_id,
+                    lead_id,
+                    channel,
+                    scope,
+                    reason[:2000],
+                )
 
     async def active_pause(
         self, company_id: uuid.UUID, channel: str, fingerprint: str | None
@@ -278,27 +316,42 @@ class PolicyRepository:
         the channel runs with now (a pause bound to other credentials is no longer in force)."""
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                _START_PAUSE, company_id, channel, code, reason[:2000], pause_seconds,
-                fingerprint, current_fingerprint,
-            )  # fmt: skip
+                _START_PAUSE,
+                company_id,
+                channel,
+                code,
+                reason[:2000],
+                pause_seconds,
+                fingerprint,
+                current_fingerprint,
+            )
             if row is not None:
                 await conn.execute(
                     "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, NULL,"
                     " 'channel.paused', jsonb_build_object('channel', $2::text, 'code', $3::int,"
                     " 'reason', $4::text, 'paused_until', $5::timestamptz,"
                     " 'lead_id', $6::uuid, 'message_id', $7::uuid))",
-                    company_id, channel, code, reason[:2000], row["paused_until"], lead_id,
+                    company_id,
+                    channel,
+                    code,
+                    reason[:2000],
+                    row["paused_until"],
+                    lead_id,
                     message_id,
-                )  # fmt: skip
+                )
                 return {"now": row["now"], "paused_until": row["paused_until"], "created": True}
             current = await conn.fetchrow(
                 "SELECT now() AS now, paused_until FROM channel_pauses"
                 " WHERE company_id = $1 AND channel = $2",
-                company_id, channel,
-            )  # fmt: skip
+                company_id,
+                channel,
+            )
             assert current is not None
-            return {"now": current["now"], "paused_until": current["paused_until"],
-                    "created": False}  # fmt: skip
+            return {
+                "now": current["now"],
+                "paused_until": current["paused_until"],
+                "created": False,
+            }
 
     async def list_pauses(self, include_lifted: bool = False) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self.pool.fetch(
@@ -312,7 +365,7 @@ class PolicyRepository:
             " OR p.paused_until > now()))"
             " ORDER BY p.paused_at",
             include_lifted,
-        )  # fmt: skip
+        )
         return rows
 
     async def lift_pause(self, company_id: uuid.UUID, channel: str, by: str) -> bool:
@@ -322,15 +375,18 @@ class PolicyRepository:
                 "UPDATE channel_pauses SET resumed_at = now()"
                 " WHERE company_id = $1 AND channel = $2 AND resumed_at IS NULL"
                 " AND (paused_until IS NULL OR paused_until > now()) RETURNING error_code",
-                company_id, channel,
-            )  # fmt: skip
+                company_id,
+                channel,
+            )
             if lifted is None:
                 return False
             await conn.execute(
                 "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, NULL,"
                 " 'channel.resumed', jsonb_build_object('channel', $2::text, 'by', $3::text))",
-                company_id, channel, by,
-            )  # fmt: skip
+                company_id,
+                channel,
+                by,
+            )
         return True
 
     async def approved_whatsapp_template(
@@ -340,8 +396,11 @@ class PolicyRepository:
             "SELECT id, name FROM templates WHERE company_id = $1 AND name = $2"
             " AND channel = ANY($3::text[]) AND status = 'approved'"
             " AND ($4::text IS NULL OR language = $4) ORDER BY created_at LIMIT 1",
-            company_id, name, list(WHATSAPP_TEMPLATE_CHANNELS), language,
-        )  # fmt: skip
+            company_id,
+            name,
+            list(WHATSAPP_TEMPLATE_CHANNELS),
+            language,
+        )
 
     async def template_for_lead(
         self, company_id: uuid.UUID, lead_id: uuid.UUID, template_id: uuid.UUID
@@ -352,8 +411,10 @@ class PolicyRepository:
             " FROM templates t JOIN companies c ON c.id = t.company_id"
             " JOIN leads l ON l.company_id = t.company_id AND l.id = $3"
             " WHERE t.id = $1 AND t.company_id = $2",
-            template_id, company_id, lead_id,
-        )  # fmt: skip
+            template_id,
+            company_id,
+            lead_id,
+        )
         if row is None:
             return None
         template_keys = ("id", "name", "language", "body", "variables", "status", "channel")
@@ -395,5 +456,9 @@ class PolicyRepository:
             " updated_at = now()"
             " WHERE company_id = $1 AND channel = $2 AND pacing_key = $3"
             " AND lease_message_id = $4",
-            company_id, channel, key, message_id, gap_seconds,
-        )  # fmt: skip
+            company_id,
+            channel,
+            key,
+            message_id,
+            gap_seconds,
+        )

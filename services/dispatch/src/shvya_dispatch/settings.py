@@ -176,8 +176,9 @@ class DispatchSettings(CommonSettings):
     def _check_company_accounts(cls, value: dict[str, str]) -> dict[str, str]:
         for company, account in value.items():
             if not re.fullmatch(ACCOUNT_PATTERN, account):
-                raise ValueError(f"account name {account!r} (for {company}) must match "
-                                 f"{ACCOUNT_PATTERN}")  # fmt: skip
+                raise ValueError(
+                    f"account name {account!r} (for {company}) must match {ACCOUNT_PATTERN}"
+                )
         return {company.lower(): account for company, account in value.items()}
 
     @model_validator(mode="after")

@@ -124,10 +124,14 @@ def render_template(
             f"template {name!r} takes {expected} parameter(s), {len(parameters)} given"
         )
     return RenderedTemplate(
-        id=row["id"], name=name, language=row["language"], channel=row["channel"],
-        status=row["status"], parameters=tuple(parameters),
+        id=row["id"],
+        name=name,
+        language=row["language"],
+        channel=row["channel"],
+        status=row["status"],
+        parameters=tuple(parameters),
         text=render_body(row["body"], parameters),
-    )  # fmt: skip
+    )
 
 
 class TemplateRenderer:

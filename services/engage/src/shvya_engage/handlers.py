@@ -91,39 +91,69 @@ async def handle_engage(params: EngageParams, job: JobContext, deps: Deps) -> di
         else Retrieved([], "none")
     )
     prompt = build_reply_prompt(
-        ctx, found.chunks, history_budget=settings.history_token_budget,
-        source_budget=settings.kb_token_budget, message_budget=settings.message_token_limit,
-    )  # fmt: skip
+        ctx,
+        found.chunks,
+        history_budget=settings.history_token_budget,
+        source_budget=settings.kb_token_budget,
+        message_budget=settings.message_token_limit,
+    )
     reply = await deps.responder.reply(ctx, prompt)
     guarded = guard_text(reply.text, ctx.channel, deps.limits, settings.reply_fallback)
     send = SendParams(
-        company_id=ctx.company_id, lead_id=ctx.lead_id, channel=ctx.channel,
-        to=to, text=guarded.text, send_key=send_key, purpose="reply",
+        company_id=ctx.company_id,
+        lead_id=ctx.lead_id,
+        channel=ctx.channel,
+        to=to,
+        text=guarded.text,
+        send_key=send_key,
+        purpose="reply",
         reply_to_message_id=ctx.message_id,
-        ai=AiMeta(responder=reply.responder, model=reply.model,
-                  prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-                  sources=[s.doc_id for s in prompt.sources]),
-    )  # fmt: skip
+        ai=AiMeta(
+            responder=reply.responder,
+            model=reply.model,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            sources=[s.doc_id for s in prompt.sources],
+        ),
+    )
     payload = {
-        "responder": reply.responder, "model": reply.model, "offline": reply.responder == OFFLINE,
-        "retrieval_mode": found.mode, "retrieval_note": found.note,
-        "sources": [s.describe() for s in prompt.sources], "history_turns": prompt.history_turns,
-        "prompt_tokens_estimate": prompt.tokens, "guards": list(guarded.actions),
-    }  # fmt: skip
+        "responder": reply.responder,
+        "model": reply.model,
+        "offline": reply.responder == OFFLINE,
+        "retrieval_mode": found.mode,
+        "retrieval_note": found.note,
+        "sources": [s.describe() for s in prompt.sources],
+        "history_turns": prompt.history_turns,
+        "prompt_tokens_estimate": prompt.tokens,
+        "guards": list(guarded.actions),
+    }
     async with deps.bus.pool.acquire() as conn, conn.transaction():
         message_id, created = await deps.bus.request_send(
             conn, send, priority=job.priority, job_id=job.job_id
         )
         if created:
             await deps.repo.record_reply(
-                conn, ctx, job_id=job.job_id, reply_message_id=message_id, payload=payload,
-                prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-            )  # fmt: skip
-    log.info("engage_replied", responder=reply.responder, model=reply.model,
-             sources=len(prompt.sources), retrieval_mode=found.mode,
-             reply_message_id=str(message_id))  # fmt: skip
-    return {"reply_message_id": str(message_id), "responder": reply.responder,
-            "sources": len(prompt.sources)}  # fmt: skip
+                conn,
+                ctx,
+                job_id=job.job_id,
+                reply_message_id=message_id,
+                payload=payload,
+                prompt_tokens=reply.prompt_tokens,
+                completion_tokens=reply.completion_tokens,
+            )
+    log.info(
+        "engage_replied",
+        responder=reply.responder,
+        model=reply.model,
+        sources=len(prompt.sources),
+        retrieval_mode=found.mode,
+        reply_message_id=str(message_id),
+    )
+    return {
+        "reply_message_id": str(message_id),
+        "responder": reply.responder,
+        "sources": len(prompt.sources),
+    }
 
 
 async def handle_summary(params: SummaryParams, job: JobContext, deps: Deps) -> dict[str, Any]:
@@ -138,18 +168,26 @@ async def handle_summary(params: SummaryParams, job: JobContext, deps: Deps) -> 
     result = await deps.responder.summarize(conv, prompt)
     stored = {
         **result.summary.model_dump(mode="json"),
-        "responder": result.responder, "model": result.model,
+        "responder": result.responder,
+        "model": result.model,
         "offline": result.responder == "offline",
-        "generated_at": datetime.now(UTC).isoformat(), "reason": params.reason,
-        "job_id": str(job.job_id), "messages": prompt.history_turns,
+        "generated_at": datetime.now(UTC).isoformat(),
+        "reason": params.reason,
+        "job_id": str(job.job_id),
+        "messages": prompt.history_turns,
         "last_message_id": str(conv.last_message_id) if conv.last_message_id else None,
-    }  # fmt: skip
+    }
     event = {
-        "job_id": str(job.job_id), "reason": params.reason, "responder": result.responder,
-        "model": result.model, "offline": result.responder == "offline",
-        "sentiment": result.summary.sentiment, "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens, "messages": prompt.history_turns,
-    }  # fmt: skip
+        "job_id": str(job.job_id),
+        "reason": params.reason,
+        "responder": result.responder,
+        "model": result.model,
+        "offline": result.responder == "offline",
+        "sentiment": result.summary.sentiment,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "messages": prompt.history_turns,
+    }
     await deps.repo.save_summary(conv.lead, stored, event)
     log.info("summary_stored", responder=result.responder, sentiment=result.summary.sentiment)
     return {"sentiment": result.summary.sentiment, "responder": result.responder}
@@ -181,28 +219,42 @@ async def handle_bumpup(params: BumpupParams, job: JobContext, deps: Deps) -> di
     fallback = template_bumpup(state.lead.lead_id, state.lead.first_name, number)
     if settings.bumpup_ai:
         prompt = build_bumpup_prompt(
-            state.config.system_prompt, state.lead, state.turns,
-            days=settings.bumpup_silent_days, number=number, budget=800,
-        )  # fmt: skip
+            state.config.system_prompt,
+            state.lead,
+            state.turns,
+            days=settings.bumpup_silent_days,
+            number=number,
+            budget=800,
+        )
         generated = await deps.responder.bumpup(state, prompt, number)
     else:
         generated = Generation(fallback, OFFLINE, None)
     guarded = guard_text(generated.text, state.whatsapp_channel, deps.limits, fallback)
     send = SendParams(
-        company_id=state.lead.company_id, lead_id=state.lead.lead_id,
+        company_id=state.lead.company_id,
+        lead_id=state.lead.lead_id,
         channel=state.whatsapp_channel,
-        to=state.lead.phone_e164, text=guarded.text, send_key=f"bumpup:{params.lead_id}:{number}",
+        to=state.lead.phone_e164,
+        text=guarded.text,
+        send_key=f"bumpup:{params.lead_id}:{number}",
         purpose="followup",
-        ai=AiMeta(responder=generated.responder, model=generated.model,
-                  prompt_tokens=generated.prompt_tokens,
-                  completion_tokens=generated.completion_tokens),
-    )  # fmt: skip
+        ai=AiMeta(
+            responder=generated.responder,
+            model=generated.model,
+            prompt_tokens=generated.prompt_tokens,
+            completion_tokens=generated.completion_tokens,
+        ),
+    )
     event = {
-        "job_id": str(job.job_id), "bump_number": number, "responder": generated.responder,
-        "model": generated.model, "offline": generated.responder == OFFLINE,
+        "job_id": str(job.job_id),
+        "bump_number": number,
+        "responder": generated.responder,
+        "model": generated.model,
+        "offline": generated.responder == OFFLINE,
         "prompt_tokens": generated.prompt_tokens,
-        "completion_tokens": generated.completion_tokens, "guards": list(guarded.actions),
-    }  # fmt: skip
+        "completion_tokens": generated.completion_tokens,
+        "guards": list(guarded.actions),
+    }
     async with deps.bus.pool.acquire() as conn, conn.transaction():
         message_id, created = await deps.bus.request_send(
             conn, send, priority=BUMPUP_PRIORITY, job_id=job.job_id
@@ -210,9 +262,18 @@ async def handle_bumpup(params: BumpupParams, job: JobContext, deps: Deps) -> di
         if created:
             event["message_id"] = str(message_id)
             await deps.repo.record_bumpup(
-                conn, state.lead, number=number, message_id=message_id, job_id=job.job_id,
+                conn,
+                state.lead,
+                number=number,
+                message_id=message_id,
+                job_id=job.job_id,
                 event=event,
-            )  # fmt: skip
-    log.info("bumpup_requested", bump_number=number, message_id=str(message_id),
-             responder=generated.responder, created=created)  # fmt: skip
+            )
+    log.info(
+        "bumpup_requested",
+        bump_number=number,
+        message_id=str(message_id),
+        responder=generated.responder,
+        created=created,
+    )
     return {"message_id": str(message_id), "bump_number": number, "created": created}

@@ -101,10 +101,14 @@ _LEAD_JOINS = """
 
 def _lead(row: asyncpg.Record, lead_id: uuid.UUID) -> LeadFacts:
     return LeadFacts(
-        company_id=row["company_id"], lead_id=lead_id, contact_name=row["contact_name"],
-        phone_e164=row["phone_e164"], email=row["email"], stage=row["stage"],
+        company_id=row["company_id"],
+        lead_id=lead_id,
+        contact_name=row["contact_name"],
+        phone_e164=row["phone_e164"],
+        email=row["email"],
+        stage=row["stage"],
         attributes=row["attributes"] or {},
-    )  # fmt: skip
+    )
 
 
 def _config(row: asyncpg.Record) -> AiConfig:
@@ -114,9 +118,12 @@ def _config(row: asyncpg.Record) -> AiConfig:
 
 
 async def _recent_turns(
-    conn: asyncpg.Connection, lead_id: uuid.UUID, limit: int,
-    before: datetime | None = None, exclude: uuid.UUID | None = None,
-) -> list[Turn]:  # fmt: skip
+    conn: asyncpg.Connection,
+    lead_id: uuid.UUID,
+    limit: int,
+    before: datetime | None = None,
+    exclude: uuid.UUID | None = None,
+) -> list[Turn]:
     rows = await conn.fetch(
         """
         SELECT direction, body FROM (
@@ -126,8 +133,12 @@ async def _recent_turns(
             ORDER BY created_at DESC, id DESC LIMIT $5) recent
         ORDER BY created_at, id
         """,
-        lead_id, before, exclude, list(_DEAD_STATUSES), limit,
-    )  # fmt: skip
+        lead_id,
+        before,
+        exclude,
+        list(_DEAD_STATUSES),
+        limit,
+    )
     return [Turn(r["direction"], r["body"]) for r in rows]
 
 
@@ -149,15 +160,20 @@ class EngageRepository:
                 {_LEAD_JOINS}
                 WHERE l.id = $1
                 """,
-                lead_id, message_id,
-            )  # fmt: skip
+                lead_id,
+                message_id,
+            )
             if row is None:
                 return None
             turns = await _recent_turns(conn, lead_id, history, row["created_at"], message_id)
         return EngageContext(
-            lead=_lead(row, lead_id), message_id=message_id, message_text=row["body"],
-            channel=row["channel"], config=_config(row), history=turns,
-        )  # fmt: skip
+            lead=_lead(row, lead_id),
+            message_id=message_id,
+            message_text=row["body"],
+            channel=row["channel"],
+            config=_config(row),
+            history=turns,
+        )
 
     async def reply_exists(self, send_key: str) -> bool:
         return bool(
@@ -177,10 +193,13 @@ class EngageRepository:
     ) -> None:
         """The ai.reply_generated event and the AI session's running context, in one go."""
         event = {
-            "job_id": str(job_id), "message_id": str(ctx.message_id),
-            "reply_message_id": str(reply_message_id), "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens, **payload,
-        }  # fmt: skip
+            "job_id": str(job_id),
+            "message_id": str(ctx.message_id),
+            "reply_message_id": str(reply_message_id),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            **payload,
+        }
         await conn.execute(
             """
             WITH ev AS (
@@ -196,17 +215,22 @@ class EngageRepository:
                        'completion_tokens',
                        coalesce((ai_sessions.context->>'completion_tokens')::bigint, 0) + $6)
             """,
-            ctx.company_id, ctx.lead_id, event,
+            ctx.company_id,
+            ctx.lead_id,
+            event,
             {
                 "last_message_id": str(ctx.message_id),
                 "last_reply_message_id": str(reply_message_id),
-                "responder": payload.get("responder"), "model": payload.get("model"),
+                "responder": payload.get("responder"),
+                "model": payload.get("model"),
                 "retrieval_mode": payload.get("retrieval_mode"),
                 "last_sources": [s["doc_id"] for s in payload.get("sources", [])],
-                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
             },
-            prompt_tokens, completion_tokens,
-        )  # fmt: skip
+            prompt_tokens,
+            completion_tokens,
+        )
 
     @staticmethod
     async def cancel_followups(conn: asyncpg.Connection | asyncpg.Pool, lead_id: uuid.UUID) -> int:
@@ -233,13 +257,15 @@ class EngageRepository:
                     ORDER BY created_at DESC, id DESC LIMIT 1) last ON true
                 WHERE l.id = $1
                 """,
-                lead_id, list(_DEAD_STATUSES),
-            )  # fmt: skip
+                lead_id,
+                list(_DEAD_STATUSES),
+            )
             if row is None:
                 return None
             turns = await _recent_turns(conn, lead_id, limit)
-        return Conversation(_lead(row, lead_id), _config(row), turns, row["last_id"],
-                            row["last_at"])  # fmt: skip
+        return Conversation(
+            _lead(row, lead_id), _config(row), turns, row["last_id"], row["last_at"]
+        )
 
     async def save_summary(
         self, lead: LeadFacts, summary: dict[str, Any], event: dict[str, Any]
@@ -255,8 +281,11 @@ class EngageRepository:
                        updated_at = now()
                 WHERE id = $2
                 """,
-                lead.company_id, lead.lead_id, summary, event,
-            )  # fmt: skip
+                lead.company_id,
+                lead.lead_id,
+                summary,
+                event,
+            )
 
     # --- followup.bumpup ---
 
@@ -286,8 +315,10 @@ class EngageRepository:
                     ORDER BY created_at DESC, id DESC LIMIT 1) wa ON true
                 WHERE l.id = $1
                 """,
-                lead_id, list(_DEAD_STATUSES), list(WHATSAPP),
-            )  # fmt: skip
+                lead_id,
+                list(_DEAD_STATUSES),
+                list(WHATSAPP),
+            )
             if row is None:
                 return None
             recent = await _recent_turns(conn, lead_id, turns)
@@ -295,16 +326,26 @@ class EngageRepository:
         followup = lead.attributes.get("followup")
         sent = int(followup.get("count", 0)) if isinstance(followup, dict) else 0
         return BumpupState(
-            lead=lead, config=_config(row), last_direction=row["last_direction"],
-            last_message_at=row["last_at"], whatsapp_channel=row["wa_channel"], sent=sent,
-            unanswered=row["unanswered"], turns=recent,
-        )  # fmt: skip
+            lead=lead,
+            config=_config(row),
+            last_direction=row["last_direction"],
+            last_message_at=row["last_at"],
+            whatsapp_channel=row["wa_channel"],
+            sent=sent,
+            unanswered=row["unanswered"],
+            turns=recent,
+        )
 
     @staticmethod
     async def record_bumpup(
-        conn: asyncpg.Connection, lead: LeadFacts, *, number: int, message_id: uuid.UUID,
-        job_id: uuid.UUID, event: dict[str, Any],
-    ) -> None:  # fmt: skip
+        conn: asyncpg.Connection,
+        lead: LeadFacts,
+        *,
+        number: int,
+        message_id: uuid.UUID,
+        job_id: uuid.UUID,
+        event: dict[str, Any],
+    ) -> None:
         """Count the bump-up on the lead and log it, in the send request's transaction."""
         await conn.execute(
             """
@@ -319,5 +360,10 @@ class EngageRepository:
                    updated_at = now()
              WHERE id = $2
             """,
-            lead.company_id, lead.lead_id, number, message_id, job_id, event,
-        )  # fmt: skip
+            lead.company_id,
+            lead.lead_id,
+            number,
+            message_id,
+            job_id,
+            event,
+        )

@@ -181,19 +181,26 @@ class OpenAIResponder:
 
     async def reply(self, ctx: EngageContext, prompt: Prompt) -> Generation:
         completion, model, p, c = await self._complete(
-            "ai.engage", ctx.company_id, model=ctx.config.model or self.default_model,
-            messages=prompt.messages, temperature=ctx.config.temperature,
+            "ai.engage",
+            ctx.company_id,
+            model=ctx.config.model or self.default_model,
+            messages=prompt.messages,
+            temperature=ctx.config.temperature,
             max_tokens=ctx.config.max_tokens,
-        )  # fmt: skip
+        )
         AI_CALLS.labels("ai.engage", self.name, "ok").inc()
         return Generation(self._text(completion), self.name, model, p, c)
 
     async def summarize(self, conv: Conversation, prompt: Prompt) -> SummaryResult:
         completion, model, p, c = await self._complete(
-            "ai.summary", conv.lead.company_id, model=conv.config.model or self.default_model,
-            messages=prompt.messages, temperature=0.2, max_tokens=self.summary_max_tokens,
+            "ai.summary",
+            conv.lead.company_id,
+            model=conv.config.model or self.default_model,
+            messages=prompt.messages,
+            temperature=0.2,
+            max_tokens=self.summary_max_tokens,
             response_format=SUMMARY_RESPONSE_FORMAT,
-        )  # fmt: skip
+        )
         message = completion.choices[0].message if completion.choices else None
         if message is not None and message.refusal:
             AI_CALLS.labels("ai.summary", self.name, "invalid_output").inc()
@@ -212,9 +219,12 @@ class OpenAIResponder:
 
     async def bumpup(self, state: BumpupState, prompt: Prompt, number: int) -> Generation:
         completion, model, p, c = await self._complete(
-            "followup.bumpup", state.lead.company_id,
-            model=state.config.model or self.default_model, messages=prompt.messages,
-            temperature=state.config.temperature, max_tokens=self.bumpup_max_tokens,
-        )  # fmt: skip
+            "followup.bumpup",
+            state.lead.company_id,
+            model=state.config.model or self.default_model,
+            messages=prompt.messages,
+            temperature=state.config.temperature,
+            max_tokens=self.bumpup_max_tokens,
+        )
         AI_CALLS.labels("followup.bumpup", self.name, "ok").inc()
         return Generation(self._text(completion), self.name, model, p, c)

@@ -73,11 +73,13 @@ async def request_summary(
         raise HTTPException(404, f"lead {lead_id} does not exist")
     key = f"summary-api:{lead_id}:{idempotency_key}" if idempotency_key else None
     job = await ingest.plat.bus.enqueue_job(
-        "ai.summary", SummaryParams(lead_id=lead_id, reason="api"), key,
-        company_id=company_id, lead_id=lead_id,
-    )  # fmt: skip
-    return SummaryRequested(job_id=job.id, lead_id=lead_id, status=job.status,
-                            created=job.created)  # fmt: skip
+        "ai.summary",
+        SummaryParams(lead_id=lead_id, reason="api"),
+        key,
+        company_id=company_id,
+        lead_id=lead_id,
+    )
+    return SummaryRequested(job_id=job.id, lead_id=lead_id, status=job.status, created=job.created)
 
 
 @router.get("/leads/{lead_id}", response_model=LeadOut)
@@ -98,11 +100,25 @@ async def get_lead(lead_id: uuid.UUID, ingest: IngestDep) -> LeadOut:
         raise HTTPException(404, f"lead {lead_id} does not exist")
     attributes = row["attributes"] or {}
     return LeadOut(
-        **{k: row[k] for k in ("id", "company_id", "contact_name", "phone_e164", "email", "stage",
-                               "last_inbound_at", "last_outbound_at", "messages", "ai_turns")},
-        attributes=attributes, summary=attributes.get("summary"),
+        **{
+            k: row[k]
+            for k in (
+                "id",
+                "company_id",
+                "contact_name",
+                "phone_e164",
+                "email",
+                "stage",
+                "last_inbound_at",
+                "last_outbound_at",
+                "messages",
+                "ai_turns",
+            )
+        },
+        attributes=attributes,
+        summary=attributes.get("summary"),
         followup=attributes.get("followup"),
-    )  # fmt: skip
+    )
 
 
 @router.get("/companies/{company_id}/ai-model", response_model=AiModelOut)
@@ -132,8 +148,12 @@ async def put_ai_model(company_id: uuid.UUID, body: AiModelIn, ingest: IngestDep
                system_prompt = EXCLUDED.system_prompt, updated_at = now()
         RETURNING company_id, provider, model, temperature, max_tokens, system_prompt, updated_at
         """,
-        company_id, body.provider, body.model, body.temperature, body.max_tokens,
+        company_id,
+        body.provider,
+        body.model,
+        body.temperature,
+        body.max_tokens,
         body.system_prompt,
-    )  # fmt: skip
+    )
     assert row is not None
     return AiModelOut(**dict(row))

@@ -32,7 +32,7 @@ from shvya_ingest.settings import IngestSettings
 log = structlog.get_logger(__name__)
 
 # Failures of a dependency, not of the request: answered 503 so the sender retries.
-OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     # A connection killed under an operation leaves the client in a state it reports this way.
@@ -133,9 +133,11 @@ class Ingest:
             raise HTTPException(422, str(err)) from err
         route = await self.route_for(body.company_id)
         row = InboundRow(
-            address=address, text=body.message_text, contact_name=body.contact_name,
+            address=address,
+            text=body.message_text,
+            contact_name=body.contact_name,
             provider_message_id=body.provider_message_id,
-        )  # fmt: skip
+        )
         filed = await self.batcher.file_one(route, identity, body.channel, row)
         if filed.job_id is None:
             raise HTTPException(409, "message already filed but its job is missing")
@@ -158,8 +160,11 @@ async def require_admin(
     settings: IngestSettings = request.app.state.ingest.settings
     expected = settings.admin_token.get_secret_value().encode()
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(401, "admin routes need 'Authorization: Bearer <ADMIN_TOKEN>'",
-                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        raise HTTPException(
+            401,
+            "admin routes need 'Authorization: Bearer <ADMIN_TOKEN>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if not secrets.compare_digest(credentials.credentials.encode(), expected):
         raise HTTPException(403, "admin token does not match")
 
@@ -207,8 +212,9 @@ async def readyz(ingest: IngestDep) -> JSONResponse:
     except Exception as err:
         checks["nats"] = f"unavailable: {type(err).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "unavailable", **checks},
-                        status_code=200 if ready else 503)  # fmt: skip
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", **checks}, status_code=200 if ready else 503
+    )
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -71,12 +71,23 @@ def main() -> None:
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     if settings.http_workers > 1:
         uvicorn.run(
-            "shvya_ingest.app:app_factory", factory=True, host=settings.host, port=settings.port,
-            workers=settings.http_workers, access_log=False, log_level="warning",
-            loop="uvloop", http="httptools",
-        )  # fmt: skip
+            "shvya_ingest.app:app_factory",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.http_workers,
+            access_log=False,
+            log_level="warning",
+            loop="uvloop",
+            http="httptools",
+        )
         return
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, access_log=False,
-        log_level="warning", loop="uvloop", http="httptools",
-    )  # fmt: skip
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_level="warning",
+        loop="uvloop",
+        http="httptools",
+    )

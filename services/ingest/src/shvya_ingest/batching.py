@@ -82,9 +82,11 @@ class FilingBatcher:
             first = items[0]
             try:
                 results = await self.filer.file(
-                    first.route, identity=first.identity, channel=first.channel,
+                    first.route,
+                    identity=first.identity,
+                    channel=first.channel,
                     rows=[p.row for p in items],
-                )  # fmt: skip
+                )
             except Exception as err:
                 for p in items:
                     if not p.future.done():

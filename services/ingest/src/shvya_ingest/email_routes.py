@@ -74,8 +74,11 @@ async def require_email_token(
     if token is None:
         return
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(401, "this webhook needs 'Authorization: Bearer <EMAIL_WEBHOOK_TOKEN>'",
-                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        raise HTTPException(
+            401,
+            "this webhook needs 'Authorization: Bearer <EMAIL_WEBHOOK_TOKEN>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     given, expected = credentials.credentials.encode(), token.get_secret_value().encode()
     if not secrets.compare_digest(given, expected):
         raise HTTPException(403, "email webhook token does not match")
@@ -91,9 +94,14 @@ async def inbound_email(body: InboundEmailWebhook, ingest: IngestDep) -> Inbound
     """File an inbound email like /inbound-message (channel email, the sender is the lead)."""
     recipients = [body.to] if isinstance(body.to, str) else list(body.to or [])
     email = InboundEmail(
-        sender=body.sender, sender_name=body.from_name, to=recipients, subject=body.subject,
-        text=body.text, html=body.html, message_id=body.message_id,
-    )  # fmt: skip
+        sender=body.sender,
+        sender_name=body.from_name,
+        to=recipients,
+        subject=body.subject,
+        text=body.text,
+        html=body.html,
+        message_id=body.message_id,
+    )
     try:
         accepted = await file_email(ingest, email, body.company_id)
     except EmailError as err:
@@ -170,8 +178,11 @@ def _fetch_payload(request: Request) -> dict[str, Any]:
     user_agent = request.headers.get("user-agent")
     client_ip = request.client.host if request.client else None
     agent = machine_agent(user_agent, client_ip)
-    return {"machine": agent is not None, "agent": agent,
-            "user_agent": (user_agent or "")[:MAX_USER_AGENT]}  # fmt: skip
+    return {
+        "machine": agent is not None,
+        "agent": agent,
+        "user_agent": (user_agent or "")[:MAX_USER_AGENT],
+    }
 
 
 def _message_id(claims: dict[str, Any]) -> uuid.UUID | None:

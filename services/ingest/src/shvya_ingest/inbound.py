@@ -114,21 +114,30 @@ class InboundFiler:
         bus = self.plat.bus
         async with self.plat.pool.acquire(timeout=5) as conn, conn.transaction():
             filed = await self.repo.file_inbound(
-                conn, route, identity=identity, channel=channel, rows=unique,
-                task=self.engage.name, priority=self.engage.priority,
+                conn,
+                route,
+                identity=identity,
+                channel=channel,
+                rows=unique,
+                task=self.engage.name,
+                priority=self.engage.priority,
                 max_attempts=bus.max_attempts,
-            )  # fmt: skip
+            )
             now = datetime.now(UTC)
             # Published before COMMIT: a 2xx means every job is in JetStream.
             envelopes = [
                 JobEnvelope(
-                    job_id=f.job_id, task=self.engage.name, priority=self.engage.priority,
+                    job_id=f.job_id,
+                    task=self.engage.name,
+                    priority=self.engage.priority,
                     params={"lead_id": str(f.lead_id), "message_id": str(f.message_id)},
-                    company_id=route.company_id, lead_id=f.lead_id, enqueued_at=now,
+                    company_id=route.company_id,
+                    lead_id=f.lead_id,
+                    enqueued_at=now,
                 )
                 for f in filed
                 if f.created and f.job_id is not None
-            ]  # fmt: skip
+            ]
             await asyncio.gather(*(bus.publish(e, str(e.job_id)) for e in envelopes))
             confirmations: dict[uuid.UUID, uuid.UUID] = {}
             for row, f in zip(unique, filed, strict=True):
@@ -141,19 +150,25 @@ class InboundFiler:
                 confirmations.update(await self.repo.optout_confirmations(conn, missing))
         accepted = [
             Accepted(
-                message_id=f.message_id, lead_id=f.lead_id,
-                job_id=f.job_id or confirmations.get(f.message_id), created=f.created,
+                message_id=f.message_id,
+                lead_id=f.lead_id,
+                job_id=f.job_id or confirmations.get(f.message_id),
+                created=f.created,
                 optout=f.job_id is None and f.message_id in confirmations,
             )
             for f in filed
-        ]  # fmt: skip
+        ]
         for a in accepted:
             log.info(
                 ("optout_filed" if a.optout else "inbound_filed")
-                if a.created else "inbound_duplicate",
-                message_id=str(a.message_id), lead_id=str(a.lead_id),
-                company_id=str(route.company_id), job_id=str(a.job_id), channel=channel,
-            )  # fmt: skip
+                if a.created
+                else "inbound_duplicate",
+                message_id=str(a.message_id),
+                lead_id=str(a.lead_id),
+                company_id=str(route.company_id),
+                job_id=str(a.job_id),
+                channel=channel,
+            )
         return [
             replace(accepted[i], created=False) if n in repeats else accepted[i]
             for n, i in enumerate(position)
@@ -168,10 +183,14 @@ class InboundFiler:
         filed: Filed,
     ) -> uuid.UUID:
         params = SendParams(
-            company_id=route.company_id, lead_id=filed.lead_id, channel=channel, to=row.address,
+            company_id=route.company_id,
+            lead_id=filed.lead_id,
+            channel=channel,
+            to=row.address,
             text=self.settings.optout_confirmation_text,
             send_key=f"{OPTOUT_SEND_KEY_PREFIX}{filed.message_id}",
-            purpose="optout_confirmation", reply_to_message_id=filed.message_id,
-        )  # fmt: skip
+            purpose="optout_confirmation",
+            reply_to_message_id=filed.message_id,
+        )
         message_id, _ = await self.plat.bus.request_send(conn, params, priority=self.send.priority)
         return message_id

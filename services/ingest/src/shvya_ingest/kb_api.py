@@ -71,9 +71,11 @@ class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     title: str | None = Field(
-        None, min_length=1, max_length=300,
+        None,
+        min_length=1,
+        max_length=300,
         description="Defaults to the first heading, the page's <title>, or the first line.",
-    )  # fmt: skip
+    )
     format: Literal["text", "markdown", "html"] = Field(
         "markdown", description="How `content` is written; for a URL, its Content-Type decides."
     )
@@ -150,10 +152,14 @@ class SearchOut(BaseModel):
     @classmethod
     def of(cls, result: Retrieval) -> SearchOut:
         return cls(
-            mode=result.mode, note=result.note, embedder=result.embedder,
-            chunks=[ChunkOut(**{name: getattr(c, name) for name in ChunkOut.model_fields})
-                    for c in result.chunks],
-        )  # fmt: skip
+            mode=result.mode,
+            note=result.note,
+            embedder=result.embedder,
+            chunks=[
+                ChunkOut(**{name: getattr(c, name) for name in ChunkOut.model_fields})
+                for c in result.chunks
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -245,27 +251,37 @@ async def _to_new_document(api: KnowledgeApi, body: DocumentIn) -> NewDocument:
         if size > limit:
             raise HTTPException(413, f"the document is {size} bytes; the limit is {limit}")
         return NewDocument(
-            content=body.content, format=body.format, title=body.title, source=body.source,
+            content=body.content,
+            format=body.format,
+            title=body.title,
+            source=body.source,
             metadata=body.metadata,
-        )  # fmt: skip
+        )
     assert body.url is not None
     try:
         fetched = await fetch_document(
-            api.http, str(body.url), max_bytes=limit,
+            api.http,
+            str(body.url),
+            max_bytes=limit,
             deadline_seconds=api.settings.kb_fetch_timeout_seconds,
             allow_private=api.settings.kb_fetch_allow_private,
-        )  # fmt: skip
+        )
     except FetchError as err:
         raise HTTPException(err.status, err.reason) from err
     fmt = body.format if "format" in body.model_fields_set else fetched.format
     metadata = {
-        **body.metadata, "fetched_url": fetched.url, "content_type": fetched.content_type,
+        **body.metadata,
+        "fetched_url": fetched.url,
+        "content_type": fetched.content_type,
         "fetched_at": datetime.now(UTC).isoformat(),
-    }  # fmt: skip
+    }
     return NewDocument(
-        content=fetched.text, format=fmt, title=body.title, source=body.source or fetched.url,
+        content=fetched.text,
+        format=fmt,
+        title=body.title,
+        source=body.source or fetched.url,
         metadata=metadata,
-    )  # fmt: skip
+    )
 
 
 async def _require_company(api: KnowledgeApi, company_id: uuid.UUID) -> None:
@@ -285,8 +301,9 @@ async def _store(
     except KnowledgeConfigError as err:
         raise HTTPException(409, str(err)) from err
     except RetryableError as err:
-        raise HTTPException(503, f"embedding failed, retry later: {err}",
-                            headers={"Retry-After": "5"}) from err  # fmt: skip
+        raise HTTPException(
+            503, f"embedding failed, retry later: {err}", headers={"Retry-After": "5"}
+        ) from err
     except PermanentError as err:
         raise HTTPException(502, f"embedding failed: {err}") from err
 

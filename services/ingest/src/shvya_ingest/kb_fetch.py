@@ -100,9 +100,10 @@ async def _read(response: httpx.Response, url: str, max_bytes: int) -> FetchedDo
     if fmt is None:
         if not content_type.startswith("text/"):
             raise FetchError(
-                415, f"{url} is {content_type or 'of no declared type'}; "
+                415,
+                f"{url} is {content_type or 'of no declared type'}; "
                 "only HTML, markdown and plain text can be loaded",
-            )  # fmt: skip
+            )
         fmt = "text"
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
@@ -142,6 +143,7 @@ async def _require_public(host: str, port: int) -> None:
     for address in addresses:
         if not address.is_global:
             raise FetchError(
-                422, f"{host} resolves to {address}, a private or local address; set "
+                422,
+                f"{host} resolves to {address}, a private or local address; set "
                 "KB_FETCH_ALLOW_PRIVATE=true to allow it",
-            )  # fmt: skip
+            )

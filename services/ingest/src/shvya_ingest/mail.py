@@ -103,11 +103,15 @@ def parse_mime(
         "sha256:" + hashlib.sha256(raw).hexdigest()
     )
     return InboundEmail(
-        sender=sender, sender_name=name, to=to + [r for r in rcpt_tos or [] if r not in to],
+        sender=sender,
+        sender_name=name,
+        to=to + [r for r in rcpt_tos or [] if r not in to],
         subject=str(message["subject"]) if message["subject"] is not None else None,
-        text=text, html=html, message_id=message_id,
+        text=text,
+        html=html,
+        message_id=message_id,
         in_reply_to=clean_message_id(str(message["in-reply-to"] or "")),
-    )  # fmt: skip
+    )
 
 
 async def file_email(
@@ -132,9 +136,12 @@ async def file_email(
     if email.in_reply_to:
         meta["in_reply_to"] = email.in_reply_to
     row = InboundRow(
-        address=address, text=body, contact_name=email.sender_name,
-        provider_message_id=clean_message_id(email.message_id), meta=meta,
-    )  # fmt: skip
+        address=address,
+        text=body,
+        contact_name=email.sender_name,
+        provider_message_id=clean_message_id(email.message_id),
+        meta=meta,
+    )
     route = await ingest.route_for(company_id)
     [accepted] = await ingest.inbound.file(route, identity="email", channel=CHANNEL, rows=[row])
     return accepted

@@ -210,10 +210,13 @@ def status_report(status: WaStatus, received_at: datetime) -> StatusReport | Non
     if status.status == "failed":
         error_text = "; ".join(_describe(e) for e in status.errors) or "failed (no error given)"
     return StatusReport(
-        provider_message_id=status.id, status=status.status,
-        status_at=unix_time(status.timestamp) or received_at, recipient=status.recipient_id,
-        errors=errors, error_text=error_text,
-    )  # fmt: skip
+        provider_message_id=status.id,
+        status=status.status,
+        status_at=unix_time(status.timestamp) or received_at,
+        recipient=status.recipient_id,
+        errors=errors,
+        error_text=error_text,
+    )
 
 
 def _describe(error: WaError) -> str:

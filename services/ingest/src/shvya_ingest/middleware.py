@@ -116,9 +116,11 @@ class EdgeMiddleware:
             log.warning("request_deadline_exceeded", path=path)
             if not status_holder["started"]:
                 await _send_json(
-                    send, 503, "the request could not finish in time; retry later",
+                    send,
+                    503,
+                    "the request could not finish in time; retry later",
                     [(b"retry-after", b"5")],
-                )  # fmt: skip
+                )
                 status_holder["status"] = 503
         self._observe(scope, int(status_holder["status"]), started)
 

@@ -143,9 +143,7 @@ class IngestRepository:
                 " ON CONFLICT (is_default) WHERE is_default DO NOTHING",
                 name,
             )
-            company_id: uuid.UUID = await conn.fetchval(
-                "SELECT id FROM companies WHERE is_default"
-            )
+            company_id: uuid.UUID = await conn.fetchval("SELECT id FROM companies WHERE is_default")
             return company_id
 
     async def ensure_company_route(self, company_id: uuid.UUID) -> CompanyRoute | None:
@@ -202,12 +200,23 @@ class IngestRepository:
         now = datetime.now(UTC)
         records = await conn.fetch(
             FILE_BY_PHONE if identity == "phone" else FILE_BY_EMAIL,
-            route.company_id, route.pipeline_id, route.new_stage_id,
-            [r.address for r in rows], [r.contact_name for r in rows], message_ids,
-            [r.text for r in rows], [r.provider_message_id for r in rows], job_ids,
-            [r.received_at or now for r in rows], [r.meta for r in rows],
-            [r.optout for r in rows], channel, task, priority, max_attempts,
-        )  # fmt: skip
+            route.company_id,
+            route.pipeline_id,
+            route.new_stage_id,
+            [r.address for r in rows],
+            [r.contact_name for r in rows],
+            message_ids,
+            [r.text for r in rows],
+            [r.provider_message_id for r in rows],
+            job_ids,
+            [r.received_at or now for r in rows],
+            [r.meta for r in rows],
+            [r.optout for r in rows],
+            channel,
+            task,
+            priority,
+            max_attempts,
+        )
         by_request = {rec["requested_id"]: rec for rec in records}
         raced = [
             row.provider_message_id
@@ -248,6 +257,7 @@ class IngestRepository:
         """The company that registered this provider address (inbound_routes), if any."""
         company_id: uuid.UUID | None = await conn.fetchval(
             "SELECT company_id FROM inbound_routes WHERE channel = $1 AND address = $2",
-            channel, address,
-        )  # fmt: skip
+            channel,
+            address,
+        )
         return company_id

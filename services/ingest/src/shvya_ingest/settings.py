@@ -12,13 +12,31 @@ from shvya_common.knowledge.settings import KnowledgeSettings
 
 # Exact-match opt-out words (compared case- and accent-insensitively, see `optout.py`).
 DEFAULT_OPTOUT_KEYWORDS = [
-    "STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPT OUT", "OPTOUT",
-    "PARAR", "PARE", "SAIR", "CANCELAR",  # pt, es
-    "BAJA", "DAR DE BAJA",  # es
-    "ARRÊTER", "ARRETER", "DÉSABONNER", "DESABONNER",  # fr
-    "STOPP", "ABMELDEN",  # de, sv, no
-    "रोकें", "रोको", "बंद करो", "बंद",  # hi
-]  # fmt: skip
+    "STOP",
+    "STOPALL",
+    "UNSUBSCRIBE",
+    "CANCEL",
+    "END",
+    "QUIT",
+    "OPT OUT",
+    "OPTOUT",
+    "PARAR",
+    "PARE",
+    "SAIR",
+    "CANCELAR",  # pt, es
+    "BAJA",
+    "DAR DE BAJA",  # es
+    "ARRÊTER",
+    "ARRETER",
+    "DÉSABONNER",
+    "DESABONNER",  # fr
+    "STOPP",
+    "ABMELDEN",  # de, sv, no
+    "रोकें",
+    "रोको",
+    "बंद करो",
+    "बंद",  # hi
+]
 
 
 # KnowledgeSettings is a CommonSettings with the knowledge-base fields (the KB API's embedder).

@@ -59,10 +59,13 @@ async def start_smtp_receiver(ingest: Ingest) -> asyncio.AbstractServer:
 
     def protocol() -> Any:
         return SMTP(
-            handler, hostname=settings.smtp_receiver_hostname,
-            data_size_limit=settings.smtp_receiver_max_bytes, enable_SMTPUTF8=True,
-            ident="SHVYA inbound mail", loop=loop,
-        )  # fmt: skip
+            handler,
+            hostname=settings.smtp_receiver_hostname,
+            data_size_limit=settings.smtp_receiver_max_bytes,
+            enable_SMTPUTF8=True,
+            ident="SHVYA inbound mail",
+            loop=loop,
+        )
 
     server = await loop.create_server(
         protocol, host=settings.smtp_receiver_host, port=settings.smtp_receiver_port

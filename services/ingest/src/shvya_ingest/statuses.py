@@ -99,9 +99,14 @@ async def apply_statuses(
     # A separate statement: its snapshot is taken after the locks, so it sees any message that
     # got its provider id while we waited.
     row = await conn.fetchrow(
-        _APPLY, channel, ids, [r.status for r in reports], [r.status_at for r in reports],
-        [r.recipient for r in reports], [json.dumps(r.errors) for r in reports],
+        _APPLY,
+        channel,
+        ids,
+        [r.status for r in reports],
+        [r.status_at for r in reports],
+        [r.recipient for r in reports],
+        [json.dumps(r.errors) for r in reports],
         [r.error_text for r in reports],
-    )  # fmt: skip
+    )
     assert row is not None
     return StatusOutcome(len(reports), row["new"], row["pending"], row["messages"])

@@ -22,19 +22,28 @@ _MACHINE_AGENTS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     for name, pattern in (
         ("google_image_proxy", r"GoogleImageProxy|via ggpht\.com"),
         ("yahoo_mail_proxy", r"YahooMailProxy"),
-        ("microsoft_safelinks", r"safelinks|Microsoft Office Existence Discovery|BingPreview"
-                                r"|MicrosoftPreview|Microsoft-?ATP"),
+        (
+            "microsoft_safelinks",
+            r"safelinks|Microsoft Office Existence Discovery|BingPreview"
+            r"|MicrosoftPreview|Microsoft-?ATP",
+        ),
         ("barracuda", r"Barracuda"),
         ("mimecast", r"Mimecast"),
         ("proofpoint", r"Proofpoint|\bppops\b"),
         ("cisco_ironport", r"IronPort|Cisco"),
-        ("security_scanner", r"Symantec|Trend ?Micro|Forcepoint|Sophos|FireEye|Trellix|Zscaler"
-                             r"|Fortinet|FortiGuard|Cloudmark|SpamTitan|Trustwave|Check ?Point"
-                             r"|Hornet ?Security|Vade|Avanan|Abnormal ?Security"),
-        ("bot", r"bot\b|crawler|spider|preview|python-|curl/|wget|Go-http-client|okhttp|Java/"
-                r"|HeadlessChrome|PhantomJS|libwww|axios|node-fetch"),
+        (
+            "security_scanner",
+            r"Symantec|Trend ?Micro|Forcepoint|Sophos|FireEye|Trellix|Zscaler"
+            r"|Fortinet|FortiGuard|Cloudmark|SpamTitan|Trustwave|Check ?Point"
+            r"|Hornet ?Security|Vade|Avanan|Abnormal ?Security",
+        ),
+        (
+            "bot",
+            r"bot\b|crawler|spider|preview|python-|curl/|wget|Go-http-client|okhttp|Java/"
+            r"|HeadlessChrome|PhantomJS|libwww|axios|node-fetch",
+        ),
     )
-)  # fmt: skip
+)
 # Apple Mail Privacy Protection fetches from Apple's own network with a bare UA.
 _APPLE_NETWORK = ipaddress.ip_network("17.0.0.0/8")
 _APPLE_MPP_AGENT = "Mozilla/5.0"

@@ -115,12 +115,14 @@ async def handle_notification(ingest: Ingest, payload: MetaWebhook) -> dict[str,
                     continue
                 by_company[company_id].append(
                     InboundRow(
-                        address=address, text=text, contact_name=names.get(message.sender),
+                        address=address,
+                        text=text,
+                        contact_name=names.get(message.sender),
                         provider_message_id=message.id,
                         received_at=unix_time(message.timestamp) or received_at,
                         meta=message_meta(message, phone_number_id),
                     )
-                )  # fmt: skip
+                )
             for status in value.statuses:
                 report = status_report(status, received_at)
                 if report is not None:
@@ -138,12 +140,19 @@ async def handle_notification(ingest: Ingest, payload: MetaWebhook) -> dict[str,
             outcome = await apply_statuses(conn, CHANNEL, reports)
         new_statuses = outcome.new
         log.info(
-            "whatsapp_statuses", received=outcome.received, new=outcome.new,
-            pending=outcome.pending, messages=outcome.messages,
-        )  # fmt: skip
+            "whatsapp_statuses",
+            received=outcome.received,
+            new=outcome.new,
+            pending=outcome.pending,
+            messages=outcome.messages,
+        )
     if skipped:
         log.info("whatsapp_messages_skipped", count=skipped)
     return {
-        "status": "ok", "messages": filed, "duplicates": duplicates, "optouts": optouts,
-        "skipped": skipped, "statuses": new_statuses,
-    }  # fmt: skip
+        "status": "ok",
+        "messages": filed,
+        "duplicates": duplicates,
+        "optouts": optouts,
+        "skipped": skipped,
+        "statuses": new_statuses,
+    }

@@ -42,10 +42,14 @@ async def fire_due_timers(bus: JobBus, limit: int) -> int:
                     log.info("timer_target_gone", timer_id=str(timer["id"]))
             else:
                 await bus.enqueue_job(
-                    timer["task_name"], timer["task_params"] or {},
-                    timer["idempotency_key"] or f"timer:{timer['id']}", timer["priority"],
-                    conn=conn, company_id=timer["company_id"], lead_id=timer["lead_id"],
-                )  # fmt: skip
+                    timer["task_name"],
+                    timer["task_params"] or {},
+                    timer["idempotency_key"] or f"timer:{timer['id']}",
+                    timer["priority"],
+                    conn=conn,
+                    company_id=timer["company_id"],
+                    lead_id=timer["lead_id"],
+                )
                 TIMERS_FIRED.labels("enqueue").inc()
         await asyncio.gather(*publishes)
         await TimerRepository.mark_fired(conn, [t["id"] for t in due])

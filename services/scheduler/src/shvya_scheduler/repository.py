@@ -20,7 +20,8 @@ FOR UPDATE SKIP LOCKED
 class TimerRepository:
     @staticmethod
     async def claim_due_timers(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
-        return await conn.fetch(CLAIM_DUE, limit)
+        rows: list[asyncpg.Record] = await conn.fetch(CLAIM_DUE, limit)
+        return rows
 
     @staticmethod
     async def mark_fired(conn: asyncpg.Connection, ids: list[uuid.UUID]) -> None:

@@ -98,10 +98,12 @@ async def sweep_quiet_summaries(
     created = 0
     for row in rows:
         job = await bus.enqueue_job(
-            "ai.summary", SummaryParams(lead_id=row["lead_id"], reason="quiet"),
+            "ai.summary",
+            SummaryParams(lead_id=row["lead_id"], reason="quiet"),
             summary_key(row["lead_id"], row["last_message_id"]),
-            company_id=row["company_id"], lead_id=row["lead_id"],
-        )  # fmt: skip
+            company_id=row["company_id"],
+            lead_id=row["lead_id"],
+        )
         created += job.created
     return created
 
@@ -112,10 +114,12 @@ async def sweep_bumpups(bus: JobBus, silent: timedelta, max_bumps: int, limit: i
     created = 0
     for row in rows:
         job = await bus.enqueue_job(
-            "followup.bumpup", BumpupParams(lead_id=row["lead_id"], bump_number=row["sent"] + 1),
+            "followup.bumpup",
+            BumpupParams(lead_id=row["lead_id"], bump_number=row["sent"] + 1),
             bumpup_key(row["lead_id"], row["last_message_id"]),
-            company_id=row["company_id"], lead_id=row["lead_id"],
-        )  # fmt: skip
+            company_id=row["company_id"],
+            lead_id=row["lead_id"],
+        )
         created += job.created
     return created
 

@@ -143,14 +143,29 @@ class JobBus:
             # Not a job yet: the scheduler enqueues it when due, under the same key.
             timer_id = await conn.fetchval(
                 _INSERT_ENQUEUE_TIMER + " RETURNING id",
-                run_at, task, params, priority, key, company_id, lead_id,
-            )  # fmt: skip
+                run_at,
+                task,
+                params,
+                priority,
+                key,
+                company_id,
+                lead_id,
+            )
             return EnqueuedJob(timer_id, task, priority, "scheduled", True)
         job_id = uuid.uuid4()
         row = await conn.fetchrow(
-            _INSERT_JOB, job_id, task, params, priority, key, company_id, lead_id,
-            self.max_attempts, "queued", None,
-        )  # fmt: skip
+            _INSERT_JOB,
+            job_id,
+            task,
+            params,
+            priority,
+            key,
+            company_id,
+            lead_id,
+            self.max_attempts,
+            "queued",
+            None,
+        )
         if row is None:
             existing = await conn.fetchrow(_EXISTING_JOB, key)
             assert existing is not None
@@ -159,9 +174,14 @@ class JobBus:
             )
         else:
             envelope = JobEnvelope(
-                job_id=job_id, task=task, priority=priority, params=params,
-                company_id=company_id, lead_id=lead_id, enqueued_at=datetime.now(UTC),
-            )  # fmt: skip
+                job_id=job_id,
+                task=task,
+                priority=priority,
+                params=params,
+                company_id=company_id,
+                lead_id=lead_id,
+                enqueued_at=datetime.now(UTC),
+            )
             await self.publish(envelope, str(job_id))
         return EnqueuedJob(job_id, task, priority, "queued", True)
 
@@ -187,19 +207,32 @@ class JobBus:
             ON CONFLICT (send_key) DO NOTHING
             RETURNING id
             """,
-            message_id, params.company_id, params.lead_id, params.channel, params.text,
-            params.send_key, job_id, params.reply_to_message_id, params.to, priority, meta,
-        )  # fmt: skip
+            message_id,
+            params.company_id,
+            params.lead_id,
+            params.channel,
+            params.text,
+            params.send_key,
+            job_id,
+            params.reply_to_message_id,
+            params.to,
+            priority,
+            meta,
+        )
         if row is None:
             existing = await conn.fetchval(
                 "SELECT id FROM messages WHERE send_key = $1", params.send_key
             )
             return existing, False
         envelope = JobEnvelope(
-            job_id=message_id, task="dispatch.send", priority=priority,
-            params=params.model_dump(mode="json"), company_id=params.company_id,
-            lead_id=params.lead_id, enqueued_at=datetime.now(UTC),
-        )  # fmt: skip
+            job_id=message_id,
+            task="dispatch.send",
+            priority=priority,
+            params=params.model_dump(mode="json"),
+            company_id=params.company_id,
+            lead_id=params.lead_id,
+            enqueued_at=datetime.now(UTC),
+        )
         await self.publish(envelope, str(message_id))
         return message_id, True
 
@@ -232,7 +265,7 @@ class JobBus:
                             company_id=r["company_id"],
                             lead_id=r["lead_id"],
                             enqueued_at=now,
-                        ),  # fmt: skip
+                        ),
                         f"{r['id']}:replay:{r['replays']}",
                     )
                     for r in rows

@@ -45,9 +45,13 @@ async def _park(
 ) -> None:
     resumed = env.model_copy(update={"attempt_base": attempt_base})
     await conn.execute(
-        _RESUME_TIMER, until, json.loads(resumed.model_dump_json()), env.company_id, env.lead_id,
+        _RESUME_TIMER,
+        until,
+        json.loads(resumed.model_dump_json()),
+        env.company_id,
+        env.lead_id,
         reason[:500],
-    )  # fmt: skip
+    )
 
 
 class JobLedger:
@@ -81,22 +85,27 @@ class JobLedger:
         await self.pool.execute(
             "UPDATE jobs SET status = 'completed', completed_at = now(), last_error = NULL,"
             " result = $2, updated_at = now() WHERE id = $1",
-            env.job_id, result,
-        )  # fmt: skip
+            env.job_id,
+            result,
+        )
 
     async def retry(self, env: JobEnvelope, error: str, run_after: datetime) -> None:
         await self.pool.execute(
             "UPDATE jobs SET status = 'failed', last_error = $2, run_after = $3,"
             " updated_at = now() WHERE id = $1",
-            env.job_id, error, run_after,
-        )  # fmt: skip
+            env.job_id,
+            error,
+            run_after,
+        )
 
     async def dead(self, env: JobEnvelope, error: str, attempts: int) -> None:
         await self.pool.execute(
             "UPDATE jobs SET status = 'dlq', last_error = $2, attempts = $3,"
             " completed_at = now(), updated_at = now() WHERE id = $1",
-            env.job_id, error, attempts,
-        )  # fmt: skip
+            env.job_id,
+            error,
+            attempts,
+        )
 
     async def defer(
         self, env: JobEnvelope, until: datetime, attempt_base: int, reason: str
@@ -105,8 +114,10 @@ class JobLedger:
             await conn.execute(
                 "UPDATE jobs SET status = 'scheduled', run_after = $2, attempts = $3,"
                 " updated_at = now() WHERE id = $1",
-                env.job_id, until, attempt_base,
-            )  # fmt: skip
+                env.job_id,
+                until,
+                attempt_base,
+            )
             await _park(conn, env, until, attempt_base, reason)
 
     async def requeue(self, conn: asyncpg.Connection, job_id: Any) -> bool:
@@ -135,8 +146,9 @@ class SendLedger:
                 row = await conn.fetchrow(
                     "UPDATE messages SET attempts = $2, updated_at = now()"
                     " WHERE id = $1 AND direction = 'outbound' RETURNING status",
-                    env.job_id, attempt,
-                )  # fmt: skip
+                    env.job_id,
+                    attempt,
+                )
                 if row is not None:
                     break
                 created = env.enqueued_at.timestamp()
@@ -159,15 +171,18 @@ class SendLedger:
         await self.pool.execute(
             "UPDATE messages SET status = 'retrying', last_error = $2, updated_at = now()"
             " WHERE id = $1 AND status IN ('queued', 'sending', 'retrying', 'scheduled')",
-            env.job_id, error,
-        )  # fmt: skip
+            env.job_id,
+            error,
+        )
 
     async def dead(self, env: JobEnvelope, error: str, attempts: int) -> None:
         await self.pool.execute(
             "UPDATE messages SET status = 'dlq', last_error = $2, attempts = $3, updated_at = now()"
             " WHERE id = $1 AND status NOT IN ('sent', 'delivered', 'read')",
-            env.job_id, error, attempts,
-        )  # fmt: skip
+            env.job_id,
+            error,
+            attempts,
+        )
 
     async def defer(
         self, env: JobEnvelope, until: datetime, attempt_base: int, reason: str
@@ -177,8 +192,11 @@ class SendLedger:
                 "UPDATE messages SET status = 'scheduled', attempts = $2, updated_at = now(),"
                 " meta = meta || jsonb_build_object('deferred_until', $3::text,"
                 " 'deferred_reason', $4::text) WHERE id = $1",
-                env.job_id, attempt_base, until.isoformat(), reason,
-            )  # fmt: skip
+                env.job_id,
+                attempt_base,
+                until.isoformat(),
+                reason,
+            )
             await _park(conn, env, until, attempt_base, reason)
 
     async def requeue(self, conn: asyncpg.Connection, job_id: Any) -> bool:

@@ -252,10 +252,12 @@ class Worker:
         ledger = self.ledgers[task_spec(task).ledger]
         if attempt > self.max_attempts:
             await self._dead_letter(
-                msg, envelope, attempt - 1,
+                msg,
+                envelope,
+                attempt - 1,
                 f"no outcome after {attempt - 1} deliveries: the worker crashed or timed out"
                 " every time",
-            )  # fmt: skip
+            )
             return
         claim = await ledger.claim(envelope, attempt)
         if claim.action == "duplicate":

@@ -44,11 +44,14 @@ async def run_reembed(company_id: uuid.UUID | None, everything: bool) -> int:
             scope = f"company {company_id}" if company_id else "all companies"
             _say(f"re-embedding {scope} with {embedder.name}")
             report = await reembed(
-                pool, embedder, company_id=company_id, everything=everything,
+                pool,
+                embedder,
+                company_id=company_id,
+                everything=everything,
                 batch_size=settings.embeddings_batch_size,
                 text_search_config=settings.kb_text_search_config,
                 progress=lambda n: _say(f"  {n} chunks embedded"),
-            )  # fmt: skip
+            )
     except ShvyaError as err:
         _say(f"re-embedding failed: {err}")
         return 1

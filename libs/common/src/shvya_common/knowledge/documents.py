@@ -119,10 +119,12 @@ class KnowledgeBase:
         cls, pool: asyncpg.Pool, embedder: Embedder | None, settings: KnowledgeSettings
     ) -> KnowledgeBase:
         return cls(
-            pool, embedder, chunk_chars=settings.kb_chunk_chars,
+            pool,
+            embedder,
+            chunk_chars=settings.kb_chunk_chars,
             overlap_chars=settings.kb_chunk_overlap_chars,
             text_search_config=settings.kb_text_search_config,
-        )  # fmt: skip
+        )
 
     async def company_exists(self, company_id: uuid.UUID) -> bool:
         async with self.pool.acquire() as conn:
@@ -192,9 +194,12 @@ class KnowledgeBase:
         # Parsing a large HTML page or cutting a long text takes a while: not on the event loop.
         title, fmt, text = await asyncio.to_thread(prepare, doc)
         chunks = await asyncio.to_thread(
-            chunk_document, text, "text" if fmt == "text" else "markdown",
-            max_chars=self.chunk_chars, overlap_chars=self.overlap_chars,
-        )  # fmt: skip
+            chunk_document,
+            text,
+            "text" if fmt == "text" else "markdown",
+            max_chars=self.chunk_chars,
+            overlap_chars=self.overlap_chars,
+        )
         async with self.pool.acquire() as conn:
             problem = await self._problem(conn)
         if problem is not None:
@@ -205,31 +210,59 @@ class KnowledgeBase:
         async with self.pool.acquire() as conn, conn.transaction():
             if doc_id is None:
                 doc_id = await self.repo.insert_document(
-                    conn, company_id=company_id, title=title, source=doc.source, fmt=fmt,
-                    content=text, content_sha256=digest, metadata=doc.metadata,
-                )  # fmt: skip
+                    conn,
+                    company_id=company_id,
+                    title=title,
+                    source=doc.source,
+                    fmt=fmt,
+                    content=text,
+                    content_sha256=digest,
+                    metadata=doc.metadata,
+                )
                 action = "kb_document_added"
             else:
                 found = await self.repo.update_document(
-                    conn, company_id=company_id, doc_id=doc_id, title=title, source=doc.source,
-                    fmt=fmt, content=text, content_sha256=digest, metadata=doc.metadata,
-                )  # fmt: skip
+                    conn,
+                    company_id=company_id,
+                    doc_id=doc_id,
+                    title=title,
+                    source=doc.source,
+                    fmt=fmt,
+                    content=text,
+                    content_sha256=digest,
+                    metadata=doc.metadata,
+                )
                 if not found:
                     return None
                 action = "kb_document_replaced"
             await self.repo.insert_chunks(
-                conn, company_id=company_id, doc_id=doc_id, title=title, source=doc.source,
-                chunks=chunks, vectors=vectors, embedding_model=model,
+                conn,
+                company_id=company_id,
+                doc_id=doc_id,
+                title=title,
+                source=doc.source,
+                chunks=chunks,
+                vectors=vectors,
+                embedding_model=model,
                 ts_config=self.text_search_config,
-            )  # fmt: skip
+            )
             stored = await self.repo.get_document(conn, company_id, doc_id)
         assert stored is not None
-        log.info(action, company_id=str(company_id), doc_id=str(doc_id), chunks=len(chunks),
-                 embedder=model or "none")  # fmt: skip
-        note = None if vectors is not None else (
-            "stored without vectors (no embedder configured): found by keyword search until "
-            "`shvya reembed` runs with an embedder"
-        )  # fmt: skip
+        log.info(
+            action,
+            company_id=str(company_id),
+            doc_id=str(doc_id),
+            chunks=len(chunks),
+            embedder=model or "none",
+        )
+        note = (
+            None
+            if vectors is not None
+            else (
+                "stored without vectors (no embedder configured): found by keyword search until "
+                "`shvya reembed` runs with an embedder"
+            )
+        )
         return StoredDocument(stored[0], note)
 
     async def _embed(self, title: str, chunks: list[Chunk]) -> list[list[float]] | None:

@@ -12,14 +12,51 @@ import re
 from html.parser import HTMLParser
 
 _SKIP = frozenset(
-    {"script", "style", "noscript", "template", "svg", "iframe", "canvas", "nav", "form",
-     "button", "select", "textarea", "object", "head"}
-)  # fmt: skip
+    {
+        "script",
+        "style",
+        "noscript",
+        "template",
+        "svg",
+        "iframe",
+        "canvas",
+        "nav",
+        "form",
+        "button",
+        "select",
+        "textarea",
+        "object",
+        "head",
+    }
+)
 _BLOCK = frozenset(
-    {"p", "div", "section", "article", "main", "header", "footer", "aside", "ul", "ol", "table",
-     "blockquote", "pre", "dl", "dt", "dd", "figure", "figcaption", "address", "details",
-     "summary", "hr", "body", "html"}
-)  # fmt: skip
+    {
+        "p",
+        "div",
+        "section",
+        "article",
+        "main",
+        "header",
+        "footer",
+        "aside",
+        "ul",
+        "ol",
+        "table",
+        "blockquote",
+        "pre",
+        "dl",
+        "dt",
+        "dd",
+        "figure",
+        "figcaption",
+        "address",
+        "details",
+        "summary",
+        "hr",
+        "body",
+        "html",
+    }
+)
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
 _VOID = frozenset({"br", "hr", "img", "input", "meta", "link", "wbr", "source", "area", "col"})
 _SPACES = re.compile(r"[ \t\f\v\u00a0]+")

@@ -72,9 +72,13 @@ async def reembed(
     while True:
         async with pool.acquire() as conn:
             batch = await repo.stale_chunks(
-                conn, embedding_model=embedder.name, company_id=company_id, after=after,
-                limit=batch_size, everything=everything,
-            )  # fmt: skip
+                conn,
+                embedding_model=embedder.name,
+                company_id=company_id,
+                after=after,
+                limit=batch_size,
+                everything=everything,
+            )
         if not batch:
             break
         vectors = await embedder.embed(
@@ -88,6 +92,11 @@ async def reembed(
         after = batch[-1].id
         if progress is not None:
             progress(embedded)
-    log.info("kb_reembedded", embedder=embedder.name, chunks=embedded, reindexed=reindexed,
-             company_id=str(company_id) if company_id else None)  # fmt: skip
+    log.info(
+        "kb_reembedded",
+        embedder=embedder.name,
+        chunks=embedded,
+        reindexed=reindexed,
+        company_id=str(company_id) if company_id else None,
+    )
     return ReembedReport(embedder.name, embedder.dimensions, resized_from, embedded, reindexed)

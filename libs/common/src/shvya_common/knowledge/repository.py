@@ -67,11 +67,19 @@ _DOCUMENT_COLUMNS = """
 
 def _info(row: asyncpg.Record) -> DocumentInfo:
     return DocumentInfo(
-        id=row["id"], company_id=row["company_id"], title=row["title"], source=row["source"],
-        format=row["format"], characters=row["characters"], chunks=row["chunks"],
-        embedded_chunks=row["embedded_chunks"], embedding_models=list(row["embedding_models"]),
-        metadata=row["metadata"], created_at=row["created_at"], updated_at=row["updated_at"],
-    )  # fmt: skip
+        id=row["id"],
+        company_id=row["company_id"],
+        title=row["title"],
+        source=row["source"],
+        format=row["format"],
+        characters=row["characters"],
+        chunks=row["chunks"],
+        embedded_chunks=row["embedded_chunks"],
+        embedding_models=list(row["embedding_models"]),
+        metadata=row["metadata"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 class KnowledgeRepository:
@@ -99,8 +107,14 @@ class KnowledgeRepository:
         doc_id: uuid.UUID = await conn.fetchval(
             "INSERT INTO ai_kb_documents (company_id, title, source, format, content,"
             " content_sha256, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-            company_id, title, source, fmt, content, content_sha256, metadata,
-        )  # fmt: skip
+            company_id,
+            title,
+            source,
+            fmt,
+            content,
+            content_sha256,
+            metadata,
+        )
         return doc_id
 
     async def update_document(
@@ -121,8 +135,15 @@ class KnowledgeRepository:
             "UPDATE ai_kb_documents SET title = $3, source = $4, format = $5, content = $6,"
             " content_sha256 = $7, metadata = $8, updated_at = now()"
             " WHERE id = $1 AND company_id = $2 RETURNING id",
-            doc_id, company_id, title, source, fmt, content, content_sha256, metadata,
-        )  # fmt: skip
+            doc_id,
+            company_id,
+            title,
+            source,
+            fmt,
+            content,
+            content_sha256,
+            metadata,
+        )
         if updated is None:
             return False
         await conn.execute("DELETE FROM ai_kb_docs WHERE doc_id = $1", doc_id)
@@ -169,8 +190,9 @@ class KnowledgeRepository:
         row = await conn.fetchrow(
             f"SELECT {_DOCUMENT_COLUMNS}, d.content FROM ai_kb_documents d"
             " WHERE d.id = $1 AND d.company_id = $2",
-            doc_id, company_id,
-        )  # fmt: skip
+            doc_id,
+            company_id,
+        )
         return (_info(row), row["content"]) if row is not None else None
 
     async def list_documents(
@@ -179,8 +201,10 @@ class KnowledgeRepository:
         rows = await conn.fetch(
             f"SELECT {_DOCUMENT_COLUMNS} FROM ai_kb_documents d WHERE d.company_id = $1"
             " ORDER BY d.created_at, d.id LIMIT $2 OFFSET $3",
-            company_id, limit, offset,
-        )  # fmt: skip
+            company_id,
+            limit,
+            offset,
+        )
         total: int = await conn.fetchval(
             "SELECT count(*) FROM ai_kb_documents WHERE company_id = $1", company_id
         )
@@ -191,8 +215,9 @@ class KnowledgeRepository:
     ) -> bool:
         deleted = await conn.fetchval(
             "DELETE FROM ai_kb_documents WHERE id = $1 AND company_id = $2 RETURNING id",
-            doc_id, company_id,
-        )  # fmt: skip
+            doc_id,
+            company_id,
+        )
         return deleted is not None
 
     async def vector_dimensions(self, conn: asyncpg.Connection) -> int | None:
@@ -241,8 +266,12 @@ class KnowledgeRepository:
             "   AND ($2::uuid IS NULL OR id > $2)"
             "   AND ($5 OR embedding IS NULL OR embedding_model IS DISTINCT FROM $3)"
             " ORDER BY id LIMIT $4",
-            company_id, after, embedding_model, limit, everything,
-        )  # fmt: skip
+            company_id,
+            after,
+            embedding_model,
+            limit,
+            everything,
+        )
         return [StaleChunk(r["id"], r["title"], r["heading"], r["content"]) for r in rows]
 
     async def set_vectors(
@@ -264,6 +293,7 @@ class KnowledgeRepository:
         status: str = await conn.execute(
             "UPDATE ai_kb_docs SET ts_config = $1::regconfig"
             " WHERE ts_config <> $1::regconfig AND ($2::uuid IS NULL OR company_id = $2)",
-            ts_config, company_id,
-        )  # fmt: skip
+            ts_config,
+            company_id,
+        )
         return int(status.rsplit(" ", 1)[-1])

@@ -254,10 +254,12 @@ async def _stats(
     assert row is not None
     dims = row["dimensions"]
     return _Stats(
-        total=row["total"], ready=row["ready"], configs=list(row["configs"]),
+        total=row["total"],
+        ready=row["ready"],
+        configs=list(row["configs"]),
         searchable=bool(row["searchable"]),
         dimensions=int(dims) if dims is not None and dims > 0 else None,
-    )  # fmt: skip
+    )
 
 
 def _plan(stats: _Stats, embedder: Embedder | None, query: str) -> tuple[bool, str | None]:

@@ -42,7 +42,10 @@ class ChannelRouter:
             result = await self.fallback.send(
                 to, text, template_id=template_id, message_id=message_id, params=params
             )
-            meta = {**result.meta, "routed_to": self.fallback.name,
-                    "reason": f"channel {channel!r} has no credentials configured"}  # fmt: skip
+            meta = {
+                **result.meta,
+                "routed_to": self.fallback.name,
+                "reason": f"channel {channel!r} has no credentials configured",
+            }
             return replace(result, meta=meta)
         raise PermanentError(f"channel {channel!r} is not configured")

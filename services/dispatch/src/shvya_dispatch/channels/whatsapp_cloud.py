@@ -32,9 +32,9 @@ from shvya_common.contracts import SendParams
 from shvya_common.errors import PermanentError, RetryableError, ShvyaError
 from shvya_dispatch.channels.base import SendResult
 from shvya_dispatch.channels.errors import (
-    SendOutcomeUnknown,
     ChannelPausedError,
     RecipientOptedOutError,
+    SendOutcomeUnknown,
     WindowClosedError,
 )
 from shvya_dispatch.templates import WHATSAPP_TEMPLATE_CHANNELS, RenderedTemplate, TemplateRenderer
@@ -193,8 +193,12 @@ class WhatsAppCloudChannel:
             )
             self._check_template(template)
             payload = template_payload(to, template)
-            meta["template"] = {"id": str(template.id), "name": template.name,
-                                "language": template.language, "text": template.text}  # fmt: skip
+            meta["template"] = {
+                "id": str(template.id),
+                "name": template.name,
+                "language": template.language,
+                "text": template.text,
+            }
         body = await self._post(payload)
         wamid, extra = parse_sent(body)
         log.info("whatsapp_cloud_sent", message_id=str(message_id), kind=payload["type"])

@@ -102,9 +102,11 @@ async def chromium_user_agent(executable: Path) -> str | None:
     """A desktop Chrome user agent carrying the installed Chromium's version."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            str(executable), "--version",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+            str(executable),
+            "--version",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
     except (OSError, TimeoutError):
         return None
@@ -297,9 +299,10 @@ class WhatsAppWebChannel:
         load_ms = s.whatsapp_web_load_timeout_seconds * 1000
         try:
             await page.goto(
-                sel.send_url(s.whatsapp_web_url, digits), wait_until="domcontentloaded",
+                sel.send_url(s.whatsapp_web_url, digits),
+                wait_until="domcontentloaded",
                 timeout=load_ms,
-            )  # fmt: skip
+            )
             state = await self._wait_for_chat(page, load_ms)
             if state == "logged_out":
                 raise WhatsAppWebLoggedOut(account)
@@ -381,16 +384,19 @@ async def login(
         try:
             page = await first_page(context)
             await page.goto(
-                sel.home_url(settings.whatsapp_web_url), wait_until="domcontentloaded",
+                sel.home_url(settings.whatsapp_web_url),
+                wait_until="domcontentloaded",
                 timeout=load_ms,
-            )  # fmt: skip
+            )
             last_ref: str | None = None
             saved = False
             while True:
                 if await page.locator(sel.LOGGED_IN).first.is_visible():
                     await asyncio.sleep(settle_seconds)
-                    say(f"WhatsApp Web account {account!r} is logged in; its session is kept in "
-                        f"{browser.profile_dir(account)}")  # fmt: skip
+                    say(
+                        f"WhatsApp Web account {account!r} is logged in; its session is kept in "
+                        f"{browser.profile_dir(account)}"
+                    )
                     return
                 qr = page.locator(sel.QR_CODE).first
                 if await qr.is_visible():
@@ -402,8 +408,10 @@ async def login(
                     )
                     if not saved or ref != last_ref:
                         await _save_qr(page, qr, qr_path)
-                        say(f"QR code saved to {qr_path.resolve()}: open WhatsApp on the phone, "
-                            "Settings > Linked devices > Link a device, and scan it")  # fmt: skip
+                        say(
+                            f"QR code saved to {qr_path.resolve()}: open WhatsApp on the phone, "
+                            "Settings > Linked devices > Link a device, and scan it"
+                        )
                         last_ref, saved = ref, True
                 if loop.time() > deadline:
                     raise LoginTimeout(
@@ -421,8 +429,12 @@ async def _save_qr(page: Page, qr: Locator, path: Path) -> None:
         png = await qr.screenshot()
     else:
         x, y = max(box["x"] - QR_MARGIN_PX, 0), max(box["y"] - QR_MARGIN_PX, 0)
-        clip = {"x": x, "y": y, "width": box["width"] + 2 * QR_MARGIN_PX,
-                "height": box["height"] + 2 * QR_MARGIN_PX}  # fmt: skip
+        clip = {
+            "x": x,
+            "y": y,
+            "width": box["width"] + 2 * QR_MARGIN_PX,
+            "height": box["height"] + 2 * QR_MARGIN_PX,
+        }
         png = await page.screenshot(clip=clip)  # type: ignore[arg-type]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
