@@ -64,7 +64,7 @@ def _ms(text: str) -> float:
     return float(value) * _UNITS[unit]
 
 
-def run_wrk(url: str, threads: int = 2) -> dict[str, float]:
+def run_wrk(url: str, threads: int = 1) -> dict[str, float]:
     out = subprocess.run(
         [
             ensure_wrk(),
@@ -84,6 +84,9 @@ def run_wrk(url: str, threads: int = 2) -> dict[str, float]:
     pct = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"\s+(50|99)%\s+(\S+)", out)}
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
+    if non2xx:
+        # A figure made of error responses would be meaningless: stop here, loudly.
+        raise SystemExit(f"{url} answered {non2xx.group(1)} non-2xx responses; wrk said:\n{out}")
     return {
         "rps": rps,
         "p50": pct["50"],
@@ -230,7 +233,7 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         wait_for_port(mport)
-        results["minimal FastAPI handler"] = run_wrk(f"http://127.0.0.1:{mport}")
+        results["minimal FastAPI handler"] = run_wrk(f"http://127.0.0.1:{mport}/inbound-message")
         stop(minimal)
 
         print("[2/4] POST /inbound-message (ingest alone; jobs queue in JetStream)", flush=True)
@@ -242,7 +245,9 @@ def main() -> None:
             f"http://127.0.0.1:{port}/inbound-message",
             json={"phone_number": "+12025550100", "message_text": "warm", "channel": "log"},
         )
-        results["ingest POST /inbound-message"] = run_wrk(f"http://127.0.0.1:{port}")
+        results["ingest POST /inbound-message"] = run_wrk(
+            f"http://127.0.0.1:{port}/inbound-message"
+        )
         backlog = asyncio.run(_count(pg.url, "SELECT count(*) FROM jobs"))
 
         print(f"[3/4] pipeline draining {backlog} jobs (engage + dispatch)", flush=True)
@@ -259,7 +264,7 @@ def main() -> None:
         nats_server.stop()
         pg.stop()
     report(results)
-    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"logs kept in {logs}")
 
 
 async def _count(db_url: str, sql: str) -> int:

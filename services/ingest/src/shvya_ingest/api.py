@@ -8,6 +8,7 @@ the message, its job and its publish share one transaction, so a failure leaves 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import uuid
 from typing import Annotated, Any, Literal
@@ -174,10 +175,12 @@ admin = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], tags=[
 
 
 @router.post("/inbound-message", response_model=InboundAccepted, tags=["inbound"])
-async def inbound_message(body: InboundMessage, ingest: IngestDep) -> InboundAccepted:
+async def inbound_message(body: InboundMessage, ingest: IngestDep) -> Response:
     """File an inbound message in the CRM and enqueue `ai.engage` at priority 100 (an opt-out
     keyword instead suppresses the sender and queues one confirmation)."""
-    return await ingest.accept(body)
+    accepted = await ingest.accept(body)
+    # The hot path: serialised once here instead of re-validated against response_model.
+    return Response(accepted.model_dump_json(), media_type="application/json")
 
 
 @router.get("/queue/stats", response_model=QueueStatsOut, tags=["queue"])
@@ -228,18 +231,22 @@ async def metrics() -> Response:
 _OUTAGE_SQLSTATES = ("08", "53", "57", "55000")
 
 
-def _is_outage(exc: asyncpg.PostgresError) -> bool:
+def is_outage(exc: asyncpg.PostgresError) -> bool:
     state = getattr(exc, "sqlstate", "") or ""
     return state.startswith(_OUTAGE_SQLSTATES)
 
 
-def _unavailable(exc: BaseException) -> JSONResponse:
+UNAVAILABLE = {"detail": "a dependency (database or queue) is unavailable; retry later"}
+
+
+def unavailable_body(exc: BaseException) -> bytes:
+    """The 503 body, logging which dependency failed (by type, never by message)."""
     log.warning("dependency_unavailable", error=type(exc).__name__)
-    return JSONResponse(
-        {"detail": "a dependency (database or queue) is unavailable; retry later"},
-        status_code=503,
-        headers={"Retry-After": "5"},
-    )
+    return json.dumps(UNAVAILABLE).encode()
+
+
+def _unavailable(exc: BaseException) -> Response:
+    return Response(unavailable_body(exc), 503, {"Retry-After": "5"}, "application/json")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -252,8 +259,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(asyncpg.PostgresError)
-    async def _postgres(_: Request, exc: asyncpg.PostgresError) -> JSONResponse:
-        if _is_outage(exc):
+    async def _postgres(_: Request, exc: asyncpg.PostgresError) -> Response:
+        if is_outage(exc):
             return _unavailable(exc)
         log.error("database_error", error=type(exc).__name__, sqlstate=exc.sqlstate)
         return JSONResponse({"detail": "internal database error"}, status_code=500)
@@ -261,5 +268,5 @@ def install_error_handlers(app: FastAPI) -> None:
     for error in OUTAGE_ERRORS:
 
         @app.exception_handler(error)
-        async def _outage(_: Request, exc: Exception) -> JSONResponse:
+        async def _outage(_: Request, exc: Exception) -> Response:
             return _unavailable(exc)

@@ -13,6 +13,7 @@ from shvya_common.logging import configure_logging
 from shvya_common.runtime import platform
 from shvya_ingest import ai_api, email_routes, kb_api, webhooks
 from shvya_ingest.api import Ingest, admin, install_error_handlers, router
+from shvya_ingest.fastpath import InboundFastPath
 from shvya_ingest.middleware import EdgeMiddleware
 from shvya_ingest.settings import IngestSettings
 from shvya_ingest.smtp_receiver import start_smtp_receiver
@@ -49,6 +50,9 @@ def create_app(settings: IngestSettings) -> FastAPI:
     app.include_router(ai_api.router)
     app.include_router(kb_api.router)  # its lifespan opens the embedder, inside the platform's
     install_error_handlers(app)
+    # Added first, so it runs inside the edge middleware: body limits, the deadline and metrics
+    # apply to it too (Starlette wraps later middleware around earlier ones).
+    app.add_middleware(InboundFastPath, fastapi_app=app)
     app.add_middleware(
         EdgeMiddleware,
         max_body=settings.max_body_bytes,
