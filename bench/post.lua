@@ -1,7 +1,7 @@
--- POST /inbound-message with a static body. wrk's per-request Lua hook (`request`) doubled the
--- *server's* CPU per request in our runs, which would distort both figures, so the body is
--- fixed: every ingest request still files a new message, job and event and publishes a job;
--- only the lead row is shared (a conservative case: its upsert contends on one row lock).
+-- POST /inbound-message with a static body, the same for the yardstick and ingest. Every ingest
+-- request still files a new message, job and event and publishes a job; only the lead row is
+-- shared (8 distinct leads over 8 wrk processes gave the same rate). Pass the URL *with* its
+-- path: wrk sends a static body to the URL's path.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"phone_number":"+12025550142","contact_name":"Bench","message_text":"hello, do you ship to Berlin?","channel":"log"}'
