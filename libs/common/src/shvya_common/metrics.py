@@ -38,6 +38,54 @@ HTTP_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 TIMERS_FIRED = Counter("shvya_timers_fired_total", "Timers fired by the scheduler.", ["kind"])
+DLQ_DEPTH = Gauge(
+    "shvya_dlq_depth",
+    "Dead letters waiting for an operator, by task (dispatch.send counts dead-lettered sends).",
+    ["task"],
+)
+OUTBOX_PUBLISHED = Counter(
+    "shvya_outbox_published_total",
+    "Committed job and send rows published to JetStream, by ledger and by who published them"
+    " (inline: the writer right after COMMIT; relay: an unconfirmed publish; reconciler: a row"
+    " whose message was missing from JetStream).",
+    ["ledger", "source"],
+)
+OUTBOX_UNPUBLISHED = Gauge(
+    "shvya_outbox_unpublished",
+    "Committed rows whose publish JetStream has not confirmed yet, by ledger.",
+    ["ledger"],
+)
+RECONCILER_REPUBLISHED = Counter(
+    "shvya_reconciler_republished_total",
+    "Rows stuck past the horizon with no message in JetStream, republished, by ledger and status.",
+    ["ledger", "status"],
+)
+SENDS = Counter(
+    "shvya_sends_total",
+    "Send attempts finished by dispatch, by channel and outcome (sent, logged, suppressed, held,"
+    " unknown, retried, dead_lettered, deferred).",
+    ["channel", "outcome"],
+)
+POLICY_DEFERRALS = Counter(
+    "shvya_policy_deferrals_total",
+    "Sends deferred by a channel policy, by channel and reason (pacing, quiet_hours, paused,"
+    " daily_cap, window).",
+    ["channel", "reason"],
+)
+CHANNEL_PAUSED = Gauge(
+    "shvya_channel_paused",
+    "1 while a channel is paused for at least one company (provider refused the sender).",
+    ["channel"],
+)
+LLM_SECONDS = Histogram(
+    "shvya_llm_request_seconds",
+    "Latency of model calls, by task and outcome.",
+    ["task", "outcome"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60),
+)
+BUILD_INFO = Gauge(
+    "shvya_build_info", "Always 1; labels name the running build.", ["service", "version"]
+)
 
 
 def start_metrics_server(host: str, port: int) -> None:
