@@ -85,3 +85,15 @@ async def test_keys_outside_the_store_layout_are_refused(tmp_path):
     """A key cannot climb out of the media folder."""
     with pytest.raises(MediaNotFound):
         await LocalMediaStore(tmp_path).get("../../etc/passwd")
+
+
+def test_keygen_prints_an_entry_the_settings_accept(capsys):
+    """`shvya keygen` prints an id:key pair that SECRETS_KEYS validates and can use."""
+    from shvya_common.cli import main
+    from shvya_common.settings import CommonSettings
+
+    main(["keygen"])
+    entry = capsys.readouterr().out.strip()
+    settings = CommonSettings(_env_file=None, secrets_keys=entry)  # type: ignore[call-arg]
+    box = settings.secret_box()
+    assert box is not None and box.decrypt(box.encrypt("x", "c"), "c") == "x"

@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--only", nargs="+", choices=SERVICES, help="run only these services")
     sub.add_parser("infra", help="run only the embedded NATS and PostgreSQL")
     sub.add_parser("migrate", help="apply database migrations")
+    sub.add_parser(
+        "keygen", help="print a new SECRETS_KEYS entry (a random AES-256 key with a fresh id)"
+    )
     reembed = sub.add_parser("reembed", help="re-embed the knowledge base after a model change")
     reembed.add_argument("--company", type=uuid.UUID, help="only this company's chunks")
     reembed.add_argument(
@@ -191,6 +194,10 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(_infra(root))
     elif args.command == "migrate":
         asyncio.run(_migrate())
+    elif args.command == "keygen":
+        from shvya_common.crypto import generate_key
+
+        print(f"k{secrets.token_hex(3)}:{generate_key()}")
     elif args.command == "reembed":
         from shvya_common.knowledge.command import run_reembed
 

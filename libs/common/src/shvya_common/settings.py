@@ -6,10 +6,13 @@ passed down; nothing here reads the environment at import time.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shvya_common.crypto import SecretBox
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54320/shvya"
@@ -59,6 +62,14 @@ class CommonSettings(BaseSettings):
         SecretStr("dev-only-link-secret-change-me"),
         description="Signs unsubscribe and tracking links; set a random value in production.",
     )
+    secrets_keys: SecretStr | None = Field(
+        None,
+        description="Keyring for secrets stored in the database: 'id:base64key,...', the first"
+        " encrypts (32-byte keys; `shvya keygen` prints one). Needed once a secret is stored.",
+    )
+    media_dir: Path = Field(
+        Path(".data/media"), description="Folder where received media and attachments are kept."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_port: int = Field(0, ge=0, le=65535, description="0 picks the service's default port.")
@@ -77,6 +88,19 @@ class CommonSettings(BaseSettings):
     def _check_schedule(cls, value: list[float]) -> list[float]:
         if not value or any(v <= 0 for v in value):
             raise ValueError("retry_schedule needs at least one positive delay")
+        return value
+
+    def secret_box(self) -> SecretBox | None:
+        """The keyring, or None when SECRETS_KEYS is unset."""
+        if self.secrets_keys is None:
+            return None
+        return SecretBox.from_setting(self.secrets_keys.get_secret_value())
+
+    @field_validator("secrets_keys")
+    @classmethod
+    def _check_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            SecretBox.from_setting(value.get_secret_value())  # a bad keyring stops start-up
         return value
 
     @property
