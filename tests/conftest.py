@@ -21,6 +21,9 @@ import pytest
 
 from shvya_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from shvya_common.settings import CommonSettings
+from tests import tasks
+
+tasks.register()
 
 TEMPLATE_DB = "shvya_test_template"
 

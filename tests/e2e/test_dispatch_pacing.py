@@ -45,7 +45,7 @@ async def test_two_dispatch_processes_never_send_to_one_recipient_within_15_seco
             company = await make_company(plat.pool)
             lead = await make_lead(plat.pool, company, last_inbound_at=datetime.now(UTC))
             ids = []
-            async with plat.pool.acquire() as conn, conn.transaction():
+            async with plat.bus.unit() as unit:
                 for n in range(2):
                     params = SendParams(
                         company_id=company,
@@ -55,7 +55,7 @@ async def test_two_dispatch_processes_never_send_to_one_recipient_within_15_seco
                         text=f"Reply number {n + 1}",
                         send_key=f"e2e:{n}",
                     )
-                    message_id, _ = await plat.bus.request_send(conn, params, priority=100)
+                    message_id, _ = await unit.request_send(params, priority=100)
                     ids.append(message_id)
 
             async def rows():

@@ -151,7 +151,7 @@ async def test_job_that_kills_its_worker_every_time_ends_in_dlq(plat, base_env, 
     """A handler that crashes its process on every delivery is dead-lettered after the
     schedule's attempts instead of being redelivered forever."""
     env = service_env({**base_env, "ACK_WAIT_SECONDS": "1"})
-    job = await plat.bus.enqueue_job("webhook.reminder", {"url": "https://example.invalid"})
+    job = await plat.bus.enqueue_job("test.work", {"url": "https://example.invalid"})
     conn = await asyncpg.connect(db_url)
     crashes = 0
     try:
@@ -184,6 +184,6 @@ async def test_job_that_kills_its_worker_every_time_ends_in_dlq(plat, base_env, 
     info = await plat.js.stream_info(plat.topology.dlq_stream)
     assert info.state.messages == 1
     raw = await plat.js.get_last_msg(
-        plat.topology.dlq_stream, plat.topology.dlq_subject("webhook.reminder")
+        plat.topology.dlq_stream, plat.topology.dlq_subject("test.work")
     )
     assert json.loads(raw.data)["envelope"]["job_id"] == str(job.id)

@@ -29,15 +29,13 @@ async def test_curl_example_reaches_completed_and_stores_reply(running, db_url):
         async def stats():
             return (await client.get("/queue/stats")).json()
 
-        final = await eventually(stats, lambda s: s["completed"] == 1)
-        assert final == {
-            "queued": 0,
-            "processing": 0,
-            "completed": 1,
-            "failed": 0,
-            "dlq": 0,
-            "total": 1,
-        }
+        final = await eventually(
+            stats, lambda s: s["completed"] == 1 and s["sends"].get("logged") == 1
+        )
+        original = {k: final[k] for k in ("queued", "processing", "completed", "failed", "dlq")}
+        assert original == {"queued": 0, "processing": 0, "completed": 1, "failed": 0, "dlq": 0}
+        assert final["total"] == 1 and final["orphaned"] == 0
+        assert final["sends"] == {"logged": 1}
 
     conn = await asyncpg.connect(db_url)
     try:

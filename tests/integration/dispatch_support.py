@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import uuid
 from contextlib import AsyncExitStack
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from shvya_common.bus import JobContext
-from shvya_common.contracts import SendParams
+from shvya_common.contracts import JobEnvelope, SendParams
 from shvya_dispatch.app import build_deps
 from shvya_dispatch.handlers import Deps, handle_send
 from shvya_dispatch.settings import DispatchSettings
@@ -54,20 +54,37 @@ class Dispatcher:
     async def __aexit__(self, *exc: object) -> None:
         await self.stack.aclose()
 
-    async def send(
-        self, message_id: uuid.UUID, params: SendParams, prior_status: str | None = "queued"
-    ) -> dict[str, Any]:
+    async def send(self, message_id: uuid.UUID, params: SendParams) -> dict[str, Any]:
+        """Claim the send as a delivery would (attempt and lease in the row), then run it."""
         assert self.deps is not None
+        envelope = JobEnvelope(
+            job_id=message_id,
+            task="dispatch.send",
+            priority=100,
+            params=params.model_dump(mode="json"),
+            company_id=params.company_id,
+            lead_id=params.lead_id,
+            enqueued_at=datetime.now(UTC),
+        )
+        claim = await self.deps.sends.claim(envelope, max_attempts=6, lease=30.0, worker="test")
+        assert claim.action == "run", claim
         job = JobContext(
             job_id=message_id,
             task="dispatch.send",
             priority=100,
-            attempt=1,
+            attempt=claim.attempt,
             company_id=params.company_id,
             lead_id=params.lead_id,
-            prior_status=prior_status,
+            prior_status=claim.prior_status,
         )
-        return await handle_send(params, job, self.deps)
+        try:
+            return await handle_send(params, job, self.deps)
+        except BaseException:
+            # As the consumer loop would: the run is over, so its lease is freed for the next.
+            await self.pool.execute(
+                "UPDATE messages SET lease_until = NULL WHERE id = $1", message_id
+            )
+            raise
 
 
 async def make_company(
@@ -140,7 +157,7 @@ async def queue_send(
     purpose: str = "reply",
     template_id: uuid.UUID | None = None,
 ) -> tuple[uuid.UUID, SendParams]:
-    """An outbound message row in 'queued', as `JobBus.request_send` writes it."""
+    """An outbound message row in 'queued', as `Unit.request_send` writes it."""
     params = SendParams(
         company_id=company_id,
         lead_id=lead_id,
@@ -154,8 +171,8 @@ async def queue_send(
     message_id = uuid.uuid4()
     await pool.execute(
         "INSERT INTO messages (id, company_id, lead_id, direction, channel, body, status,"
-        " send_key, recipient, priority, meta)"
-        " VALUES ($1, $2, $3, 'outbound', $4, $5, 'queued', $6, $7, 100, $8)",
+        " send_key, recipient, priority, meta, send_params)"
+        " VALUES ($1, $2, $3, 'outbound', $4, $5, 'queued', $6, $7, 100, $8, $9)",
         message_id,
         company_id,
         lead_id,
@@ -164,6 +181,7 @@ async def queue_send(
         params.send_key,
         to,
         {"purpose": purpose},
+        params.model_dump(mode="json"),
     )
     return message_id, params
 

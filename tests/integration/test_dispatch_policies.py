@@ -428,8 +428,8 @@ async def test_deferred_send_is_parked_without_spending_an_attempt(plat, db_url)
                     text=f"message {n}",
                     send_key=f"pace:{n}",
                 )
-                async with plat.pool.acquire() as conn, conn.transaction():
-                    message_id, _ = await plat.bus.request_send(conn, params, priority=100)
+                async with plat.bus.unit() as unit:
+                    message_id, _ = await unit.request_send(params, priority=100)
                 ids.append(message_id)
 
             async def statuses():
@@ -442,12 +442,12 @@ async def test_deferred_send_is_parked_without_spending_an_attempt(plat, db_url)
         finally:
             await worker.stop()
     parked = await plat.pool.fetchrow(
-        "SELECT m.id, m.attempts, m.meta, m.sent_at, t.due_at, t.reason, t.envelope"
-        " FROM messages m JOIN timers t ON (t.envelope->>'job_id')::uuid = m.id"
+        "SELECT m.id, m.attempts, m.meta, m.sent_at, t.due_at, t.reason, t.ledger"
+        " FROM messages m JOIN timers t ON t.target_id = m.id"
         " WHERE m.status = 'scheduled'"
     )
     first_sent = await plat.pool.fetchval("SELECT sent_at FROM messages WHERE status = 'logged'")
-    assert parked["attempts"] == 0 and parked["envelope"]["attempt_base"] == 0
+    assert parked["attempts"] == 0 and parked["ledger"] == "messages"
     assert parked["due_at"] >= first_sent + timedelta(seconds=15)
     assert parked["meta"]["deferred_until"] == parked["due_at"].isoformat()
     assert parked["reason"].startswith("pacing")
@@ -475,5 +475,5 @@ async def test_operator_lists_and_lifts_a_pause(dispatcher, graph, pool, db_url,
     assert (await run_command(["list"], db_url))[1] == "no channel pauses"
 
     await pool.execute("UPDATE send_pacing SET next_allowed_at = now()")
-    await pool.execute("UPDATE messages SET status = 'scheduled' WHERE id = $1", message_id)
+    await pool.execute("UPDATE messages SET status = 'queued' WHERE id = $1", message_id)
     assert (await dispatcher.send(message_id, params))["status"] == "sent"

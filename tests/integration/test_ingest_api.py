@@ -14,6 +14,7 @@ from shvya_common.db import migrate
 from shvya_common.embedded import EmbeddedNats, free_port
 from shvya_ingest.app import create_app
 from shvya_ingest.settings import IngestSettings
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -136,7 +137,7 @@ async def test_admin_replay_needs_the_bearer_token(client, admin_token):
         headers={"Authorization": f"Bearer {admin_token}"},
     )
     assert right.status_code == 200
-    assert right.json() == {"replayed": 0, "job_ids": []}
+    assert right.json() == {"replayed": 0, "job_ids": [], "jobs": 0, "sends": 0, "dry_run": False}
     bad = await client.post(
         "/admin/dlq/replay",
         json={"max_jobs": 0},
@@ -156,9 +157,14 @@ async def test_health_readiness_and_metrics(client):
     assert "shvya_jobs_enqueued_total" in metrics
 
 
-async def test_nats_outage_gets_503_and_writes_nothing(base_env, db_url, tmp_path):
-    """With NATS down, /inbound-message answers 503 and rolls the message back."""
-    nats_server = EmbeddedNats(tmp_path / "nats", free_port(), free_port())
+async def test_nats_outage_still_accepts_and_the_relay_publishes_later(base_env, db_url, tmp_path):
+    """With NATS down, /inbound-message answers 200 with the message and its job committed but
+    unpublished; once NATS is back, the relay publishes the job (readiness follows PostgreSQL)."""
+    from shvya_common.bus.relay import Relay, RelayConfig
+
+    store = tmp_path / "nats"
+    port, monitor = free_port(), free_port()
+    nats_server = EmbeddedNats(store, port, monitor)
     nats_server.start()
     try:
         async with ingest_client(base_env, NATS_URL=nats_server.url) as client:
@@ -167,14 +173,28 @@ async def test_nats_outage_gets_503_and_writes_nothing(base_env, db_url, tmp_pat
             response = await client.post(
                 "/inbound-message", json={**GOOD, "phone_number": "+12025550199"}
             )
-            assert response.status_code == 503, response.text
-            assert response.headers["retry-after"] == "5"
+            assert response.status_code == 200, response.text
+            job_id = response.json()["job_id"]
             ready = await client.get("/readyz")
-            assert ready.status_code == 503 and ready.json()["nats"] != "ok"
+            assert ready.status_code == 200 and ready.json()["nats"] != "ok"
+            conn = await asyncpg.connect(db_url)
+            try:
+                unpublished = "SELECT published_at IS NULL FROM jobs WHERE id = $1::uuid"
+                assert await conn.fetchval(unpublished, job_id) is True
+                nats_server = EmbeddedNats(store, port, monitor)
+                nats_server.start()
+                ingest = client._transport.app.state.ingest  # type: ignore[attr-defined]
+                relay = Relay(ingest.plat.bus, RelayConfig(grace=0))
+                await eventually(relay.relay_once, lambda n: n >= 1, timeout=30)
+                assert await conn.fetchval(unpublished, job_id) is False
+            finally:
+                await conn.close()
+            info = await ingest.plat.js.stream_info(ingest.plat.topology.jobs_stream)
+            assert info.state.messages == 2
     finally:
         nats_server.stop()
     after = await counts(db_url)
-    assert after["messages"] == 1 and after["jobs"] == 1
+    assert after["messages"] == 2 and after["jobs"] == 2
 
 
 async def test_database_outage_gets_503(base_env, db_url, pg_admin_url):

@@ -1,16 +1,23 @@
-"""The job bus against real JetStream and PostgreSQL: retries, dead letters, replay, priority."""
+"""The job bus against real JetStream and PostgreSQL: retries, dead letters, replay, priority,
+the outbox (commit first, publish after), the relay, the reconciler, fencing and outages."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 
 from shvya_common.bus import Worker
+from shvya_common.bus.ledgers import JobLedger, SendLedger
+from shvya_common.bus.relay import Relay, RelayConfig
 from shvya_common.bus.worker import JobContext
+from shvya_common.contracts import JobEnvelope, SendParams
 from shvya_common.errors import PermanentError, RetryableError
 from tests.support import eventually
 
@@ -19,23 +26,44 @@ pytestmark = pytest.mark.integration
 SCHEDULE = [0.2, 0.4, 0.6, 0.8, 1.0]
 
 
-def make_worker(plat, handlers, concurrency=4) -> Worker:
+def make_worker(plat, handlers, concurrency=4, **kw) -> Worker:
     return Worker(
         service="test",
         bus=plat.bus,
         nc=plat.nc,
         handlers=handlers,
-        retry_schedule=SCHEDULE,
+        retry_schedule=kw.pop("retry_schedule", SCHEDULE),
         concurrency=concurrency,
-        ack_wait=5.0,
+        ack_wait=kw.pop("ack_wait", 5.0),
         poll_seconds=0.05,
+        **kw,
     )
 
 
 async def job_row(plat, job_id):
     return await plat.pool.fetchrow(
-        "SELECT status, attempts, last_error, priority FROM jobs WHERE id = $1", job_id
+        "SELECT status, attempts, last_error, priority, generation, published_at"
+        " FROM jobs WHERE id = $1",
+        job_id,
     )
+
+
+async def stream_messages(plat) -> int:
+    return (await plat.js.stream_info(plat.topology.jobs_stream)).state.messages
+
+
+def envelope(job_id, task="test.work", priority=50, generation=0) -> JobEnvelope:
+    return JobEnvelope(
+        job_id=job_id,
+        task=task,
+        priority=priority,
+        params={},
+        generation=generation,
+        enqueued_at=datetime.now(UTC),
+    )
+
+
+# --- retries, dead letters, replay ---------------------------------------------------------
 
 
 async def test_failures_retry_on_the_schedule_in_order_then_dead_letter(plat):
@@ -47,10 +75,10 @@ async def test_failures_retry_on_the_schedule_in_order_then_dead_letter(plat):
         seen.append((job.attempt, time.monotonic()))
         raise RetryableError(f"provider down (attempt {job.attempt})")
 
-    worker = make_worker(plat, {"webhook.reminder": always_fails})
+    worker = make_worker(plat, {"test.work": always_fails})
     await worker.start()
     try:
-        job = await plat.bus.enqueue_job("webhook.reminder", {"n": 1})
+        job = await plat.bus.enqueue_job("test.work", {"n": 1})
         row = await eventually(lambda: job_row(plat, job.id), lambda r: r["status"] == "dlq")
     finally:
         await worker.stop()
@@ -64,6 +92,37 @@ async def test_failures_retry_on_the_schedule_in_order_then_dead_letter(plat):
     assert info.state.messages == 1
 
 
+async def test_a_task_retry_policy_overrides_the_schedule_and_names_errors_not_retried(plat):
+    """A registration's RetryPolicy sets its own attempts, and its non-retryable errors
+    dead-letter at once."""
+    from shvya_common.bus import Registration, RetryPolicy
+    from shvya_common.contracts import task_spec
+
+    calls: list[str] = []
+
+    async def flaky(params, job: JobContext):
+        calls.append(params["kind"])
+        if params["kind"] == "lookup":
+            raise LookupError("no such record")
+        raise RuntimeError("try again")
+
+    policy = RetryPolicy(schedule=(0.1, 0.1), non_retryable=(LookupError,))
+    registration = Registration(task_spec("test.work"), flaky, None, policy)
+    worker = make_worker(plat, {"test.work": registration})
+    await worker.start()
+    try:
+        retried = await plat.bus.enqueue_job("test.work", {"kind": "runtime"})
+        refused = await plat.bus.enqueue_job("test.work", {"kind": "lookup"})
+        for job in (retried, refused):
+            await eventually(lambda j=job: job_row(plat, j.id), lambda r: r["status"] == "dlq")
+    finally:
+        await worker.stop()
+    assert calls.count("runtime") == 3 and calls.count("lookup") == 1
+    assert (await job_row(plat, refused.id))[
+        "last_error"
+    ] == "not retryable: LookupError: no such record"
+
+
 async def test_failed_status_is_visible_between_retries(plat):
     """While a job waits for its next retry, the jobs table says failed with the error."""
     gate = asyncio.Event()
@@ -73,18 +132,10 @@ async def test_failed_status_is_visible_between_retries(plat):
             raise RetryableError("first try fails")
         await gate.wait()
 
-    worker = Worker(
-        service="test",
-        bus=plat.bus,
-        nc=plat.nc,
-        handlers={"webhook.reminder": fails_once},
-        retry_schedule=[2.0],
-        ack_wait=5.0,
-        poll_seconds=0.05,
-    )
+    worker = make_worker(plat, {"test.work": fails_once}, retry_schedule=[2.0])
     await worker.start()
     try:
-        job = await plat.bus.enqueue_job("webhook.reminder", {})
+        job = await plat.bus.enqueue_job("test.work", {})
         row = await eventually(lambda: job_row(plat, job.id), lambda r: r["status"] == "failed")
         assert row["last_error"] == "RetryableError: first try fails"
         stats = await plat.bus.queue_stats()
@@ -104,10 +155,10 @@ async def test_permanent_error_dead_letters_at_once(plat):
         calls += 1
         raise PermanentError("recipient does not exist")
 
-    worker = make_worker(plat, {"webhook.reminder": rejects})
+    worker = make_worker(plat, {"test.work": rejects})
     await worker.start()
     try:
-        job = await plat.bus.enqueue_job("webhook.reminder", {})
+        job = await plat.bus.enqueue_job("test.work", {})
         row = await eventually(lambda: job_row(plat, job.id), lambda r: r["status"] == "dlq")
     finally:
         await worker.stop()
@@ -126,15 +177,15 @@ async def test_replay_runs_dead_letters_once_with_original_priority_and_params(p
             raise PermanentError("downstream rejected")
         runs.append((job.job_id, params, job.priority, job.attempt))
 
-    worker = make_worker(plat, {"webhook.reminder": flaky})
+    worker = make_worker(plat, {"test.work": flaky})
     await worker.start()
     try:
-        jobs = [
-            await plat.bus.enqueue_job("webhook.reminder", {"n": i}, priority=55) for i in range(3)
-        ]
+        jobs = [await plat.bus.enqueue_job("test.work", {"n": i}, priority=55) for i in range(3)]
         for job in jobs:
             await eventually(lambda j=job: job_row(plat, j.id), lambda r: r["status"] == "dlq")
         healthy = True
+        dry = await plat.bus.replay(10, dry_run=True)
+        assert sorted(dry.ids) == sorted(j.id for j in jobs) and dry.dry_run
         first, second = await asyncio.gather(plat.bus.replay_dlq(10), plat.bus.replay_dlq(10))
         assert sorted(first + second) == sorted(j.id for j in jobs)
         assert await plat.bus.replay_dlq(10) == []
@@ -142,13 +193,50 @@ async def test_replay_runs_dead_letters_once_with_original_priority_and_params(p
             await eventually(
                 lambda j=job: job_row(plat, j.id), lambda r: r["status"] == "completed"
             )
-        await asyncio.sleep(0.5)
     finally:
         await worker.stop()
     assert sorted(r[0] for r in runs) == sorted(j.id for j in jobs)
     assert sorted(r[1]["n"] for r in runs) == [0, 1, 2]
     assert {r[2] for r in runs} == {55}
     assert {r[3] for r in runs} == {1}
+    assert {(await job_row(plat, j.id))["generation"] for j in jobs} == {1}
+
+
+async def test_replay_covers_dead_lettered_sends_but_never_unknown_ones(plat, db_url):
+    """A send in the DLQ is put back on the queue (and on JetStream) by replay; a send whose
+    outcome is unknown is never replayed, since it may have reached the customer."""
+    company = await plat.pool.fetchval("INSERT INTO companies (name) VALUES ('A') RETURNING id")
+    lead = await plat.pool.fetchval(
+        "INSERT INTO leads (company_id, phone_e164) VALUES ($1, '+15550001') RETURNING id",
+        company,
+    )
+    ids = {}
+    for status in ("dlq", "unknown"):
+        params = SendParams(
+            company_id=company,
+            lead_id=lead,
+            channel="log",
+            to="+15550001",
+            text=status,
+            send_key=f"k:{status}",
+        )
+        async with plat.bus.unit() as unit:
+            ids[status], _ = await unit.request_send(params, priority=100)
+        await plat.pool.execute(
+            "UPDATE messages SET status = $2 WHERE id = $1", ids[status], status
+        )
+    before = await stream_messages(plat)
+    done = await plat.bus.replay(10, kind="sends")
+    assert done.ids == [ids["dlq"]] and done.sends == 1 and done.jobs == 0
+    rows = await plat.pool.fetch("SELECT id, status, generation FROM messages ORDER BY body")
+    assert {r["id"]: (r["status"], r["generation"]) for r in rows} == {
+        ids["dlq"]: ("queued", 1),
+        ids["unknown"]: ("unknown", 0),
+    }
+    assert await stream_messages(plat) == before + 1
+
+
+# --- priority and capacity -----------------------------------------------------------------
 
 
 async def test_higher_priority_starts_first_under_a_backlog(plat):
@@ -161,24 +249,21 @@ async def test_higher_priority_starts_first_under_a_backlog(plat):
 
     lead, message = str(uuid.uuid4()), str(uuid.uuid4())
     backlog = (
-        [("webhook.reminder", {})] * 8
-        + [("sequence.step", {})] * 6
+        [("test.work", {})] * 8
+        + [("test.step", {})] * 6
         + [("ai.summary", {"lead_id": lead})] * 4
         + [("ai.engage", {"lead_id": lead, "message_id": message})] * 3
     )
     for task, params in backlog:
         await plat.bus.enqueue_job(task, params)
-    handlers = {t: record for t in ("webhook.reminder", "sequence.step", "ai.summary", "ai.engage")}
+    handlers = {t: record for t in ("test.work", "test.step", "ai.summary", "ai.engage")}
     worker = make_worker(plat, handlers, concurrency=1)
     await worker.start()
     try:
         await eventually(lambda: asyncio.sleep(0, len(order)), lambda n: n == len(backlog))
     finally:
         await worker.stop()
-    assert (
-        order
-        == ["ai.engage"] * 3 + ["ai.summary"] * 4 + ["sequence.step"] * 6 + ["webhook.reminder"] * 8
-    )
+    assert order == ["ai.engage"] * 3 + ["ai.summary"] * 4 + ["test.step"] * 6 + ["test.work"] * 8
 
 
 async def test_a_late_high_priority_job_overtakes_waiting_low_ones(plat):
@@ -195,11 +280,11 @@ async def test_a_late_high_priority_job_overtakes_waiting_low_ones(plat):
     async def high(params, job):
         order.append("high")
 
-    worker = make_worker(plat, {"webhook.reminder": low, "followup.bumpup": high}, concurrency=1)
+    worker = make_worker(plat, {"test.work": low, "followup.bumpup": high}, concurrency=1)
     await worker.start()
     try:
         for _ in range(5):
-            await plat.bus.enqueue_job("webhook.reminder", {})
+            await plat.bus.enqueue_job("test.work", {})
         await first_started.wait()
         await plat.bus.enqueue_job("followup.bumpup", {"lead_id": str(uuid.uuid4())})
         release.set()
@@ -207,6 +292,37 @@ async def test_a_late_high_priority_job_overtakes_waiting_low_ones(plat):
     finally:
         await worker.stop()
     assert order == ["low", "high", "low", "low", "low", "low"]
+
+
+async def test_reserved_slots_keep_room_for_replies_behind_a_p2_and_summary_burst(plat):
+    """With every unreserved slot held by slow summaries and P2 jobs, a reply still starts at
+    once in a reserved slot, and no more low-priority jobs are started meanwhile."""
+    release = asyncio.Event()
+    started: list[str] = []
+    reply_ran = asyncio.Event()
+
+    async def slow(params, job: JobContext):
+        started.append(job.task)
+        await release.wait()
+
+    async def reply(params, job: JobContext):
+        reply_ran.set()
+
+    handlers = {"test.work": slow, "ai.summary": slow, "ai.engage": reply}
+    worker = make_worker(plat, handlers, concurrency=4, reserved_p1=1)
+    await worker.start()
+    try:
+        for _ in range(6):
+            await plat.bus.enqueue_job("test.work", {})
+            await plat.bus.enqueue_job("ai.summary", {"lead_id": str(uuid.uuid4())})
+        await eventually(lambda: asyncio.sleep(0, len(started)), lambda n: n == 3)
+        params = {"lead_id": str(uuid.uuid4()), "message_id": str(uuid.uuid4())}
+        await plat.bus.enqueue_job("ai.engage", params)
+        await asyncio.wait_for(reply_ran.wait(), 10)
+        assert len(started) == 3  # the reserved slot was never given to the backlog
+    finally:
+        release.set()
+        await worker.stop()
 
 
 async def test_idempotency_key_returns_the_existing_job(plat):
@@ -219,15 +335,8 @@ async def test_idempotency_key_returns_the_existing_job(plat):
 
 
 async def test_default_priority_comes_from_the_task_table(plat):
-    """Jobs get the original's priorities unless the caller overrides them."""
-    expected = {
-        "ai.engage": 100,
-        "followup.bumpup": 95,
-        "ai.summary": 90,
-        "sequence.step": 70,
-        "email.sequence": 60,
-        "webhook.reminder": 50,
-    }
+    """Jobs get the contract's priorities unless the caller overrides them."""
+    expected = {"ai.engage": 100, "followup.bumpup": 95, "ai.summary": 90, "test.work": 50}
     lead, message = str(uuid.uuid4()), str(uuid.uuid4())
     for task in expected:
         await plat.bus.enqueue_job(task, {"lead_id": lead, "message_id": message})
@@ -241,36 +350,352 @@ async def test_unknown_task_is_refused(plat):
         await plat.bus.enqueue_job("ai.engaeg", {})
 
 
+# --- the outbox ----------------------------------------------------------------------------
+
+
+async def test_a_rolled_back_unit_publishes_nothing_and_leaves_no_row(plat):
+    """Enqueues in a transaction that rolls back never reach JetStream or the jobs table."""
+    with pytest.raises(RuntimeError, match="changed my mind"):
+        async with plat.bus.unit() as unit:
+            await unit.enqueue_job("test.work", {})
+            raise RuntimeError("changed my mind")
+    assert await plat.pool.fetchval("SELECT count(*) FROM jobs") == 0
+    assert await stream_messages(plat) == 0
+
+
+async def test_publish_happens_after_a_slow_commit_so_the_job_runs_once(plat):
+    """A job whose COMMIT takes a second (a deferred trigger sleeps at commit) is only
+    published after it, so the worker finds its row, runs it once and nothing is orphaned."""
+    await plat.pool.execute(
+        """
+        CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+        CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON jobs
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();
+        """
+    )
+    runs: list[uuid.UUID] = []
+
+    async def record(params, job: JobContext):
+        runs.append(job.job_id)
+
+    worker = make_worker(plat, {"test.work": record})
+    await worker.start()
+    try:
+        job = await plat.bus.enqueue_job("test.work", {})
+        await eventually(lambda: job_row(plat, job.id), lambda r: r["status"] == "completed")
+    finally:
+        await worker.stop()
+    assert runs == [job.id]
+    assert await plat.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'orphaned'") == 0
+
+
+async def test_confirmed_publishes_are_recorded_in_batches(plat):
+    """After a publish JetStream acknowledged, the row's published_at is set by the flusher."""
+    job = await plat.bus.enqueue_job("test.work", {})
+    row = await eventually(
+        lambda: job_row(plat, job.id), lambda r: r["published_at"] is not None, timeout=10
+    )
+    assert row["status"] == "queued" and row["generation"] == 0
+
+
+async def test_the_relay_publishes_rows_whose_publish_was_never_confirmed(plat):
+    """A committed row with no confirmed publish (the writer died after COMMIT) is published by
+    the relay, and a second pass republishes nothing."""
+    job_id = uuid.uuid4()
+    await plat.pool.execute(
+        "INSERT INTO jobs (id, task_name, task_params, priority, status, updated_at)"
+        " VALUES ($1, 'test.work', '{}', 50, 'queued', now() - interval '1 minute')",
+        job_id,
+    )
+    relay = Relay(plat.bus, RelayConfig(grace=1.0))
+    assert await relay.relay_once() == 1
+    assert (await job_row(plat, job_id))["published_at"] is not None
+    assert await relay.relay_once() == 0
+    raw = await plat.js.get_last_msg(
+        plat.topology.jobs_stream, plat.topology.job_subject("test.work", 50, job_id)
+    )
+    assert raw.headers["Nats-Msg-Id"] == f"{job_id}:0"
+
+
+async def test_the_reconciler_republishes_a_job_whose_message_was_lost(plat):
+    """A queued job whose message vanished from JetStream (data loss) gets a new generation
+    and is published again; one whose message is there is left alone."""
+    lost = await plat.bus.enqueue_job("test.work", {"which": "lost"})
+    kept = await plat.bus.enqueue_job("test.work", {"which": "kept"})
+    await eventually(lambda: job_row(plat, lost.id), lambda r: r["published_at"] is not None)
+    await eventually(lambda: job_row(plat, kept.id), lambda r: r["published_at"] is not None)
+    subject = plat.topology.job_subject("test.work", 50, lost.id)
+    await plat.js.purge_stream(plat.topology.jobs_stream, subject=subject)
+    await plat.pool.execute("UPDATE jobs SET updated_at = now() - interval '10 minutes'")
+    relay = Relay(plat.bus, RelayConfig(horizon=60.0))
+    assert await relay.reconcile_once() == 1
+    assert (await job_row(plat, lost.id))["generation"] == 1
+    assert (await job_row(plat, kept.id))["generation"] == 0
+    raw = await plat.js.get_last_msg(plat.topology.jobs_stream, subject)
+    assert raw.headers["Nats-Msg-Id"] == f"{lost.id}:1"
+    runs: list[str] = []
+
+    async def record(params, job: JobContext):
+        runs.append(params["which"])
+
+    worker = make_worker(plat, {"test.work": record})
+    await worker.start()
+    try:
+        await eventually(lambda: asyncio.sleep(0, sorted(runs)), lambda r: r == ["kept", "lost"])
+    finally:
+        await worker.stop()
+
+
+async def test_two_reconcilers_republish_a_lost_row_once(plat):
+    """Concurrent reconcilers agree: the generation bump is fenced, so one republish happens."""
+    job = await plat.bus.enqueue_job("test.work", {})
+    await eventually(lambda: job_row(plat, job.id), lambda r: r["published_at"] is not None)
+    await plat.js.purge_stream(plat.topology.jobs_stream)
+    await plat.pool.execute("UPDATE jobs SET updated_at = now() - interval '10 minutes'")
+    config = RelayConfig(horizon=60.0)
+    counts = await asyncio.gather(*(Relay(plat.bus, config).reconcile_once() for _ in range(4)))
+    assert sum(counts) == 1
+    assert (await job_row(plat, job.id))["generation"] == 1
+    assert await stream_messages(plat) == 1
+
+
+# --- fencing and leases --------------------------------------------------------------------
+
+
+async def test_a_stale_run_cannot_overwrite_a_newer_run_or_a_terminal_state(plat):
+    """Once a second claim overtakes an expired one, the first run's outcome writes do nothing;
+    a completed job is never turned back into failed."""
+    job = await plat.bus.enqueue_job("test.work", {})
+    ledger = JobLedger(plat.pool)
+    env = envelope(job.id)
+    first = await ledger.claim(env, max_attempts=6, lease=0.2, worker="a")
+    assert (first.action, first.attempt) == ("run", 1)
+    assert (await ledger.claim(env, max_attempts=6, lease=5, worker="b")).action == "busy"
+    await asyncio.sleep(0.3)
+    second = await ledger.claim(env, max_attempts=6, lease=5, worker="b")
+    assert (second.action, second.attempt) == ("run", 2)
+    assert not await ledger.complete(env, 1, {"by": "stale"})
+    assert await ledger.complete(env, 2, {"by": "fresh"})
+    assert not await ledger.retry(env, 2, "late failure", datetime.now(UTC))
+    assert not await ledger.dead(env, 2, "late failure")
+    row = await plat.pool.fetchrow("SELECT status, result FROM jobs WHERE id = $1", job.id)
+    assert row["status"] == "completed" and row["result"] == {"by": "fresh"}
+
+
+async def test_a_sent_message_is_never_turned_into_unknown_by_a_stale_run(plat):
+    """A send recorded sent stays sent when an overtaken run later reports it unknown, and a
+    late confirmation turns an unknown send into sent."""
+    company = await plat.pool.fetchval("INSERT INTO companies (name) VALUES ('A') RETURNING id")
+    lead = await plat.pool.fetchval(
+        "INSERT INTO leads (company_id, phone_e164) VALUES ($1, '+15550002') RETURNING id",
+        company,
+    )
+    ledger = SendLedger(plat.pool)
+    ids = []
+    for n in range(2):
+        params = SendParams(
+            company_id=company, lead_id=lead, channel="log", to="+1", text="t", send_key=f"s{n}"
+        )
+        async with plat.bus.unit() as unit:
+            ids.append((await unit.request_send(params, priority=100))[0])
+    env = envelope(ids[0], task="dispatch.send", priority=100)
+    claim = await ledger.claim(env, max_attempts=6, lease=30, worker="a")
+    assert await ledger.mark_sending(ids[0], claim.attempt)
+    assert await ledger.record_sent(
+        ids[0], claim.attempt, status="sent", provider_message_id="p1", meta={}
+    )
+    assert not await ledger.record_unknown(ids[0], claim.attempt, "stale run gave up")
+    env2 = envelope(ids[1], task="dispatch.send", priority=100)
+    claim2 = await ledger.claim(env2, max_attempts=6, lease=30, worker="a")
+    assert await ledger.mark_sending(ids[1], claim2.attempt)
+    assert await ledger.record_unknown(ids[1], claim2.attempt, "no answer")
+    assert await ledger.record_sent(
+        ids[1], claim2.attempt, status="sent", provider_message_id="p2", meta={}
+    )
+    statuses = await plat.pool.fetch("SELECT id, status FROM messages ORDER BY send_key")
+    assert [r["status"] for r in statuses] == ["sent", "sent"]
+
+
+async def test_a_second_copy_while_the_first_run_is_alive_waits_instead_of_running(plat):
+    """A duplicate message for a job whose run is still alive (as after a partition longer
+    than ack_wait, or a reconciler's copy) is held back; the handler runs once."""
+    release = asyncio.Event()
+    running = 0
+    peak = 0
+    runs = 0
+
+    async def slow(params, job: JobContext):
+        nonlocal running, peak, runs
+        running += 1
+        runs += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+
+    worker = make_worker(plat, {"test.work": slow}, concurrency=4)
+    await worker.start()
+    try:
+        job = await plat.bus.enqueue_job("test.work", {})
+        await eventually(lambda: asyncio.sleep(0, runs), lambda n: n == 1)
+        copy = envelope(job.id, generation=7)
+        await plat.js.publish(
+            plat.topology.job_subject("test.work", 50, job.id),
+            copy.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": f"{job.id}:7"},
+        )
+        await asyncio.sleep(1.0)  # the copy is delivered and held back meanwhile
+        assert runs == 1
+        release.set()
+        await eventually(lambda: job_row(plat, job.id), lambda r: r["status"] == "completed")
+        await eventually(lambda: stream_messages(plat), lambda n: n == 0, timeout=20)
+    finally:
+        release.set()
+        await worker.stop()
+    assert runs == 1 and peak == 1
+
+
+# --- bad input and outages -----------------------------------------------------------------
+
+
+async def test_a_malformed_envelope_is_dead_lettered_with_its_reason(plat):
+    """Garbage on a job subject goes to the DLQ stream with the reason; the worker keeps going
+    and runs the next real job."""
+    runs = []
+
+    async def record(params, job: JobContext):
+        runs.append(job.job_id)
+
+    worker = make_worker(plat, {"test.work": record})
+    await worker.start()
+    try:
+        await plat.js.publish(
+            plat.topology.job_subject("test.work", 50, "junk"), b'{"not": "an envelope"'
+        )
+        job = await plat.bus.enqueue_job("test.work", {})
+        await eventually(lambda: job_row(plat, job.id), lambda r: r["status"] == "completed")
+    finally:
+        await worker.stop()
+    raw = await plat.js.get_last_msg(plat.topology.dlq_stream, plat.topology.dlq_subject("invalid"))
+    dead = json.loads(raw.data)
+    assert dead["error"].startswith("invalid envelope") and dead["envelope"] is None
+    assert runs == [job.id]
+
+
+async def test_a_message_without_a_row_is_kept_as_an_orphan_and_never_replayed(plat):
+    """A job message whose row never existed becomes an `orphaned` row and a DLQ entry; replay
+    does not touch it."""
+    ghost = uuid.uuid4()
+    await plat.js.publish(
+        plat.topology.job_subject("test.work", 50, ghost),
+        envelope(ghost).model_dump_json().encode(),
+        headers={"Nats-Msg-Id": f"{ghost}:0"},
+    )
+
+    async def never(params, job):
+        raise AssertionError("an orphan must not run")
+
+    worker = make_worker(plat, {"test.work": never})
+    await worker.start()
+    try:
+        row = await eventually(
+            lambda: job_row(plat, ghost), lambda r: r is not None and r["status"] == "orphaned"
+        )
+    finally:
+        await worker.stop()
+    assert "orphan" in row["last_error"]
+    assert await plat.bus.replay_dlq(10) == []
+    assert (await plat.bus.queue_stats()).orphaned == 1
+
+
+async def test_a_database_outage_is_not_counted_as_an_attempt(plat, db_url, pg_admin_url):
+    """Jobs delivered while PostgreSQL refuses connections are neither run nor counted; when it
+    is back the worker resumes by itself and each job completes on its first attempt."""
+    runs: list[int] = []
+
+    async def record(params, job: JobContext):
+        runs.append(job.attempt)
+
+    name = db_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(pg_admin_url)
+    worker = make_worker(plat, {"test.work": record}, retry_schedule=[0.1])
+    jobs = [await plat.bus.enqueue_job("test.work", {"n": n}) for n in range(5)]
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+        await plat.pool.expire_connections()
+        await worker.start()
+        await asyncio.sleep(3.0)  # deliveries meet the outage meanwhile
+        assert runs == []
+        await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        for job in jobs:
+            await eventually(
+                lambda j=job: job_row(plat, j.id),
+                lambda r: r["status"] == "completed",
+                timeout=60,
+            )
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        await admin.close()
+        await worker.stop()
+    assert runs == [1] * 5
+    assert {(await job_row(plat, j.id))["attempts"] for j in jobs} == {1}
+
+
+# --- timers --------------------------------------------------------------------------------
+
+
 async def test_scheduled_job_is_enqueued_by_a_timer_when_due(plat):
     """A job with run_at in the future waits in a timer and is enqueued when the scheduler
     fires it, under its idempotency key."""
-    from datetime import UTC, datetime, timedelta
-
     from shvya_scheduler.handlers import fire_due_timers
 
     due = datetime.now(UTC) + timedelta(seconds=0.3)
-    parked = await plat.bus.enqueue_job("sequence.step", {"step": 1}, "seq:1", run_at=due)
+    parked = await plat.bus.enqueue_job("test.step", {"step": 1}, "seq:1", run_at=due)
     assert parked.status == "scheduled"
     assert await fire_due_timers(plat.bus, 10) == 0
     await asyncio.sleep(0.4)
     assert await fire_due_timers(plat.bus, 10) == 1
     row = await plat.pool.fetchrow("SELECT status, idempotency_key FROM jobs")
     assert dict(row) == {"status": "queued", "idempotency_key": "seq:1"}
-    info = await plat.js.stream_info(plat.topology.jobs_stream)
-    assert info.state.messages == 1
+    assert await stream_messages(plat) == 1
+
+
+async def test_a_timer_that_cannot_fire_is_set_aside_and_the_rest_fire(plat):
+    """A due timer naming an unknown task is marked failed with its error; the other timers of
+    the same tick are enqueued, and the next tick does not retry the bad one."""
+    from shvya_scheduler.handlers import fire_due_timers
+
+    now = datetime.now(UTC)
+    for key, task in (("good-1", "test.step"), ("bad", "no.such.task"), ("good-2", "test.step")):
+        await plat.pool.execute(
+            "INSERT INTO timers (kind, due_at, task_name, task_params, priority, idempotency_key)"
+            " VALUES ('enqueue', $1, $2, '{}', 70, $3)",
+            now,
+            task,
+            key,
+        )
+    assert await fire_due_timers(plat.bus, 10) == 3
+    assert await fire_due_timers(plat.bus, 10) == 0
+    rows = await plat.pool.fetch("SELECT idempotency_key, status, last_error FROM timers")
+    state = {r["idempotency_key"]: (r["status"], r["last_error"]) for r in rows}
+    assert state["good-1"] == ("fired", None) and state["good-2"] == ("fired", None)
+    assert state["bad"][0] == "failed" and "unknown task" in state["bad"][1]
+    assert await plat.pool.fetchval("SELECT count(*) FROM jobs") == 2
+    assert await stream_messages(plat) == 2
 
 
 async def test_two_scheduler_replicas_fire_each_timer_once(plat):
     """Timers claimed with FOR UPDATE SKIP LOCKED are fired by exactly one of two replicas."""
-    from datetime import UTC, datetime
-
     from shvya_scheduler.handlers import fire_due_timers
 
     now = datetime.now(UTC)
     for i in range(40):
         await plat.bus.pool.execute(
             "INSERT INTO timers (kind, due_at, task_name, task_params, priority, idempotency_key)"
-            " VALUES ('enqueue', $1, 'sequence.step', $2, 70, $3)",
+            " VALUES ('enqueue', $1, 'test.step', $2, 70, $3)",
             now,
             {"i": i},
             f"t:{i}",
@@ -282,5 +707,4 @@ async def test_two_scheduler_replicas_fire_each_timer_once(plat):
         fired += more
     assert sum(fired) == 40
     assert await plat.pool.fetchval("SELECT count(*) FROM jobs") == 40
-    info = await plat.js.stream_info(plat.topology.jobs_stream)
-    assert info.state.messages == 40
+    assert await stream_messages(plat) == 40

@@ -332,8 +332,8 @@ async def test_policy_and_spam_blocks_pause_until_the_block_ends(
         )
         await pool.execute("UPDATE channel_pauses SET paused_until = now() - interval '1 second'")
         await pool.execute("UPDATE send_pacing SET next_allowed_at = now()")
-        # As the consumer loop's ledger records a deferral.
-        await pool.execute("UPDATE messages SET status = 'scheduled' WHERE id = $1", message_id)
+        # As the timer that a deferral parks the send in would put it back.
+        await pool.execute("UPDATE messages SET status = 'queued' WHERE id = $1", message_id)
         assert (await d.send(message_id, params))["status"] == "sent"
 
 

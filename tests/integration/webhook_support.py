@@ -109,7 +109,7 @@ async def job_subject_counts(nats_url: str, prefix: str) -> dict[str, int]:
         info = await nc.jetstream().stream_info(f"{prefix.upper()}_JOBS", subjects_filter=">")
         counts: dict[str, int] = {}
         for subject, n in (info.state.subjects or {}).items():
-            task = subject.split(".", 3)[3]
+            task = subject.split(".", 3)[3].rsplit(".", 1)[0]  # <prefix>.jobs.p<n>.<task>.<id>
             counts[task] = counts.get(task, 0) + n
         return counts
     finally:

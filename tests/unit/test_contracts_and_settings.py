@@ -33,21 +33,20 @@ def test_priority_rounds_down_to_a_level(priority: int, level: int) -> None:
 
 
 def test_task_table_keeps_the_original_priorities() -> None:
-    """The original's six tasks keep their names and priorities."""
-    assert {n: t.priority for n, t in TASKS.items() if n != "dispatch.send"} == {
+    """The original's conversational tasks keep their names and priorities."""
+    contract = {n: t for n, t in TASKS.items() if t.service != "test"}
+    assert {n: t.priority for n, t in contract.items() if n != "dispatch.send"} == {
         "ai.engage": 100,
         "followup.bumpup": 95,
         "ai.summary": 90,
-        "sequence.step": 70,
-        "email.sequence": 60,
-        "webhook.reminder": 50,
     }
 
 
-def test_subjects_are_prefixed_per_install() -> None:
-    """Two prefixes never share a stream or a subject."""
+def test_subjects_are_prefixed_per_install_and_name_the_job() -> None:
+    """Two prefixes never share a stream or a subject; a job's subject ends with its id."""
     a, b = Topology("shvya"), Topology("acme")
-    assert a.job_subject("ai.engage", 100) == "shvya.jobs.p100.ai.engage"
+    assert a.job_subject("ai.engage", 100, "j1") == "shvya.jobs.p100.ai.engage.j1"
+    assert a.task_filter("ai.engage", 100) == "shvya.jobs.p100.ai.engage.*"
     assert a.jobs_stream == "SHVYA_JOBS" and b.jobs_stream == "ACME_JOBS"
     assert a.dlq_subject("ai.engage") == "shvya.dlq.ai.engage"
 

@@ -11,6 +11,7 @@ from shvya_common.bus.worker import Handler, JobContext
 from shvya_common.logging import configure_logging
 from shvya_common.runtime import Platform, run_worker
 from shvya_common.settings import CommonSettings
+from tests import tasks
 
 
 async def crash(params: object, job: JobContext) -> None:
@@ -18,10 +19,11 @@ async def crash(params: object, job: JobContext) -> None:
 
 
 async def handlers(plat: Platform, stack: AsyncExitStack) -> dict[str, Handler]:
-    return {"webhook.reminder": crash}
+    return {"test.work": crash}
 
 
 def main() -> None:
+    tasks.register()
     settings = CommonSettings()
     configure_logging("crashy", "info", "json")
     asyncio.run(run_worker(settings, "crashy", settings.metrics_port, handlers))

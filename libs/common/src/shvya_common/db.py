@@ -78,5 +78,16 @@ async def migrate(dsn: str) -> list[str]:
     return applied
 
 
+# SQLSTATE classes that mean "the database cannot serve us now", not "the statement is wrong":
+# connection exceptions, insufficient resources, operator intervention (shutdown, starting up),
+# and a database closed to new connections.
+OUTAGE_SQLSTATES = ("08", "53", "57", "55000")
+
+
+def is_outage(exc: asyncpg.PostgresError) -> bool:
+    """True when a PostgreSQL error says the server is unavailable, not that we erred."""
+    return (getattr(exc, "sqlstate", "") or "").startswith(OUTAGE_SQLSTATES)
+
+
 def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
     return dict(record) if record is not None else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +20,9 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from shvya_common.bus import JobBus, Worker, ensure_streams, install_bus
-from shvya_common.bus.worker import Handler
+from shvya_common.bus import JobBus, Worker, install_bus
+from shvya_common.bus.registry import Handler, Registration
+from shvya_common.bus.topology import TopologyKeeper
 from shvya_common.contracts import Topology
 from shvya_common.db import create_pool, migrate
 from shvya_common.metrics import start_metrics_server
@@ -41,6 +42,7 @@ class Platform:
     js: JetStreamContext
     bus: JobBus
     topology: Topology
+    keeper: TopologyKeeper
 
 
 async def _retry_until(what: str, connect: Callable[[], Awaitable[object]]) -> object:
@@ -93,7 +95,7 @@ async def platform(settings: CommonSettings, service: str) -> AsyncIterator[Plat
 
         async def _connect() -> NATS:
             return await nats.connect(
-                servers=[settings.nats_url],
+                servers=settings.nats_servers,
                 name=f"shvya-{service}",
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
@@ -108,11 +110,27 @@ async def platform(settings: CommonSettings, service: str) -> AsyncIterator[Plat
         stack.push_async_callback(_drain_or_close, nc)  # drained before the pool closes
         js = nc.jetstream()
         topology = Topology(settings.nats_prefix)
-        await ensure_streams(js, topology, settings.duplicate_window_seconds)
-        bus = JobBus(pool, js, topology, service=service, max_attempts=settings.max_attempts)
+        keeper = TopologyKeeper(
+            js,
+            topology,
+            duplicate_window=settings.duplicate_window_seconds,
+            replicas=settings.nats_stream_replicas,
+        )
+        await _retry_until("JetStream", keeper.ensure)
+        bus = JobBus(
+            pool,
+            nc,
+            js,
+            topology,
+            service=service,
+            max_attempts=settings.max_attempts,
+            keeper=keeper,
+        )
+        bus.start()
+        stack.push_async_callback(bus.close)  # confirmations flushed before NATS and the pool
         install_bus(bus)
         stack.callback(install_bus, None)
-        yield Platform(pool, nc, js, bus, topology)
+        yield Platform(pool, nc, js, bus, topology, keeper)
 
 
 def stop_event() -> asyncio.Event:
@@ -124,7 +142,9 @@ def stop_event() -> asyncio.Event:
     return event
 
 
-HandlerFactory = Callable[[Platform, AsyncExitStack], Awaitable[dict[str, Handler]]]
+HandlerFactory = Callable[
+    [Platform, AsyncExitStack], Awaitable[Mapping[str, Registration | Handler]]
+]
 Background = Callable[[Platform, asyncio.Event], Coroutine[Any, Any, None]]
 
 
@@ -150,8 +170,10 @@ async def run_worker(
                 handlers=handlers,
                 retry_schedule=settings.retry_schedule,
                 concurrency=settings.worker_concurrency,
+                reserved_p1=settings.p1_reserved_slots,
                 ack_wait=settings.ack_wait_seconds,
                 poll_seconds=settings.worker_poll_seconds,
+                keeper=plat.keeper,
             )
             await worker.start()
         extra = asyncio.create_task(background(plat, stopping)) if background else None

@@ -26,7 +26,13 @@ class CommonSettings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
     )
 
-    nats_url: str = Field(DEFAULT_NATS_URL, description="NATS server with JetStream enabled.")
+    nats_url: str = Field(
+        DEFAULT_NATS_URL,
+        description="NATS server with JetStream enabled; a comma-separated list for a cluster.",
+    )
+    nats_stream_replicas: int = Field(
+        1, ge=1, le=5, description="Replicas of each stream: 1 on one server, 3 on a cluster."
+    )
     database_url: str = Field(DEFAULT_DATABASE_URL, description="PostgreSQL with pgvector.")
     nats_prefix: str = Field(
         "shvya",
@@ -41,6 +47,11 @@ class CommonSettings(BaseSettings):
         30.0, gt=0, description="How long a worker may go silent on a job before it is redelivered."
     )
     worker_concurrency: int = Field(16, ge=1, le=1024, description="Jobs run at once per worker.")
+    p1_reserved_slots: int | None = Field(
+        None,
+        ge=0,
+        description="Slots only replies and follow-ups (priority 95+) may use; default a quarter.",
+    )
     worker_poll_seconds: float = Field(
         0.25,
         gt=0,
@@ -48,9 +59,6 @@ class CommonSettings(BaseSettings):
     )
     duplicate_window_seconds: float = Field(
         600.0, gt=0, description="JetStream de-duplication window for published jobs."
-    )
-    orphan_grace_seconds: float = Field(
-        30.0, gt=0, description="Age after which a job with no database row is dropped."
     )
     db_pool_min: int = Field(2, ge=1)
     db_pool_max: int = Field(16, ge=1)
@@ -102,6 +110,10 @@ class CommonSettings(BaseSettings):
         if value is not None:
             SecretBox.from_setting(value.get_secret_value())  # a bad keyring stops start-up
         return value
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
 
     @property
     def max_attempts(self) -> int:

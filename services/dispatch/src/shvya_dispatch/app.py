@@ -4,13 +4,13 @@ channels go to the log channel (or fail), as UNCONFIGURED_CHANNELS says."""
 
 from __future__ import annotations
 
-import functools
 from contextlib import AsyncExitStack
 
 import asyncpg
 import httpx
 
-from shvya_common.bus.worker import Handler
+from shvya_common.bus import Registration
+from shvya_common.bus.ledgers import SendLedger
 from shvya_common.logging import configure_logging
 from shvya_common.runtime import Platform, run, run_worker
 from shvya_dispatch.channels import Channel, ChannelRouter
@@ -18,7 +18,7 @@ from shvya_dispatch.channels.email import EmailChannel
 from shvya_dispatch.channels.log import LogChannel
 from shvya_dispatch.channels.whatsapp_cloud import WhatsAppCloudChannel
 from shvya_dispatch.channels.whatsapp_web import WhatsAppWebChannel
-from shvya_dispatch.handlers import Deps, handle_send
+from shvya_dispatch.handlers import Deps, registry
 from shvya_dispatch.policies import PolicyEngine
 from shvya_dispatch.repository import DispatchRepository, EmailRepository, PolicyRepository
 from shvya_dispatch.settings import DispatchSettings
@@ -29,9 +29,9 @@ METRICS_PORT = 9102
 
 
 def make_handlers(settings: DispatchSettings):  # type: ignore[no-untyped-def]
-    async def factory(plat: Platform, stack: AsyncExitStack) -> dict[str, Handler]:
+    async def factory(plat: Platform, stack: AsyncExitStack) -> dict[str, Registration]:
         deps = await build_deps(settings, plat.pool, stack)
-        return {"dispatch.send": functools.partial(handle_send, deps=deps)}
+        return registry.bind(deps=deps)
 
     return factory
 
@@ -54,7 +54,9 @@ async def build_deps(settings: DispatchSettings, pool: asyncpg.Pool, stack: Asyn
         channels[web.name] = web
     router = ChannelRouter(channels, log_channel, settings.unconfigured_channels)
     policies = PolicyEngine.from_settings(policy_repo, settings, fingerprints)
-    return Deps(repo=DispatchRepository(pool), router=router, policies=policies)
+    return Deps(
+        repo=DispatchRepository(pool), router=router, policies=policies, sends=SendLedger(pool)
+    )
 
 
 async def whatsapp_cloud_channel(

@@ -5,10 +5,12 @@ First the policy engine (policies.py) decides. A suppressed recipient completes 
 held as 'held'. Pauses, quiet hours and pacing defer the send (DeferJob) to the earliest allowed
 moment.
 
-The outbound message row is the send's ledger. It is marked 'sending' (committed) before the
-provider is called and 'sent' after. A redelivery that finds 'sending' cannot know whether the
-provider got the message, so it records 'unknown' and does not send again: no customer gets the
-same message twice.
+The outbound message row is the send's ledger, and the job bus its only writer
+(`shvya_common.bus.ledgers.SendLedger`; every write is fenced by this run's attempt). It is
+marked 'sending' (committed) before the provider is called and 'sent' after. A later run that
+finds 'sending' cannot know whether the provider got the message, so it records 'unknown' and
+does not send again; a channel that cannot confirm a send it may have made
+(`SendOutcomeUnknown`) is recorded the same way: no customer gets the same message twice.
 
 Provider refusals that need more than retry-or-dead-letter (channels/errors.py):
 
@@ -23,12 +25,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
-from shvya_common.bus import JobContext
+from shvya_common.bus import JobContext, Registry
+from shvya_common.bus.ledgers import SendLedger
 from shvya_common.contracts import SendParams
+from shvya_common.metrics import SENDS
 from shvya_dispatch.channels import ChannelRouter, SendResult
 from shvya_dispatch.channels.errors import (
     ChannelPausedError,
@@ -40,6 +44,9 @@ from shvya_dispatch.policies import PolicyEngine, Verdict
 from shvya_dispatch.repository import DispatchRepository
 
 log = structlog.get_logger(__name__)
+registry = Registry("dispatch")
+
+AMBIGUOUS_REDELIVERY = "a run stopped during the send; not repeated, as it may have left"
 
 
 @dataclass(frozen=True)
@@ -47,25 +54,31 @@ class Deps:
     repo: DispatchRepository
     router: ChannelRouter
     policies: PolicyEngine
+    sends: SendLedger
 
 
+@registry.task("dispatch.send")
 async def handle_send(params: SendParams, job: JobContext, deps: Deps) -> dict[str, Any]:
     message_id = job.job_id
     if job.prior_status == "sending":
-        await deps.repo.record_ambiguous(message_id, params.lead_id, params.company_id)
+        await deps.sends.record_unknown(message_id, job.attempt, AMBIGUOUS_REDELIVERY)
+        SENDS.labels(params.channel, "unknown").inc()
         log.warning("send_ambiguous_not_repeated", message_id=str(message_id))
         return {"status": "unknown"}
     verdict = await deps.policies.evaluate(params)
     if verdict.action != "send":
-        status = "suppressed" if verdict.action == "suppress" else "held"
-        return await _finish_unsent(params, message_id, deps, status, verdict.reason)
+        status: Literal["suppressed", "held"] = (
+            "suppressed" if verdict.action == "suppress" else "held"
+        )
+        return await _finish_unsent(params, job, deps, status, verdict.reason)
     if verdict.template_id is not None:
         log.info("send_converted_to_template", template=verdict.template_name)
     reservation = await deps.policies.reserve(params, message_id, verdict)
     try:
-        return await _send(params, message_id, verdict, deps)
+        return await _send(params, job, verdict, deps)
     except SendOutcomeUnknown as err:
-        await deps.repo.record_ambiguous(message_id, params.lead_id, params.company_id)
+        await deps.sends.record_unknown(message_id, job.attempt, str(err))
+        SENDS.labels(params.channel, "unknown").inc()
         log.warning(
             "send_outcome_unknown_not_repeated", message_id=str(message_id), reason=str(err)
         )
@@ -76,26 +89,24 @@ async def handle_send(params: SendParams, job: JobContext, deps: Deps) -> dict[s
 
 
 async def _finish_unsent(
-    params: SendParams, message_id: uuid.UUID, deps: Deps, status: str, reason: str
+    params: SendParams,
+    job: JobContext,
+    deps: Deps,
+    status: Literal["suppressed", "held"],
+    reason: str,
 ) -> dict[str, Any]:
-    done = await deps.repo.record_outcome(
-        message_id,
-        params.lead_id,
-        params.company_id,
-        status=status,
-        reason=reason,
-        channel=params.channel,
-    )
-    if not done:
+    if not await deps.sends.record_unsent(job.job_id, job.attempt, status=status, reason=reason):
         return {"status": "not pending"}
-    log.info(f"send_{status}", message_id=str(message_id), channel=params.channel, reason=reason)
+    SENDS.labels(params.channel, status).inc()
+    log.info(f"send_{status}", message_id=str(job.job_id), channel=params.channel, reason=reason)
     return {"status": status, "reason": reason}
 
 
 async def _send(
-    params: SendParams, message_id: uuid.UUID, verdict: Verdict, deps: Deps
+    params: SendParams, job: JobContext, verdict: Verdict, deps: Deps
 ) -> dict[str, Any]:
-    if not await deps.repo.mark_sending(message_id):
+    message_id = job.job_id
+    if not await deps.sends.mark_sending(message_id, job.attempt):
         return {"status": "not pending"}
     converted: dict[str, Any] | None = None
     if verdict.template_id is not None:
@@ -111,7 +122,7 @@ async def _send(
             fallback = await deps.policies.fallback_template(params.company_id)
             if fallback is None:
                 reason = f"{err.reason}; the company has no fallback template"
-                return await _finish_unsent(params, message_id, deps, "held", reason)
+                return await _finish_unsent(params, job, deps, "held", reason)
             converted = {"name": fallback[1], "reason": err.reason}
             result = await _attempt(params, message_id, deps, fallback[0])
     if converted is not None:
@@ -122,15 +133,15 @@ async def _send(
             "message.converted_to_template",
             {"message_id": str(message_id), "channel": params.channel, **converted},
         )
-    await deps.repo.record_sent(
+    status: Literal["sent", "logged"] = "logged" if result.status == "logged" else "sent"
+    await deps.sends.record_sent(
         message_id,
-        params.lead_id,
-        params.company_id,
-        status=result.status,
+        job.attempt,
+        status=status,
         provider_message_id=result.provider_message_id,
-        channel=params.channel,
         meta=result.meta,
     )
+    SENDS.labels(params.channel, status).inc()
     log.info("send_done", message_id=str(message_id), channel=params.channel, status=result.status)
     return {"status": result.status, "provider_message_id": result.provider_message_id}
 

@@ -1,6 +1,6 @@
-"""Dispatch's SQL: the send's state transitions on the outbound message row, what the
-email channel reads and writes (subjects, hard-bounce suppressions), and the policy engine's
-state (suppressions, channel pauses, pacing slots, templates)."""
+"""Dispatch's SQL: events, what the email channel reads and writes (subjects, hard-bounce
+suppressions), and the policy engine's state (suppressions, channel pauses, pacing slots,
+templates). The send's own status is the job bus's to write (`SendLedger`), not this module's."""
 
 from __future__ import annotations
 
@@ -16,104 +16,6 @@ from shvya_dispatch.templates import WHATSAPP_TEMPLATE_CHANNELS
 class DispatchRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-
-    async def mark_sending(self, message_id: uuid.UUID) -> bool:
-        """Committed before the provider is called; False if the send is no longer pending."""
-        status = await self.pool.fetchval(
-            "UPDATE messages SET status = 'sending', updated_at = now()"
-            " WHERE id = $1 AND status IN ('queued', 'retrying', 'scheduled') RETURNING status",
-            message_id,
-        )
-        return status is not None
-
-    async def record_sent(
-        self,
-        message_id: uuid.UUID,
-        lead_id: uuid.UUID,
-        company_id: uuid.UUID,
-        *,
-        status: str,
-        provider_message_id: str,
-        channel: str,
-        meta: dict[str, Any],
-    ) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE messages SET status = $2, provider_message_id = $3, sent_at = now(),"
-                " last_error = NULL, meta = meta || $4, updated_at = now() WHERE id = $1",
-                message_id,
-                status,
-                provider_message_id,
-                meta,
-            )
-            await conn.execute(
-                "UPDATE leads SET last_outbound_at = now(), updated_at = now() WHERE id = $1",
-                lead_id,
-            )
-            await conn.execute(
-                "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, $2,"
-                " 'message.sent', jsonb_build_object('message_id', $3::uuid, 'channel', $4::text,"
-                " 'status', $5::text, 'provider_message_id', $6::text))",
-                company_id,
-                lead_id,
-                message_id,
-                channel,
-                status,
-                provider_message_id,
-            )
-
-    async def record_ambiguous(
-        self, message_id: uuid.UUID, lead_id: uuid.UUID, company_id: uuid.UUID
-    ) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE messages SET status = 'unknown', updated_at = now(),"
-                " last_error = 'the worker stopped during the send; not repeated' WHERE id = $1",
-                message_id,
-            )
-            await conn.execute(
-                "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, $2,"
-                " 'message.send_ambiguous', jsonb_build_object('message_id', $3::uuid))",
-                company_id,
-                lead_id,
-                message_id,
-            )
-
-    async def record_outcome(
-        self,
-        message_id: uuid.UUID,
-        lead_id: uuid.UUID,
-        company_id: uuid.UUID,
-        *,
-        status: str,
-        reason: str,
-        channel: str,
-    ) -> bool:
-        """Finish a send that did not go out ('suppressed', 'held') with its reason and an event
-        `message.<status>`; False if the send was no longer pending."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            done = await conn.fetchval(
-                "UPDATE messages SET status = $2, last_error = $3, updated_at = now()"
-                " WHERE id = $1 AND status IN ('queued', 'retrying', 'scheduled', 'sending')"
-                " RETURNING id",
-                message_id,
-                status,
-                reason[:2000],
-            )
-            if done is None:
-                return False
-            await conn.execute(
-                "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, $2, $3,"
-                " jsonb_build_object('message_id', $4::uuid, 'channel', $5::text,"
-                " 'reason', $6::text))",
-                company_id,
-                lead_id,
-                f"message.{status}",
-                message_id,
-                channel,
-                reason[:2000],
-            )
-        return True
 
     async def add_event(
         self, company_id: uuid.UUID, lead_id: uuid.UUID | None, kind: str, payload: dict[str, Any]

@@ -4,7 +4,6 @@ retriever, and the handlers for ai.engage, ai.summary and followup.bumpup."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import uuid
 from contextlib import AsyncExitStack
 
@@ -12,18 +11,11 @@ import asyncpg
 import openai
 import structlog
 
-from shvya_common.bus.worker import Handler
+from shvya_common.bus import Registration
 from shvya_common.knowledge import Embedder, open_embedder, retrieve
 from shvya_common.logging import configure_logging
 from shvya_common.runtime import HandlerFactory, Platform, run, run_worker
-from shvya_engage.handlers import (
-    Deps,
-    Retrieved,
-    Retriever,
-    handle_bumpup,
-    handle_engage,
-    handle_summary,
-)
+from shvya_engage.handlers import Deps, Retrieved, Retriever, registry
 from shvya_engage.prompts import encoding
 from shvya_engage.repository import EngageRepository
 from shvya_engage.responders import OfflineResponder, OpenAIResponder, Responder
@@ -62,7 +54,7 @@ def make_retriever(pool: asyncpg.Pool, embedder: Embedder | None) -> Retriever:
 
 
 def make_handlers(settings: EngageSettings) -> HandlerFactory:
-    async def factory(plat: Platform, stack: AsyncExitStack) -> dict[str, Handler]:
+    async def factory(plat: Platform, stack: AsyncExitStack) -> dict[str, Registration]:
         # Loading the BPE ranks takes a moment: do it now, not inside the first job.
         await asyncio.to_thread(encoding)
         deps = Deps(
@@ -74,11 +66,7 @@ def make_handlers(settings: EngageSettings) -> HandlerFactory:
             ),
             settings=settings,
         )
-        return {
-            "ai.engage": functools.partial(handle_engage, deps=deps),
-            "ai.summary": functools.partial(handle_summary, deps=deps),
-            "followup.bumpup": functools.partial(handle_bumpup, deps=deps),
-        }
+        return registry.bind(deps=deps)
 
     return factory
 

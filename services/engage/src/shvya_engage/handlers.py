@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from shvya_common.bus import JobBus, JobContext
+from shvya_common.bus import JobBus, JobContext, Registry
 from shvya_common.contracts import BumpupParams, EngageParams, SendParams, SummaryParams
 from shvya_common.contracts.jobs import AiMeta
 from shvya_common.errors import PermanentError
@@ -39,6 +39,7 @@ from shvya_engage.responders import OFFLINE, Generation, Responder
 from shvya_engage.settings import EngageSettings
 
 log = structlog.get_logger(__name__)
+registry = Registry("engage")
 
 BUMPUP_PRIORITY = 95
 
@@ -71,6 +72,7 @@ class Deps:
         return ChannelLimits(s.whatsapp_max_chars, s.email_max_chars, s.other_max_chars)
 
 
+@registry.task("ai.engage")
 async def handle_engage(params: EngageParams, job: JobContext, deps: Deps) -> dict[str, Any]:
     settings = deps.settings
     send_key = f"reply:{params.message_id}"
@@ -127,13 +129,13 @@ async def handle_engage(params: EngageParams, job: JobContext, deps: Deps) -> di
         "prompt_tokens_estimate": prompt.tokens,
         "guards": list(guarded.actions),
     }
-    async with deps.bus.pool.acquire() as conn, conn.transaction():
-        message_id, created = await deps.bus.request_send(
-            conn, send, priority=job.priority, job_id=job.job_id
+    async with deps.bus.unit() as unit:
+        message_id, created = await unit.request_send(
+            send, priority=job.priority, job_id=job.job_id
         )
         if created:
             await deps.repo.record_reply(
-                conn,
+                unit.conn,
                 ctx,
                 job_id=job.job_id,
                 reply_message_id=message_id,
@@ -156,6 +158,7 @@ async def handle_engage(params: EngageParams, job: JobContext, deps: Deps) -> di
     }
 
 
+@registry.task("ai.summary")
 async def handle_summary(params: SummaryParams, job: JobContext, deps: Deps) -> dict[str, Any]:
     settings = deps.settings
     conv = await deps.repo.load_conversation(params.lead_id, settings.summary_history_messages)
@@ -193,6 +196,7 @@ async def handle_summary(params: SummaryParams, job: JobContext, deps: Deps) -> 
     return {"sentiment": result.summary.sentiment, "responder": result.responder}
 
 
+@registry.task("followup.bumpup")
 async def handle_bumpup(params: BumpupParams, job: JobContext, deps: Deps) -> dict[str, Any]:
     settings = deps.settings
     number = params.bump_number
@@ -255,14 +259,14 @@ async def handle_bumpup(params: BumpupParams, job: JobContext, deps: Deps) -> di
         "completion_tokens": generated.completion_tokens,
         "guards": list(guarded.actions),
     }
-    async with deps.bus.pool.acquire() as conn, conn.transaction():
-        message_id, created = await deps.bus.request_send(
-            conn, send, priority=BUMPUP_PRIORITY, job_id=job.job_id
+    async with deps.bus.unit() as unit:
+        message_id, created = await unit.request_send(
+            send, priority=BUMPUP_PRIORITY, job_id=job.job_id
         )
         if created:
             event["message_id"] = str(message_id)
             await deps.repo.record_bumpup(
-                conn,
+                unit.conn,
                 state.lead,
                 number=number,
                 message_id=message_id,

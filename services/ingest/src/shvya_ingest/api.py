@@ -1,8 +1,9 @@
 """Ingest's HTTP routes: the original's /inbound-message, /queue/stats and /admin/dlq/replay,
 plus health, readiness and metrics.
 
-Bad input gets a 4xx with a reason and writes nothing. A database or NATS outage gets 503:
-the message, its job and its publish share one transaction, so a failure leaves no trace.
+Bad input gets a 4xx with a reason and writes nothing. A database outage gets 503 (nothing was
+filed); a NATS outage does not: the message and its job are committed, and the job bus's relay
+publishes the job once NATS is back.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from shvya_common.db import is_outage
 from shvya_common.runtime import Platform
 from shvya_ingest.batching import FilingBatcher
 from shvya_ingest.inbound import InboundFiler
@@ -84,15 +86,30 @@ class QueueStatsOut(BaseModel):
     failed: int
     dlq: int
     total: int
+    orphaned: int = Field(description="Messages that named no row; kept for inspection only.")
+    sends: dict[str, int] = Field(
+        description="Outbound sends by status (sent, logged, unknown, held, dlq, ...)."
+    )
 
 
 class ReplayRequest(BaseModel):
     max_jobs: int = Field(10, ge=1, le=1000)
+    kind: Literal["all", "jobs", "sends"] = Field(
+        "all", description="Dead-lettered jobs, sends (dispatch.send), or both."
+    )
+    ids: list[uuid.UUID] | None = Field(
+        None, max_length=1000, description="Only these dead letters (job or message ids)."
+    )
+    task: str | None = Field(None, max_length=100, description="Only dead letters of this task.")
+    dry_run: bool = Field(False, description="List what would be replayed; change nothing.")
 
 
 class ReplayResult(BaseModel):
     replayed: int
     job_ids: list[uuid.UUID]
+    jobs: int
+    sends: int
+    dry_run: bool
 
 
 class Ingest:
@@ -191,9 +208,19 @@ async def queue_stats(ingest: IngestDep) -> QueueStatsOut:
 
 @admin.post("/dlq/replay", response_model=ReplayResult)
 async def replay_dlq(ingest: IngestDep, body: ReplayRequest | None = None) -> ReplayResult:
-    """Put up to `max_jobs` dead-lettered jobs back on the queue, attempts reset."""
-    ids = await ingest.plat.bus.replay_dlq((body or ReplayRequest()).max_jobs)
-    return ReplayResult(replayed=len(ids), job_ids=ids)
+    """Put up to `max_jobs` dead letters (jobs and sends, oldest first) back on the queue,
+    attempts reset. Sends recorded `unknown` and orphaned messages are never replayed."""
+    req = body or ReplayRequest()
+    done = await ingest.plat.bus.replay(
+        req.max_jobs, kind=req.kind, ids=req.ids, task=req.task, dry_run=req.dry_run
+    )
+    return ReplayResult(
+        replayed=0 if done.dry_run else len(done.ids),
+        job_ids=done.ids,
+        jobs=done.jobs,
+        sends=done.sends,
+        dry_run=done.dry_run,
+    )
 
 
 @router.get("/healthz", tags=["ops"])
@@ -203,6 +230,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["ops"])
 async def readyz(ingest: IngestDep) -> JSONResponse:
+    """Ready when PostgreSQL answers (ingest can file messages). NATS is reported too: while it
+    is away, accepted messages wait in PostgreSQL and the relay publishes them later."""
     checks: dict[str, str] = {}
     try:
         await asyncio.wait_for(ingest.plat.pool.fetchval("SELECT 1"), 2)
@@ -214,7 +243,7 @@ async def readyz(ingest: IngestDep) -> JSONResponse:
         checks["nats"] = "ok"
     except Exception as err:
         checks["nats"] = f"unavailable: {type(err).__name__}"
-    ready = all(v == "ok" for v in checks.values())
+    ready = checks["database"] == "ok"
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", **checks}, status_code=200 if ready else 503
     )
@@ -223,17 +252,6 @@ async def readyz(ingest: IngestDep) -> JSONResponse:
 @router.get("/metrics", include_in_schema=False)
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
-# SQLSTATE classes that mean "the database cannot serve us now", not "the request is wrong":
-# connection exceptions, insufficient resources, operator intervention (shutdown, starting up),
-# and a database closed to new connections.
-_OUTAGE_SQLSTATES = ("08", "53", "57", "55000")
-
-
-def is_outage(exc: asyncpg.PostgresError) -> bool:
-    state = getattr(exc, "sqlstate", "") or ""
-    return state.startswith(_OUTAGE_SQLSTATES)
 
 
 UNAVAILABLE = {"detail": "a dependency (database or queue) is unavailable; retry later"}

@@ -18,7 +18,8 @@ import asyncpg
 from fastapi import HTTPException
 from pydantic import ValidationError
 
-from shvya_ingest.api import OUTAGE_ERRORS, InboundMessage, Ingest, is_outage, unavailable_body
+from shvya_common.db import is_outage
+from shvya_ingest.api import OUTAGE_ERRORS, InboundMessage, Ingest, unavailable_body
 from shvya_ingest.middleware import ASGIApp, Message, Receive, Scope, Send
 
 ROUTE = SimpleNamespace(path="/inbound-message")

@@ -1,28 +1,28 @@
 """The one path every inbound message takes, whichever door it came in by: /inbound-message, the
 WhatsApp Cloud webhook, the email webhook or the SMTP receiver.
 
-`InboundFiler.file` files a batch in one database transaction: one statement writes leads,
-messages, contacts, jobs and events; then each new message's ai.engage job is published to
-JetStream before COMMIT, so a success means every job is queued. A message that is an opt-out
-keyword gets no ai.engage job: it suppresses the sender on that channel and requests exactly one
-confirmation send (`purpose='optout_confirmation'`, send key `optout:<message_id>`), whose job id
-(the outbound message's id, as for every send) stands in for the engage job in the answer.
+`InboundFiler.file` files a batch in one unit of work of the job bus: one statement writes leads,
+messages, contacts and events, a second (the bus's) the new messages' ai.engage jobs; after
+COMMIT the bus publishes the jobs to JetStream. A success means the messages and their jobs are
+committed, and the relay republishes any job whose first publish did not land. A message that
+is an opt-out keyword gets no ai.engage job: it suppresses the sender on that channel and
+requests exactly one confirmation send (`purpose='optout_confirmation'`, send key
+`optout:<message_id>`), whose job id (the outbound message's id, as for every send) stands in
+for the engage job in the answer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Literal
 
-import asyncpg
 import structlog
 
-from shvya_common.contracts.jobs import Channel, JobEnvelope, SendParams, task_spec
+from shvya_common.bus import NewJob, Unit
+from shvya_common.contracts.jobs import Channel, SendParams, task_spec
 from shvya_common.runtime import Platform
 from shvya_ingest.optout import OptOutMatcher
 from shvya_ingest.repository import (
@@ -111,39 +111,30 @@ class InboundFiler:
             unique.append(replace(row, text=clip_body(row.text), optout=optout))
         if not unique:
             return []
-        bus = self.plat.bus
-        async with self.plat.pool.acquire(timeout=5) as conn, conn.transaction():
+        async with self.plat.bus.unit(acquire_timeout=5) as unit:
+            conn = unit.conn
             filed = await self.repo.file_inbound(
-                conn,
-                route,
-                identity=identity,
-                channel=channel,
-                rows=unique,
-                task=self.engage.name,
-                priority=self.engage.priority,
-                max_attempts=bus.max_attempts,
+                conn, route, identity=identity, channel=channel, rows=unique, task=self.engage.name
             )
-            now = datetime.now(UTC)
-            # Published before COMMIT: a 2xx means every job is in JetStream.
-            envelopes = [
-                JobEnvelope(
-                    job_id=f.job_id,
-                    task=self.engage.name,
-                    priority=self.engage.priority,
-                    params={"lead_id": str(f.lead_id), "message_id": str(f.message_id)},
-                    company_id=route.company_id,
-                    lead_id=f.lead_id,
-                    enqueued_at=now,
-                )
-                for f in filed
-                if f.created and f.job_id is not None
-            ]
-            await asyncio.gather(*(bus.publish(e, str(e.job_id)) for e in envelopes))
+            await unit.enqueue_jobs(
+                [
+                    NewJob(
+                        self.engage.name,
+                        {"lead_id": str(f.lead_id), "message_id": str(f.message_id)},
+                        idempotency_key=f"{self.engage.name}:{f.message_id}",
+                        company_id=route.company_id,
+                        lead_id=f.lead_id,
+                        id=f.job_id,
+                    )
+                    for f in filed
+                    if f.created and f.job_id is not None
+                ]
+            )
             confirmations: dict[uuid.UUID, uuid.UUID] = {}
             for row, f in zip(unique, filed, strict=True):
                 if f.created and row.optout:
                     confirmations[f.message_id] = await self._confirm_optout(
-                        conn, route, channel, row, f
+                        unit, route, channel, row, f
                     )
             missing = [f.message_id for f in filed if not f.created and f.job_id is None]
             if missing:
@@ -176,7 +167,7 @@ class InboundFiler:
 
     async def _confirm_optout(
         self,
-        conn: asyncpg.Connection,
+        unit: Unit,
         route: CompanyRoute,
         channel: Channel,
         row: InboundRow,
@@ -192,5 +183,5 @@ class InboundFiler:
             purpose="optout_confirmation",
             reply_to_message_id=filed.message_id,
         )
-        message_id, _ = await self.plat.bus.request_send(conn, params, priority=self.send.priority)
+        message_id, _ = await unit.request_send(params, priority=self.send.priority)
         return message_id

@@ -1,9 +1,11 @@
 """Ingest's SQL: companies and their default pipeline, and filing inbound messages.
 
 Filing is one statement (a chain of data-modifying CTEs over arrays): upsert the leads, insert
-the messages, their contacts, their ai.engage jobs (or, for an opt-out, a suppression) and their
-events. Round trips dominate ingest's cost, so a request makes one for a single message or for a
-webhook's whole batch, plus BEGIN/COMMIT around the JetStream publishes.
+the messages, their contacts, (for an opt-out) a suppression, and their events. The ai.engage
+jobs are the job bus's to write (`Unit.enqueue_jobs`, one more statement for the whole batch):
+the message rows name their job ids, which the bus inserts before COMMIT (the foreign key is
+checked at COMMIT). Round trips dominate ingest's cost, so a request makes two for a single
+message or for a webhook's whole batch, plus BEGIN/COMMIT.
 """
 
 from __future__ import annotations
@@ -86,12 +88,6 @@ WITH input AS (
     INSERT INTO lead_contacts (lead_id, channel, address, is_primary)
     SELECT DISTINCT msg.lead_id, $13, lead.address, true FROM msg JOIN lead ON lead.id = msg.lead_id
     ON CONFLICT (lead_id, channel, address) DO NOTHING
-), job AS (
-    INSERT INTO jobs (id, task_name, task_params, priority, idempotency_key, company_id,
-                      lead_id, max_attempts, status)
-    SELECT msg.job_id, $14, jsonb_build_object('lead_id', msg.lead_id, 'message_id', msg.id), $15,
-           $14 || ':' || msg.id, $1, msg.lead_id, $16, 'queued'
-    FROM msg WHERE msg.job_id IS NOT NULL
 ), suppress AS (
     INSERT INTO suppressions (company_id, channel, address, scope, reason)
     SELECT DISTINCT $1, $13, i.address, 'all', 'optout_keyword'
@@ -186,11 +182,11 @@ class IngestRepository:
         channel: str,
         rows: Sequence[InboundRow],
         task: str,
-        priority: int,
-        max_attempts: int,
     ) -> list[Filed]:
-        """File messages, their leads, contacts, jobs (or suppressions) and events in one
-        statement, in the caller's transaction; results follow `rows`.
+        """File messages, their leads, contacts, suppressions and events in one statement, in
+        the caller's transaction; results follow `rows`. Each new message that is not an opt-out
+        names a fresh job id (`Filed.job_id`), for the caller to enqueue in the same
+        transaction; a message filed before returns its existing job.
 
         A provider message id seen before returns the first filing with `created` False. The
         rows must not repeat a provider message id among themselves.
@@ -214,8 +210,6 @@ class IngestRepository:
             [r.optout for r in rows],
             channel,
             task,
-            priority,
-            max_attempts,
         )
         by_request = {rec["requested_id"]: rec for rec in records}
         raced = [

@@ -1,5 +1,5 @@
-"""Scheduler settings: how often due timers are looked for, and how many at a time; and the
-sweeps that enqueue quiet-conversation summaries and bump-ups."""
+"""Scheduler settings: how often due timers are looked for, and how many at a time; the sweeps
+that enqueue quiet-conversation summaries and bump-ups; and the outbox's relay and reconciler."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from pydantic import Field
 
+from shvya_common.bus.relay import RelayConfig
 from shvya_common.settings import CommonSettings
 from shvya_scheduler.sweeps import SweepConfig
 
@@ -28,6 +29,31 @@ class SchedulerSettings(CommonSettings):
         3.0, ge=0, description="Bump a lead silent this long after our message; 0 turns it off."
     )
     bumpup_max: int = Field(3, ge=0, description="Bump-ups sent in a row without a reply.")
+    relay_interval_seconds: float = Field(
+        1.0, gt=0, description="Pause between looks for committed rows whose publish failed."
+    )
+    relay_grace_seconds: float = Field(
+        2.0, ge=0, description="Age before the relay republishes an unconfirmed row."
+    )
+    relay_batch: int = Field(500, ge=1, le=10_000, description="Rows per relay transaction.")
+    reconcile_interval_seconds: float = Field(
+        15.0, gt=0, description="Pause between looks for rows stuck with no message in NATS."
+    )
+    reconcile_horizon_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A job or send untouched this long, with no live run, is checked against"
+        " JetStream and republished if its message is gone.",
+    )
+
+    def relay_config(self) -> RelayConfig:
+        return RelayConfig(
+            interval=self.relay_interval_seconds,
+            grace=self.relay_grace_seconds,
+            batch=self.relay_batch,
+            reconcile_interval=self.reconcile_interval_seconds,
+            horizon=self.reconcile_horizon_seconds,
+        )
 
     def sweep_config(self) -> SweepConfig:
         return SweepConfig(

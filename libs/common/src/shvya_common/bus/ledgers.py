@@ -1,212 +1,728 @@
-"""Where a job's state is recorded: the jobs table, or for sends the outbound message row.
+"""Where a job's state is recorded: the jobs table, or for a send its outbound message row. The
+bus is the only writer of either status column (see `shvya_common.contracts.states`).
 
-The consumer loop is the same for both; only these statements differ. Every method is safe to
-repeat, because a crash can make the loop repeat any of them after a redelivery.
+Every write is fenced: it names the statuses it may move from and the attempt that owns the
+row, and says whether it moved anything. A run whose lease expired (its worker was partitioned
+or stopped) and was overtaken by a newer one can therefore never overwrite the newer run's
+outcome, and a terminal status is never left except by the moves the state table allows.
+
+A claim counts the attempt in the row, not in JetStream: a delivery that could not be claimed
+because the database was down is not an attempt, and a lease (renewed by the worker's heartbeat)
+makes a second delivery of a job that is still running wait instead of running it again.
+
+Each ledger also knows how to find its rows for the outbox: rows whose publish JetStream has not
+confirmed (the relay), rows stuck past a horizon (the reconciler), parked rows a timer puts back,
+and dead letters an operator replays. `envelope_from_row` is the one place a job's message is
+built from its row.
 """
 
 from __future__ import annotations
 
-import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeAlias
 
 import asyncpg
 
+from shvya_common.contracts.events import EventType
 from shvya_common.contracts.jobs import JobEnvelope
+from shvya_common.contracts.states import (
+    JOB_LIVE,
+    SEND_LIVE,
+    JobStatus,
+    SendStatus,
+    job_sources,
+    send_sources,
+)
+from shvya_common.events import record_event
+
+LedgerName = Literal["jobs", "messages"]
+Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
+# (updated_at, id) of the last row a reconciler page saw.
+Cursor: TypeAlias = tuple[datetime, uuid.UUID]
+
+_J, _S = JobStatus, SendStatus
 
 _RESUME_TIMER = """
-INSERT INTO timers (kind, due_at, envelope, company_id, lead_id, reason)
-VALUES ('resume', $1, $2, $3, $4, $5)
+INSERT INTO timers (kind, due_at, ledger, target_id, company_id, lead_id, reason)
+VALUES ('resume', $1, $2, $3, $4, $5, $6)
 """
 
 
 @dataclass(frozen=True)
 class Claim:
-    """The outcome of claiming a delivery: run it, drop a duplicate, or dead-letter an orphan."""
+    """What a delivery may do with its row.
 
-    action: Literal["run", "duplicate", "orphan"]
+    run: the row is ours for `attempt`; finished: the row is done (or parked), drop the
+    message; busy: a live run holds the lease, come back in `retry_in` seconds; orphan: there is
+    no row; exhausted: every attempt is spent without an outcome (the worker died each time).
+    """
+
+    action: Literal["run", "finished", "busy", "orphan", "exhausted"]
+    attempt: int = 0
     prior_status: str | None = None
+    retry_in: float = 0.0
 
 
-class Ledger(Protocol):
-    async def claim(self, env: JobEnvelope, attempt: int) -> Claim: ...
-    async def complete(self, env: JobEnvelope, result: dict[str, Any] | None) -> None: ...
-    async def retry(self, env: JobEnvelope, error: str, run_after: datetime) -> None: ...
-    async def dead(self, env: JobEnvelope, error: str, attempts: int) -> None: ...
-    async def defer(
-        self, env: JobEnvelope, until: datetime, attempt_base: int, reason: str
-    ) -> None: ...
-    async def requeue(self, conn: asyncpg.Connection, job_id: Any) -> bool: ...
+@dataclass(frozen=True)
+class Outgoing:
+    """A committed row to publish: which ledger it is in, and its message."""
+
+    ledger: LedgerName
+    envelope: JobEnvelope
+
+    @property
+    def msg_id(self) -> str:
+        return f"{self.envelope.job_id}:{self.envelope.generation}"
 
 
-async def _park(
-    conn: asyncpg.Connection, env: JobEnvelope, until: datetime, attempt_base: int, reason: str
-) -> None:
-    resumed = env.model_copy(update={"attempt_base": attempt_base})
-    await conn.execute(
-        _RESUME_TIMER,
-        until,
-        json.loads(resumed.model_dump_json()),
-        env.company_id,
-        env.lead_id,
-        reason[:500],
+def envelope_from_row(ledger: LedgerName, row: asyncpg.Record | dict[str, Any]) -> JobEnvelope:
+    """The message for a job row (`JOB_COLUMNS`) or a send row (`SEND_COLUMNS`)."""
+    if ledger == "jobs":
+        task, params = row["task_name"], row["task_params"]
+    else:
+        task, params = "dispatch.send", row["send_params"]
+    return JobEnvelope(
+        job_id=row["id"],
+        task=task,
+        priority=row["priority"],
+        params=params or {},
+        company_id=row["company_id"],
+        lead_id=row["lead_id"],
+        generation=row["generation"],
+        enqueued_at=row["updated_at"],
     )
 
 
-class JobLedger:
-    """State in `jobs`: queued → processing → completed | failed (retry) → dlq."""
+JOB_COLUMNS = "id, task_name, task_params, priority, company_id, lead_id, generation, updated_at"
+SEND_COLUMNS = "id, send_params, priority, company_id, lead_id, generation, updated_at"
 
-    # A delivery that arrives before its enqueueing transaction commits waits here on the row's
-    # unique-index lock; if that transaction rolled back, the insert wins and we see an orphan.
+
+class Ledger(Protocol):
+    name: LedgerName
+    columns: str
+
+    async def claim(
+        self, env: JobEnvelope, *, max_attempts: int, lease: float, worker: str
+    ) -> Claim: ...
+    async def complete(
+        self, env: JobEnvelope, attempt: int, result: dict[str, Any] | None
+    ) -> bool: ...
+    async def retry(
+        self, env: JobEnvelope, attempt: int, error: str, run_after: datetime
+    ) -> bool: ...
+    async def dead(self, env: JobEnvelope, attempt: int, error: str) -> bool: ...
+    async def defer(self, env: JobEnvelope, attempt: int, until: datetime, reason: str) -> bool: ...
+    async def release(self, env: JobEnvelope, attempt: int) -> bool: ...
+    async def renew(self, held: list[tuple[uuid.UUID, int]], lease: float) -> None: ...
+    async def requeue(self, conn: asyncpg.Connection, row_id: uuid.UUID) -> Outgoing | None: ...
+    async def replay(
+        self,
+        conn: asyncpg.Connection,
+        limit: int,
+        ids: list[uuid.UUID] | None,
+        task: str | None,
+        dry_run: bool,
+    ) -> list[Outgoing]: ...
+    async def unpublished(
+        self, conn: asyncpg.Connection, grace: float, limit: int
+    ) -> list[Outgoing]: ...
+    async def mark_published(self, conn: Executor, items: list[Outgoing]) -> None: ...
+    async def stale(
+        self, pool: asyncpg.Pool, horizon: float, after: Cursor | None, limit: int
+    ) -> list[asyncpg.Record]: ...
+    async def bump(self, pool: asyncpg.Pool, row: asyncpg.Record) -> Outgoing | None: ...
+
+
+async def _orphan(pool: asyncpg.Pool, env: JobEnvelope, reason: str) -> None:
+    """Keep a message that has no row as an `orphaned` job: visible, never run or replayed."""
+    await pool.execute(
+        "INSERT INTO jobs (id, task_name, task_params, priority, status, last_error, result,"
+        " completed_at) VALUES ($1, $2, $3, $4, 'orphaned', $5, $6, now())"
+        " ON CONFLICT (id) DO NOTHING",
+        env.job_id,
+        env.task,
+        env.params,
+        env.priority,
+        reason,
+        {"company_id": str(env.company_id or ""), "lead_id": str(env.lead_id or "")},
+    )
+
+
+def _remaining(record: asyncpg.Record) -> float:
+    return max(float(record["remaining"] or 0.0), 0.0)
+
+
+class JobLedger:
+    """State in `jobs`: queued → processing → completed | failed (retry) | dlq | scheduled."""
+
+    name: LedgerName = "jobs"
+    columns = JOB_COLUMNS
+
     _CLAIM = """
-    INSERT INTO jobs (id, task_name, task_params, priority, status, attempts, company_id, lead_id,
-                      started_at)
-    VALUES ($1, $2, $3, $4, 'processing', $5, NULL, NULL, now())
-    ON CONFLICT (id) DO UPDATE
-       SET status = 'processing', attempts = EXCLUDED.attempts, started_at = now(),
-           updated_at = now()
-     WHERE jobs.status IN ('queued', 'failed', 'processing')
-    RETURNING (xmax = 0) AS orphan
+    UPDATE jobs SET status = 'processing', attempts = attempts + 1, max_attempts = $4,
+           started_at = now(), updated_at = now(), claimed_by = $3,
+           lease_until = now() + make_interval(secs => $2::float8),
+           published_at = coalesce(published_at, now())
+     WHERE id = $1 AND status = ANY($5::text[]) AND attempts < $4
+       AND (lease_until IS NULL OR lease_until <= now())
+    RETURNING attempts
+    """
+    _STATE = """
+    SELECT status, attempts, extract(epoch FROM lease_until - now()) AS remaining
+    FROM jobs WHERE id = $1
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def claim(self, env: JobEnvelope, attempt: int) -> Claim:
-        row = await self.pool.fetchrow(
-            self._CLAIM, env.job_id, env.task, env.params, env.priority, attempt
+    async def claim(
+        self, env: JobEnvelope, *, max_attempts: int, lease: float, worker: str
+    ) -> Claim:
+        sources = job_sources(_J.PROCESSING)
+        attempt = await self.pool.fetchval(
+            self._CLAIM, env.job_id, lease, worker, max_attempts, sources
         )
+        if attempt is not None:
+            return Claim("run", attempt)
+        row = await self.pool.fetchrow(self._STATE, env.job_id)
         if row is None:
-            return Claim("duplicate")
-        return Claim("orphan" if row["orphan"] else "run")
+            await _orphan(self.pool, env, "orphan: a message for a job that has no row")
+            return Claim("orphan")
+        status = row["status"]
+        if status not in sources:
+            return Claim("finished", row["attempts"], status)
+        if _remaining(row) > 0:
+            return Claim("busy", row["attempts"], status, _remaining(row))
+        return Claim("exhausted", row["attempts"], status)
 
-    async def complete(self, env: JobEnvelope, result: dict[str, Any] | None) -> None:
-        await self.pool.execute(
+    async def _move(self, sql: str, *args: Any) -> bool:
+        return await self.pool.fetchval(sql, *args) is not None
+
+    async def complete(self, env: JobEnvelope, attempt: int, result: dict[str, Any] | None) -> bool:
+        return await self._move(
             "UPDATE jobs SET status = 'completed', completed_at = now(), last_error = NULL,"
-            " result = $2, updated_at = now() WHERE id = $1",
+            " result = $3, lease_until = NULL, updated_at = now()"
+            " WHERE id = $1 AND attempts = $2 AND status = 'processing' RETURNING id",
             env.job_id,
+            attempt,
             result,
         )
 
-    async def retry(self, env: JobEnvelope, error: str, run_after: datetime) -> None:
-        await self.pool.execute(
-            "UPDATE jobs SET status = 'failed', last_error = $2, run_after = $3,"
-            " updated_at = now() WHERE id = $1",
+    async def retry(self, env: JobEnvelope, attempt: int, error: str, run_after: datetime) -> bool:
+        return await self._move(
+            "UPDATE jobs SET status = 'failed', last_error = $3, run_after = $4,"
+            " lease_until = NULL, updated_at = now()"
+            " WHERE id = $1 AND attempts = $2 AND status = 'processing' RETURNING id",
             env.job_id,
+            attempt,
             error,
             run_after,
         )
 
-    async def dead(self, env: JobEnvelope, error: str, attempts: int) -> None:
-        await self.pool.execute(
-            "UPDATE jobs SET status = 'dlq', last_error = $2, attempts = $3,"
-            " completed_at = now(), updated_at = now() WHERE id = $1",
+    async def dead(self, env: JobEnvelope, attempt: int, error: str) -> bool:
+        return await self._move(
+            "UPDATE jobs SET status = 'dlq', last_error = $3, completed_at = now(),"
+            " lease_until = NULL, updated_at = now()"
+            " WHERE id = $1 AND attempts = $2 AND status = ANY($4::text[]) RETURNING id",
             env.job_id,
+            attempt,
             error,
-            attempts,
+            job_sources(_J.DLQ),
         )
 
-    async def defer(
-        self, env: JobEnvelope, until: datetime, attempt_base: int, reason: str
-    ) -> None:
+    async def defer(self, env: JobEnvelope, attempt: int, until: datetime, reason: str) -> bool:
+        """Park the job in a timer; the deferral gives its attempt back."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE jobs SET status = 'scheduled', run_after = $2, attempts = $3,"
-                " updated_at = now() WHERE id = $1",
+            moved = await conn.fetchval(
+                "UPDATE jobs SET status = 'scheduled', run_after = $3, attempts = attempts - 1,"
+                " lease_until = NULL, updated_at = now()"
+                " WHERE id = $1 AND attempts = $2 AND status = 'processing' RETURNING id",
                 env.job_id,
+                attempt,
                 until,
-                attempt_base,
             )
-            await _park(conn, env, until, attempt_base, reason)
+            if moved is None:
+                return False
+            await conn.execute(
+                _RESUME_TIMER, until, "jobs", env.job_id, env.company_id, env.lead_id, reason[:500]
+            )
+        return True
 
-    async def requeue(self, conn: asyncpg.Connection, job_id: Any) -> bool:
-        status = await conn.fetchval(
-            "UPDATE jobs SET status = 'queued', updated_at = now()"
-            " WHERE id = $1 AND status = 'scheduled' RETURNING status",
-            job_id,
+    async def release(self, env: JobEnvelope, attempt: int) -> bool:
+        """An outage, not the job, ended this attempt: give it back and requeue the row."""
+        return await self._move(
+            "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_until = NULL,"
+            " updated_at = now()"
+            " WHERE id = $1 AND attempts = $2 AND status = 'processing' RETURNING id",
+            env.job_id,
+            attempt,
         )
-        return status is not None
+
+    async def renew(self, held: list[tuple[uuid.UUID, int]], lease: float) -> None:
+        if held:
+            await self.pool.execute(
+                "UPDATE jobs SET lease_until = now() + make_interval(secs => $3::float8)"
+                " FROM unnest($1::uuid[], $2::int[]) AS h(id, attempts)"
+                " WHERE jobs.id = h.id AND jobs.attempts = h.attempts"
+                " AND jobs.status = 'processing'",
+                [h[0] for h in held],
+                [h[1] for h in held],
+                lease,
+            )
+
+    async def requeue(self, conn: asyncpg.Connection, row_id: uuid.UUID) -> Outgoing | None:
+        row = await conn.fetchrow(
+            "UPDATE jobs SET status = 'queued', generation = generation + 1, published_at = NULL,"
+            f" updated_at = now() WHERE id = $1 AND status = 'scheduled' RETURNING {JOB_COLUMNS}",
+            row_id,
+        )
+        return Outgoing("jobs", envelope_from_row("jobs", row)) if row is not None else None
+
+    async def replay(
+        self,
+        conn: asyncpg.Connection,
+        limit: int,
+        ids: list[uuid.UUID] | None,
+        task: str | None,
+        dry_run: bool,
+    ) -> list[Outgoing]:
+        pick = (
+            "SELECT id FROM jobs WHERE status = 'dlq'"
+            " AND ($2::uuid[] IS NULL OR id = ANY($2::uuid[]))"
+            " AND ($3::text IS NULL OR task_name = $3)"
+            " ORDER BY updated_at, id LIMIT $1 FOR UPDATE SKIP LOCKED"
+        )
+        if dry_run:
+            rows = await conn.fetch(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({pick})", limit, ids, task
+            )
+        else:
+            rows = await conn.fetch(
+                "UPDATE jobs SET status = 'queued', attempts = 0, replays = replays + 1,"
+                " generation = generation + 1, published_at = NULL, last_error = NULL,"
+                " completed_at = NULL, lease_until = NULL, updated_at = now()"
+                f" WHERE id IN ({pick}) RETURNING {JOB_COLUMNS}",
+                limit,
+                ids,
+                task,
+            )
+        return [Outgoing("jobs", envelope_from_row("jobs", r)) for r in rows]
+
+    async def unpublished(
+        self, conn: asyncpg.Connection, grace: float, limit: int
+    ) -> list[Outgoing]:
+        rows = await conn.fetch(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'queued' AND published_at IS NULL"
+            " AND updated_at <= now() - make_interval(secs => $1::float8)"
+            " ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+            grace,
+            limit,
+        )
+        return [Outgoing("jobs", envelope_from_row("jobs", r)) for r in rows]
+
+    async def mark_published(
+        self, conn: asyncpg.Connection | asyncpg.Pool, items: list[Outgoing]
+    ) -> None:
+        await mark_published(conn, "jobs", items)
+
+    async def stale(
+        self,
+        conn: asyncpg.Pool,
+        horizon: float,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[asyncpg.Record]:
+        return await _stale(conn, "jobs", JOB_COLUMNS, sorted(JOB_LIVE), horizon, after, limit)
+
+    async def bump(self, pool: asyncpg.Pool, row: asyncpg.Record) -> Outgoing | None:
+        return await _bump(pool, "jobs", JOB_COLUMNS, row)
+
+
+async def mark_published(conn: Executor, table: LedgerName, items: list[Outgoing]) -> None:
+    """Record that JetStream confirmed these (id, generation) publishes."""
+    if not items:
+        return
+    await conn.execute(
+        f"UPDATE {table} SET published_at = now()"
+        " FROM unnest($1::uuid[], $2::int[]) AS p(id, generation)"
+        f" WHERE {table}.id = p.id AND {table}.generation = p.generation"
+        f" AND {table}.published_at IS NULL",
+        [i.envelope.job_id for i in items],
+        [i.envelope.generation for i in items],
+    )
+
+
+async def _stale(
+    pool: asyncpg.Pool,
+    table: LedgerName,
+    columns: str,
+    live: list[str],
+    horizon: float,
+    after: Cursor | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Rows in a live status, published, untouched for `horizon` and with no live lease, in
+    (updated_at, id) order after `after`."""
+    outbound = "AND direction = 'outbound'" if table == "messages" else ""
+    rows: list[asyncpg.Record] = await pool.fetch(
+        f"SELECT {columns}, status FROM {table}"
+        f" WHERE status = ANY($1::text[]) {outbound} AND published_at IS NOT NULL"
+        " AND updated_at <= now() - make_interval(secs => $2::float8)"
+        " AND (lease_until IS NULL OR lease_until <= now())"
+        " AND ($3::timestamptz IS NULL OR (updated_at, id) > ($3::timestamptz, $4::uuid))"
+        " ORDER BY updated_at, id LIMIT $5",
+        live,
+        horizon,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
+    )
+    return rows
+
+
+async def _bump(
+    pool: asyncpg.Pool, table: LedgerName, columns: str, row: asyncpg.Record
+) -> Outgoing | None:
+    """Give a row whose message is gone a new generation, if nobody touched it meanwhile."""
+    fresh = await pool.fetchrow(
+        f"UPDATE {table} SET generation = generation + 1, published_at = NULL, updated_at = now()"
+        " WHERE id = $1 AND generation = $2 AND status = $3 AND updated_at = $4"
+        " AND (lease_until IS NULL OR lease_until <= now())"
+        f" RETURNING {columns}",
+        row["id"],
+        row["generation"],
+        row["status"],
+        row["updated_at"],
+    )
+    return Outgoing(table, envelope_from_row(table, fresh)) if fresh is not None else None
 
 
 class SendLedger:
-    """State on the outbound message: queued → sending → sent | retrying → dlq.
+    """State on the outbound message: queued → sending → sent | logged | unknown, or retrying,
+    scheduled, suppressed, held, dlq.
 
-    'sending' is written and committed before the provider is called, so a redelivery that
-    finds it knows a send may have left and must not repeat it.
+    'sending' is written and committed before the provider is called, so a later delivery that
+    finds it (with the lease expired) knows the send may have left and must not repeat it.
+    """
+
+    name: LedgerName = "messages"
+    columns = SEND_COLUMNS
+
+    _CLAIM = """
+    UPDATE messages SET attempts = attempts + 1, updated_at = now(),
+           lease_until = now() + make_interval(secs => $2::float8),
+           published_at = coalesce(published_at, now())
+     WHERE id = $1 AND direction = 'outbound' AND status = ANY($4::text[])
+       AND (attempts < $3 OR status = 'sending')
+       AND (lease_until IS NULL OR lease_until <= now())
+    RETURNING attempts, status
+    """
+    _STATE = """
+    SELECT status, attempts, extract(epoch FROM lease_until - now()) AS remaining
+    FROM messages WHERE id = $1 AND direction = 'outbound'
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def claim(self, env: JobEnvelope, attempt: int) -> Claim:
-        async with self.pool.acquire() as conn:
-            # Wait for the publishing transaction (the row lock) before judging the row absent.
-            for _ in range(2):
-                row = await conn.fetchrow(
-                    "UPDATE messages SET attempts = $2, updated_at = now()"
-                    " WHERE id = $1 AND direction = 'outbound' RETURNING status",
-                    env.job_id,
-                    attempt,
-                )
-                if row is not None:
-                    break
-                created = env.enqueued_at.timestamp()
-                age = await conn.fetchval("SELECT extract(epoch FROM now()) - $1::float8", created)
-                if age is None or age > 30:
-                    return Claim("orphan")
-                await conn.execute("SELECT pg_sleep(0.2)")
-            else:
-                return Claim("orphan")
-        status = row["status"]
-        if status in ("queued", "retrying", "scheduled", "sending"):
-            return Claim("run", status)
-        return Claim("duplicate", status)
+    async def claim(
+        self, env: JobEnvelope, *, max_attempts: int, lease: float, worker: str
+    ) -> Claim:
+        live = sorted(SEND_LIVE)
+        row = await self.pool.fetchrow(self._CLAIM, env.job_id, lease, max_attempts, live)
+        if row is not None:
+            return Claim("run", row["attempts"], row["status"])
+        state = await self.pool.fetchrow(self._STATE, env.job_id)
+        if state is None:
+            await _orphan(self.pool, env, "orphan: a send request whose message has no row")
+            return Claim("orphan")
+        status = state["status"]
+        if status not in live:
+            return Claim("finished", state["attempts"], status)
+        if _remaining(state) > 0:
+            return Claim("busy", state["attempts"], status, _remaining(state))
+        return Claim("exhausted", state["attempts"], status)
 
-    async def complete(self, env: JobEnvelope, result: dict[str, Any] | None) -> None:
-        # The handler records the send's own outcome (sent, suppressed, ...); nothing to add.
-        return None
+    async def _move(self, sql: str, *args: Any) -> bool:
+        return await self.pool.fetchval(sql, *args) is not None
 
-    async def retry(self, env: JobEnvelope, error: str, run_after: datetime) -> None:
+    async def complete(self, env: JobEnvelope, attempt: int, result: dict[str, Any] | None) -> bool:
+        # The handler recorded the send's own outcome (sent, suppressed, ...); free the lease.
         await self.pool.execute(
-            "UPDATE messages SET status = 'retrying', last_error = $2, updated_at = now()"
-            " WHERE id = $1 AND status IN ('queued', 'sending', 'retrying', 'scheduled')",
+            "UPDATE messages SET lease_until = NULL WHERE id = $1 AND attempts = $2",
             env.job_id,
+            attempt,
+        )
+        return True
+
+    async def retry(self, env: JobEnvelope, attempt: int, error: str, run_after: datetime) -> bool:
+        return await self._move(
+            "UPDATE messages SET status = 'retrying', last_error = $3, lease_until = NULL,"
+            " updated_at = now() WHERE id = $1 AND attempts = $2 AND status = ANY($4::text[])"
+            " RETURNING id",
+            env.job_id,
+            attempt,
             error,
+            send_sources(_S.RETRYING),
         )
 
-    async def dead(self, env: JobEnvelope, error: str, attempts: int) -> None:
-        await self.pool.execute(
-            "UPDATE messages SET status = 'dlq', last_error = $2, attempts = $3, updated_at = now()"
-            " WHERE id = $1 AND status NOT IN ('sent', 'delivered', 'read')",
-            env.job_id,
-            error,
-            attempts,
-        )
-
-    async def defer(
-        self, env: JobEnvelope, until: datetime, attempt_base: int, reason: str
-    ) -> None:
+    async def dead(self, env: JobEnvelope, attempt: int, error: str) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE messages SET status = 'scheduled', attempts = $2, updated_at = now(),"
-                " meta = meta || jsonb_build_object('deferred_until', $3::text,"
-                " 'deferred_reason', $4::text) WHERE id = $1",
+            moved = await conn.fetchrow(
+                "UPDATE messages SET status = 'dlq', last_error = $3, lease_until = NULL,"
+                " updated_at = now() WHERE id = $1 AND attempts = $2"
+                " AND status = ANY($4::text[]) RETURNING company_id, lead_id, channel",
                 env.job_id,
-                attempt_base,
+                attempt,
+                error,
+                send_sources(_S.DLQ),
+            )
+            if moved is None:
+                return False
+            await record_event(
+                conn,
+                moved["company_id"],
+                moved["lead_id"],
+                EventType.MESSAGE_DEAD_LETTERED,
+                {"message_id": str(env.job_id), "channel": moved["channel"], "error": error},
+            )
+        return True
+
+    async def defer(self, env: JobEnvelope, attempt: int, until: datetime, reason: str) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            moved = await conn.fetchval(
+                "UPDATE messages SET status = 'scheduled', attempts = attempts - 1,"
+                " lease_until = NULL, updated_at = now(),"
+                " meta = meta || jsonb_build_object('deferred_until', $3::text,"
+                " 'deferred_reason', $4::text)"
+                " WHERE id = $1 AND attempts = $2 AND status = ANY($5::text[]) RETURNING id",
+                env.job_id,
+                attempt,
                 until.isoformat(),
                 reason,
+                send_sources(_S.SCHEDULED),
             )
-            await _park(conn, env, until, attempt_base, reason)
+            if moved is None:
+                return False
+            await conn.execute(
+                _RESUME_TIMER,
+                until,
+                "messages",
+                env.job_id,
+                env.company_id,
+                env.lead_id,
+                reason[:500],
+            )
+        return True
 
-    async def requeue(self, conn: asyncpg.Connection, job_id: Any) -> bool:
-        status = await conn.fetchval(
-            "UPDATE messages SET status = 'queued', updated_at = now()"
-            " WHERE id = $1 AND status = 'scheduled' RETURNING status",
-            job_id,
+    async def release(self, env: JobEnvelope, attempt: int) -> bool:
+        # A send that reached 'sending' is never released: it may have left.
+        return await self._move(
+            "UPDATE messages SET attempts = attempts - 1, lease_until = NULL, updated_at = now()"
+            " WHERE id = $1 AND attempts = $2 AND status IN ('queued', 'retrying') RETURNING id",
+            env.job_id,
+            attempt,
         )
-        return status is not None
+
+    async def renew(self, held: list[tuple[uuid.UUID, int]], lease: float) -> None:
+        if held:
+            await self.pool.execute(
+                "UPDATE messages SET lease_until = now() + make_interval(secs => $3::float8)"
+                " FROM unnest($1::uuid[], $2::int[]) AS h(id, attempts)"
+                " WHERE messages.id = h.id AND messages.attempts = h.attempts"
+                " AND messages.status = ANY($4::text[])",
+                [h[0] for h in held],
+                [h[1] for h in held],
+                lease,
+                sorted(SEND_LIVE),
+            )
+
+    # --- the send's own outcomes, written by dispatch's handler through the bus ---
+
+    async def mark_sending(self, message_id: uuid.UUID, attempt: int) -> bool:
+        """Committed before the provider is called; False if this run no longer owns the send."""
+        return await self._move(
+            "UPDATE messages SET status = 'sending', updated_at = now()"
+            " WHERE id = $1 AND attempts = $2 AND status = ANY($3::text[]) RETURNING id",
+            message_id,
+            attempt,
+            send_sources(_S.SENDING),
+        )
+
+    async def record_sent(
+        self,
+        message_id: uuid.UUID,
+        attempt: int,
+        *,
+        status: Literal["sent", "logged"],
+        provider_message_id: str,
+        meta: dict[str, Any],
+    ) -> bool:
+        """The provider took it: record its id, the lead's last outbound time and an event. A
+        late confirmation also turns an 'unknown' send into 'sent'."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE messages SET status = $3, provider_message_id = $4, sent_at = now(),"
+                " last_error = NULL, meta = meta || $5, lease_until = NULL, updated_at = now()"
+                " WHERE id = $1 AND ((status = 'sending' AND attempts = $2) OR status = 'unknown')"
+                " RETURNING company_id, lead_id, channel",
+                message_id,
+                attempt,
+                status,
+                provider_message_id,
+                meta,
+            )
+            if row is None:
+                return False
+            await conn.execute(
+                "UPDATE leads SET last_outbound_at = now(), updated_at = now() WHERE id = $1",
+                row["lead_id"],
+            )
+            await record_event(
+                conn,
+                row["company_id"],
+                row["lead_id"],
+                EventType.MESSAGE_SENT,
+                {
+                    "message_id": str(message_id),
+                    "channel": row["channel"],
+                    "status": status,
+                    "provider_message_id": provider_message_id,
+                },
+            )
+        return True
+
+    async def record_unsent(
+        self,
+        message_id: uuid.UUID,
+        attempt: int,
+        *,
+        status: Literal["suppressed", "held"],
+        reason: str,
+    ) -> bool:
+        """Finish a send that did not go out, with its reason and a `message.<status>` event."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE messages SET status = $3, last_error = $4, lease_until = NULL,"
+                " updated_at = now() WHERE id = $1 AND attempts = $2"
+                " AND status = ANY($5::text[]) RETURNING company_id, lead_id, channel",
+                message_id,
+                attempt,
+                status,
+                reason[:2000],
+                send_sources(SendStatus(status)),
+            )
+            if row is None:
+                return False
+            await record_event(
+                conn,
+                row["company_id"],
+                row["lead_id"],
+                EventType(f"message.{status}"),
+                {"message_id": str(message_id), "channel": row["channel"], "reason": reason[:2000]},
+            )
+        return True
+
+    async def record_unknown(self, message_id: uuid.UUID, attempt: int, reason: str) -> bool:
+        """The send may have left and cannot be confirmed: never repeated, shown to operators."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE messages SET status = 'unknown', last_error = $3, lease_until = NULL,"
+                " updated_at = now() WHERE id = $1 AND attempts = $2"
+                " AND status = ANY($4::text[]) RETURNING company_id, lead_id, channel",
+                message_id,
+                attempt,
+                reason[:2000],
+                send_sources(_S.UNKNOWN),
+            )
+            if row is None:
+                return False
+            await record_event(
+                conn,
+                row["company_id"],
+                row["lead_id"],
+                EventType.MESSAGE_SEND_AMBIGUOUS,
+                {"message_id": str(message_id), "channel": row["channel"], "reason": reason[:2000]},
+            )
+        return True
+
+    # --- the outbox side ---
+
+    async def requeue(self, conn: asyncpg.Connection, row_id: uuid.UUID) -> Outgoing | None:
+        row = await conn.fetchrow(
+            "UPDATE messages SET status = 'queued', generation = generation + 1,"
+            " published_at = NULL, updated_at = now()"
+            f" WHERE id = $1 AND status = 'scheduled' RETURNING {SEND_COLUMNS}",
+            row_id,
+        )
+        return Outgoing("messages", envelope_from_row("messages", row)) if row else None
+
+    async def replay(
+        self,
+        conn: asyncpg.Connection,
+        limit: int,
+        ids: list[uuid.UUID] | None,
+        task: str | None,
+        dry_run: bool,
+    ) -> list[Outgoing]:
+        if task is not None and task != "dispatch.send":
+            return []
+        pick = (
+            "SELECT id FROM messages WHERE status = 'dlq' AND direction = 'outbound'"
+            " AND send_params IS NOT NULL AND ($2::uuid[] IS NULL OR id = ANY($2::uuid[]))"
+            " ORDER BY updated_at, id LIMIT $1 FOR UPDATE SKIP LOCKED"
+        )
+        if dry_run:
+            rows = await conn.fetch(
+                f"SELECT {SEND_COLUMNS} FROM messages WHERE id IN ({pick})", limit, ids
+            )
+        else:
+            rows = await conn.fetch(
+                "UPDATE messages SET status = 'queued', attempts = 0, replays = replays + 1,"
+                " generation = generation + 1, published_at = NULL, last_error = NULL,"
+                " lease_until = NULL, updated_at = now()"
+                f" WHERE id IN ({pick}) RETURNING {SEND_COLUMNS}",
+                limit,
+                ids,
+            )
+        return [Outgoing("messages", envelope_from_row("messages", r)) for r in rows]
+
+    async def unpublished(
+        self, conn: asyncpg.Connection, grace: float, limit: int
+    ) -> list[Outgoing]:
+        rows = await conn.fetch(
+            f"SELECT {SEND_COLUMNS} FROM messages WHERE direction = 'outbound'"
+            " AND status = 'queued' AND published_at IS NULL AND send_params IS NOT NULL"
+            " AND updated_at <= now() - make_interval(secs => $1::float8)"
+            " ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+            grace,
+            limit,
+        )
+        return [Outgoing("messages", envelope_from_row("messages", r)) for r in rows]
+
+    async def mark_published(
+        self, conn: asyncpg.Connection | asyncpg.Pool, items: list[Outgoing]
+    ) -> None:
+        await mark_published(conn, "messages", items)
+
+    async def stale(
+        self,
+        conn: asyncpg.Pool,
+        horizon: float,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[asyncpg.Record]:
+        return await _stale(
+            conn, "messages", SEND_COLUMNS, sorted(SEND_LIVE), horizon, after, limit
+        )
+
+    async def bump(self, pool: asyncpg.Pool, row: asyncpg.Record) -> Outgoing | None:
+        if row["send_params"] is None:
+            return None
+        return await _bump(pool, "messages", SEND_COLUMNS, row)
 
 
-def ledgers_for(pool: asyncpg.Pool) -> dict[str, Ledger]:
+def ledgers_for(pool: asyncpg.Pool) -> dict[LedgerName, Ledger]:
     return {"jobs": JobLedger(pool), "messages": SendLedger(pool)}

@@ -29,9 +29,10 @@ class JobEnvelope(BaseModel):
     params: dict[str, Any]
     company_id: UUID | None = None
     lead_id: UUID | None = None
-    # Failed attempts already spent before this message was published (a deferred job that
-    # is re-published keeps its count).
-    attempt_base: int = 0
+    # Bumped each time the row is put back on the queue (a timer firing, a replay, the
+    # reconciler finding its message gone); with the id it is the message's Nats-Msg-Id, so a
+    # republish of the same generation is de-duplicated and a new generation always goes through.
+    generation: int = 0
     enqueued_at: datetime
 
 
@@ -88,7 +89,11 @@ class SendParams(BaseModel):
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A task's default priority and the service whose workers run it."""
+    """A task's default priority and the service whose workers run it.
+
+    Every task here must have a handler registered in its service (`shvya_common.bus.registry`);
+    a service refuses to start otherwise, so no task can sit queued with nobody to run it.
+    """
 
     name: str
     priority: int
@@ -105,13 +110,13 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("ai.engage", 100, "engage", EngageParams),
         TaskSpec("followup.bumpup", 95, "engage", BumpupParams),
         TaskSpec("ai.summary", 90, "engage", SummaryParams),
-        TaskSpec("sequence.step", 70, "scheduler", None),
-        TaskSpec("email.sequence", 60, "scheduler", None),
-        TaskSpec("webhook.reminder", 50, "dispatch", None),
         # Sends inherit the priority of the job that asked for them; 100 is the default.
         TaskSpec("dispatch.send", 100, "dispatch", SendParams, ledger="messages"),
     )
 }
+
+
+SERVICES: tuple[str, ...] = ("ingest", "engage", "dispatch", "scheduler")
 
 
 def task_spec(name: str) -> TaskSpec:

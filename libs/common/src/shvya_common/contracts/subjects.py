@@ -1,8 +1,11 @@
 """Subject and stream names, defined once.
 
-Jobs travel on `<prefix>.jobs.p<level>.<task>` in the work-queue stream `<PREFIX>_JOBS`; every
-service has one durable pull consumer per priority level, so a worker can always ask for the
-highest waiting level first. Dead letters are kept in `<PREFIX>_DLQ` on `<prefix>.dlq.<task>`.
+Jobs travel on `<prefix>.jobs.p<level>.<task>.<id>` in the work-queue stream `<PREFIX>_JOBS`;
+every service has one durable pull consumer per priority level, so a worker can always ask for
+the highest waiting level first. The last token is the job's id (for a send, its message's id):
+the reconciler asks JetStream for the last message on that subject to learn whether a stuck
+row still has a message, and an operator can `nats stream get` one job. Dead letters are kept in
+`<PREFIX>_DLQ` on `<prefix>.dlq.<task>`.
 """
 
 from __future__ import annotations
@@ -44,15 +47,19 @@ class Topology:
     def dlq_subjects(self) -> str:
         return f"{self.prefix}.dlq.>"
 
-    def job_subject(self, task: str, priority: int) -> str:
-        return f"{self.prefix}.jobs.p{priority_level(priority)}.{task}"
+    def job_subject(self, task: str, priority: int, job_id: object) -> str:
+        return f"{self.prefix}.jobs.p{priority_level(priority)}.{task}.{job_id}"
+
+    def task_filter(self, task: str, level: int) -> str:
+        """Every job of `task` at `level` (a consumer's filter)."""
+        return f"{self.prefix}.jobs.p{level}.{task}.*"
 
     def dlq_subject(self, task: str) -> str:
         return f"{self.prefix}.dlq.{task}"
 
     def doorbell_subject(self, task: str) -> str:
         """Matches a task's job subjects at every level; workers listen here to wake up."""
-        return f"{self.prefix}.jobs.*.{task}"
+        return f"{self.prefix}.jobs.*.{task}.*"
 
     def consumer_name(self, service: str, level: int) -> str:
         return f"{service}-p{level}"

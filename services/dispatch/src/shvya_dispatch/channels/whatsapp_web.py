@@ -3,7 +3,8 @@ driven by Playwright, and the `whatsapp-web-login` command that links an account
 
 Each account has its own persistent browser profile (WHATSAPP_WEB_PROFILE_DIR/<account>), so a
 session survives restarts. One browser per account is opened on its first send and reused; a lock
-per account lets one send at a time drive it. A send opens the chat by phone number, types like a
+per account lets one send at a time drive it, serving waiting sends by their job's priority. A
+send opens the chat by phone number, types like a
 person (a random delay per character within the configured bounds), clicks send and waits for the
 outgoing bubble. Pacing between sends and the daily cap belong to the policy engine, not here.
 
@@ -12,8 +13,8 @@ What WhatsApp Web looks like lives only in `whatsapp_web_selectors`. Outcomes:
     browser or page trouble before send is clicked  → RetryableError
     session logged out (QR shown)                   → WhatsAppWebLoggedOut (a PermanentError)
     number not on WhatsApp (the invalid-phone popup) → PermanentError
-    send clicked but no outgoing bubble appeared    → PermanentError: it may have left, and a
-                                                      retry could deliver it twice
+    send clicked but no outgoing bubble appeared    → SendOutcomeUnknown: it may have left, so
+                                                      it is recorded 'unknown', never retried
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ from playwright.async_api import BrowserContext, Locator, Page, Playwright, asyn
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
+from shvya_common.bus.worker import CURRENT_JOB
 from shvya_common.contracts import SendParams
 from shvya_common.errors import PermanentError, RetryableError
+from shvya_common.locks import PriorityLock
 from shvya_dispatch.channels import whatsapp_web_selectors as sel
 from shvya_dispatch.channels.base import SendResult
+from shvya_dispatch.channels.errors import SendOutcomeUnknown
 from shvya_dispatch.settings import ACCOUNT_PATTERN, DispatchSettings
 
 log = structlog.get_logger(__name__)
@@ -184,12 +188,15 @@ async def first_page(context: BrowserContext) -> Page:
 @dataclass
 class _Account:
     name: str
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # One send at a time per account; a waiting reply goes before a waiting campaign step.
+    lock: PriorityLock = field(default_factory=PriorityLock)
     context: BrowserContext | None = None
     page: Page | None = None
 
 
 ChatState = Literal["chat", "logged_out", "invalid"]
+# Closing the channel waits for the send in hand, ahead of any queued one.
+PRIORITY_SHUTDOWN = 1_000
 
 
 class WhatsAppWebChannel:
@@ -208,7 +215,7 @@ class WhatsAppWebChannel:
 
     async def aclose(self) -> None:
         for account in self._accounts.values():
-            async with account.lock:
+            async with account.lock.hold(PRIORITY_SHUTDOWN):
                 await self._drop(account)
         await self.browser.stop()
 
@@ -244,7 +251,8 @@ class WhatsAppWebChannel:
         digits = phone_digits(to)
         name = self.account_for(params.company_id)
         account = self._accounts.setdefault(name, _Account(name))
-        async with account.lock:
+        job = CURRENT_JOB.get()
+        async with account.lock.hold(job.priority if job is not None else 100):
             page = await self._page(account)
             try:
                 provider_id = await self._send_on_page(page, account.name, digits, text)
@@ -335,7 +343,7 @@ class WhatsAppWebChannel:
             )
             found = await handle.json_value()
         except PlaywrightError as err:
-            raise PermanentError(
+            raise SendOutcomeUnknown(
                 "clicked send on WhatsApp Web but no outgoing message appeared within "
                 f"{s.whatsapp_web_sent_timeout_seconds:g} s; not retried, as it may have been sent"
             ) from err

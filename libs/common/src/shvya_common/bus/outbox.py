@@ -1,0 +1,373 @@
+"""The outbox: rows are committed first, published after COMMIT, and confirmed in batches.
+
+A unit of work (`JobBus.unit()`) owns one transaction. Everything it enqueues (jobs, send
+requests, rows a timer or a replay puts back) is written to PostgreSQL inside it, and only
+after COMMIT does the `Publisher` send the messages to JetStream, with `Nats-Msg-Id` set to
+`<row id>:<generation>`. A publish that fails or times out is not an error for the caller: the
+row is committed, and the relay republishes it (`shvya_common.bus.relay`). A rolled-back unit
+publishes nothing, so no message ever names a row that does not exist.
+
+Confirmations (`published_at`) are written in batches by a background flusher, not one
+statement per publish, so committing first costs ingest about one extra statement per batch
+of requests. A worker's claim also sets `published_at`, so most confirmations find the row
+already marked. Publishing skips a disconnected NATS at once instead of waiting out the
+publish timeout: the relay catches up when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import asyncpg
+import structlog
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from pydantic import BaseModel
+
+from shvya_common.bus.ledgers import (
+    JOB_COLUMNS,
+    SEND_COLUMNS,
+    LedgerName,
+    Outgoing,
+    envelope_from_row,
+    mark_published,
+)
+from shvya_common.bus.topology import TopologyKeeper
+from shvya_common.contracts.jobs import SendParams, task_spec
+from shvya_common.contracts.subjects import Topology
+from shvya_common.metrics import JOBS_ENQUEUED, OUTBOX_PUBLISHED
+
+log = structlog.get_logger(__name__)
+
+PUBLISH_TIMEOUT_SECONDS = 5.0
+CONFIRM_INTERVAL_SECONDS = 0.5
+Source = Literal["inline", "relay", "reconciler"]
+
+_INSERT_JOB = f"""
+INSERT INTO jobs (id, task_name, task_params, priority, idempotency_key, company_id, lead_id,
+                  max_attempts, status)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued')
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING {JOB_COLUMNS}
+"""
+
+_INSERT_JOBS = f"""
+INSERT INTO jobs (id, task_name, task_params, priority, idempotency_key, company_id, lead_id,
+                  max_attempts, status)
+SELECT * , 'queued' FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int[], $5::text[],
+                                 $6::uuid[], $7::uuid[], $8::int[])
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING {JOB_COLUMNS}
+"""
+
+_EXISTING_JOBS = (
+    "SELECT id, idempotency_key, status, priority FROM jobs WHERE idempotency_key = ANY($1)"
+)
+
+_INSERT_ENQUEUE_TIMER = """
+INSERT INTO timers (kind, due_at, task_name, task_params, priority, idempotency_key,
+                    company_id, lead_id, reason)
+VALUES ('enqueue', $1, $2, $3, $4, $5, $6, $7, 'run_at')
+RETURNING id
+"""
+
+_INSERT_SEND = f"""
+INSERT INTO messages (id, company_id, lead_id, direction, channel, body, status, send_key,
+                      job_id, reply_to_id, recipient, priority, meta, send_params)
+VALUES ($1, $2, $3, 'outbound', $4, $5, 'queued', $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT (send_key) DO NOTHING
+RETURNING {SEND_COLUMNS}
+"""
+
+
+@dataclass(frozen=True)
+class EnqueuedJob:
+    """The job an enqueue call refers to; `created` is False when the idempotency key matched."""
+
+    id: uuid.UUID
+    task_name: str
+    priority: int
+    status: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """One job for `Unit.enqueue_jobs`; `id` may be chosen by the caller (to reference it)."""
+
+    task: str
+    params: dict[str, Any]
+    idempotency_key: str | None = None
+    priority: int | None = None
+    company_id: uuid.UUID | None = None
+    lead_id: uuid.UUID | None = None
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+def job_params(params: BaseModel | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(params, BaseModel):
+        return params.model_dump(mode="json")
+    return dict(params)
+
+
+class Publisher:
+    """Publishes committed rows to JetStream and records JetStream's confirmations."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        nc: NATS,
+        js: JetStreamContext,
+        topology: Topology,
+        keeper: TopologyKeeper | None,
+        *,
+        service: str,
+    ) -> None:
+        self.pool = pool
+        self.nc = nc
+        self.js = js
+        self.topology = topology
+        self.keeper = keeper
+        self.service = service
+        self._confirmed: dict[LedgerName, list[Outgoing]] = {"jobs": [], "messages": []}
+        self._flusher: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_loop(), name="outbox-confirm")
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        with contextlib.suppress(Exception):
+            await self.flush()
+
+    async def publish(
+        self,
+        items: Sequence[Outgoing],
+        *,
+        source: Source = "inline",
+        timeout: float = PUBLISH_TIMEOUT_SECONDS,
+        confirm: bool = True,
+    ) -> list[Outgoing]:
+        """Publish `items` (gathered); return those JetStream acknowledged. Never raises: what
+        did not go out is the relay's to republish."""
+        if not items:
+            return []
+        if not self.nc.is_connected:
+            log.info("outbox_publish_deferred", count=len(items), reason="nats disconnected")
+            return []
+        results = await asyncio.gather(
+            *(self._publish_one(item, timeout) for item in items), return_exceptions=True
+        )
+        done = [item for item, ok in zip(items, results, strict=True) if ok is True]
+        failed = [r for r in results if r is not True]
+        if failed:
+            first = failed[0]
+            log.warning(
+                "outbox_publish_failed",
+                count=len(failed),
+                source=source,
+                error=type(first).__name__ if isinstance(first, BaseException) else str(first),
+            )
+            if self.keeper is not None and any(_means_no_stream(r) for r in failed):
+                with contextlib.suppress(Exception):
+                    await self.keeper.repair("a publish found no stream")
+        for item in done:
+            OUTBOX_PUBLISHED.labels(item.ledger, source).inc()
+            JOBS_ENQUEUED.labels(self.service, item.envelope.task).inc()
+            if confirm:
+                self._confirmed[item.ledger].append(item)
+        return done
+
+    async def _publish_one(self, item: Outgoing, timeout: float) -> bool:
+        env = item.envelope
+        await self.js.publish(
+            self.topology.job_subject(env.task, env.priority, env.job_id),
+            env.model_dump_json().encode(),
+            timeout=timeout,
+            headers={"Nats-Msg-Id": item.msg_id},
+        )
+        return True
+
+    async def flush(self) -> None:
+        """Write the confirmations collected so far (one statement per ledger)."""
+        ledgers: tuple[LedgerName, ...] = ("jobs", "messages")
+        for ledger in ledgers:
+            batch, self._confirmed[ledger] = self._confirmed[ledger], []
+            if batch:
+                try:
+                    await mark_published(self.pool, ledger, batch)
+                except Exception as err:
+                    # Unconfirmed rows get republished by the relay, de-duplicated by JetStream.
+                    log.warning("outbox_confirm_failed", count=len(batch), error=type(err).__name__)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CONFIRM_INTERVAL_SECONDS)
+            await self.flush()
+
+
+def _means_no_stream(result: object) -> bool:
+    return isinstance(
+        result, NoRespondersError | NoStreamResponseError | NotFoundError | ServiceUnavailableError
+    )
+
+
+class Unit:
+    """One transaction's enqueues; published by the bus after it commits."""
+
+    def __init__(self, conn: asyncpg.Connection, *, max_attempts: int) -> None:
+        self.conn = conn
+        self.max_attempts = max_attempts
+        self.outgoing: list[Outgoing] = []
+
+    def add(self, item: Outgoing | None) -> None:
+        if item is not None:
+            self.outgoing.append(item)
+
+    async def enqueue_job(
+        self,
+        task_name: str,
+        task_params: BaseModel | dict[str, Any],
+        idempotency_key: str | None = None,
+        priority: int | None = None,
+        *,
+        company_id: uuid.UUID | None = None,
+        lead_id: uuid.UUID | None = None,
+        run_at: datetime | None = None,
+    ) -> EnqueuedJob:
+        """Record a job in this transaction; with `run_at` in the future it waits in a timer,
+        and the scheduler enqueues it when due, under the same key."""
+        spec = task_spec(task_name)
+        prio = spec.priority if priority is None else priority
+        params = job_params(task_params)
+        if run_at is not None and run_at > datetime.now(UTC):
+            timer_id = await self.conn.fetchval(
+                _INSERT_ENQUEUE_TIMER,
+                run_at,
+                spec.name,
+                params,
+                prio,
+                idempotency_key,
+                company_id,
+                lead_id,
+            )
+            return EnqueuedJob(timer_id, spec.name, prio, "scheduled", True)
+        new = NewJob(spec.name, params, idempotency_key, prio, company_id, lead_id)
+        return (await self.enqueue_jobs([new]))[0]
+
+    async def enqueue_jobs(self, jobs: Sequence[NewJob]) -> list[EnqueuedJob]:
+        """Record many jobs in one statement; results follow `jobs`. A job whose idempotency
+        key exists is returned as it is (`created` False)."""
+        if not jobs:
+            return []
+        specs = [task_spec(j.task) for j in jobs]
+        prios = [
+            s.priority if j.priority is None else j.priority
+            for s, j in zip(specs, jobs, strict=True)
+        ]
+        rows = await self.conn.fetch(
+            _INSERT_JOBS,
+            [j.id for j in jobs],
+            [s.name for s in specs],
+            [j.params for j in jobs],
+            prios,
+            [j.idempotency_key for j in jobs],
+            [j.company_id for j in jobs],
+            [j.lead_id for j in jobs],
+            [self.max_attempts] * len(jobs),
+        )
+        created = {r["id"]: r for r in rows}
+        for r in rows:
+            self.outgoing.append(Outgoing("jobs", envelope_from_row("jobs", r)))
+        missing = [j.idempotency_key for j in jobs if j.id not in created and j.idempotency_key]
+        existing = {}
+        if missing:
+            found = await self.conn.fetch(_EXISTING_JOBS, missing)
+            existing = {r["idempotency_key"]: r for r in found}
+        out = []
+        for job, spec, prio in zip(jobs, specs, prios, strict=True):
+            if job.id in created:
+                out.append(EnqueuedJob(job.id, spec.name, prio, "queued", True))
+            else:
+                old = existing.get(job.idempotency_key or "")
+                if old is None:  # the key's job committed after our statement's snapshot
+                    raise asyncpg.exceptions.SerializationError(
+                        f"job with key {job.idempotency_key!r} is being created concurrently"
+                    )
+                out.append(EnqueuedJob(old["id"], spec.name, old["priority"], old["status"], False))
+        return out
+
+    async def request_send(
+        self,
+        params: SendParams,
+        *,
+        priority: int,
+        job_id: uuid.UUID | None = None,
+    ) -> tuple[uuid.UUID, bool]:
+        """Record an outbound message (status queued) and its send request. Idempotent by
+        `params.send_key`: returns (message_id, created)."""
+        message_id = uuid.uuid4()
+        meta: dict[str, Any] = {"purpose": params.purpose}
+        if params.ai is not None:
+            meta["ai"] = params.ai.model_dump(mode="json")
+        row = await self.conn.fetchrow(
+            _INSERT_SEND,
+            message_id,
+            params.company_id,
+            params.lead_id,
+            params.channel,
+            params.text,
+            params.send_key,
+            job_id,
+            params.reply_to_message_id,
+            params.to,
+            priority,
+            meta,
+            params.model_dump(mode="json"),
+        )
+        if row is None:
+            existing = await self.conn.fetchval(
+                "SELECT id FROM messages WHERE send_key = $1", params.send_key
+            )
+            return existing, False
+        self.outgoing.append(Outgoing("messages", envelope_from_row("messages", row)))
+        return message_id, True
+
+
+@contextlib.asynccontextmanager
+async def unit_of_work(
+    pool: asyncpg.Pool,
+    publisher: Publisher,
+    *,
+    max_attempts: int,
+    conn: asyncpg.Connection | None = None,
+    acquire_timeout: float | None = None,
+) -> AsyncIterator[Unit]:
+    """Open a transaction, yield a `Unit`, COMMIT, then publish what it enqueued."""
+    async with contextlib.AsyncExitStack() as stack:
+        if conn is None:
+            conn = await stack.enter_async_context(pool.acquire(timeout=acquire_timeout))
+        elif conn.is_in_transaction():
+            raise RuntimeError(
+                "a unit of work must own its transaction: publishing before the caller's COMMIT"
+                " could announce rows that are then rolled back"
+            )
+        assert conn is not None
+        unit = Unit(conn, max_attempts=max_attempts)
+        async with conn.transaction():
+            yield unit
+        if unit.outgoing:
+            await publisher.publish(unit.outgoing)
