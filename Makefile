@@ -44,6 +44,7 @@ test: install $(VENV)/.offline-embedder
 test-fast: install
 	$(VENV)/bin/pytest tests/unit
 
+# BENCH_BASELINE_REF=<git ref> also measures that version's ingest and end-to-end latency.
 bench: install
 	$(VENV)/bin/python bench/run.py
 

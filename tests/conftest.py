@@ -25,6 +25,8 @@ from shvya_common.settings import CommonSettings
 from tests import backends, tasks
 
 tasks.register()
+# Hermetic: no settings object, here or in a service a test starts, reads the developer's .env.
+os.environ["SHVYA_IGNORE_DOTENV"] = "1"
 
 TEMPLATE_DB = "shvya_test_template"
 

@@ -114,3 +114,13 @@ def test_tokens_round_trip_and_reject_tampering() -> None:
         verify("s3cret", body[:-2] + "AA." + sig)
     with pytest.raises(TokenError):
         verify("s3cret", "garbage")
+
+
+def test_the_suite_never_reads_a_developers_dotenv(tmp_path, monkeypatch) -> None:
+    """With SHVYA_IGNORE_DOTENV set (as the suite sets it), a .env in the working directory is
+    ignored; without it, the same file is read."""
+    (tmp_path / ".env").write_text("NATS_PREFIX=fromdotenv\n")
+    monkeypatch.chdir(tmp_path)
+    assert CommonSettings().nats_prefix == "shvya"
+    monkeypatch.delenv("SHVYA_IGNORE_DOTENV")
+    assert CommonSettings().nats_prefix == "fromdotenv"

@@ -88,6 +88,17 @@ BUILD_INFO = Gauge(
 )
 
 
+def record_build(service: str) -> None:
+    """Set `shvya_build_info{service, version}` to 1 for this process."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        number = version("shvya-common")
+    except PackageNotFoundError:
+        number = "unknown"
+    BUILD_INFO.labels(service, number).set(1)
+
+
 def start_metrics_server(host: str, port: int) -> None:
     """Serve /metrics for a worker process on its own port."""
     start_http_server(port, addr=host)

@@ -25,7 +25,7 @@ from shvya_common.bus.registry import Handler, Registration
 from shvya_common.bus.topology import TopologyKeeper
 from shvya_common.contracts import Topology
 from shvya_common.db import create_pool, migrate
-from shvya_common.metrics import start_metrics_server
+from shvya_common.metrics import record_build, start_metrics_server
 from shvya_common.settings import CommonSettings
 
 log = structlog.get_logger(__name__)
@@ -89,6 +89,7 @@ async def _drain_or_close(nc: NATS) -> None:
 @asynccontextmanager
 async def platform(settings: CommonSettings, service: str) -> AsyncIterator[Platform]:
     async with AsyncExitStack() as stack:
+        record_build(service)
         await _retry_until("PostgreSQL", lambda: migrate(settings.database_url))
         pool = await create_pool(settings.database_url, settings.db_pool_min, settings.db_pool_max)
         stack.push_async_callback(pool.close)

@@ -32,7 +32,8 @@ import structlog
 from shvya_common.bus import JobContext, Registry
 from shvya_common.bus.ledgers import SendLedger
 from shvya_common.contracts import SendParams
-from shvya_common.metrics import SENDS
+from shvya_common.errors import DeferJob
+from shvya_common.metrics import POLICY_DEFERRALS, SENDS
 from shvya_dispatch.channels import ChannelRouter, SendResult
 from shvya_dispatch.channels.errors import (
     ChannelPausedError,
@@ -65,6 +66,31 @@ async def handle_send(params: SendParams, job: JobContext, deps: Deps) -> dict[s
         SENDS.labels(params.channel, "unknown").inc()
         log.warning("send_ambiguous_not_repeated", message_id=str(message_id))
         return {"status": "unknown"}
+    try:
+        return await _policed_send(params, job, deps)
+    except DeferJob as deferral:
+        POLICY_DEFERRALS.labels(params.channel, deferral_reason(deferral.reason)).inc()
+        SENDS.labels(params.channel, "deferred").inc()
+        raise
+
+
+def deferral_reason(reason: str) -> str:
+    """The bounded label of a deferral's reason text (pacing, quiet_hours, paused, ...)."""
+    text = reason.lower()
+    for label, marker in (
+        ("quiet_hours", "quiet hours"),
+        ("paused", "paused"),
+        ("daily_cap", "daily cap"),
+        ("pacing", "pacing"),
+        ("window", "window"),
+    ):
+        if marker in text:
+            return label
+    return "other"
+
+
+async def _policed_send(params: SendParams, job: JobContext, deps: Deps) -> dict[str, Any]:
+    message_id = job.job_id
     verdict = await deps.policies.evaluate(params)
     if verdict.action != "send":
         status: Literal["suppressed", "held"] = (

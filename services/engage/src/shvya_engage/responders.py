@@ -19,6 +19,7 @@ after the retry schedule the job is dead-lettered with the validation error as i
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
 
 from shvya_common.errors import PermanentError, RetryableError, ShvyaError
+from shvya_common.metrics import LLM_SECONDS
 from shvya_engage.followups import template_bumpup
 from shvya_engage.metrics import AI_CALLS, record_tokens
 from shvya_engage.prompts import Prompt
@@ -158,14 +160,17 @@ class OpenAIResponder:
     async def _complete(
         self, task: str, company_id: uuid.UUID, **request: Any
     ) -> tuple[ChatCompletion, str, int, int]:
+        started = time.perf_counter()
         try:
             completion = await self.client.chat.completions.create(**request)
         except openai.OpenAIError as err:
             mapped = map_api_error(err)
             outcome = "permanent" if isinstance(mapped, PermanentError) else "retryable"
             AI_CALLS.labels(task, self.name, outcome).inc()
+            LLM_SECONDS.labels(task, outcome).observe(time.perf_counter() - started)
             log.warning("model_call_failed", task=task, error=str(mapped))
             raise mapped from err
+        LLM_SECONDS.labels(task, "ok").observe(time.perf_counter() - started)
         model = completion.model or request["model"]
         usage = completion.usage
         prompt_tokens = usage.prompt_tokens if usage else 0

@@ -1,5 +1,5 @@
 """Wires the scheduler: the timer loop, the sweeps, and the outbox's relay and reconciler, as
-the service's background work, plus the dead-letter depth gauge."""
+the service's background work, plus the platform-wide gauges (dead letters, paused channels)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import asyncio
 from contextlib import AsyncExitStack
 
 import structlog
+from prometheus_client import Gauge
 
 from shvya_common.bus import Registration
 from shvya_common.bus.relay import Relay
 from shvya_common.logging import configure_logging
-from shvya_common.metrics import DLQ_DEPTH
+from shvya_common.metrics import CHANNEL_PAUSED, DLQ_DEPTH
 from shvya_common.runtime import Platform, run, run_worker
 from shvya_scheduler.handlers import timer_loop
 from shvya_scheduler.repository import TimerRepository
@@ -24,19 +25,26 @@ GAUGE_SECONDS = 15.0
 log = structlog.get_logger(__name__)
 
 
-async def dlq_gauge(plat: Platform, stopping: asyncio.Event) -> None:
-    """Keep `shvya_dlq_depth{task}` current for dashboards and alerts."""
-    seen: set[str] = set()
+def _set_all(gauge: Gauge, values: dict[str, int], seen: set[str]) -> None:
+    for label in seen - values.keys():
+        gauge.labels(label).set(0)
+    for label, n in values.items():
+        gauge.labels(label).set(n)
+    seen |= values.keys()
+
+
+async def gauges(plat: Platform, stopping: asyncio.Event) -> None:
+    """Keep `shvya_dlq_depth{task}` and `shvya_channel_paused{channel}` current for dashboards
+    and alerts (one process computes them for the whole platform)."""
+    dead: set[str] = set()
+    paused: set[str] = set()
     while not stopping.is_set():
         try:
-            depth = await TimerRepository.dlq_depth(plat.pool)
-            for task in seen - depth.keys():
-                DLQ_DEPTH.labels(task).set(0)
-            for task, n in depth.items():
-                DLQ_DEPTH.labels(task).set(n)
-            seen |= depth.keys()
+            _set_all(DLQ_DEPTH, await TimerRepository.dlq_depth(plat.pool), dead)
+            pauses = await TimerRepository.paused_channels(plat.pool)
+            _set_all(CHANNEL_PAUSED, {c: min(n, 1) for c, n in pauses.items()}, paused)
         except Exception as err:
-            log.debug("dlq_gauge_failed", error=type(err).__name__)
+            log.debug("gauges_failed", error=type(err).__name__)
         try:
             await asyncio.wait_for(stopping.wait(), GAUGE_SECONDS)
         except TimeoutError:
@@ -55,7 +63,7 @@ def main() -> None:
             timer_loop(plat.bus, stopping, settings.tick_seconds, settings.timer_batch),
             sweep_loop(plat.bus, stopping, settings.sweep_config()),
             Relay(plat.bus, settings.relay_config()).run(stopping),
-            dlq_gauge(plat, stopping),
+            gauges(plat, stopping),
         )
 
     run(lambda: run_worker(settings, SERVICE, METRICS_PORT, no_handlers, background))

@@ -1,6 +1,7 @@
 """The scheduler's SQL: claim due timers with FOR UPDATE SKIP LOCKED, so replicas never fire the
 same timer twice, and mark them fired (or failed, with the reason) in the same transaction as
-the rows they put back on the queue; and the dead-letter depth per task for the gauge."""
+the rows they put back on the queue; and the dead-letter depth per task and the paused channels
+for the gauges."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ DLQ_DEPTH = """
 SELECT task_name AS task, count(*) AS n FROM jobs WHERE status = 'dlq' GROUP BY task_name
 UNION ALL
 SELECT 'dispatch.send', count(*) FROM messages WHERE status = 'dlq' AND direction = 'outbound'
+"""
+
+
+PAUSED_CHANNELS = """
+SELECT channel, count(*) AS n FROM channel_pauses
+WHERE resumed_at IS NULL AND (paused_until IS NULL OR paused_until > now())
+GROUP BY channel
 """
 
 
@@ -48,6 +56,10 @@ class TimerRepository:
                 [f[0] for f in failed],
                 [f[1] for f in failed],
             )
+
+    @staticmethod
+    async def paused_channels(pool: asyncpg.Pool) -> dict[str, int]:
+        return {r["channel"]: r["n"] for r in await pool.fetch(PAUSED_CHANNELS)}
 
     @staticmethod
     async def dlq_depth(pool: asyncpg.Pool) -> dict[str, int]:
