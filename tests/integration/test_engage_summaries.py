@@ -107,7 +107,7 @@ async def test_admin_api_requests_a_summary_stored_on_the_lead(plat, base_env, s
     assert stored["reason"] == "api" and stored["last_message_id"] == str(last)
     assert shown["summary"] == stored and shown["stage"] == "Qualified"
     event = await plat.pool.fetchval(
-        "SELECT payload FROM events WHERE lead_id = $1 AND type = 'ai.summary_generated'",
+        "SELECT payload FROM events WHERE lead_id = $1 AND type = 'lead.summary_updated'",
         lead.lead_id,
     )
     assert event["prompt_tokens"] == chat.usage["prompt_tokens"] > 0

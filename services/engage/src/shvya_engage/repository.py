@@ -275,7 +275,7 @@ class EngageRepository:
                 """
                 WITH ev AS (
                     INSERT INTO events (company_id, lead_id, type, payload)
-                    VALUES ($1, $2, 'ai.summary_generated', $4))
+                    VALUES ($1, $2, 'lead.summary_updated', $4))
                 UPDATE leads
                    SET attributes = attributes || jsonb_build_object('summary', $3::jsonb),
                        updated_at = now()

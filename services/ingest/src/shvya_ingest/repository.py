@@ -74,7 +74,7 @@ WITH input AS (
            -- A provider retrying an old message must not reopen a reply window.
            last_inbound_at = GREATEST(leads.last_inbound_at, EXCLUDED.last_inbound_at),
            updated_at = now()
-    RETURNING id, {column} AS address
+    RETURNING id, {column} AS address, (xmax = 0) AS created
 ), msg AS (
     INSERT INTO messages (id, company_id, lead_id, direction, channel, body, status,
                           provider_message_id, job_id, meta)
@@ -103,6 +103,11 @@ WITH input AS (
     SELECT $1, msg.lead_id, 'lead.opted_out',
            jsonb_build_object('message_id', msg.id, 'channel', $13, 'reason', 'optout_keyword')
     FROM msg JOIN input i ON i.message_id = msg.id WHERE i.optout
+    UNION ALL
+    SELECT $1, lead.id, 'lead.created',
+           jsonb_build_object('channel', $13, 'address', lead.address, 'pipeline_id', $2,
+                              'stage_id', $3)
+    FROM lead WHERE lead.created
 )
 SELECT i.message_id AS requested_id, COALESCE(msg.id, old.id) AS message_id,
        COALESCE(msg.lead_id, old.lead_id) AS lead_id, COALESCE(msg.job_id, old_job.id) AS job_id,

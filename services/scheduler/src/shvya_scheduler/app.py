@@ -1,5 +1,6 @@
-"""Wires the scheduler: the timer loop, the sweeps, and the outbox's relay and reconciler, as
-the service's background work, plus the platform-wide gauges (dead letters, paused channels)."""
+"""Wires the scheduler: its tasks (the registry), and as background work the timer loop, the
+event feed's reactors, the sweeps, the outbox's relay and reconciler, and the platform-wide
+gauges (dead letters, paused channels)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from shvya_common.bus.relay import Relay
 from shvya_common.logging import configure_logging
 from shvya_common.metrics import CHANNEL_PAUSED, DLQ_DEPTH
 from shvya_common.runtime import Platform, run, run_worker
+from shvya_scheduler import tasks
+from shvya_scheduler.feed import feed_loop
 from shvya_scheduler.handlers import timer_loop
+from shvya_scheduler.registry import Deps, registry
 from shvya_scheduler.repository import TimerRepository
 from shvya_scheduler.settings import SchedulerSettings
 from shvya_scheduler.sweeps import sweep_loop
@@ -55,15 +59,18 @@ def main() -> None:
     settings = SchedulerSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
 
-    async def no_handlers(plat: Platform, stack: AsyncExitStack) -> dict[str, Registration]:
-        return {}
+    tasks.load()
+
+    async def handlers(plat: Platform, stack: AsyncExitStack) -> dict[str, Registration]:
+        return registry.bind(deps=Deps(bus=plat.bus, settings=settings))
 
     async def background(plat: Platform, stopping: asyncio.Event) -> None:
         await asyncio.gather(
             timer_loop(plat.bus, stopping, settings.tick_seconds, settings.timer_batch),
+            feed_loop(plat.bus, stopping, settings.feed_tick_seconds, settings.feed_batch),
             sweep_loop(plat.bus, stopping, settings.sweep_config()),
             Relay(plat.bus, settings.relay_config()).run(stopping),
             gauges(plat, stopping),
         )
 
-    run(lambda: run_worker(settings, SERVICE, METRICS_PORT, no_handlers, background))
+    run(lambda: run_worker(settings, SERVICE, METRICS_PORT, handlers, background))

@@ -29,6 +29,10 @@ class SchedulerSettings(CommonSettings):
         3.0, ge=0, description="Bump a lead silent this long after our message; 0 turns it off."
     )
     bumpup_max: int = Field(3, ge=0, description="Bump-ups sent in a row without a reply.")
+    feed_tick_seconds: float = Field(
+        0.5, gt=0, description="Pause between looks for new events for the reactors."
+    )
+    feed_batch: int = Field(500, ge=1, le=10_000, description="Events taken per feed pass.")
     relay_interval_seconds: float = Field(
         1.0, gt=0, description="Pause between looks for committed rows whose publish failed."
     )

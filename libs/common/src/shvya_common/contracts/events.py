@@ -1,7 +1,10 @@
 """The types of the audit trail (`events.type`), named once.
 
 Every event a service writes is one of these; `shvya_common.events.record_event` refuses any
-other, so a consumer of the trail (reports, outbound webhooks) can rely on the list.
+other, so a consumer of the trail (reports, outbound webhooks) can rely on the list. Every event
+also enters the event feed (migration 0009), which the scheduler's reactors consume: sequences
+stop when a lead replies, outbound webhooks fan out. `PUBLIC_EVENTS` are the types an outbound
+webhook endpoint may subscribe to.
 """
 
 from __future__ import annotations
@@ -28,6 +31,29 @@ class EventType(StrEnum):
     CHANNEL_PAUSED = "channel.paused"
     CHANNEL_RESUMED = "channel.resumed"
     AI_REPLY_GENERATED = "ai.reply_generated"
-    AI_SUMMARY_GENERATED = "ai.summary_generated"
+    LEAD_CREATED = "lead.created"
+    LEAD_STAGE_CHANGED = "lead.stage_changed"
+    LEAD_SUMMARY_UPDATED = "lead.summary_updated"
     FOLLOWUP_BUMPUP_SENT = "followup.bumpup_sent"
     JOB_DEAD_LETTERED = "job.dead_lettered"
+
+
+# What an outbound webhook endpoint may subscribe to (the rest are internal bookkeeping).
+PUBLIC_EVENTS: frozenset[EventType] = frozenset(
+    {
+        EventType.MESSAGE_RECEIVED,
+        EventType.MESSAGE_SENT,
+        EventType.MESSAGE_DELIVERED,
+        EventType.MESSAGE_READ,
+        EventType.MESSAGE_DELIVERY_FAILED,
+        EventType.MESSAGE_DEAD_LETTERED,
+        EventType.MESSAGE_SEND_AMBIGUOUS,
+        EventType.LEAD_CREATED,
+        EventType.LEAD_STAGE_CHANGED,
+        EventType.LEAD_SUMMARY_UPDATED,
+        EventType.LEAD_OPTED_OUT,
+        EventType.LEAD_UNSUBSCRIBED,
+        EventType.CHANNEL_PAUSED,
+        EventType.CHANNEL_RESUMED,
+    }
+)

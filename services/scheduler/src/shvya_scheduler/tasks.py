@@ -1,0 +1,13 @@
+"""Imports every module that registers a scheduler task or an event-feed reactor, so that
+`registry.bind` and the feed see them all (the import is the registration)."""
+
+from __future__ import annotations
+
+MODULES: tuple[str, ...] = ()
+
+
+def load() -> None:
+    import importlib
+
+    for name in MODULES:
+        importlib.import_module(name)
