@@ -187,6 +187,13 @@ async def sendgrid_inbound(request: Request, ingest: IngestDep) -> JSONResponse:
     form = await request.form(
         max_files=MAX_FORM_FILES + 5, max_part_size=ingest.settings.email_webhook_max_bytes
     )
+    try:
+        return await _sendgrid(ingest, form)
+    finally:
+        await form.close()
+
+
+async def _sendgrid(ingest: Ingest, form: FormData) -> JSONResponse:
     envelope = _json(_text(form, "envelope")) or {}
     envelope_from = envelope.get("from") if isinstance(envelope, dict) else None
     envelope_to = envelope.get("to") if isinstance(envelope, dict) else None
@@ -257,11 +264,18 @@ async def mailgun_inbound(request: Request, ingest: IngestDep) -> JSONResponse:
     form = await request.form(
         max_files=MAX_FORM_FILES + 5, max_part_size=ingest.settings.email_webhook_max_bytes
     )
+    try:
+        return await _mailgun(ingest, form, key.get_secret_value().encode())
+    finally:
+        await form.close()
+
+
+async def _mailgun(ingest: Ingest, form: FormData, key: bytes) -> JSONResponse:
     timestamp, token = _text(form, "timestamp"), _text(form, "token")
     signature = _text(form, "signature")
     if not timestamp or not token or not signature:
         raise HTTPException(401, "missing Mailgun's timestamp, token and signature fields")
-    if not mailgun_signature_valid(key.get_secret_value().encode(), timestamp, token, signature):
+    if not mailgun_signature_valid(key, timestamp, token, signature):
         log.warning("mailgun_signature_mismatch")
         raise HTTPException(403, "the Mailgun signature does not match")
     if not _fresh(timestamp, ingest.settings.email_webhook_max_age_seconds):
