@@ -17,6 +17,7 @@ import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from shvya_ingest.api import Ingest
 from shvya_ingest.app import create_app
 from shvya_ingest.settings import IngestSettings
 
@@ -74,12 +75,19 @@ def mail_settings(env: dict[str, str], tmp: Path, **overrides: Any) -> IngestSet
 
 
 @asynccontextmanager
-async def mail_ingest(settings: IngestSettings) -> AsyncIterator[httpx.AsyncClient]:
+async def mail_app(settings: IngestSettings) -> AsyncIterator[tuple[Ingest, httpx.AsyncClient]]:
+    """Ingest in this process (its lifespan run), and an HTTP client for it."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
-            yield client
+            yield app.state.ingest, client
+
+
+@asynccontextmanager
+async def mail_ingest(settings: IngestSettings) -> AsyncIterator[httpx.AsyncClient]:
+    async with mail_app(settings) as (_, client):
+        yield client
 
 
 def fixture(name: str, **values: str) -> bytes:
