@@ -228,10 +228,13 @@ class MailboxReaders:
         try:
             while not self._stop.is_set():
                 try:
-                    if await self._leader():
-                        await self._refresh()
+                    wanted = await self.repo.enabled_mailboxes()
+                    if wanted and await self._leader():
+                        await self._refresh(wanted)
                     else:
                         await self._stop_readers(set(self.readers))
+                        if not wanted:  # nothing to read: leave the lock (and its connection)
+                            await self._release()
                 except asyncio.CancelledError:
                     raise
                 except Exception as err:  # an outage: try again at the next refresh
@@ -270,8 +273,8 @@ class MailboxReaders:
         with contextlib.suppress(Exception):
             await self.ingest.plat.pool.release(conn)
 
-    async def _refresh(self) -> None:
-        wanted = {m.id: m for m in await self.repo.enabled_mailboxes()}
+    async def _refresh(self, mailboxes: list[Mailbox]) -> None:
+        wanted = {m.id: m for m in mailboxes}
         changed = {i for i, (m, *_) in self.readers.items() if wanted.get(i) != m}
         await self._stop_readers((set(self.readers) - set(wanted)) | changed)
         for mailbox_id, mailbox in wanted.items():
