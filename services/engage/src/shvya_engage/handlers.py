@@ -26,6 +26,7 @@ from shvya_common.bus import JobBus, JobContext, Registry
 from shvya_common.contracts import BumpupParams, EngageParams, SendParams, SummaryParams
 from shvya_common.contracts.jobs import AiMeta
 from shvya_common.errors import PermanentError
+from shvya_engage.breaker import reply_breaker_open
 from shvya_engage.followups import template_bumpup
 from shvya_engage.guards import ChannelLimits, guard_text
 from shvya_engage.prompts import (
@@ -85,6 +86,8 @@ async def handle_engage(params: EngageParams, job: JobContext, deps: Deps) -> di
     to = ctx.lead.email if ctx.channel == "email" else ctx.lead.phone_e164
     if not to:
         raise PermanentError(f"lead has no address for channel {ctx.channel}")
+    if await reply_breaker_open(deps.bus.pool, ctx, settings):
+        return {"skipped": "reply breaker open: too many automated replies to this lead"}
     # The lead is talking: any bump-up waiting on a timer is moot.
     await deps.repo.cancel_followups(deps.bus.pool, ctx.lead_id)
     found = (

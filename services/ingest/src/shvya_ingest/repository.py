@@ -43,6 +43,8 @@ class InboundRow:
     meta: dict[str, Any] = field(default_factory=dict)
     # An opt-out files the message and a suppression instead of an ai.engage job.
     optout: bool = False
+    # False files the message without an ai.engage job (an auto-reply: no answer, no loop).
+    engage: bool = True
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ class IngestRepository:
         rows must not repeat a provider message id among themselves.
         """
         message_ids = [uuid.uuid4() for _ in rows]
-        job_ids = [None if row.optout else uuid.uuid4() for row in rows]
+        job_ids = [None if row.optout or not row.engage else uuid.uuid4() for row in rows]
         now = datetime.now(UTC)
         records = await conn.fetch(
             FILE_BY_PHONE if identity == "phone" else FILE_BY_EMAIL,
