@@ -485,3 +485,32 @@ async def test_webhook_errors_and_account_fields_are_recorded(client, db_url):
     async with database(db_url) as conn:
         kinds = [e["kind"] for e in await events(conn, "whatsapp.item_recorded")]
     assert kinds == ["error", "account_update"]
+
+
+async def test_a_message_that_cannot_be_filed_is_recorded_and_the_rest_filed(client, db_url):
+    """When the batch's filing statement fails for one message (here a database rule refuses
+    it), every other message is still filed, the refused one is kept with its text and reason,
+    and the answer is 200."""
+    async with database(db_url) as conn:
+        await conn.execute(
+            "CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN IF NEW.body = 'boom' THEN RAISE EXCEPTION 'refused by a rule'; END IF;"
+            " RETURN NEW; END $$;"
+            " CREATE TRIGGER refuse_boom BEFORE INSERT ON messages FOR EACH ROW"
+            " EXECUTE FUNCTION refuse_boom()"
+        )
+    batch = samples.messages(
+        [
+            samples.text("wamid.k1", PHONE, "first"),
+            samples.text("wamid.k2", "919876543210", "boom"),
+            samples.text("wamid.k3", PHONE, "third\u0000 with a NUL"),
+        ]
+    )
+    answer = await post(client, batch)
+    assert (answer["messages"], answer["failed"]) == (2, 1)
+    async with database(db_url) as conn:
+        bodies = [r["body"] for r in await conn.fetch("SELECT body FROM messages ORDER BY body")]
+        (failed,) = await events(conn, "whatsapp.item_failed")
+    assert bodies == ["first", "third with a NUL"]
+    assert (failed["wamid"], failed["text"]) == ("wamid.k2", "boom")
+    assert "refused by a rule" in failed["reason"]

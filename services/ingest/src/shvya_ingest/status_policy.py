@@ -38,6 +38,7 @@ from shvya_common.bus import JobBus
 from shvya_common.contracts import SendParams
 from shvya_common.whatsapp.graph_errors import Decision, decide
 from shvya_common.whatsapp.templates import approved_fallback_template
+from shvya_ingest.api import is_outage
 from shvya_ingest.statuses import Failure
 from shvya_ingest.whatsapp_repository import record_event
 
@@ -84,7 +85,14 @@ async def apply_failure_policy(
             continue
         code, reason = _first_code(failure.errors)
         decision = decide(code)
-        outcome = await _act(conn, bus, config, message, failure, decision, code, reason)
+        try:
+            async with conn.transaction():  # a savepoint: one failure's bug costs only itself
+                outcome = await _act(conn, bus, config, message, failure, decision, code, reason)
+        except (asyncpg.PostgresError, ValueError) as err:
+            if isinstance(err, asyncpg.PostgresError) and is_outage(err):
+                raise
+            outcome = "failed"
+            log.warning("delivery_policy_failed", code=code, error=type(err).__name__)
         taken[outcome] += 1
         await record_event(
             conn,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -32,6 +32,18 @@ router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 def signature_matches(secret: bytes, body: bytes, header: str) -> bool:
     expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected.encode(), header.strip().lower().encode())
+
+
+def without_nul(value: Any) -> Any:
+    """The payload with NUL characters dropped: PostgreSQL stores none, in text or jsonb, and
+    one would fail the statement that files the whole batch."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    return value
 
 
 @router.get("/whatsapp", response_class=PlainTextResponse)
@@ -72,6 +84,7 @@ async def whatsapp_notify(request: Request, ingest: IngestDep) -> dict[str, obje
         raise HTTPException(400, f"not JSON: {err}") from err
     if not isinstance(payload, dict):
         raise HTTPException(400, "a WhatsApp webhook payload is a JSON object")
+    payload = without_nul(payload)
     if payload.get("object") != "whatsapp_business_account":
         log.info("whatsapp_webhook_ignored", object=str(payload.get("object"))[:100])
         return {"status": "ignored"}

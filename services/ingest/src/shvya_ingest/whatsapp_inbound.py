@@ -14,6 +14,7 @@ twice.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
@@ -41,6 +42,7 @@ from shvya_ingest.meta_items import (
     Reaction,
     Recorded,
     Revoke,
+    Sender,
     Status,
     TemplateEvent,
     Where,
@@ -131,8 +133,11 @@ class Notification:
             route = await self.route(item.where)
             by_company.setdefault(route.company_id, (route, []))[1].append(item)
         for route, group in by_company.values():
-            async with self.pool.acquire(timeout=5) as conn, conn.transaction():
-                await link_identities(conn, route, [i.sender for i in group])
+            # Filing does not need the links: without them a person may keep two leads a while.
+            senders = [i.sender for i in group]
+            await self._guarded(
+                route, "identities", functools.partial(_link, route=route, senders=senders)
+            )
             filed: list[FiledMessage] = []
             identities: tuple[Identity, ...] = ("phone", "wa_user")
             for identity in identities:
@@ -199,23 +204,47 @@ class Notification:
         self.keep(route, "whatsapp.item_failed", payload)
         log.warning("whatsapp_item_failed", kind=kind, error=type(err).__name__)
 
+    async def _guarded(self, route: CompanyRoute, kind: str, step: Any) -> None:
+        """Run `step(conn)` in its own transaction; anything but an outage is recorded."""
+        try:
+            async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+                await step(conn)
+        except OUTAGE_ERRORS:
+            raise
+        except asyncpg.PostgresError as err:
+            if is_outage(err):
+                raise
+            self._step_failed(route, kind, err)
+        except Exception as err:  # a bug here must not cost the batch
+            self._step_failed(route, kind, err)
+
+    def _step_failed(self, route: CompanyRoute, kind: str, err: BaseException) -> None:
+        self.count(kind, "failed")
+        self.keep(
+            route, "whatsapp.item_failed", {"kind": kind, "reason": f"{type(err).__name__}: {err}"}
+        )
+        log.warning("whatsapp_step_failed", kind=kind, error=type(err).__name__)
+
     async def _after_filing(self, route: CompanyRoute, filed: list[FiledMessage]) -> None:
-        if not filed:
-            return
-        bus = self.ingest.plat.bus
-        async with self.pool.acquire(timeout=5) as conn, conn.transaction():
-            for media in await after_filing(conn, route.company_id, filed):
-                await bus.enqueue_job(
-                    "media.fetch",
-                    MediaFetchParams(
-                        media_row_id=media["id"],
-                        company_id=route.company_id,
-                        message_id=media["message_id"],
-                    ),
-                    f"media.fetch:{media['id']}",
-                    conn=conn,
+        if filed:
+            step = functools.partial(self._set_going, route=route, filed=filed)
+            await self._guarded(route, "after_filing", step)
+
+    async def _set_going(
+        self, conn: asyncpg.Connection, *, route: CompanyRoute, filed: list[FiledMessage]
+    ) -> None:
+        for media in await after_filing(conn, route.company_id, filed):
+            await self.ingest.plat.bus.enqueue_job(
+                "media.fetch",
+                MediaFetchParams(
+                    media_row_id=media["id"],
                     company_id=route.company_id,
-                )
+                    message_id=media["message_id"],
+                ),
+                f"media.fetch:{media['id']}",
+                conn=conn,
+                company_id=route.company_id,
+            )
 
     # --- changes to what is already filed ---
 
@@ -343,9 +372,20 @@ class Notification:
             pause_seconds=settings.whatsapp_status_pause_seconds,
             block_pause_seconds=settings.whatsapp_status_block_pause_seconds,
         )
-        async with self.pool.acquire(timeout=5) as conn, conn.transaction():
-            outcome = await apply_statuses(conn, CHANNEL, [s.report for s in statuses])
-            taken = await apply_failure_policy(conn, self.ingest.plat.bus, config, outcome.failures)
+        try:
+            async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+                outcome = await apply_statuses(conn, CHANNEL, [s.report for s in statuses])
+                taken = await apply_failure_policy(
+                    conn, self.ingest.plat.bus, config, outcome.failures
+                )
+        except OUTAGE_ERRORS:
+            raise
+        except Exception as err:
+            if isinstance(err, asyncpg.PostgresError) and is_outage(err):
+                raise
+            route = await self.route(statuses[0].where)
+            self._step_failed(route, "status", err)
+            return 0
         self.count("status", "applied", outcome.new)
         self.count("status", "duplicate", outcome.received - outcome.new)
         log.info(
@@ -373,6 +413,10 @@ class Notification:
                     kind,
                     payloads,
                 )
+
+
+async def _link(conn: asyncpg.Connection, *, route: CompanyRoute, senders: list[Sender]) -> None:
+    await link_identities(conn, route, senders)
 
 
 async def handle_notification(ingest: Ingest, payload: dict[str, Any]) -> dict[str, object]:
