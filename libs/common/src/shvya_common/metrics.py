@@ -77,6 +77,23 @@ CHANNEL_PAUSED = Gauge(
     "1 while a channel is paused for at least one company (provider refused the sender).",
     ["channel"],
 )
+WEBHOOK_ITEMS = Counter(
+    "shvya_webhook_items_total",
+    "Items of provider webhooks (messages, statuses, account fields), by channel, kind and"
+    " outcome (filed, duplicate, applied, recorded, failed, ignored).",
+    ["channel", "kind", "outcome"],
+)
+MEDIA_DOWNLOADS = Counter(
+    "shvya_media_downloads_total",
+    "Received attachments downloaded from a provider, by channel and outcome (stored, rejected,"
+    " failed).",
+    ["channel", "outcome"],
+)
+TEMPLATE_SYNCS = Counter(
+    "shvya_template_syncs_total",
+    "Template syncs with a provider, by channel and outcome.",
+    ["channel", "outcome"],
+)
 LLM_SECONDS = Histogram(
     "shvya_llm_request_seconds",
     "Latency of model calls, by task and outcome.",

@@ -16,6 +16,7 @@ Provider refusals that need more than retry-or-dead-letter (channels/errors.py):
 
 - outside the window: convert to the fallback template, or hold, and never retry the free text;
 - opted out: suppress the recipient, then dead-letter;
+- undeliverable (WhatsApp 131026 and friends): flag the lead, then dead-letter;
 - sender refused: pause the channel for the company, then defer.
 
 The pacing slot is released only after the send is recorded, so the gap counts from `sent_at`.
@@ -39,6 +40,7 @@ from shvya_dispatch.channels.errors import (
     ChannelPausedError,
     RecipientOptedOutError,
     SendOutcomeUnknown,
+    UndeliverableError,
     WindowClosedError,
 )
 from shvya_dispatch.policies import PolicyEngine, Verdict
@@ -190,6 +192,9 @@ async def _attempt(
         )
     except RecipientOptedOutError as err:
         await deps.policies.suppress(params, err)
+        raise
+    except UndeliverableError as err:
+        await deps.policies.flag_undeliverable(params, err)
         raise
     except ChannelPausedError as err:
         raise await deps.policies.pause(params, message_id, err) from err

@@ -9,8 +9,9 @@ from typing import Any
 
 import asyncpg
 
+from shvya_common import pauses
+from shvya_common.whatsapp.templates import WHATSAPP_TEMPLATE_CHANNELS
 from shvya_dispatch.channels.email import EmailContext, Thread
-from shvya_dispatch.templates import WHATSAPP_TEMPLATE_CHANNELS
 
 
 class DispatchRepository:
@@ -137,21 +138,6 @@ SELECT now() AS now, next_allowed_at, lease_until, day, day_count,
 FROM send_pacing WHERE company_id = $1 AND channel = $2 AND pacing_key = $3
 """
 
-# A pause is (re)started only when none is in force, so concurrent refusals write one event.
-_START_PAUSE = """
-INSERT INTO channel_pauses AS p (company_id, channel, error_code, reason, paused_at, paused_until,
-                                 credential_fingerprint, resumed_at)
-VALUES ($1, $2, $3, $4, now(), now() + make_interval(secs => $5::float8), $6, NULL)
-ON CONFLICT (company_id, channel) DO UPDATE
-   SET error_code = EXCLUDED.error_code, reason = EXCLUDED.reason, paused_at = now(),
-       paused_until = EXCLUDED.paused_until,
-       credential_fingerprint = EXCLUDED.credential_fingerprint, resumed_at = NULL
- WHERE p.resumed_at IS NOT NULL
-    OR p.paused_until <= now()
-    OR (p.credential_fingerprint IS NOT NULL AND p.credential_fingerprint IS DISTINCT FROM $7)
-RETURNING now() AS now, paused_until
-"""
-
 _ACTIVE_PAUSE = """
 SELECT now() AS now, error_code, reason, paused_at, paused_until FROM channel_pauses
 WHERE company_id = $1 AND channel = $2 AND resumed_at IS NULL
@@ -255,43 +241,18 @@ class PolicyRepository:
         `fingerprint` binds the pause to the refused credentials; `current_fingerprint` is what
         the channel runs with now (a pause bound to other credentials is no longer in force)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                _START_PAUSE,
+            return await pauses.start_pause(
+                conn,
                 company_id,
                 channel,
                 code,
-                reason[:2000],
+                reason,
                 pause_seconds,
                 fingerprint,
                 current_fingerprint,
+                lead_id,
+                message_id,
             )
-            if row is not None:
-                await conn.execute(
-                    "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, NULL,"
-                    " 'channel.paused', jsonb_build_object('channel', $2::text, 'code', $3::int,"
-                    " 'reason', $4::text, 'paused_until', $5::timestamptz,"
-                    " 'lead_id', $6::uuid, 'message_id', $7::uuid))",
-                    company_id,
-                    channel,
-                    code,
-                    reason[:2000],
-                    row["paused_until"],
-                    lead_id,
-                    message_id,
-                )
-                return {"now": row["now"], "paused_until": row["paused_until"], "created": True}
-            current = await conn.fetchrow(
-                "SELECT now() AS now, paused_until FROM channel_pauses"
-                " WHERE company_id = $1 AND channel = $2",
-                company_id,
-                channel,
-            )
-            assert current is not None
-            return {
-                "now": current["now"],
-                "paused_until": current["paused_until"],
-                "created": False,
-            }
 
     async def list_pauses(self, include_lifted: bool = False) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self.pool.fetch(

@@ -76,6 +76,27 @@ class IngestSettings(KnowledgeSettings):
     whatsapp_app_secret: SecretStr | None = Field(
         None, description="Meta app secret; signs every webhook POST (X-Hub-Signature-256)."
     )
+    whatsapp_status_resend_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="A message WhatsApp reports failed for a Meta-side reason is sent once more"
+        " this long after the failure.",
+    )
+    whatsapp_status_resend_max: int = Field(
+        1, ge=0, le=5, description="Resends of one message after failed statuses; 0 = none."
+    )
+    whatsapp_status_pause_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="An account problem reported by a failed status (payment, lock) pauses the"
+        " company's WhatsApp Cloud sends this long.",
+    )
+    whatsapp_status_block_pause_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="A policy or spam block reported by a failed status (368, 131048) pauses"
+        " this long.",
+    )
     optout_keywords: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_OPTOUT_KEYWORDS),
         description="Comma-separated; an inbound message that is exactly one of these opts out.",

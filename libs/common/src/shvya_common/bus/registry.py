@@ -108,12 +108,17 @@ class Registry:
         return sorted(self._entries)
 
     def bind(self, **deps: Any) -> dict[str, Registration]:
-        """The registrations with the service's dependencies bound (`deps=...`)."""
+        """The registrations with the service's dependencies bound: each handler gets the ones
+        its signature names (`deps=...`, `media=...`)."""
         self.check()
-        return {
-            name: Registration(task_spec(name), functools.partial(func, **deps), model, retry)
-            for name, (func, model, retry) in self._entries.items()
-        }
+        out = {}
+        for name, (func, model, retry) in self._entries.items():
+            wanted = inspect.signature(func).parameters
+            given = {k: v for k, v in deps.items() if k in wanted}
+            out[name] = Registration(
+                task_spec(name), functools.partial(func, **given), model, retry
+            )
+        return out
 
 
 def plain(

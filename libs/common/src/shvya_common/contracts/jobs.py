@@ -41,6 +41,9 @@ class EngageParams(BaseModel):
 
     lead_id: UUID
     message_id: UUID
+    # Set when the customer edited the message and the company answers edits: the n-th edit
+    # gets its own reply (send key `reply:<message_id>:edit:<n>`).
+    revision: int | None = Field(None, ge=1)
 
 
 class SummaryParams(BaseModel):
@@ -85,6 +88,21 @@ class SendParams(BaseModel):
     )
     reply_to_message_id: UUID | None = None
     ai: AiMeta | None = None
+    # Not before this moment: the policy engine defers the send until then (e.g. WhatsApp's
+    # 131049 asks for a retry no sooner than 24 h later).
+    not_before: datetime | None = None
+    # The provider id of the message this one answers, shown as a quoted reply (WhatsApp's
+    # `context.message_id`).
+    context_message_id: str | None = Field(None, max_length=256)
+
+
+class MediaFetchParams(BaseModel):
+    """media.fetch: download one received attachment with the channel's credentials and store
+    it (the `inbound_media` row says which)."""
+
+    media_row_id: UUID
+    company_id: UUID
+    message_id: UUID
 
 
 @dataclass(frozen=True)
@@ -112,6 +130,8 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("ai.summary", 90, "engage", SummaryParams),
         # Sends inherit the priority of the job that asked for them; 100 is the default.
         TaskSpec("dispatch.send", 100, "dispatch", SendParams, ledger="messages"),
+        # Below sends: a download never delays a reply.
+        TaskSpec("media.fetch", 90, "dispatch", MediaFetchParams),
     )
 }
 
