@@ -27,6 +27,8 @@ from tests import backends, tasks
 tasks.register()
 # Hermetic: no settings object, here or in a service a test starts, reads the developer's .env.
 os.environ["SHVYA_IGNORE_DOTENV"] = "1"
+# Secrets the services refuse to start without: fresh for each test session, never a default.
+os.environ["LINK_SECRET"] = secrets.token_urlsafe(48)
 
 TEMPLATE_DB = "shvya_test_template"
 
@@ -61,7 +63,9 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yield url
         return
     base = Path(os.environ.get("SHVYA_TEST_PGDATA", str(tmp_path_factory.mktemp("pg"))))
-    server = EmbeddedPostgres(base / "data", free_port(), database="postgres")
+    server = EmbeddedPostgres(
+        base / "data", free_port(), database="postgres", password=secrets.token_urlsafe(18)
+    )
     server.start()
     yield server.url
     server.stop()

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 
 def _postgres_wheel() -> tuple[Path, Any]:
@@ -120,15 +121,24 @@ class EmbeddedNats:
 
 @dataclass
 class EmbeddedPostgres:
-    """A PostgreSQL with pgvector listening on 127.0.0.1:`port`, data in `data_dir`."""
+    """A PostgreSQL with pgvector listening on 127.0.0.1:`port`, data in `data_dir`, with
+    password authentication (scram-sha-256) for user `postgres` when `password` is given."""
 
     data_dir: Path
     port: int = 54320
     database: str = "shvya"
+    password: str | None = None
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
+        auth = f"postgres:{quote(self.password, safe='')}" if self.password else "postgres"
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{self.database}"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        return env
 
     def _bin(self, name: str) -> str:
         return str(_postgres_wheel()[0] / name)
@@ -153,21 +163,30 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         user = self._system_user()
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(
-                [
-                    self._bin("initdb"),
-                    "-D",
-                    str(self.data_dir),
-                    "--auth=trust",
-                    "-U",
-                    "postgres",
-                    "--encoding=utf8",
-                ],
-                check=True,
-                user=user,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
+            auth = ["--auth=trust"]
+            pwfile = self.data_dir.parent / f".{self.data_dir.name}.pw"
+            if self.password:
+                pwfile.write_text(self.password + "\n")
+                pwfile.chmod(0o644 if user else 0o600)  # initdb runs as `user` under root
+                auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+            try:
+                subprocess.run(
+                    [
+                        self._bin("initdb"),
+                        "-D",
+                        str(self.data_dir),
+                        *auth,
+                        "-U",
+                        "postgres",
+                        "--encoding=utf8",
+                    ],
+                    check=True,
+                    user=user,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            finally:
+                pwfile.unlink(missing_ok=True)
         if not self.running():
             if port_in_use(self.port):
                 raise RuntimeError(
@@ -198,6 +217,8 @@ class EmbeddedPostgres:
                 stderr=subprocess.PIPE,
             )
         wait_for_port(self.port)
+        if self.password:
+            self._require_password(user)
         exists = subprocess.run(
             [
                 self._bin("psql"),
@@ -213,6 +234,7 @@ class EmbeddedPostgres:
             check=True,
             capture_output=True,
             text=True,
+            env=self._env(),
         ).stdout.strip()
         if not exists:
             subprocess.run(
@@ -229,7 +251,38 @@ class EmbeddedPostgres:
                 check=True,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
+                env=self._env(),
             )
+
+    def _require_password(self, user: str | None) -> None:
+        """A data folder made before passwords (trust) gets the password and scram-sha-256."""
+        hba = self.data_dir / "pg_hba.conf"
+        text = hba.read_text()
+        if " trust" not in text:
+            return
+        assert self.password is not None
+        subprocess.run(
+            [
+                self._bin("psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-tAc",
+                "ALTER USER postgres PASSWORD " + _sql_literal(self.password),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        hba.write_text(text.replace(" trust", " scram-sha-256"))
+        subprocess.run(
+            [self._bin("pg_ctl"), "-D", str(self.data_dir), "reload"],
+            check=True,
+            user=user,
+            capture_output=True,
+        )
 
     def running(self) -> bool:
         result = subprocess.run(
@@ -246,3 +299,7 @@ class EmbeddedPostgres:
                 user=self._system_user(),
                 capture_output=True,
             )
+
+
+def _sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"

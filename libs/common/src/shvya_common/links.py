@@ -28,7 +28,7 @@ KIND_CLICK = "c"
 
 
 def _link(settings: CommonSettings, path: str, payload: dict[str, Any], suffix: str = "") -> str:
-    token = sign(settings.link_secret.get_secret_value(), payload)
+    token = sign(settings.link_key(), payload)
     return f"{settings.public_base_url.rstrip('/')}{path}{token}{suffix}"
 
 

@@ -21,6 +21,9 @@ from pydantic_settings import (
 from shvya_common.crypto import SecretBox
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+MIN_LINK_SECRET = 32
+# Values that have shipped in examples or earlier defaults: never accepted as a secret.
+KNOWN_PLACEHOLDERS = frozenset({"dev-only-link-secret-change-me", "changeme", "change-me"})
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:54320/shvya"
 
 
@@ -87,9 +90,10 @@ class CommonSettings(BaseSettings):
         "http://127.0.0.1:8000",
         description="Public URL of ingest, used in unsubscribe, open and click links.",
     )
-    link_secret: SecretStr = Field(
-        SecretStr("dev-only-link-secret-change-me"),
-        description="Signs unsubscribe and tracking links; set a random value in production.",
+    link_secret: SecretStr | None = Field(
+        None,
+        description="Signs unsubscribe, open and click links: a random string of at least 32"
+        " characters (`make up` writes one). Ingest and dispatch refuse to start without it.",
     )
     secrets_keys: SecretStr | None = Field(
         None,
@@ -117,6 +121,17 @@ class CommonSettings(BaseSettings):
     def _check_schedule(cls, value: list[float]) -> list[float]:
         if not value or any(v <= 0 for v in value):
             raise ValueError("retry_schedule needs at least one positive delay")
+        return value
+
+    def link_key(self) -> str:
+        """LINK_SECRET's value; raises when it is missing, short, or a known placeholder."""
+        value = self.link_secret.get_secret_value() if self.link_secret else ""
+        if len(value) < MIN_LINK_SECRET or value in KNOWN_PLACEHOLDERS:
+            raise ValueError(
+                f"LINK_SECRET must be a random string of at least {MIN_LINK_SECRET} characters"
+                " (`make up` writes one to .env; or: python3 -c 'import secrets;"
+                " print(secrets.token_urlsafe(48))')"
+            )
         return value
 
     def secret_box(self) -> SecretBox | None:

@@ -139,6 +139,10 @@ def template_sync(settings: DispatchSettings):  # type: ignore[no-untyped-def]
 def main() -> None:
     settings = DispatchSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
+    try:
+        settings.link_key()  # signs the unsubscribe and tracking links of every email
+    except ValueError as err:
+        raise SystemExit(f"dispatch: {err}") from None
     run(
         lambda: run_worker(
             settings, SERVICE, METRICS_PORT, make_handlers(settings), template_sync(settings)

@@ -86,6 +86,9 @@ async def handle_engage(params: EngageParams, job: JobContext, deps: Deps) -> di
     ctx = await deps.repo.load_context(params.lead_id, params.message_id, settings.history_messages)
     if ctx is None:
         raise PermanentError(f"lead {params.lead_id} or message {params.message_id} not found")
+    if ctx.lead.handoff_by is not None:
+        log.info("engage_skipped_handoff", by=ctx.lead.handoff_by)
+        return {"skipped": f"handed off to an agent ({ctx.lead.handoff_by})"}
     if ctx.group_id is not None:
         # A group conversation is not the bot's to answer, and never in private.
         log.info("engage_skipped_group_message")
@@ -222,6 +225,8 @@ async def handle_bumpup(params: BumpupParams, job: JobContext, deps: Deps) -> di
     if state.last_direction != "outbound":
         skip = "lead replied" if state.last_direction == "inbound" else "no message of ours"
         await deps.repo.cancel_followups(deps.bus.pool, params.lead_id)
+    elif state.lead.handoff_by is not None:
+        skip = f"handed off to an agent ({state.lead.handoff_by})"
     elif state.whatsapp_channel not in WHATSAPP or not state.lead.phone_e164:
         skip = "no WhatsApp conversation"
     elif state.sent >= number:

@@ -40,6 +40,8 @@ class LeadFacts:
     attributes: dict[str, Any]
     # WhatsApp's business-scoped user id: how a username user without a phone is answered.
     wa_user_id: str | None = None
+    # Set while an agent has taken the conversation over: the AI does not answer.
+    handoff_by: str | None = None
 
     @property
     def first_name(self) -> str:
@@ -96,7 +98,7 @@ DEFAULT_CONFIG = AiConfig(None, 0.7, 500, "You are a helpful sales assistant.")
 
 _LEAD_COLUMNS = """
     l.company_id, l.contact_name, l.phone_e164, l.email, l.attributes, s.name AS stage,
-    l.wa_user_id,
+    l.wa_user_id, l.handoff_by,
     a.model, a.temperature, a.max_tokens, a.system_prompt
 """
 _LEAD_JOINS = """
@@ -115,6 +117,7 @@ def _lead(row: asyncpg.Record, lead_id: uuid.UUID) -> LeadFacts:
         stage=row["stage"],
         attributes=row["attributes"] or {},
         wa_user_id=row["wa_user_id"],
+        handoff_by=row["handoff_by"],
     )
 
 

@@ -1,5 +1,9 @@
 """Ingest's HTTP routes: the original's /inbound-message, /queue/stats and /admin/dlq/replay,
-plus health, readiness and metrics.
+plus health and readiness.
+
+`POST /inbound-message` files into the company of the caller's `ingest` or `admin` key (see
+`auth.py`); without a credential only when INBOUND_AUTH allows it (loopback, default company).
+`/admin/*` and `/queue/stats` are the platform operator's (ADMIN_TOKEN).
 
 Bad input gets a 4xx with a reason and writes nothing. A database outage gets 503 (nothing was
 filed); a NATS outage does not: the message and its job are committed, and the job bus's relay
@@ -10,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -20,15 +23,15 @@ import structlog
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from shvya_common.db import is_outage
 from shvya_common.runtime import Platform
+from shvya_ingest.auth import ANONYMOUS, Authenticator, AuthError, Principal
 from shvya_ingest.batching import FilingBatcher
 from shvya_ingest.inbound import InboundFiler
 from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
+from shvya_ingest.ratelimit import Limited, PostgresStorage, RateLimiter
 from shvya_ingest.repository import CompanyRoute, InboundRow, IngestRepository
 from shvya_ingest.settings import IngestSettings
 
@@ -123,6 +126,24 @@ class Ingest:
         self.default_company_id: uuid.UUID | None = None
         self.inbound = InboundFiler(settings, plat, self.repo)
         self.batcher = FilingBatcher(self.inbound)
+        self.auth = Authenticator(plat.pool, settings.admin_token.get_secret_value())
+        self.limiter = RateLimiter(
+            PostgresStorage(plat.pool),
+            key=settings.api_rate_limit,
+            sender=settings.inbound_rate_limit,
+        )
+
+    async def caller(self, authorization: str | None) -> Principal:
+        """The principal for an inbound request: a key, or anonymous where INBOUND_AUTH allows;
+        the caller of any other route goes through `auth.principal`."""
+        found = await self.auth.authenticate(authorization)
+        if found is not None:
+            return found
+        if self.settings.inbound_auth == "required":
+            raise AuthError(
+                401, "POST /inbound-message needs 'Authorization: Bearer <ingest or admin key>'"
+            )
+        return ANONYMOUS
 
     async def route_for(self, company_id: uuid.UUID | None) -> CompanyRoute:
         if company_id is None:
@@ -139,7 +160,20 @@ class Ingest:
             self.routes[company_id] = route
         return route
 
-    async def accept(self, body: InboundMessage) -> InboundAccepted:
+    def company_for(self, caller: Principal, body: InboundMessage) -> uuid.UUID | None:
+        """The company a message files into: the key's; the default one for anonymous."""
+        if caller.kind == "anonymous":
+            if body.company_id is not None:
+                raise AuthError(401, "a company_id needs that company's ingest or admin key")
+            return None
+        if caller.kind == "operator" or caller.role not in ("ingest", "admin"):
+            raise AuthError(403, "posting inbound messages needs a company's ingest or admin key")
+        if body.company_id is not None and body.company_id != caller.company_id:
+            raise AuthError(403, "company_id is not the company of this key")
+        return caller.company_id
+
+    async def accept(self, body: InboundMessage, caller: Principal) -> InboundAccepted:
+        company_id = self.company_for(caller, body)
         try:
             if body.channel == "email" or "@" in body.phone_number:
                 identity: Literal["phone", "email"] = "email"
@@ -149,7 +183,15 @@ class Ingest:
                 address = normalise_phone(body.phone_number, self.settings.default_phone_region)
         except AddressError as err:
             raise HTTPException(422, str(err)) from err
-        route = await self.route_for(body.company_id)
+        try:
+            await self.limiter.hit(
+                key=str(caller.key_id or "anonymous"), sender=f"{company_id}:{address}"
+            )
+        except Limited as err:
+            raise HTTPException(
+                429, str(err), headers={"Retry-After": str(err.retry_after)}
+            ) from err
+        route = await self.route_for(company_id)
         row = InboundRow(
             address=address,
             text=body.message_text,
@@ -168,39 +210,57 @@ async def get_ingest(request: Request) -> Ingest:
 
 
 IngestDep = Annotated[Ingest, Depends(get_ingest)]
-bearer = HTTPBearer(auto_error=False)
 
 
-async def require_admin(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> None:
-    settings: IngestSettings = request.app.state.ingest.settings
-    expected = settings.admin_token.get_secret_value().encode()
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(
-            401,
-            "admin routes need 'Authorization: Bearer <ADMIN_TOKEN>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if not secrets.compare_digest(credentials.credentials.encode(), expected):
-        raise HTTPException(403, "admin token does not match")
+async def require_operator(request: Request) -> Principal:
+    """The platform operator (ADMIN_TOKEN) only."""
+    ingest: Ingest = request.app.state.ingest
+    try:
+        found = await ingest.auth.authenticate(request.headers.get("authorization"))
+    except AuthError as err:
+        raise err.http() from err
+    if found is None:
+        raise AuthError(401, "this route needs 'Authorization: Bearer <ADMIN_TOKEN>'").http()
+    if found.kind != "operator":
+        raise AuthError(403, "only the platform operator (ADMIN_TOKEN) may do this").http()
+    return found
+
+
+async def stats_reader(request: Request) -> None:
+    """Queue statistics are platform-wide: the operator's, or anyone's on the loopback default
+    (the original's testing workflow reads them without a credential)."""
+    ingest: Ingest = request.app.state.ingest
+    if request.headers.get("authorization") or ingest.settings.inbound_auth == "required":
+        await require_operator(request)
 
 
 router = APIRouter()
-admin = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], tags=["admin"])
+admin = APIRouter(prefix="/admin", dependencies=[Depends(require_operator)], tags=["admin"])
 
 
 @router.post("/inbound-message", response_model=InboundAccepted, tags=["inbound"])
-async def inbound_message(body: InboundMessage, ingest: IngestDep) -> Response:
-    """File an inbound message in the CRM and enqueue `ai.engage` at priority 100 (an opt-out
-    keyword instead suppresses the sender and queues one confirmation)."""
-    accepted = await ingest.accept(body)
+async def inbound_message(body: InboundMessage, ingest: IngestDep, request: Request) -> Response:
+    """File an inbound message in the company of the caller's ingest or admin key and enqueue
+    `ai.engage` at priority 100 (an opt-out keyword instead suppresses the sender and queues
+    one confirmation)."""
+    try:
+        caller = await ingest.caller(request.headers.get("authorization"))
+    except AuthError as err:
+        raise err.http() from err
+    try:
+        accepted = await ingest.accept(body, caller)
+    except AuthError as err:
+        raise err.http() from err
     # The hot path: serialised once here instead of re-validated against response_model.
     return Response(accepted.model_dump_json(), media_type="application/json")
 
 
-@router.get("/queue/stats", response_model=QueueStatsOut, tags=["queue"])
+@router.get(
+    "/queue/stats",
+    response_model=QueueStatsOut,
+    tags=["queue"],
+    dependencies=[Depends(stats_reader)],
+)
 async def queue_stats(ingest: IngestDep) -> QueueStatsOut:
     stats = await ingest.plat.bus.queue_stats()
     return QueueStatsOut(**stats.__dict__)
@@ -249,11 +309,6 @@ async def readyz(ingest: IngestDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
 UNAVAILABLE = {"detail": "a dependency (database or queue) is unavailable; retry later"}
 
 
@@ -261,6 +316,15 @@ def unavailable_body(exc: BaseException) -> bytes:
     """The 503 body, logging which dependency failed (by type, never by message)."""
     log.warning("dependency_unavailable", error=type(exc).__name__)
     return json.dumps(UNAVAILABLE).encode()
+
+
+INTERNAL = {"detail": "internal error; it has been logged"}
+
+
+def internal_error(exc: BaseException) -> Response:
+    """A bug, answered as JSON (the same body from the fast path and the routes)."""
+    log.error("internal_error", error=type(exc).__name__, exc_info=exc)
+    return JSONResponse(INTERNAL, status_code=500)
 
 
 def _unavailable(exc: BaseException) -> Response:
@@ -276,12 +340,15 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         return JSONResponse({"detail": errors}, status_code=422)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        return internal_error(exc)
+
     @app.exception_handler(asyncpg.PostgresError)
     async def _postgres(_: Request, exc: asyncpg.PostgresError) -> Response:
         if is_outage(exc):
             return _unavailable(exc)
-        log.error("database_error", error=type(exc).__name__, sqlstate=exc.sqlstate)
-        return JSONResponse({"detail": "internal database error"}, status_code=500)
+        return internal_error(exc)
 
     for error in OUTAGE_ERRORS:
 

@@ -10,8 +10,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from shvya_common.logging import configure_logging
+from shvya_common.metrics import start_metrics_server
 from shvya_common.runtime import platform
-from shvya_ingest import ai_api, email_routes, kb_api, mail_webhooks, mailbox_api, webhooks
+from shvya_ingest import email_routes, kb_api, mail_webhooks, mailbox_api, v1, webhooks
 from shvya_ingest.api import Ingest, admin, install_error_handlers, router
 from shvya_ingest.fastpath import InboundFastPath
 from shvya_ingest.imap_reader import MailboxReaders
@@ -20,9 +21,12 @@ from shvya_ingest.settings import IngestSettings
 from shvya_ingest.smtp_receiver import start_smtp_receiver
 
 SERVICE = "ingest"
+METRICS_PORT = 9100
 
 
 def create_app(settings: IngestSettings) -> FastAPI:
+    settings.link_key()  # refuse a missing, short or placeholder LINK_SECRET before anything
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with platform(settings, SERVICE) as plat:
@@ -52,16 +56,18 @@ def create_app(settings: IngestSettings) -> FastAPI:
     )
     app.include_router(router)
     app.include_router(admin)
+    for v1_router in v1.routers():
+        app.include_router(v1_router)
     app.include_router(webhooks.router)
     app.include_router(email_routes.router)
     app.include_router(mail_webhooks.router)
     app.include_router(mailbox_api.router)
-    app.include_router(ai_api.router)
     app.include_router(kb_api.router)  # its lifespan opens the embedder, inside the platform's
     install_error_handlers(app)
     # Added first, so it runs inside the edge middleware: body limits, the deadline and metrics
     # apply to it too (Starlette wraps later middleware around earlier ones).
-    app.add_middleware(InboundFastPath, fastapi_app=app)
+    if settings.fast_path:
+        app.add_middleware(InboundFastPath, fastapi_app=app)
     app.add_middleware(
         EdgeMiddleware,
         max_body=settings.max_body_bytes,
@@ -72,16 +78,34 @@ def create_app(settings: IngestSettings) -> FastAPI:
     return app
 
 
+def serve_metrics(settings: IngestSettings, workers: int = 1) -> None:
+    """Prometheus metrics on their own port (METRICS_HOST, loopback by default), not the public
+    one. With several HTTP workers each takes the first free port from METRICS_PORT on."""
+    base = settings.metrics_port or METRICS_PORT
+    for port in range(base, base + workers):
+        try:
+            start_metrics_server(settings.metrics_host, port)
+            return
+        except OSError:
+            continue
+    raise SystemExit(f"no free metrics port in {base}..{base + workers - 1}")
+
+
 def app_factory() -> FastAPI:
     """For `uvicorn --factory shvya_ingest.app:app_factory` (several workers)."""
     settings = IngestSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
+    serve_metrics(settings, settings.http_workers)
     return create_app(settings)
 
 
 def main() -> None:
     settings = IngestSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
+    try:
+        settings.link_key()
+    except ValueError as err:
+        raise SystemExit(f"ingest: {err}") from None
     if settings.http_workers > 1:
         uvicorn.run(
             "shvya_ingest.app:app_factory",
@@ -95,6 +119,7 @@ def main() -> None:
             http="httptools",
         )
         return
+    serve_metrics(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -158,7 +158,7 @@ async def inbound_email(body: InboundEmailWebhook, ingest: IngestDep) -> Inbound
 
 def _claims(ingest: Ingest, token: str) -> dict[str, Any]:
     try:
-        claims: dict[str, Any] = verify(ingest.settings.link_secret.get_secret_value(), token)
+        claims: dict[str, Any] = verify(ingest.settings.link_key(), token)
         return claims
     except TokenError as err:
         raise HTTPException(404, "this link is not valid") from err
@@ -241,7 +241,7 @@ def _message_id(claims: dict[str, Any]) -> uuid.UUID | None:
 async def open_pixel(token: str, request: Request, ingest: IngestDep) -> Response:
     """The tracking pixel: always a GIF; a valid token also records `email.opened`."""
     try:
-        claims = verify(ingest.settings.link_secret.get_secret_value(), token)
+        claims = verify(ingest.settings.link_key(), token)
     except TokenError:
         claims = {}
     message_id = _message_id(claims) if claims.get("k") == KIND_OPEN else None

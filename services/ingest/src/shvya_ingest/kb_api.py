@@ -1,12 +1,14 @@
 """The knowledge-base admin API: add, replace, list, read and delete a company's documents, and
 search them the way engage does, to see what a question retrieves.
 
-    POST   /admin/companies/{company_id}/kb/documents            add (JSON, or a raw text body)
-    GET    /admin/companies/{company_id}/kb/documents            list
-    GET    /admin/companies/{company_id}/kb/documents/{doc_id}   read, with its text
-    PUT    /admin/companies/{company_id}/kb/documents/{doc_id}   replace content and chunks
-    DELETE /admin/companies/{company_id}/kb/documents/{doc_id}   delete
-    POST   /admin/companies/{company_id}/kb/search               retrieve the top chunks
+    POST   /v1/kb/documents            add (JSON, or a raw text body)         admin key
+    GET    /v1/kb/documents            list                                   admin or agent key
+    GET    /v1/kb/documents/{doc_id}   read, with its text                    admin or agent key
+    PUT    /v1/kb/documents/{doc_id}   replace content and chunks             admin key
+    DELETE /v1/kb/documents/{doc_id}   delete                                 admin key
+    POST   /v1/kb/search               retrieve the top chunks                admin or agent key
+
+The company is the calling key's.
 
 A document is JSON with `content` (text, markdown or HTML) or a `url` fetched once, or a raw body
 sent as text/markdown, text/plain or text/html with `?title=`. The router owns the embedder and
@@ -42,14 +44,15 @@ from shvya_common.knowledge import (
     open_embedder,
 )
 from shvya_common.knowledge.chunking import Format
-from shvya_ingest.api import require_admin
+from shvya_ingest.auth import AdminCompany, AgentCompany
 from shvya_ingest.kb_fetch import FetchError, fetch_document
 from shvya_ingest.middleware import RouteLimits
 from shvya_ingest.settings import IngestSettings
+from shvya_ingest.v1.common import V1
 
 log = structlog.get_logger(__name__)
 
-KB_PATHS = re.compile(r"^/admin/companies/[^/]+/kb(/|$)")
+KB_PATHS = re.compile(r"^/v1/kb(/|$)")
 RAW_FORMATS: dict[str, Format] = {
     "text/markdown": "markdown",
     "text/x-markdown": "markdown",
@@ -197,8 +200,8 @@ def get_kb(request: Request) -> KnowledgeApi:
 KbDep = Annotated[KnowledgeApi, Depends(get_kb)]
 
 router = APIRouter(
-    prefix="/admin/companies/{company_id}/kb",
-    dependencies=[Depends(require_admin)],
+    prefix="/v1/kb",
+    dependencies=V1,
     tags=["knowledge base"],
     lifespan=lifespan,
 )
@@ -312,7 +315,7 @@ async def _store(
     "/documents", status_code=201, response_model=DocumentOut, openapi_extra=_DOCUMENT_BODY
 )
 async def add_document(
-    company_id: uuid.UUID,
+    company_id: AdminCompany,
     request: Request,
     api: KbDep,
     title: Annotated[str | None, Query(max_length=300)] = None,
@@ -328,7 +331,7 @@ async def add_document(
 
 @router.put("/documents/{doc_id}", response_model=DocumentOut, openapi_extra=_DOCUMENT_BODY)
 async def replace_document(
-    company_id: uuid.UUID,
+    company_id: AdminCompany,
     doc_id: uuid.UUID,
     request: Request,
     api: KbDep,
@@ -346,7 +349,7 @@ async def replace_document(
 
 @router.get("/documents", response_model=DocumentList)
 async def list_documents(
-    company_id: uuid.UUID,
+    company_id: AgentCompany,
     api: KbDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -359,7 +362,7 @@ async def list_documents(
 
 
 @router.get("/documents/{doc_id}", response_model=DocumentDetail)
-async def get_document(company_id: uuid.UUID, doc_id: uuid.UUID, api: KbDep) -> DocumentDetail:
+async def get_document(company_id: AgentCompany, doc_id: uuid.UUID, api: KbDep) -> DocumentDetail:
     found = await api.kb.get_document(company_id, doc_id)
     if found is None:
         raise HTTPException(404, f"document {doc_id} does not exist in company {company_id}")
@@ -368,14 +371,14 @@ async def get_document(company_id: uuid.UUID, doc_id: uuid.UUID, api: KbDep) -> 
 
 
 @router.delete("/documents/{doc_id}", status_code=204)
-async def delete_document(company_id: uuid.UUID, doc_id: uuid.UUID, api: KbDep) -> Response:
+async def delete_document(company_id: AdminCompany, doc_id: uuid.UUID, api: KbDep) -> Response:
     if not await api.kb.delete_document(company_id, doc_id):
         raise HTTPException(404, f"document {doc_id} does not exist in company {company_id}")
     return Response(status_code=204)
 
 
 @router.post("/search", response_model=SearchOut)
-async def search(company_id: uuid.UUID, body: SearchIn, api: KbDep) -> SearchOut:
+async def search(company_id: AgentCompany, body: SearchIn, api: KbDep) -> SearchOut:
     """What retrieval returns for a question: the chunks engage would put in a prompt."""
     await _require_company(api, company_id)
     return SearchOut.of(await api.kb.search(company_id, body.query, body.k))

@@ -8,15 +8,17 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from shvya_ingest.api import IngestDep, require_admin
+from shvya_ingest.api import IngestDep
+from shvya_ingest.auth import AdminCompany
 from shvya_ingest.imap_reader import password_context
+from shvya_ingest.v1.common import V1
 
 router = APIRouter(
-    prefix="/admin/companies/{company_id}/email/mailboxes",
-    dependencies=[Depends(require_admin)],
+    prefix="/v1/email/mailboxes",
+    dependencies=V1,
     tags=["admin"],
 )
 
@@ -64,7 +66,9 @@ _COLUMNS = (
 
 
 @router.post("", status_code=201, response_model=MailboxOut)
-async def connect_mailbox(company_id: uuid.UUID, body: MailboxIn, ingest: IngestDep) -> MailboxOut:
+async def connect_mailbox(
+    company_id: AdminCompany, body: MailboxIn, ingest: IngestDep
+) -> MailboxOut:
     """Connect a mailbox: its new mail (from now on) is filed as inbound email."""
     box = ingest.settings.secret_box()
     if box is None:
@@ -100,7 +104,7 @@ async def connect_mailbox(company_id: uuid.UUID, body: MailboxIn, ingest: Ingest
 
 
 @router.get("", response_model=list[MailboxOut])
-async def list_mailboxes(company_id: uuid.UUID, ingest: IngestDep) -> list[MailboxOut]:
+async def list_mailboxes(company_id: AdminCompany, ingest: IngestDep) -> list[MailboxOut]:
     rows = await ingest.plat.pool.fetch(
         f"SELECT {_COLUMNS} FROM email_mailboxes WHERE company_id = $1 ORDER BY created_at",
         company_id,
@@ -110,7 +114,7 @@ async def list_mailboxes(company_id: uuid.UUID, ingest: IngestDep) -> list[Mailb
 
 @router.delete("/{mailbox_id}", status_code=204)
 async def disconnect_mailbox(
-    company_id: uuid.UUID, mailbox_id: uuid.UUID, ingest: IngestDep
+    company_id: AdminCompany, mailbox_id: uuid.UUID, ingest: IngestDep
 ) -> Response:
     deleted = await ingest.plat.pool.fetchval(
         "DELETE FROM email_mailboxes WHERE id = $1 AND company_id = $2 RETURNING id",

@@ -4,7 +4,8 @@ IMAP mailboxes)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import ipaddress
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
@@ -40,14 +41,42 @@ DEFAULT_OPTOUT_KEYWORDS = [
 ]
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # KnowledgeSettings is a CommonSettings with the knowledge-base fields (the KB API's embedder).
 class IngestSettings(KnowledgeSettings):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(8000, ge=1, le=65535)
     http_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
     admin_token: SecretStr = Field(
-        ..., description="Bearer token for /admin/*; at least 16 characters."
+        ...,
+        description="The platform operator's bearer token (creates companies and their first"
+        " key, replays dead letters); at least 16 characters. Not a company's key.",
     )
+    inbound_auth: Literal["required", "anonymous-loopback"] = Field(
+        "anonymous-loopback",
+        description="'required': every POST /inbound-message needs an ingest or admin key."
+        " 'anonymous-loopback' (the embedded default) also lets a request without a credential"
+        " file into the default company, and is refused unless HOST is a loopback address.",
+    )
+    fast_path: bool = Field(
+        True, description="Serve POST /inbound-message through the pure-ASGI fast path."
+    )
+    api_rate_limit: str = Field(
+        "1200/minute",
+        description="Requests per API key (the `limits` notation); over it: 429 and Retry-After.",
+    )
+    inbound_rate_limit: str = Field(
+        "60/minute", description="Inbound messages per sender address and company."
+    )
+    max_page_size: int = Field(200, ge=1, le=1000, description="Largest `limit` a list takes.")
     max_body_bytes: int = Field(
         65_536, ge=1024, description="Largest JSON body /inbound-message accepts."
     )
@@ -61,6 +90,15 @@ class IngestSettings(KnowledgeSettings):
     request_timeout_seconds: float = Field(
         10.0, gt=0, description="A request that cannot finish by then gets 503."
     )
+
+    @model_validator(mode="after")
+    def _anonymous_only_on_loopback(self) -> IngestSettings:
+        if self.inbound_auth != "required" and not is_loopback(self.host):
+            raise ValueError(
+                f"HOST={self.host} is not a loopback address: set INBOUND_AUTH=required, so that"
+                " posting inbound messages needs a company's API key"
+            )
+        return self
 
     @field_validator("admin_token")
     @classmethod

@@ -36,6 +36,11 @@ class EventType(StrEnum):
     LEAD_SUMMARY_UPDATED = "lead.summary_updated"
     FOLLOWUP_BUMPUP_SENT = "followup.bumpup_sent"
     JOB_DEAD_LETTERED = "job.dead_lettered"
+    AUDIT = "audit.action"
+    LEAD_ERASED = "lead.erased"
+    LEAD_MERGED = "lead.merged"
+    LEAD_HANDOFF_STARTED = "lead.handoff_started"
+    LEAD_HANDOFF_ENDED = "lead.handoff_ended"
 
 
 # What an outbound webhook endpoint may subscribe to (the rest are internal bookkeeping).
@@ -52,6 +57,10 @@ PUBLIC_EVENTS: frozenset[EventType] = frozenset(
         EventType.LEAD_STAGE_CHANGED,
         EventType.LEAD_SUMMARY_UPDATED,
         EventType.LEAD_OPTED_OUT,
+        EventType.LEAD_ERASED,
+        EventType.LEAD_MERGED,
+        EventType.LEAD_HANDOFF_STARTED,
+        EventType.LEAD_HANDOFF_ENDED,
         EventType.LEAD_UNSUBSCRIBED,
         EventType.CHANNEL_PAUSED,
         EventType.CHANNEL_RESUMED,

@@ -83,9 +83,10 @@ class SendParams(BaseModel):
     # The logical identity of this send; the outbound message is unique by it.
     send_key: str
     # optout_confirmation is the one send allowed to a lead that just opted out.
-    purpose: Literal["reply", "followup", "marketing", "notification", "optout_confirmation"] = (
-        "reply"
-    )
+    # agent: typed by a person through the API (hand-off), not generated.
+    purpose: Literal[
+        "reply", "followup", "marketing", "notification", "optout_confirmation", "agent"
+    ] = "reply"
     reply_to_message_id: UUID | None = None
     ai: AiMeta | None = None
     # Not before this moment: the policy engine defers the send until then (e.g. WhatsApp's

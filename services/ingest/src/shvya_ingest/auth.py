@@ -1,0 +1,222 @@
+"""Who is calling: the platform operator, or a company's API key with a role.
+
+    Authorization: Bearer <ADMIN_TOKEN>          the operator: creates companies and their first
+                                                 key; platform-wide operations (DLQ replay)
+    Authorization: Bearer shvya_<id>_<secret>    a company's key: `admin` (everything in its
+                                                 company), `agent` (leads, conversations,
+                                                 sends), `ingest` (posting inbound messages)
+
+Every company-scoped route takes its company from the credential (`AdminCompany`,
+`AgentCompany`, ...), never from the request, so an id from another company is simply not
+found (404). A key is shown once at creation; only its SHA-256 is stored (32 random bytes need
+no slow hash), with the visible prefix `shvya_<id>` to tell keys apart. Resolved keys are
+cached for `KEY_CACHE_SECONDS`, so a revocation takes effect within that time on every replica.
+
+One function, `authenticate`, reads the header for FastAPI routes and for the pure-ASGI fast
+path alike, and `AuthError` carries the status, reason and headers both answer with.
+
+The original's credential-less `POST /inbound-message` (and `GET /queue/stats`) keep working
+only with `INBOUND_AUTH=anonymous-loopback` (the default) on a loopback bind; ingest refuses to
+start with it on any other address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import asyncpg
+from fastapi import Depends, HTTPException, Request
+
+from shvya_common.contracts.events import EventType
+from shvya_common.events import record_event
+
+Role = Literal["admin", "agent", "ingest"]
+ROLES: tuple[Role, ...] = ("admin", "agent", "ingest")
+KEY_PREFIX = "shvya_"
+KEY_CACHE_SECONDS = 10.0
+_KEY_CACHE_MAX = 10_000
+
+
+class AuthError(Exception):
+    """An answer to give instead of running the route: 401 or 403 with a reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+
+    def http(self) -> HTTPException:
+        return HTTPException(self.status, self.reason, headers=self.headers)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller. `company_id` is None only for the operator."""
+
+    kind: Literal["operator", "key", "anonymous"]
+    company_id: uuid.UUID | None
+    role: Role | None
+    key_id: uuid.UUID | None = None
+    prefix: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """Who did it, for the audit trail."""
+        if self.kind == "key":
+            return f"key:{self.prefix}"
+        return self.kind
+
+    def allows(self, roles: Iterable[str]) -> bool:
+        return self.kind == "key" and self.role in set(roles)
+
+
+OPERATOR = Principal("operator", None, None)
+ANONYMOUS = Principal("anonymous", None, None)
+
+
+def new_key() -> tuple[str, str, str]:
+    """A fresh key: (the key to show once, its prefix, its hash)."""
+    ident = secrets.token_hex(4)
+    key = f"{KEY_PREFIX}{ident}_{secrets.token_urlsafe(32)}"
+    return key, f"{KEY_PREFIX}{ident}", hash_key(key)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_prefix(key: str) -> str | None:
+    if not key.startswith(KEY_PREFIX):
+        return None
+    ident, sep, rest = key[len(KEY_PREFIX) :].partition("_")
+    if not sep or not rest or len(ident) != 8:
+        return None
+    return f"{KEY_PREFIX}{ident}"
+
+
+class Authenticator:
+    """Resolves bearer credentials against the operator token and the api_keys table."""
+
+    def __init__(self, pool: asyncpg.Pool, operator_token: str) -> None:
+        self.pool = pool
+        self._operator = operator_token.encode()
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+
+    async def authenticate(self, authorization: str | None) -> Principal | None:
+        """The principal for an `Authorization` header value; None when there is none.
+        Raises AuthError for a credential that is malformed, unknown or revoked."""
+        if not authorization:
+            return None
+        scheme, _, credential = authorization.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            raise AuthError(401, "use 'Authorization: Bearer <API key>'")
+        prefix = key_prefix(credential)
+        if prefix is None:
+            if hmac.compare_digest(credential.encode(), self._operator):
+                return OPERATOR
+            raise AuthError(401, "the credential is not a valid API key or operator token")
+        principal = await self._key(credential, prefix)
+        if principal is None:
+            raise AuthError(401, "API key unknown or revoked")
+        return principal
+
+    async def _key(self, key: str, prefix: str) -> Principal | None:
+        digest = hash_key(key)
+        cached = self._cache.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        row = await self.pool.fetchrow(
+            "UPDATE api_keys SET last_used_at = now() WHERE prefix = $1 AND revoked_at IS NULL"
+            " RETURNING id, company_id, role, key_hash",
+            prefix,
+        )
+        principal = None
+        if row is not None and hmac.compare_digest(row["key_hash"], digest):
+            principal = Principal("key", row["company_id"], row["role"], row["id"], prefix)
+        if len(self._cache) >= _KEY_CACHE_MAX:
+            self._cache.clear()
+        self._cache[digest] = (now + KEY_CACHE_SECONDS, principal)
+        return principal
+
+    def forget(self) -> None:
+        """Drop cached keys (a revocation made by this process takes effect at once here)."""
+        self._cache.clear()
+
+
+def authenticator(request: Request) -> Authenticator:
+    auth: Authenticator = request.app.state.ingest.auth
+    return auth
+
+
+async def principal(request: Request) -> Principal:
+    """The caller of this request; 401 without a credential."""
+    try:
+        found = await authenticator(request).authenticate(request.headers.get("authorization"))
+    except AuthError as err:
+        raise err.http() from err
+    if found is None:
+        raise AuthError(401, "this route needs 'Authorization: Bearer <API key>'").http()
+    request.state.principal = found
+    return found
+
+
+PrincipalDep = Annotated[Principal, Depends(principal)]
+
+
+async def operator(caller: PrincipalDep) -> Principal:
+    if caller.kind != "operator":
+        raise AuthError(403, "only the platform operator (ADMIN_TOKEN) may do this").http()
+    return caller
+
+
+def company_of(*roles: Role) -> Callable[[Principal], Awaitable[uuid.UUID]]:
+    """A dependency giving the caller's company, if its key has one of `roles`."""
+    allowed = set(roles)
+
+    async def dependency(caller: PrincipalDep) -> uuid.UUID:
+        if caller.kind == "operator":
+            raise AuthError(
+                403, "the operator token is not a company's key: use one of the company's keys"
+            ).http()
+        if caller.role not in allowed or caller.company_id is None:
+            raise AuthError(
+                403, f"this route needs a key with role {' or '.join(sorted(allowed))}"
+            ).http()
+        return caller.company_id
+
+    return dependency
+
+
+OperatorDep = Annotated[Principal, Depends(operator)]
+AdminCompany = Annotated[uuid.UUID, Depends(company_of("admin"))]
+AgentCompany = Annotated[uuid.UUID, Depends(company_of("admin", "agent"))]
+
+
+async def audit(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    caller: Principal,
+    company_id: uuid.UUID | None,
+    action: str,
+    target: dict[str, Any],
+) -> None:
+    """Record an admin action: who (the key's prefix or the operator), what, when."""
+    await record_event(
+        conn,
+        company_id,
+        None,
+        EventType.AUDIT,
+        {"actor": caller.actor, "action": action, "target": target},
+    )
