@@ -361,7 +361,7 @@ async def _send_params(nats_url, prefix):
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        sub = await js.pull_subscribe(f"{prefix}.jobs.*.dispatch.send", durable=None)
+        sub = await js.pull_subscribe(f"{prefix}.jobs.*.dispatch.send.*", durable=None)
         msgs = await sub.fetch(10, timeout=2)
         return [json.loads(m.data)["params"] for m in msgs]
     finally:
