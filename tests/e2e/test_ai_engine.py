@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.fakes.openai_server import FakeOpenAI
+from tests.keys import bearer, make_key
 from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
@@ -57,12 +58,12 @@ async def test_model_reply_quiet_summary_bumpup_and_summary_api(services, db_url
         await conn.set_type_codec(
             "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
         )
-        admin = {"Authorization": f"Bearer {services.base_env['ADMIN_TOKEN']}"}
         try:
             company = await conn.fetchval("SELECT id FROM companies WHERE is_default")
+            admin = bearer(await make_key(db_url, company))
             async with httpx.AsyncClient(base_url=services.url, headers=admin) as client:
                 configured = await client.put(
-                    f"/admin/companies/{company}/ai-model",
+                    "/v1/ai-model",
                     json={
                         "model": "gpt-acme",
                         "temperature": 0.2,
@@ -113,7 +114,7 @@ async def test_model_reply_quiet_summary_bumpup_and_summary_api(services, db_url
                 assert bump["body"] == BUMP and bump["priority"] == 95
                 assert bump["send_key"] == f"bumpup:{lead}:1"
 
-                asked = await client.post(f"/admin/leads/{lead}/summary")
+                asked = await client.post(f"/v1/leads/{lead}/summary")
                 assert asked.status_code == 202, asked.text
                 await eventually(
                     lambda: conn.fetchval(
@@ -121,9 +122,9 @@ async def test_model_reply_quiet_summary_bumpup_and_summary_api(services, db_url
                     ),
                     lambda status: status == "completed",
                 )
-                shown = (await client.get(f"/admin/leads/{lead}")).json()
+                shown = (await client.get(f"/v1/leads/{lead}")).json()
                 assert shown["summary"]["reason"] == "api"
-                assert shown["followup"]["count"] == 1
+                assert shown["attributes"]["followup"]["count"] == 1
         finally:
             await conn.close()
     followups = [r for r in server.answered_chats() if "follow-up" in str(r.body["messages"])]

@@ -18,6 +18,7 @@ import pytest
 
 from shvya_common.embedded import free_port
 from tests.integration.mail_support import fixture, mail_app, mail_settings
+from tests.keys import bearer, make_key
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -109,11 +110,11 @@ async def test_an_imap_mailbox_files_new_mail_as_leads_and_marks_it(
     settings = mail_settings(
         base_env, tmp_path, imap_enabled=True, imap_refresh_seconds=0.2, imap_poll_seconds=0.5
     )
-    admin = {"authorization": f"Bearer {base_env['ADMIN_TOKEN']}"}
     async with mail_app(settings) as (ingest, client):
         company = (await ingest.route_for(None)).company_id
+        admin = bearer(await make_key(ingest.plat.pool, company))
         created = await client.post(
-            f"/admin/companies/{company}/email/mailboxes",
+            "/v1/email/mailboxes",
             headers=admin,
             json={
                 "host": "127.0.0.1",
@@ -173,7 +174,7 @@ async def test_an_imap_mailbox_files_new_mail_as_leads_and_marks_it(
             await reader.logout()
         leads = await pool.fetch("SELECT email FROM leads ORDER BY email")
         assert [r["email"] for r in leads] == ["meera@example.in"]
-        listed = await client.get(f"/admin/companies/{company}/email/mailboxes", headers=admin)
+        listed = await client.get("/v1/email/mailboxes", headers=admin)
         assert listed.json()[0]["id"] == mailbox_id and listed.json()[0]["last_error"] is None
         assert "password" not in listed.json()[0]
 
@@ -185,11 +186,11 @@ async def test_move_mode_moves_filed_mail_to_its_folder(
     settings = mail_settings(
         base_env, tmp_path, imap_enabled=True, imap_refresh_seconds=0.2, imap_poll_seconds=0.5
     )
-    admin = {"authorization": f"Bearer {base_env['ADMIN_TOKEN']}"}
     async with mail_app(settings) as (ingest, client):
         company = (await ingest.route_for(None)).company_id
+        admin = bearer(await make_key(ingest.plat.pool, company))
         created = await client.post(
-            f"/admin/companies/{company}/email/mailboxes",
+            "/v1/email/mailboxes",
             headers=admin,
             json={
                 "host": "127.0.0.1",

@@ -22,6 +22,7 @@ from tests.integration.engage_helpers import (
     finished_job,
     seed_lead,
 )
+from tests.keys import bearer, make_key
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -75,25 +76,25 @@ async def summary_of(pool, lead):
 
 
 async def test_admin_api_requests_a_summary_stored_on_the_lead(plat, base_env, server):
-    """POST /admin/leads/{id}/summary enqueues ai.summary; the validated JSON lands in
-    attributes.summary and GET /admin/leads/{id} shows it."""
+    """POST /v1/leads/{id}/summary enqueues ai.summary; the validated JSON lands in
+    attributes.summary and GET /v1/leads/{id} shows it."""
     lead, last = await conversation(plat.pool)
     server.script_chat(Content(json.dumps(VALID)))
-    headers = {"Authorization": f"Bearer {base_env['ADMIN_TOKEN']}"}
+    headers = bearer(await make_key(plat.pool, lead.company_id, "agent"))
     async with ingest_client(base_env) as client, engage_worker(plat, online(base_env, server)):
-        denied = await client.post(f"/admin/leads/{lead.lead_id}/summary")
+        denied = await client.post(f"/v1/leads/{lead.lead_id}/summary")
         assert denied.status_code == 401
         missing = await client.post(
-            "/admin/leads/00000000-0000-0000-0000-000000000000/summary", headers=headers
+            "/v1/leads/00000000-0000-0000-0000-000000000000/summary", headers=headers
         )
         assert missing.status_code == 404
-        response = await client.post(f"/admin/leads/{lead.lead_id}/summary", headers=headers)
+        response = await client.post(f"/v1/leads/{lead.lead_id}/summary", headers=headers)
         assert response.status_code == 202, response.text
         body = response.json()
         assert body["lead_id"] == str(lead.lead_id) and body["created"] is True
         job = await finished_job(plat.pool, body["job_id"])
         assert job["status"] == "completed", job["last_error"]
-        shown = (await client.get(f"/admin/leads/{lead.lead_id}", headers=headers)).json()
+        shown = (await client.get(f"/v1/leads/{lead.lead_id}", headers=headers)).json()
 
     [chat] = server.answered_chats()
     assert chat.body["response_format"]["type"] == "json_schema"

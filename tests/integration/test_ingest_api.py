@@ -14,6 +14,7 @@ from shvya_common.db import migrate
 from shvya_common.embedded import EmbeddedNats, free_port
 from shvya_ingest.app import create_app
 from shvya_ingest.settings import IngestSettings
+from tests.keys import bearer, make_key
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -49,9 +50,11 @@ async def counts(db_url: str) -> dict[str, int]:
         await conn.close()
 
 
-@pytest.fixture
-async def client(base_env):
-    async with ingest_client(base_env) as c:
+@pytest.fixture(params=["fast path", "FastAPI route"])
+async def client(request, base_env):
+    """Every test here runs twice: through the pure-ASGI fast path and through the route."""
+    fast = "true" if request.param == "fast path" else "false"
+    async with ingest_client(base_env, FAST_PATH=fast) as c:
         yield c
 
 
@@ -96,14 +99,25 @@ async def test_bad_input_gets_4xx_with_reason_and_writes_nothing(
     assert after == NOTHING
 
 
-async def test_unknown_company_is_404_and_writes_nothing(client, db_url):
-    """A company_id that does not exist is refused rather than silently created."""
+async def test_a_company_id_without_its_key_is_refused_and_writes_nothing(client, db_url):
+    """Without a credential a request may only file into the default company: naming any
+    company_id answers 401, and a key of one company naming another answers 403."""
+    other = "00000000-0000-4000-8000-000000000000"
+    response = await client.post("/inbound-message", json={**GOOD, "company_id": other})
+    assert response.status_code == 401
+    assert "needs that company's ingest or admin key" in response.json()["detail"]
+    conn = await asyncpg.connect(db_url)
+    try:
+        mine = await conn.fetchval("INSERT INTO companies (name) VALUES ('Mine') RETURNING id")
+    finally:
+        await conn.close()
+    key = await make_key(db_url, mine, "ingest")
     response = await client.post(
-        "/inbound-message", json={**GOOD, "company_id": "00000000-0000-4000-8000-000000000000"}
+        "/inbound-message", json={**GOOD, "company_id": other}, headers=bearer(key)
     )
-    assert response.status_code == 404
-    assert "does not exist" in response.json()["detail"]
-    assert await counts(db_url) == NOTHING
+    assert response.status_code == 403
+    after = await counts(db_url)
+    assert after["messages"] == after["jobs"] == after["leads"] == 0
 
 
 async def test_lead_is_upserted_by_normalised_phone_and_name_updated(client, db_url):
@@ -125,12 +139,13 @@ async def test_lead_is_upserted_by_normalised_phone_and_name_updated(client, db_
 
 
 async def test_admin_replay_needs_the_bearer_token(client, admin_token):
-    """/admin/* answers 401 without a token, 403 with a wrong one, 200 with the right one."""
+    """/admin/* answers 401 without a token or with an unknown one, 403 with a company's key,
+    200 with the operator's token."""
     assert (await client.post("/admin/dlq/replay", json={"max_jobs": 5})).status_code == 401
     wrong = await client.post(
         "/admin/dlq/replay", json={"max_jobs": 5}, headers={"Authorization": "Bearer nope"}
     )
-    assert wrong.status_code == 403
+    assert wrong.status_code == 401
     right = await client.post(
         "/admin/dlq/replay",
         json={"max_jobs": 5},
@@ -147,12 +162,16 @@ async def test_admin_replay_needs_the_bearer_token(client, admin_token):
 
 
 async def test_health_readiness_and_metrics(client):
-    """/healthz, /readyz (database and NATS) and /metrics answer."""
+    """/healthz and /readyz answer on the public port; metrics are not served there (they have
+    their own port, METRICS_HOST:METRICS_PORT) but record the request."""
+    from prometheus_client import generate_latest
+
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["database"] == "ok"
     await client.post("/inbound-message", json=GOOD)
-    metrics = (await client.get("/metrics")).text
+    assert (await client.get("/metrics")).status_code == 404
+    metrics = generate_latest().decode()
     assert 'shvya_http_request_seconds_count{method="POST",route="/inbound-message"' in metrics
     assert "shvya_jobs_enqueued_total" in metrics
 

@@ -17,6 +17,7 @@ from aiohttp import web
 from shvya_ingest.app import create_app
 from shvya_ingest.settings import IngestSettings
 from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.keys import bearer, make_key
 
 pytestmark = pytest.mark.integration
 
@@ -89,16 +90,20 @@ async def kb_client(env: dict[str, str], **overrides: str) -> AsyncIterator[http
         async with httpx.AsyncClient(
             transport=transport,
             base_url="http://ingest",
-            headers={"Authorization": f"Bearer {env['ADMIN_TOKEN']}"},
+            headers={"Authorization": f"Bearer {env['TEST_API_KEY']}"},
             timeout=60,
         ) as client:
             yield client
 
 
 @pytest.fixture
-def kb_env(base_env: dict[str, str], fake_openai: FakeOpenAI) -> dict[str, str]:
+async def kb_env(
+    base_env: dict[str, str], fake_openai: FakeOpenAI, company: uuid.UUID, db_url: str
+) -> dict[str, str]:
+    """The ingest environment, plus an admin key of `company` that kb_client sends."""
     return {
         **base_env,
+        "TEST_API_KEY": await make_key(db_url, company),
         "EMBEDDINGS_PROVIDER": "openai",
         "OPENAI_API_KEY": "sk-test",
         "OPENAI_BASE_URL": fake_openai.base_url,
@@ -129,7 +134,8 @@ async def chunk_count(db_url: str) -> int:
 
 
 def docs(company: uuid.UUID) -> str:
-    return f"/admin/companies/{company}/kb/documents"
+    """The documents of the company whose key the client carries."""
+    return "/v1/kb/documents"
 
 
 async def test_documents_are_added_listed_read_searched_replaced_and_deleted(
@@ -151,9 +157,7 @@ async def test_documents_are_added_listed_read_searched_replaced_and_deleted(
         read = (await client.get(f"{docs(company)}/{doc['id']}")).json()
         assert read["content"] == PRICING.strip()
 
-        search = await client.post(
-            f"/admin/companies/{company}/kb/search", json={"query": "cargo bike price", "k": 2}
-        )
+        search = await client.post("/v1/kb/search", json={"query": "cargo bike price", "k": 2})
         assert search.status_code == 200, search.text
         result = search.json()
         assert result["mode"] == "hybrid" and result["note"] is None
@@ -169,9 +173,7 @@ async def test_documents_are_added_listed_read_searched_replaced_and_deleted(
         assert replaced.status_code == 200, replaced.text
         assert replaced.json()["title"] == "Plans v2" and replaced.json()["chunks"] == 1
         assert await chunk_count(db_url) == 1
-        search = await client.post(
-            f"/admin/companies/{company}/kb/search", json={"query": "Cargo plan children"}
-        )
+        search = await client.post("/v1/kb/search", json={"query": "Cargo plan children"})
         assert all("Cargo" not in c["content"] for c in search.json()["chunks"])
 
         deleted = await client.delete(f"{docs(company)}/{doc['id']}")
@@ -213,9 +215,7 @@ async def test_a_url_is_fetched_once_and_converted(kb_env, company, website, db_
         assert doc["metadata"]["content_type"] == "text/html"
         content = (await client.get(f"{docs(company)}/{doc['id']}")).json()["content"]
         assert "14-day trial" in content and "track()" not in content and "Shop" not in content
-        search = await client.post(
-            f"/admin/companies/{company}/kb/search", json={"query": "collect bike pick-up"}
-        )
+        search = await client.post("/v1/kb/search", json={"query": "collect bike pick-up"})
         assert search.json()["chunks"][0]["heading"] == "Returns > Pick-up"
         md = await client.post(docs(company), json={"url": f"{website}/pricing.md"})
         assert md.status_code == 201 and md.json()["format"] == "markdown"
@@ -277,16 +277,27 @@ async def test_invalid_documents_get_4xx_with_reasons(
     assert await chunk_count(db_url) == 0
 
 
-async def test_requests_outside_the_rules_are_refused(kb_env, company):
-    """Unknown companies and documents give 404, malformed ids and queries 422, other media
-    types 415, oversize documents 413, and missing or wrong tokens 401 and 403."""
+async def test_requests_outside_the_rules_are_refused(kb_env, company, db_url):
+    """Unknown documents give 404, malformed ids and queries 422, other media types 415,
+    oversize documents 413, missing or unknown credentials 401, and the operator token or an
+    ingest key 403; another company's document is not found."""
     async with kb_client(kb_env, KB_MAX_DOCUMENT_BYTES="2048") as client:
-        assert (await client.get(docs(uuid.uuid4()))).status_code == 404
-        assert (await client.post(docs(uuid.uuid4()), json={"content": "x"})).status_code == 404
-        assert (await client.get("/admin/companies/not-a-uuid/kb/documents")).status_code == 422
+        assert (await client.get(f"{docs(company)}/{uuid.uuid4()}")).status_code == 404
+        theirs = await client.post(docs(company), json={"content": "ours"})
+        other = await asyncpg.connect(db_url)
+        try:
+            elsewhere = await other.fetchval(
+                "INSERT INTO companies (name) VALUES ('B') RETURNING id"
+            )
+        finally:
+            await other.close()
+        stranger = bearer(await make_key(db_url, elsewhere))
+        peek = await client.get(f"{docs(company)}/{theirs.json()['id']}", headers=stranger)
+        assert peek.status_code == 404
+        assert (await client.get("/v1/kb/documents/not-a-uuid")).status_code == 422
         missing = await client.put(f"{docs(company)}/{uuid.uuid4()}", json={"content": "x"})
         assert missing.status_code == 404
-        search = f"/admin/companies/{company}/kb/search"
+        search = "/v1/kb/search"
         assert (await client.post(search, json={"query": "x", "k": 0})).status_code == 422
         assert (await client.post(search, json={"query": ""})).status_code == 422
         pdf = await client.post(
@@ -298,7 +309,11 @@ async def test_requests_outside_the_rules_are_refused(kb_env, company):
         no_token = await client.get(docs(company), headers={"Authorization": ""})
         assert no_token.status_code == 401
         wrong = await client.get(docs(company), headers={"Authorization": "Bearer nope" * 3})
-        assert wrong.status_code == 403
+        assert wrong.status_code == 401
+        operator = bearer(kb_env["ADMIN_TOKEN"])
+        assert (await client.get(docs(company), headers=operator)).status_code == 403
+        ingest_only = bearer(await make_key(db_url, company, "ingest"))
+        assert (await client.get(docs(company), headers=ingest_only)).status_code == 403
 
 
 async def test_documents_larger_than_a_message_fit_under_their_own_limit(kb_env, company):
@@ -321,9 +336,7 @@ async def test_without_an_embedder_documents_are_keyword_searchable_and_say_so(k
         added = await client.post(docs(company), json={"content": PRICING})
         assert added.status_code == 201
         assert added.json()["embedded_chunks"] == 0 and "without vectors" in added.json()["note"]
-        result = (
-            await client.post(f"/admin/companies/{company}/kb/search", json={"query": "cargo"})
-        ).json()
+        result = (await client.post("/v1/kb/search", json={"query": "cargo"})).json()
         assert result["mode"] == "keyword" and "no embedder" in result["note"]
         assert result["chunks"][0]["vector_similarity"] is None
 

@@ -197,6 +197,7 @@ def company_of(*roles: Role) -> Callable[[Principal], Awaitable[uuid.UUID]]:
             ).http()
         return caller.company_id
 
+    dependency.roles = frozenset(allowed)  # type: ignore[attr-defined]  # for the role tests
     return dependency
 
 

@@ -57,10 +57,6 @@ ALTER TABLE leads
 
 ALTER TABLE pipelines ADD COLUMN archived_at timestamptz;
 ALTER TABLE stages ADD COLUMN archived_at timestamptz;
--- Reordering stages swaps positions inside one statement.
-ALTER TABLE stages DROP CONSTRAINT stages_pipeline_id_position_key;
-ALTER TABLE stages ADD CONSTRAINT stages_pipeline_id_position_key UNIQUE (pipeline_id, position)
-    DEFERRABLE INITIALLY IMMEDIATE;
 
 -- Fixed-window counters of the request rate limiter, shared by every ingest replica.
 CREATE TABLE rate_counters (

@@ -213,7 +213,10 @@ async def order_stages(
             set(body.stage_ids)
         ) != len(body.stage_ids):
             raise HTTPException(422, "stage_ids must list every active stage of the pipeline once")
-        await conn.execute("SET CONSTRAINTS stages_pipeline_id_position_key DEFERRED")
+        # Positions are unique: park them below zero first, then give the new order.
+        await conn.execute(
+            "UPDATE stages SET position = -position WHERE pipeline_id = $1", pipeline_id
+        )
         await conn.execute(
             "UPDATE stages s SET position = o.pos FROM unnest($2::uuid[]) WITH ORDINALITY"
             " AS o(id, pos) WHERE s.id = o.id AND s.pipeline_id = $1",
