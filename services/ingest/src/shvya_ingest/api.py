@@ -321,6 +321,17 @@ def unavailable_body(exc: BaseException) -> bytes:
 INTERNAL = {"detail": "internal error; it has been logged"}
 
 
+def refused_by_database(exc: asyncpg.PostgresError) -> tuple[int, str] | None:
+    """A value the database will not store (a NUL character, a number out of range: SQLSTATE
+    class 22) or a duplicate (23505): the request's fault, answered 4xx, never 500."""
+    state = getattr(exc, "sqlstate", "") or ""
+    if state.startswith("22"):
+        return 422, f"a value cannot be stored: {type(exc).__name__}"
+    if state == "23505":
+        return 409, "conflicts with an existing item"
+    return None
+
+
 def internal_error(exc: BaseException) -> Response:
     """A bug, answered as JSON (the same body from the fast path and the routes)."""
     log.error("internal_error", error=type(exc).__name__, exc_info=exc)
@@ -348,6 +359,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _postgres(_: Request, exc: asyncpg.PostgresError) -> Response:
         if is_outage(exc):
             return _unavailable(exc)
+        refused = refused_by_database(exc)
+        if refused is not None:
+            return JSONResponse({"detail": refused[1]}, status_code=refused[0])
         return internal_error(exc)
 
     for error in OUTAGE_ERRORS:

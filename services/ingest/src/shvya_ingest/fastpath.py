@@ -27,6 +27,7 @@ from shvya_ingest.api import (
     InboundMessage,
     Ingest,
     internal_error,
+    refused_by_database,
     unavailable_body,
 )
 from shvya_ingest.auth import AuthError
@@ -86,6 +87,10 @@ class InboundFastPath:
             await _respond(send, err.status_code, detail, headers)
             return
         except asyncpg.PostgresError as err:
+            refused = refused_by_database(err)
+            if refused is not None:
+                await _respond(send, refused[0], json.dumps({"detail": refused[1]}).encode(), [])
+                return
             if not is_outage(err):
                 internal_error(err)
                 await _respond(send, 500, json.dumps(INTERNAL).encode(), [])

@@ -48,7 +48,7 @@ from shvya_ingest.auth import AdminCompany, AgentCompany
 from shvya_ingest.kb_fetch import FetchError, fetch_document
 from shvya_ingest.middleware import RouteLimits
 from shvya_ingest.settings import IngestSettings
-from shvya_ingest.v1.common import V1
+from shvya_ingest.v1.common import ERRORS, V1
 
 log = structlog.get_logger(__name__)
 
@@ -202,6 +202,7 @@ KbDep = Annotated[KnowledgeApi, Depends(get_kb)]
 router = APIRouter(
     prefix="/v1/kb",
     dependencies=V1,
+    responses=ERRORS,
     tags=["knowledge base"],
     lifespan=lifespan,
 )

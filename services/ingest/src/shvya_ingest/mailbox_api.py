@@ -14,11 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from shvya_ingest.api import IngestDep
 from shvya_ingest.auth import AdminCompany
 from shvya_ingest.imap_reader import password_context
-from shvya_ingest.v1.common import V1
+from shvya_ingest.v1.common import ERRORS, V1
 
 router = APIRouter(
     prefix="/v1/email/mailboxes",
     dependencies=V1,
+    responses=ERRORS,
     tags=["admin"],
 )
 

@@ -27,9 +27,9 @@ from shvya_common.channel_accounts import (
 )
 from shvya_common.crypto import SecretsError
 from shvya_ingest.auth import AdminCompany, PrincipalDep, audit
-from shvya_ingest.v1.common import V1, IngestDep, not_found
+from shvya_ingest.v1.common import ERRORS, V1, IngestDep, not_found
 
-router = APIRouter(prefix="/v1", dependencies=V1, tags=["channel accounts"])
+router = APIRouter(prefix="/v1", dependencies=V1, tags=["channel accounts"], responses=ERRORS)
 
 AccountChannel = Literal["whatsapp_cloud", "email", "whatsapp_web"]
 

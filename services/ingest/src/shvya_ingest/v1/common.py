@@ -37,6 +37,31 @@ async def rate_limited(
 V1 = [Depends(rate_limited)]
 
 
+class ErrorOut(BaseModel):
+    detail: Any = Field(description="Why the request was refused (a list of field errors for 422).")
+
+
+def _error(why: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": why}
+
+
+# What any /v1 route may answer besides its success: documented, so clients (and the schema
+# fuzzer) can rely on them.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("The request cannot be served as sent."),
+    401: _error("No credential, or an unknown or revoked key."),
+    403: _error("The key's role may not do this (or the operator token on a company route)."),
+    404: _error("No such item in the caller's company."),
+    409: _error("Conflicts with what exists (a duplicate name, address, ...)."),
+    413: _error("The body is larger than the route accepts."),
+    415: _error("The body's media type is not one the route accepts."),
+    422: _error("The body, query or path does not validate."),
+    429: _error("The key's rate limit is reached; see Retry-After."),
+    502: _error("An upstream service refused the request."),
+    503: _error("A dependency (database, queue, keyring) is unavailable; retry later."),
+}
+
+
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next_cursor: str | None = Field(

@@ -21,6 +21,7 @@ from shvya_common.events import record_event
 from shvya_ingest.auth import AdminCompany, AgentCompany, PrincipalDep, audit
 from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
 from shvya_ingest.v1.common import (
+    ERRORS,
     V1,
     Cursor,
     IngestDep,
@@ -32,7 +33,9 @@ from shvya_ingest.v1.common import (
     page_of,
 )
 
-router = APIRouter(prefix="/v1", dependencies=V1, tags=["templates, AI, suppressions, events"])
+router = APIRouter(
+    prefix="/v1", dependencies=V1, tags=["templates, AI, suppressions, events"], responses=ERRORS
+)
 
 TemplateStatus = Literal["approved", "pending", "rejected", "paused", "disabled"]
 

@@ -31,6 +31,7 @@ from shvya_common.events import record_event
 from shvya_ingest.auth import AdminCompany, AgentCompany, PrincipalDep, audit
 from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
 from shvya_ingest.v1.common import (
+    ERRORS,
     V1,
     Cursor,
     IngestDep,
@@ -43,7 +44,7 @@ from shvya_ingest.v1.common import (
 )
 from shvya_ingest.v1.identity import create_pipeline
 
-router = APIRouter(prefix="/v1", dependencies=V1, tags=["CRM"])
+router = APIRouter(prefix="/v1", dependencies=V1, tags=["CRM"], responses=ERRORS)
 
 Channel = Literal["whatsapp_cloud", "whatsapp_web", "email", "log"]
 

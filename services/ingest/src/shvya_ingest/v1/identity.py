@@ -40,9 +40,11 @@ from shvya_ingest.auth import (
     new_key,
 )
 from shvya_ingest.repository import DEFAULT_STAGES
-from shvya_ingest.v1.common import V1, IngestDep, not_found
+from shvya_ingest.v1.common import ERRORS, V1, IngestDep, not_found
 
-router = APIRouter(prefix="/v1", dependencies=V1, tags=["companies, keys and users"])
+router = APIRouter(
+    prefix="/v1", dependencies=V1, tags=["companies, keys and users"], responses=ERRORS
+)
 
 AnyCompany = Annotated[uuid.UUID, Depends(company_of("admin", "agent", "ingest"))]
 

@@ -1,0 +1,393 @@
+"""Tenants against real PostgreSQL and NATS: the operator creates companies and their keys,
+every /v1 route takes its company from the credential, an id of another company is never
+found, roles are enforced on every route, and limits and secrets behave."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from shvya_common.crypto import generate_key
+from shvya_ingest import kb_api, mailbox_api, v1
+from shvya_ingest.app import create_app
+from shvya_ingest.settings import IngestSettings
+from tests.keys import bearer
+
+pytestmark = pytest.mark.integration
+
+SECRETS = f"kt1:{generate_key()}"
+
+
+@asynccontextmanager
+async def api(env: dict[str, str], **overrides: str) -> AsyncIterator[httpx.AsyncClient]:
+    values = {k.lower(): v for k, v in {**env, "SECRETS_KEYS": SECRETS, **overrides}.items()}
+    app = create_app(IngestSettings(**values))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            yield client
+
+
+async def new_company(client: httpx.AsyncClient, token: str, name: str) -> dict[str, Any]:
+    made = await client.post("/v1/companies", json={"name": name}, headers=bearer(token))
+    assert made.status_code == 201, made.text
+    body = made.json()
+    return {"id": body["company"]["id"], "admin": body["admin_key"]["key"]}
+
+
+async def key(client: httpx.AsyncClient, admin: str, role: str) -> str:
+    made = await client.post(
+        "/v1/api-keys", json={"name": role, "role": role}, headers=bearer(admin)
+    )
+    assert made.status_code == 201, made.text
+    return str(made.json()["key"])
+
+
+def inbound(phone: str, text: str = "Hello") -> dict[str, str]:
+    return {"phone_number": phone, "contact_name": "Ana", "message_text": text, "channel": "log"}
+
+
+async def test_the_operator_creates_a_company_whose_first_key_is_shown_once(
+    base_env, admin_token, db_url
+):
+    """POST /v1/companies (operator only) returns the company and an admin key that works;
+    listings show only its prefix, the database only its hash, and the operator token is not
+    a company's key."""
+    async with api(base_env) as client:
+        denied = await client.post("/v1/companies", json={"name": "X"})
+        assert denied.status_code == 401
+        acme = await new_company(client, admin_token, "Acme")
+        assert (
+            await client.post("/v1/companies", json={"name": "Y"}, headers=bearer(acme["admin"]))
+        ).status_code == 403
+        mine = await client.get("/v1/company", headers=bearer(acme["admin"]))
+        assert mine.status_code == 200 and mine.json()["name"] == "Acme"
+        assert (await client.get("/v1/company", headers=bearer(admin_token))).status_code == 403
+        listed = (await client.get("/v1/api-keys", headers=bearer(acme["admin"]))).json()
+        assert len(listed) == 1 and "key" not in listed[0]
+        assert acme["admin"].startswith(listed[0]["prefix"])
+        pipelines = (await client.get("/v1/pipelines", headers=bearer(acme["admin"]))).json()
+        assert [s["name"] for s in pipelines[0]["stages"]] == [
+            "New",
+            "Contacted",
+            "Qualified",
+            "Proposal",
+            "Closed",
+        ]
+    conn = await asyncpg.connect(db_url)
+    try:
+        stored = await conn.fetchval("SELECT key_hash FROM api_keys")
+        audit = await conn.fetch(
+            "SELECT payload->>'action' AS action, payload->>'actor' AS actor FROM events"
+            " WHERE type = 'audit.action'"
+        )
+    finally:
+        await conn.close()
+    assert acme["admin"] not in stored and len(stored) == 64
+    actions = {r["action"] for r in audit}
+    assert {"company.created", "api_key.created"} <= actions
+    assert all(r["actor"] == "operator" for r in audit)
+
+
+async def test_inbound_messages_file_into_the_company_of_the_key(base_env, admin_token, db_url):
+    """An ingest or admin key files into its own company; an agent key and the operator token
+    are refused; with INBOUND_AUTH=required a request without a key is refused too."""
+    async with api(base_env, INBOUND_AUTH="required") as client:
+        acme = await new_company(client, admin_token, "Acme")
+        beta = await new_company(client, admin_token, "Beta")
+        ingest_key = await key(client, acme["admin"], "ingest")
+        agent_key = await key(client, acme["admin"], "agent")
+        assert (await client.post("/inbound-message", json=inbound("+15550001"))).status_code == 401
+        ok = await client.post(
+            "/inbound-message", json=inbound("+15550001"), headers=bearer(ingest_key)
+        )
+        assert ok.status_code == 200, ok.text
+        for refused in (agent_key, admin_token):
+            response = await client.post(
+                "/inbound-message", json=inbound("+15550002"), headers=bearer(refused)
+            )
+            assert response.status_code == 403
+        mismatch = await client.post(
+            "/inbound-message",
+            json={**inbound("+15550003"), "company_id": beta["id"]},
+            headers=bearer(ingest_key),
+        )
+        assert mismatch.status_code == 403
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch("SELECT company_id::text FROM leads")
+    finally:
+        await conn.close()
+    assert [r["company_id"] for r in rows] == [acme["id"]]
+
+
+def test_anonymous_inbound_is_refused_off_loopback_and_a_weak_link_secret_stops_start_up(
+    base_env,
+):
+    """INBOUND_AUTH must be 'required' on a non-loopback bind, and LINK_SECRET must be a long
+    random value: a default, placeholder or short one stops ingest before it starts."""
+    values = {k.lower(): v for k, v in base_env.items()}
+    with pytest.raises(ValidationError, match="INBOUND_AUTH=required"):
+        IngestSettings(**values, host="0.0.0.0")
+    assert IngestSettings(**values, host="0.0.0.0", inbound_auth="required").host == "0.0.0.0"
+    for weak in ("dev-only-link-secret-change-me", "short"):
+        with pytest.raises(ValueError, match="LINK_SECRET"):
+            create_app(IngestSettings(**values, link_secret=weak))
+
+
+# --- isolation and roles, on every route -----------------------------------------------------
+
+
+def v1_routes() -> list[tuple[str, str, Any]]:
+    """(method, path, route) of every company-scoped API route."""
+    found = []
+    for router in [*v1.routers(), kb_api.router, mailbox_api.router]:
+        for route in router.routes:
+            for method in sorted(route.methods - {"HEAD"}):
+                found.append((method, route.path, route))
+    return found
+
+
+def roles_of(route: Any) -> frozenset[str] | None:
+    """The key roles a route accepts (None: operator only)."""
+
+    def walk(dependant: Any) -> frozenset[str] | None:
+        for dep in dependant.dependencies:
+            roles = getattr(dep.call, "roles", None)
+            if roles is not None:
+                return frozenset(roles)
+            inner = walk(dep)
+            if inner is not None:
+                return inner
+        return None
+
+    return walk(route.dependant)
+
+
+BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("PATCH", "/v1/users/{user_id}"): {"full_name": "Z"},
+    ("PATCH", "/v1/pipelines/{pipeline_id}"): {"name": "Z"},
+    ("POST", "/v1/pipelines/{pipeline_id}/stages"): {"name": "Z"},
+    ("POST", "/v1/pipelines/{pipeline_id}/stages/order"): {"stage_ids": [str(uuid.uuid4())]},
+    ("PATCH", "/v1/stages/{stage_id}"): {"name": "Z"},
+    ("PATCH", "/v1/leads/{lead_id}"): {"contact_name": "Z"},
+    ("POST", "/v1/leads/{lead_id}/stage"): {"stage": "Qualified"},
+    ("POST", "/v1/leads/{lead_id}/merge"): {"duplicate_id": str(uuid.uuid4())},
+    ("POST", "/v1/leads/{lead_id}/messages"): {"text": "hi"},
+    ("PATCH", "/v1/templates/{template_id}"): {"body": "Z"},
+    ("PATCH", "/v1/channel-accounts/{account_id}"): {"config": {}},
+    ("PUT", "/v1/kb/documents/{doc_id}"): {"content": "Z"},
+}
+QUERIES = {("DELETE", "/v1/suppressions/{suppression_id}"): {"reason": "test"}}
+
+
+async def populate(client: httpx.AsyncClient, admin: str, db_url: str) -> dict[str, str]:
+    """One of everything for a company, through its own API; returns the ids by path param."""
+    h = bearer(admin)
+    ids: dict[str, str] = {}
+    ingest_key = await key(client, admin, "ingest")
+    filed = await client.post(
+        "/inbound-message", json=inbound("+15557777"), headers=bearer(ingest_key)
+    )
+    assert filed.status_code == 200, filed.text
+    conn = await asyncpg.connect(db_url)
+    try:
+        ids["lead_id"] = str(
+            await conn.fetchval(
+                "SELECT lead_id FROM messages WHERE id = $1", uuid.UUID(filed.json()["message_id"])
+            )
+        )
+    finally:
+        await conn.close()
+    pipeline = (await client.post("/v1/pipelines", json={"name": "Side"}, headers=h)).json()
+    ids["pipeline_id"] = pipeline["id"]
+    ids["stage_id"] = pipeline["stages"][1]["id"]
+    template = await client.post(
+        "/v1/templates",
+        json={"name": "t1", "channel": "email", "subject": "S", "body": "B"},
+        headers=h,
+    )
+    ids["template_id"] = template.json()["id"]
+    suppression = await client.post(
+        "/v1/suppressions",
+        json={"channel": "email", "address": "x@example.org", "reason": "asked"},
+        headers=h,
+    )
+    ids["suppression_id"] = suppression.json()["id"]
+    user = await client.post(
+        "/v1/users", json={"email": "rep@example.org", "role": "agent"}, headers=h
+    )
+    ids["user_id"] = user.json()["id"]
+    listed = (await client.get("/v1/api-keys", headers=h)).json()
+    ids["key_id"] = next(k["id"] for k in listed if k["role"] == "ingest")
+    account = await client.post(
+        "/v1/channel-accounts",
+        json={
+            "channel": "whatsapp_cloud",
+            "name": "main",
+            "config": {"phone_number_id": f"pn{uuid.uuid4().hex[:8]}"},
+            "secrets": {"access_token": "EAAG-secret-token-value"},
+        },
+        headers=h,
+    )
+    assert account.status_code == 201, account.text
+    ids["account_id"] = account.json()["id"]
+    doc = await client.post("/v1/kb/documents", json={"content": "Prices: 10 EUR"}, headers=h)
+    assert doc.status_code == 201, doc.text
+    ids["doc_id"] = doc.json()["id"]
+    ids["mailbox_id"] = str(uuid.uuid4())  # none exists; another company's id must 404 too
+    return ids
+
+
+SNAPSHOT = """
+SELECT (SELECT jsonb_agg(to_jsonb(t) - 'updated_at' ORDER BY id) FROM (SELECT * FROM leads WHERE company_id = $1) t) AS leads,
+       (SELECT count(*) FROM messages WHERE company_id = $1) AS messages,
+       (SELECT jsonb_agg(to_jsonb(p) ORDER BY id) FROM pipelines p WHERE company_id = $1) AS pipelines,
+       (SELECT jsonb_agg(to_jsonb(s) ORDER BY s.id) FROM stages s JOIN pipelines p ON p.id = s.pipeline_id WHERE p.company_id = $1) AS stages,
+       (SELECT jsonb_agg(to_jsonb(t) ORDER BY id) FROM templates t WHERE company_id = $1) AS templates,
+       (SELECT jsonb_agg(to_jsonb(s) ORDER BY id) FROM suppressions s WHERE company_id = $1) AS suppressions,
+       (SELECT jsonb_agg(to_jsonb(u) ORDER BY id) FROM users u WHERE company_id = $1) AS users,
+       (SELECT jsonb_agg(to_jsonb(k) - 'last_used_at' ORDER BY id) FROM api_keys k WHERE company_id = $1) AS keys,
+       (SELECT jsonb_agg(to_jsonb(a) ORDER BY id) FROM channel_accounts a WHERE company_id = $1) AS accounts,
+       (SELECT count(*) FROM ai_kb_docs WHERE company_id = $1) AS docs
+"""
+
+
+async def test_no_route_reads_or_writes_another_companys_data(base_env, admin_token, db_url):
+    """Every /v1 route that takes an id, called with another company's admin key and that id,
+    answers 404, and the owner's rows are unchanged; lists show nothing of the other company."""
+    env = {**base_env, "EMBEDDINGS_PROVIDER": "none"}
+    async with api(env) as client:
+        acme = await new_company(client, admin_token, "Acme")
+        beta = await new_company(client, admin_token, "Beta")
+        ids = await populate(client, acme["admin"], db_url)
+        conn = await asyncpg.connect(db_url)
+        try:
+            before = await conn.fetchrow(SNAPSHOT, uuid.UUID(acme["id"]))
+            tried = []
+            for method, path, _ in v1_routes():
+                params = re.findall(r"{(\w+)}", path)
+                if not params or path.startswith("/v1/companies"):
+                    continue
+                url = path.format(**{p: ids[p] for p in params})
+                response = await client.request(
+                    method,
+                    url,
+                    json=BODIES.get((method, path)),
+                    params=QUERIES.get((method, path)),
+                    headers=bearer(beta["admin"]),
+                )
+                tried.append(path)
+                assert response.status_code == 404, (method, path, response.text)
+            after = await conn.fetchrow(SNAPSHOT, uuid.UUID(acme["id"]))
+        finally:
+            await conn.close()
+        assert dict(after) == dict(before)
+        assert len(tried) >= 25
+        for listing in (
+            "/v1/leads",
+            "/v1/templates",
+            "/v1/suppressions",
+            "/v1/users",
+            "/v1/channel-accounts",
+            "/v1/kb/documents",
+            "/v1/events",
+        ):
+            seen = (await client.get(listing, headers=bearer(beta["admin"]))).json()
+            items = seen.get("items", seen.get("documents")) if isinstance(seen, dict) else seen
+            ours = {str(i) for i in ids.values()}
+            assert not [i for i in items if str(i.get("id")) in ours], listing
+
+
+async def test_every_route_refuses_missing_credentials_and_wrong_roles(base_env, admin_token):
+    """Without a credential every /v1 route answers 401; with a key whose role the route does
+    not accept (or the operator token on a company route) it answers 403, never data."""
+    async with api({**base_env, "EMBEDDINGS_PROVIDER": "none"}) as client:
+        acme = await new_company(client, admin_token, "Acme")
+        keys = {
+            "admin": acme["admin"],
+            "agent": await key(client, acme["admin"], "agent"),
+            "ingest": await key(client, acme["admin"], "ingest"),
+        }
+        checked = 0
+        for method, path, route in v1_routes():
+            url = re.sub(r"{\w+}", str(uuid.uuid4()), path)
+            body = BODIES.get((method, path))
+            none = await client.request(method, url, json=body, params=QUERIES.get((method, path)))
+            assert none.status_code == 401, (method, path, none.text)
+            roles = roles_of(route)
+            callers = {**keys, "operator": admin_token}
+            for name, credential in callers.items():
+                allowed = (roles is None and name == "operator") or (
+                    roles is not None and name in roles
+                )
+                if allowed:
+                    continue
+                response = await client.request(
+                    method,
+                    url,
+                    json=body,
+                    params=QUERIES.get((method, path)),
+                    headers=bearer(credential),
+                )
+                assert response.status_code == 403, (method, path, name, response.text)
+                checked += 1
+        assert checked > 60
+
+
+async def test_a_key_over_its_rate_gets_429_with_retry_after(base_env, admin_token):
+    """API_RATE_LIMIT is counted per key in PostgreSQL: over it, 429 with Retry-After."""
+    async with api(base_env, API_RATE_LIMIT="5/minute") as client:
+        acme = await new_company(client, admin_token, "Acme")
+        answers = [await client.get("/v1/company", headers=bearer(acme["admin"])) for _ in range(6)]
+    codes = [a.status_code for a in answers]
+    # The company creation counted for the operator, not for the new key.
+    assert codes[:5] == [200] * 5 and codes[5] == 429
+    assert 1 <= int(answers[5].headers["retry-after"]) <= 60
+
+
+async def test_revoked_keys_stop_working_and_secrets_never_come_back(base_env, admin_token, db_url):
+    """A revoked key answers 401; channel account secrets are stored sealed and the API only
+    names which are set."""
+    async with api(base_env) as client:
+        acme = await new_company(client, admin_token, "Acme")
+        agent = await key(client, acme["admin"], "agent")
+        keys = (await client.get("/v1/api-keys", headers=bearer(acme["admin"]))).json()
+        agent_id = next(k["id"] for k in keys if k["role"] == "agent")
+        assert (await client.get("/v1/leads", headers=bearer(agent))).status_code == 200
+        revoked = await client.delete(f"/v1/api-keys/{agent_id}", headers=bearer(acme["admin"]))
+        assert revoked.status_code == 204
+        assert (await client.get("/v1/leads", headers=bearer(agent))).status_code == 401
+        made = await client.post(
+            "/v1/channel-accounts",
+            json={
+                "channel": "email",
+                "name": "relay",
+                "config": {"smtp_host": "smtp.example.org", "from_address": "hi@acme.example"},
+                "secrets": {"smtp_password": "hunter2-but-longer"},
+            },
+            headers=bearer(acme["admin"]),
+        )
+        assert made.status_code == 201, made.text
+        assert made.json()["secrets_set"] == ["smtp_password"]
+        assert "hunter2" not in made.text
+        unknown = await client.post(
+            "/v1/channel-accounts",
+            json={"channel": "email", "name": "x", "secrets": {"password": "p"}},
+            headers=bearer(acme["admin"]),
+        )
+        assert unknown.status_code == 422
+    conn = await asyncpg.connect(db_url)
+    try:
+        row = await conn.fetchval("SELECT secrets::text FROM channel_accounts")
+    finally:
+        await conn.close()
+    assert "hunter2" not in row and row.count("v1.kt1.") == 1
