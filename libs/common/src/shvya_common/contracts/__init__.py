@@ -11,6 +11,7 @@ from shvya_common.contracts.jobs import (
     SendParams,
     SummaryParams,
     TaskSpec,
+    WebhookParams,
     task_spec,
 )
 from shvya_common.contracts.subjects import PRIORITY_LEVELS, Topology, priority_level
@@ -25,6 +26,7 @@ __all__ = [
     "SummaryParams",
     "TaskSpec",
     "Topology",
+    "WebhookParams",
     "priority_level",
     "task_spec",
 ]
