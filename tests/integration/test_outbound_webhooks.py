@@ -52,6 +52,14 @@ async def test_an_inbound_message_reaches_the_endpoint_signed_per_standard_webho
         )
         assert {d["event_id"] for d in deliveries} == {r.headers["webhook-id"] for r in rx.received}
         assert all(d["attempts"] == 1 and d["last_status_code"] == 204 for d in deliveries)
+        log = f"/admin/companies/{hub.company_id}/webhooks/endpoints/{endpoint['id']}/deliveries"
+        page = (await hub.api.get(log, params={"limit": 1})).json()
+        assert page["next_before"] is not None
+        rest = (await hub.api.get(log, params={"before": page["next_before"]})).json()
+        assert [d["id"] for d in page["deliveries"] + rest["deliveries"]] == [
+            d["id"] for d in deliveries
+        ]
+        assert rest["next_before"] is None
         listed = (await hub.api.get(f"/admin/companies/{hub.company_id}/webhooks/endpoints")).json()
         assert "secret" not in listed["endpoints"][0]
 

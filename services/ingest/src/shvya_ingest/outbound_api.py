@@ -229,7 +229,7 @@ class DeliveryDetail(DeliveryOut):
 
 class DeliveryList(BaseModel):
     deliveries: list[DeliveryOut]
-    next_before: datetime | None = Field(
+    next_before: uuid.UUID | None = Field(
         description="Pass as `before` for the next (older) page; null on the last."
     )
 
@@ -442,7 +442,9 @@ async def list_deliveries(
     endpoint_id: uuid.UUID,
     ingest: IngestDep,
     status: Annotated[Literal["pending", "succeeded", "failed", "skipped"] | None, Query()] = None,
-    before: Annotated[datetime | None, Query(description="Only deliveries created before.")] = None,
+    before: Annotated[
+        uuid.UUID | None, Query(description="Only deliveries older than this one (a page's last).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> DeliveryList:
     """The endpoint's deliveries, newest first, each with its last attempt's outcome."""
@@ -452,7 +454,7 @@ async def list_deliveries(
     rows = await WebhookRepository.list_deliveries(
         pool, company_id, endpoint_id, status=status, limit=limit, before=before
     )
-    more = rows[-1]["created_at"] if len(rows) == limit else None
+    more = rows[-1]["id"] if len(rows) == limit else None
     return DeliveryList(deliveries=[DeliveryOut(**r) for r in rows], next_before=more)
 
 

@@ -421,13 +421,15 @@ class WebhookRepository:
         *,
         status: str | None,
         limit: int,
-        before: datetime | None,
+        before: uuid.UUID | None,
     ) -> list[dict[str, Any]]:
+        """Newest first; `before` (a delivery id) starts after that delivery."""
         rows = await conn.fetch(
             f"SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d"
             " WHERE d.endpoint_id = $1 AND d.company_id = $2"
             " AND ($3::text IS NULL OR d.status = $3)"
-            " AND ($4::timestamptz IS NULL OR d.created_at < $4)"
+            " AND ($4::uuid IS NULL OR (d.created_at, d.id) <"
+            "   (SELECT created_at, id FROM webhook_deliveries WHERE id = $4))"
             " ORDER BY d.created_at DESC, d.id DESC LIMIT $5",
             endpoint_id,
             company_id,

@@ -155,7 +155,8 @@ async def deliver(hooks: Webhooks, delivery_id: Any, job: JobContext) -> dict[st
         "delivery_id": str(delivery.id),
         "endpoint_id": str(delivery.endpoint_id),
         "event_type": delivery.event_type,
-        "attempt": number,
+        # The delivery's attempt over its whole life; `attempt` (bound) is the job's.
+        "delivery_attempt": number,
         "status_code": result.status_code,
         "latency_ms": result.latency_ms,
     }
