@@ -178,6 +178,40 @@ async def test_an_endpoint_is_disabled_after_consecutive_failed_deliveries(plat,
         assert enabled.json()["consecutive_failures"] == 0
 
 
+async def test_a_delivery_waiting_for_its_retry_is_skipped_once_the_endpoint_is_disabled(
+    plat, base_env
+):
+    """Disabling an endpoint by hand records the event, and its retry that was still waiting
+    is skipped instead of sent."""
+    retry = RetryPolicy(schedule=(1.0,), jitter=0.0)
+    async with (
+        outbound(plat, base_env, retry=retry) as hub,
+        receiver(statuses=[500]) as rx,
+    ):
+        endpoint = await hub.register(rx.url, ["lead.created"])
+        await record_event(plat.pool, hub.company_id, None, EventType.LEAD_CREATED, {"n": 1})
+        await eventually(
+            lambda: hub.deliveries(endpoint["id"]),
+            lambda ds: len(ds) == 1 and ds[0]["attempts"] == 1 and ds[0]["status"] == "pending",
+        )
+        path = f"/admin/companies/{hub.company_id}/webhooks/endpoints/{endpoint['id']}"
+        disabled = (await hub.api.patch(path, json={"enabled": False})).json()
+        assert (
+            disabled["status"] == "disabled" and disabled["disabled_reason"] == "disabled by hand"
+        )
+        [skipped] = await eventually(
+            lambda: hub.deliveries(endpoint["id"]), lambda ds: ds[0]["status"] == "skipped"
+        )
+        assert skipped["attempts"] == 1 and skipped["last_error"] == "the endpoint is disabled"
+        assert len(rx.received) == 1
+        [event] = await hub.events("webhook.endpoint_disabled")
+        assert event["reason"] == "disabled by hand"
+        refused = await hub.api.post(
+            f"/admin/companies/{hub.company_id}/webhooks/deliveries/{skipped['id']}/redeliver"
+        )
+        assert refused.status_code == 409 and "enable it first" in refused.text
+
+
 async def test_a_failed_delivery_can_be_redelivered_by_hand(plat, base_env):
     """A delivery that failed while the receiver was broken is sent again on request, with the
     same webhook-id; its log keeps the failed attempts and adds the successful one."""
