@@ -36,6 +36,10 @@ class EventType(StrEnum):
     LEAD_SUMMARY_UPDATED = "lead.summary_updated"
     FOLLOWUP_BUMPUP_SENT = "followup.bumpup_sent"
     JOB_DEAD_LETTERED = "job.dead_lettered"
+    # A reminder's time came (reminders table); endpoints subscribed to it are told.
+    REMINDER_DUE = "reminder.due"
+    # An outbound webhook endpoint was disabled after a run of failed deliveries.
+    WEBHOOK_ENDPOINT_DISABLED = "webhook.endpoint_disabled"
 
 
 # What an outbound webhook endpoint may subscribe to (the rest are internal bookkeeping).
@@ -55,5 +59,7 @@ PUBLIC_EVENTS: frozenset[EventType] = frozenset(
         EventType.LEAD_UNSUBSCRIBED,
         EventType.CHANNEL_PAUSED,
         EventType.CHANNEL_RESUMED,
+        EventType.REMINDER_DUE,
+        EventType.WEBHOOK_ENDPOINT_DISABLED,
     }
 )
