@@ -248,16 +248,22 @@ async def populate(client: httpx.AsyncClient, admin: str, db_url: str) -> dict[s
 
 
 SNAPSHOT = """
-SELECT (SELECT jsonb_agg(to_jsonb(t) - 'updated_at' ORDER BY id) FROM (SELECT * FROM leads WHERE company_id = $1) t) AS leads,
-       (SELECT count(*) FROM messages WHERE company_id = $1) AS messages,
-       (SELECT jsonb_agg(to_jsonb(p) ORDER BY id) FROM pipelines p WHERE company_id = $1) AS pipelines,
-       (SELECT jsonb_agg(to_jsonb(s) ORDER BY s.id) FROM stages s JOIN pipelines p ON p.id = s.pipeline_id WHERE p.company_id = $1) AS stages,
-       (SELECT jsonb_agg(to_jsonb(t) ORDER BY id) FROM templates t WHERE company_id = $1) AS templates,
-       (SELECT jsonb_agg(to_jsonb(s) ORDER BY id) FROM suppressions s WHERE company_id = $1) AS suppressions,
-       (SELECT jsonb_agg(to_jsonb(u) ORDER BY id) FROM users u WHERE company_id = $1) AS users,
-       (SELECT jsonb_agg(to_jsonb(k) - 'last_used_at' ORDER BY id) FROM api_keys k WHERE company_id = $1) AS keys,
-       (SELECT jsonb_agg(to_jsonb(a) ORDER BY id) FROM channel_accounts a WHERE company_id = $1) AS accounts,
-       (SELECT count(*) FROM ai_kb_docs WHERE company_id = $1) AS docs
+SELECT
+ (SELECT jsonb_agg(to_jsonb(t) - 'updated_at' ORDER BY id)
+  FROM (SELECT * FROM leads WHERE company_id = $1) t) AS leads,
+ (SELECT count(*) FROM messages WHERE company_id = $1) AS messages,
+ (SELECT jsonb_agg(to_jsonb(p) ORDER BY id) FROM pipelines p WHERE company_id = $1) AS pipelines,
+ (SELECT jsonb_agg(to_jsonb(s) ORDER BY s.id) FROM stages s
+  JOIN pipelines p ON p.id = s.pipeline_id WHERE p.company_id = $1) AS stages,
+ (SELECT jsonb_agg(to_jsonb(t) ORDER BY id) FROM templates t WHERE company_id = $1) AS templates,
+ (SELECT jsonb_agg(to_jsonb(s) ORDER BY id) FROM suppressions s
+  WHERE company_id = $1) AS suppressions,
+ (SELECT jsonb_agg(to_jsonb(u) ORDER BY id) FROM users u WHERE company_id = $1) AS users,
+ (SELECT jsonb_agg(to_jsonb(k) - 'last_used_at' ORDER BY id) FROM api_keys k
+  WHERE company_id = $1) AS keys,
+ (SELECT jsonb_agg(to_jsonb(a) ORDER BY id) FROM channel_accounts a
+  WHERE company_id = $1) AS accounts,
+ (SELECT count(*) FROM ai_kb_docs WHERE company_id = $1) AS docs
 """
 
 

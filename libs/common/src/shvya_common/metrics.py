@@ -100,6 +100,17 @@ LLM_SECONDS = Histogram(
     ["task", "outcome"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60),
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "shvya_webhook_attempts_total",
+    "Outbound webhook delivery attempts, by outcome (succeeded, failed).",
+    ["outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "shvya_webhook_attempt_seconds",
+    "Time from a webhook attempt's start to its endpoint's answer, by outcome.",
+    ["outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 BUILD_INFO = Gauge(
     "shvya_build_info", "Always 1; labels name the running build.", ["service", "version"]
 )

@@ -1,7 +1,8 @@
 """Wires dispatch: the channels (a plain dict, name to adapter), the router, the policy engine,
-the send handler and the media download handler; and, with a WhatsApp Business Account id, the
-template sync in the background. A channel is registered only when its credentials are set;
-sends on other channels go to the log channel (or fail), as UNCONFIGURED_CHANNELS says."""
+the send handler, the media download handler and the outbound webhooks' sender; and, with a
+WhatsApp Business Account id, the template sync in the background. A channel is registered only
+when its credentials are set; sends on other channels go to the log channel (or fail), as
+UNCONFIGURED_CHANNELS says."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from shvya_dispatch.repository import DispatchRepository, EmailRepository, Polic
 from shvya_dispatch.settings import DispatchSettings
 from shvya_dispatch.template_sync import sync_loop
 from shvya_dispatch.templates import TemplateRenderer
+from shvya_dispatch.webhooks import Webhooks, WebhookSender, webhook_client
 from shvya_dispatch.whatsapp_repository import WhatsAppRepository
 
 SERVICE = "dispatch"
@@ -65,7 +67,30 @@ async def build_deps(settings: DispatchSettings, pool: asyncpg.Pool, stack: Asyn
     router = ChannelRouter(channels, log_channel, settings.unconfigured_channels)
     policies = PolicyEngine.from_settings(policy_repo, settings, fingerprints, whatsapp_repo)
     return Deps(
-        repo=DispatchRepository(pool), router=router, policies=policies, sends=SendLedger(pool)
+        repo=DispatchRepository(pool),
+        router=router,
+        policies=policies,
+        sends=SendLedger(pool),
+        webhooks=await webhooks(settings, pool, stack),
+    )
+
+
+async def webhooks(
+    settings: DispatchSettings, pool: asyncpg.Pool, stack: AsyncExitStack
+) -> Webhooks:
+    """Outbound webhooks' sender over one HTTP client, closed with the worker's stack."""
+    client = await stack.enter_async_context(webhook_client(settings.webhook_timeout_seconds))
+    sender = WebhookSender(
+        client,
+        timeout=settings.webhook_timeout_seconds,
+        max_response_bytes=settings.webhook_max_response_bytes,
+        allow_private=settings.webhook_allow_private_networks,
+    )
+    return Webhooks(
+        pool=pool,
+        sender=sender,
+        box=settings.secret_box(),
+        disable_after=settings.webhook_disable_after_failures,
     )
 
 

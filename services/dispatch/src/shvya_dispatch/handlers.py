@@ -20,6 +20,9 @@ Provider refusals that need more than retry-or-dead-letter (channels/errors.py):
 - sender refused: pause the channel for the company, then defer.
 
 The pacing slot is released only after the send is recorded, so the gap counts from `sent_at`.
+
+`webhook.reminder` (outbound webhook deliveries and reminders) is declared here too; what it
+does is in `shvya_dispatch.webhooks`.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import structlog
 
 from shvya_common.bus import JobContext, Registry
 from shvya_common.bus.ledgers import SendLedger
-from shvya_common.contracts import SendParams
+from shvya_common.contracts import SendParams, WebhookParams
 from shvya_common.errors import DeferJob
 from shvya_common.metrics import POLICY_DEFERRALS, SENDS
 from shvya_dispatch.channels import ChannelRouter, SendResult
@@ -45,6 +48,9 @@ from shvya_dispatch.channels.errors import (
 )
 from shvya_dispatch.policies import PolicyEngine, Verdict
 from shvya_dispatch.repository import DispatchRepository
+from shvya_dispatch.webhooks import RETRY as WEBHOOK_RETRY
+from shvya_dispatch.webhooks import Webhooks
+from shvya_dispatch.webhooks import handle as handle_webhook_job
 
 log = structlog.get_logger(__name__)
 registry = Registry("dispatch")
@@ -58,6 +64,13 @@ class Deps:
     router: ChannelRouter
     policies: PolicyEngine
     sends: SendLedger
+    webhooks: Webhooks
+
+
+@registry.task("webhook.reminder", retry=WEBHOOK_RETRY)
+async def handle_webhook(params: WebhookParams, job: JobContext, deps: Deps) -> dict[str, Any]:
+    """Deliver one outbound webhook, or fire one reminder."""
+    return await handle_webhook_job(params, job, deps.webhooks)
 
 
 @registry.task("dispatch.send")

@@ -178,6 +178,17 @@ class DispatchSettings(CommonSettings):
     email_open_tracking: bool = Field(True, description="Open pixel in the HTML part.")
     email_click_tracking: bool = Field(True, description="Route http(s) links via ingest.")
 
+    # --- Outbound webhooks (WEBHOOK_ALLOW_PRIVATE_NETWORKS is in the common settings) ---
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=60, description="Whole delivery attempt: resolve, connect, send, answer."
+    )
+    webhook_max_response_bytes: int = Field(
+        16_384, ge=0, le=1_048_576, description="Response body read at most; the rest is dropped."
+    )
+    webhook_disable_after_failures: int = Field(
+        5, ge=1, description="Disable an endpoint after this many failed deliveries in a row."
+    )
+
     # --- WhatsApp Web (Playwright + Debian's Chromium) ---
     whatsapp_web_enabled: bool = False
     whatsapp_web_url: str = Field("https://web.whatsapp.com", description="WhatsApp Web's base.")

@@ -12,7 +12,15 @@ from fastapi import FastAPI
 from shvya_common.logging import configure_logging
 from shvya_common.metrics import start_metrics_server
 from shvya_common.runtime import platform
-from shvya_ingest import email_routes, kb_api, mail_webhooks, mailbox_api, v1, webhooks
+from shvya_ingest import (
+    email_routes,
+    kb_api,
+    mail_webhooks,
+    mailbox_api,
+    outbound_api,
+    v1,
+    webhooks,
+)
 from shvya_ingest.api import Ingest, admin, install_error_handlers, router
 from shvya_ingest.fastpath import InboundFastPath
 from shvya_ingest.imap_reader import MailboxReaders
@@ -63,6 +71,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
     app.include_router(mail_webhooks.router)
     app.include_router(mailbox_api.router)
     app.include_router(kb_api.router)  # its lifespan opens the embedder, inside the platform's
+    app.include_router(outbound_api.router)
     install_error_handlers(app)
     # Added first, so it runs inside the edge middleware: body limits, the deadline and metrics
     # apply to it too (Starlette wraps later middleware around earlier ones).

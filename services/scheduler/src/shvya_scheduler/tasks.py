@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = ("shvya_scheduler.webhook_fanout",)
 
 
 def load() -> None:

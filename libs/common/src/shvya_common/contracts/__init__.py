@@ -12,6 +12,7 @@ from shvya_common.contracts.jobs import (
     SendParams,
     SummaryParams,
     TaskSpec,
+    WebhookParams,
     task_spec,
 )
 from shvya_common.contracts.subjects import PRIORITY_LEVELS, Topology, priority_level
@@ -27,6 +28,7 @@ __all__ = [
     "SummaryParams",
     "TaskSpec",
     "Topology",
+    "WebhookParams",
     "priority_level",
     "task_spec",
 ]

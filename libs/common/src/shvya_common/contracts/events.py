@@ -41,6 +41,10 @@ class EventType(StrEnum):
     LEAD_MERGED = "lead.merged"
     LEAD_HANDOFF_STARTED = "lead.handoff_started"
     LEAD_HANDOFF_ENDED = "lead.handoff_ended"
+    # A reminder's time came (reminders table); endpoints subscribed to it are told.
+    REMINDER_DUE = "reminder.due"
+    # An outbound webhook endpoint was disabled after a run of failed deliveries.
+    WEBHOOK_ENDPOINT_DISABLED = "webhook.endpoint_disabled"
 
 
 # What an outbound webhook endpoint may subscribe to (the rest are internal bookkeeping).
@@ -64,5 +68,7 @@ PUBLIC_EVENTS: frozenset[EventType] = frozenset(
         EventType.LEAD_UNSUBSCRIBED,
         EventType.CHANNEL_PAUSED,
         EventType.CHANNEL_RESUMED,
+        EventType.REMINDER_DUE,
+        EventType.WEBHOOK_ENDPOINT_DISABLED,
     }
 )

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Channel = Literal["whatsapp_cloud", "whatsapp_web", "email", "log"]
 CHANNELS: tuple[str, ...] = ("whatsapp_cloud", "whatsapp_web", "email", "log")
@@ -106,6 +106,27 @@ class MediaFetchParams(BaseModel):
     message_id: UUID
 
 
+class WebhookParams(BaseModel):
+    """webhook.reminder: make one outbound webhook delivery (`kind` 'delivery': POST the event
+    of `webhook_deliveries` row `delivery_id` to its endpoint), or fire one reminder (`kind`
+    'reminder': record `reminder.due` for `reminders` row `reminder_id` at its `version`, which
+    then fans out to the endpoints subscribed to it like any event)."""
+
+    kind: Literal["delivery", "reminder"]
+    delivery_id: UUID | None = None
+    reminder_id: UUID | None = None
+    # A reminder that was rescheduled has a newer version; the older job finds it and stops.
+    version: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _names_its_row(self) -> WebhookParams:
+        if self.kind == "delivery" and self.delivery_id is None:
+            raise ValueError("a delivery names its delivery_id")
+        if self.kind == "reminder" and self.reminder_id is None:
+            raise ValueError("a reminder names its reminder_id")
+        return self
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A task's default priority and the service whose workers run it.
@@ -133,6 +154,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("dispatch.send", 100, "dispatch", SendParams, ledger="messages"),
         # Below sends: a download never delays a reply.
         TaskSpec("media.fetch", 90, "dispatch", MediaFetchParams),
+        TaskSpec("webhook.reminder", 50, "dispatch", WebhookParams),
     )
 }
 
