@@ -179,8 +179,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Runs inside the app's lifespan, so the platform (and its pool) is already open."""
     settings: IngestSettings = app.state.ingest.settings
     pool = app.state.ingest.plat.pool
+    # Requests go to checked IPs (kb_fetch): no keep-alive, so a pooled connection is never
+    # reused for another host; no proxies from the environment (they would connect on their own).
     http = httpx.AsyncClient(
-        timeout=settings.kb_fetch_timeout_seconds, headers={"User-Agent": "SHVYA-knowledge-base"}
+        timeout=settings.kb_fetch_timeout_seconds,
+        headers={"User-Agent": "SHVYA-knowledge-base"},
+        limits=httpx.Limits(max_keepalive_connections=0),
+        trust_env=False,
     )
     async with http, open_embedder(settings) as embedder:
         kb = KnowledgeBase.from_settings(pool, embedder, settings)

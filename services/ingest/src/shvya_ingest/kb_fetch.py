@@ -2,26 +2,26 @@
 
 One GET with httpx, redirects followed by hand (at most five) so that every hop is checked: only
 http and https, and, unless KB_FETCH_ALLOW_PRIVATE is set, only hosts whose addresses are all
-public, so an admin request cannot make ingest read internal services. The body is read as a
-stream and abandoned past the size limit; the whole fetch has one deadline. HTML, markdown and
-plain text are accepted; anything else is refused with 415.
-
-The address check resolves the host before httpx connects, which resolves it again: a DNS answer
-that changes in between (rebinding) is not caught. Keep KB_FETCH_ALLOW_PRIVATE off on hosts that
-can reach sensitive internal services, and put an egress proxy in front when that matters.
+public (the SSRF guard of `shvya_common.webhooks.netguard`: loopback, private, link-local,
+metadata, IPv4-mapped, NAT64 and 6to4 forms are refused), so an admin request cannot make
+ingest read internal services. The address checked is the address connected: each hop's host is
+resolved once and the request goes to a checked IP itself, with the `Host` header and the TLS
+server name set to the host, so a DNS answer that changes between check and connect (rebinding)
+cannot slip through. The body is read as a stream and abandoned past the size limit; the whole
+fetch has one deadline. HTML, markdown and plain text are accepted; anything else is 415.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import httpx
 
 from shvya_common.knowledge.chunking import Format
+from shvya_common.webhooks.netguard import AddressRefused, resolve_public
 
 MAX_REDIRECTS = 5
 ACCEPT = "text/html, application/xhtml+xml, text/markdown, text/plain;q=0.9, */*;q=0.1"
@@ -72,14 +72,28 @@ async def _fetch(
 ) -> FetchedDocument:
     current = url
     for _ in range(MAX_REDIRECTS + 1):
-        target = httpx.URL(current)
+        try:
+            target = httpx.URL(current)
+        except httpx.InvalidURL as err:
+            raise FetchError(422, f"not a valid URL: {current}") from err
         if target.scheme not in ("http", "https") or not target.host:
             raise FetchError(422, f"only http and https URLs can be fetched, not {current}")
-        if not allow_private:
-            await _require_public(target.host, target.port or _default_port(target.scheme))
+        host = target.raw_host.decode("ascii").strip("[]")
+        port = target.port or _default_port(target.scheme)
+        try:
+            addresses = await resolve_public(host, port, allow_private=allow_private)
+        except AddressRefused as err:
+            raise FetchError(
+                422, f"{current} is refused: {err}; KB_FETCH_ALLOW_PRIVATE=true allows it"
+            ) from err
+        except OSError as err:
+            raise FetchError(422, f"cannot resolve {host}: {err}") from err
+        pinned = target.copy_with(host=str(addresses[0]), username=None, password=None)
+        headers = {"Accept": ACCEPT, "Host": target.netloc.decode("ascii")}
+        extensions = {"sni_hostname": host} if target.scheme == "https" and not _is_ip(host) else {}
         try:
             async with client.stream(
-                "GET", target, headers={"Accept": ACCEPT}, follow_redirects=False
+                "GET", pinned, headers=headers, follow_redirects=False, extensions=extensions
             ) as response:
                 if response.is_redirect and "location" in response.headers:
                     current = urljoin(current, response.headers["location"])
@@ -90,6 +104,14 @@ async def _fetch(
                 422, f"could not fetch {current}: {type(err).__name__}: {err}"
             ) from err
     raise FetchError(422, f"{url} redirects more than {MAX_REDIRECTS} times")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 async def _read(response: httpx.Response, url: str, max_bytes: int) -> FetchedDocument:
@@ -123,27 +145,3 @@ async def _read(response: httpx.Response, url: str, max_bytes: int) -> FetchedDo
 
 def _default_port(scheme: str) -> int:
     return 443 if scheme == "https" else 80
-
-
-async def _require_public(host: str, port: int) -> None:
-    try:
-        literal = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        literal = None
-    if literal is not None:
-        addresses = [literal]
-    else:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
-        except OSError as err:
-            raise FetchError(422, f"cannot resolve {host}: {err}") from err
-        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-    for address in addresses:
-        if not address.is_global:
-            raise FetchError(
-                422,
-                f"{host} resolves to {address}, a private or local address; set "
-                "KB_FETCH_ALLOW_PRIVATE=true to allow it",
-            )
