@@ -397,3 +397,15 @@ async def test_revoked_keys_stop_working_and_secrets_never_come_back(base_env, a
     finally:
         await conn.close()
     assert "hunter2" not in row and row.count("v1.kt1.") == 1
+
+
+async def test_the_embedded_postgresql_refuses_a_login_without_its_password(pg_admin_url):
+    """The embedded PostgreSQL authenticates with scram-sha-256: its URL carries a password,
+    and the same login without it is refused."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(pg_admin_url)
+    assert parts.password
+    bare = urlunsplit(parts._replace(netloc=f"postgres@{parts.hostname}:{parts.port}"))
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(bare)

@@ -99,18 +99,25 @@ def test_keygen_prints_an_entry_the_settings_accept(capsys):
     assert box is not None and box.decrypt(box.encrypt("x", "c"), "c") == "x"
 
 
-def test_a_fresh_env_file_gets_an_admin_token_and_a_keyring_once(tmp_path, monkeypatch):
-    """`shvya up` on a fresh checkout writes ADMIN_TOKEN and a usable SECRETS_KEYS to .env,
-    and leaves an .env that has them alone."""
-    from shvya_common.cli import _env_file_value, ensure_env_file
+def test_make_up_writes_its_secrets_to_a_private_env_file(tmp_path, monkeypatch):
+    """`shvya up` gives a fresh checkout a .env readable only by its owner, with random
+    ADMIN_TOKEN, LINK_SECRET, SECRETS_KEYS and PostgreSQL password, and keeps values set."""
+    import stat
 
-    monkeypatch.delenv("ADMIN_TOKEN", raising=False)
-    monkeypatch.delenv("SECRETS_KEYS", raising=False)
-    (tmp_path / ".env").write_text("# SECRETS_KEYS=\nLOG_LEVEL=info\n")
+    from shvya_common.cli import ensure_env_file
+    from shvya_common.crypto import SecretBox
+
+    for name in ("ADMIN_TOKEN", "LINK_SECRET", "SECRETS_KEYS", "EMBEDDED_PG_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    env = tmp_path / ".env"
+    env.write_text("LINK_SECRET=" + "k" * 40 + "\n")
+    env.chmod(0o644)
     ensure_env_file(tmp_path)
-    first = (tmp_path / ".env").read_text()
-    keys = _env_file_value(tmp_path / ".env", "SECRETS_KEYS")
-    assert keys is not None and SecretBox.from_setting(keys).primary_id == "k1"
-    assert len(_env_file_value(tmp_path / ".env", "ADMIN_TOKEN") or "") >= 32
+    values = dict(line.split("=", 1) for line in env.read_text().splitlines() if "=" in line)
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert values["LINK_SECRET"] == "k" * 40
+    assert len(values["ADMIN_TOKEN"]) >= 32 and len(values["EMBEDDED_PG_PASSWORD"]) >= 24
+    SecretBox.from_setting(values["SECRETS_KEYS"])
+    first = env.read_text()
     ensure_env_file(tmp_path)
-    assert (tmp_path / ".env").read_text() == first
+    assert env.read_text() == first
