@@ -33,12 +33,13 @@ def test_priority_rounds_down_to_a_level(priority: int, level: int) -> None:
 
 
 def test_task_table_keeps_the_original_priorities() -> None:
-    """The original's conversational tasks keep their names and priorities."""
+    """The original's tasks keep their names and priorities (P1 conversational, P2 scheduled)."""
     contract = {n: t for n, t in TASKS.items() if t.service != "test"}
     assert {n: t.priority for n, t in contract.items() if n != "dispatch.send"} == {
         "ai.engage": 100,
         "followup.bumpup": 95,
         "ai.summary": 90,
+        "sequence.step": 70,
     }
 
 

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = (
+    "shvya_scheduler.sequences",
+    "shvya_scheduler.sequence_stops",
+)
 
 
 def load() -> None:

@@ -36,6 +36,15 @@ class EventType(StrEnum):
     LEAD_SUMMARY_UPDATED = "lead.summary_updated"
     FOLLOWUP_BUMPUP_SENT = "followup.bumpup_sent"
     JOB_DEAD_LETTERED = "job.dead_lettered"
+    # Written by ingest's tracking routes (payload: message_id, machine, agent, user_agent[, url]).
+    EMAIL_OPENED = "email.opened"
+    EMAIL_CLICKED = "email.clicked"
+    SEQUENCE_ENROLLED = "sequence.enrolled"
+    SEQUENCE_STEP_EXECUTED = "sequence.step_executed"
+    SEQUENCE_PAUSED = "sequence.paused"
+    SEQUENCE_RESUMED = "sequence.resumed"
+    SEQUENCE_COMPLETED = "sequence.completed"
+    SEQUENCE_STOPPED = "sequence.stopped"
 
 
 # What an outbound webhook endpoint may subscribe to (the rest are internal bookkeeping).
@@ -55,5 +64,11 @@ PUBLIC_EVENTS: frozenset[EventType] = frozenset(
         EventType.LEAD_UNSUBSCRIBED,
         EventType.CHANNEL_PAUSED,
         EventType.CHANNEL_RESUMED,
+        EventType.SEQUENCE_ENROLLED,
+        EventType.SEQUENCE_STEP_EXECUTED,
+        EventType.SEQUENCE_PAUSED,
+        EventType.SEQUENCE_RESUMED,
+        EventType.SEQUENCE_COMPLETED,
+        EventType.SEQUENCE_STOPPED,
     }
 )
