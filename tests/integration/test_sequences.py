@@ -15,7 +15,7 @@ from aiosmtpd.controller import Controller
 from shvya_common.bus import Unit
 from shvya_common.contracts import SendParams, SequenceStepParams
 from shvya_common.embedded import free_port
-from shvya_common.links import open_pixel_url
+from shvya_common.links import open_pixel_url, unsubscribe_url
 from shvya_common.sequences.enrolments import job_key
 from shvya_common.settings import CommonSettings
 from tests.integration.sequence_support import Rig, sequence_rig, step_outcomes
@@ -72,8 +72,8 @@ async def _events(rig: Rig, lead: uuid.UUID, prefix: str = "sequence.") -> list[
 async def test_three_step_sequence_sends_twice_through_dispatch_and_completes(
     plat, base_env, tmp_path
 ):
-    """Send, wait, send: both personalised texts leave through dispatch on the log channel as
-    P2 marketing sends with per-run send keys, and the enrolment completes with its history."""
+    """Send, wait, send: both personalised texts leave through dispatch as P2 marketing sends
+    with per-run send keys, and the enrolment completes with its history and events."""
     async with sequence_rig(plat, base_env, tmp_path) as rig:
         lead = await rig.lead()
         sequence = await rig.create_sequence(channel="log", steps=THREE_STEPS)
@@ -119,8 +119,8 @@ async def test_three_step_sequence_sends_twice_through_dispatch_and_completes(
 
 
 async def test_a_reply_on_any_channel_stops_the_rest_of_the_sequence(plat, base_env, tmp_path):
-    """A lead who writes back after the first send is stopped by the feed's reactor: its parked
-    run is cancelled and even a stray copy of that run's job sends nothing."""
+    """A reply after the first send stops the enrolment through the feed's reactor, cancelling
+    its parked run, and even a stray copy of that run's job sends nothing."""
     async with sequence_rig(plat, base_env, tmp_path) as rig:
         lead = await rig.lead(phone="+15550002")
         sequence = await rig.create_sequence(channel="log", steps=LONG_WAIT)
@@ -154,8 +154,8 @@ async def test_a_reply_on_any_channel_stops_the_rest_of_the_sequence(plat, base_
 
 
 async def test_a_reply_that_races_a_step_is_caught_when_the_step_runs(plat, base_env, tmp_path):
-    """An inbound message the reactors have not seen yet still stops the enrolment: the step
-    handler checks for replies itself before it sends."""
+    """An inbound message the reactors have not seen yet still stops the enrolment, because
+    the step handler checks for replies itself before it sends."""
     async with sequence_rig(plat, base_env, tmp_path) as rig:
         lead = await rig.lead(phone="+15550003")
         sequence = await rig.create_sequence(channel="log", steps=LONG_WAIT)
@@ -177,8 +177,8 @@ async def test_a_reply_that_races_a_step_is_caught_when_the_step_runs(plat, base
 
 
 async def test_pause_until_the_conversation_is_quiet_then_resume(plat, base_env, tmp_path):
-    """With on_reply 'pause', a reply pauses the enrolment; once the conversation has been
-    quiet for the sequence's period it resumes where it was and finishes every step."""
+    """With on_reply 'pause', a reply pauses the enrolment, which resumes where it was once the
+    conversation has been quiet for the sequence's period, and then finishes every step."""
     async with sequence_rig(plat, base_env, tmp_path) as rig:
         lead = await rig.lead(phone="+15550004")
         sequence = await rig.create_sequence(
@@ -207,8 +207,8 @@ async def test_pause_until_the_conversation_is_quiet_then_resume(plat, base_env,
 
 
 async def test_a_condition_branches_on_whether_the_email_was_opened(plat, base_env, tmp_path):
-    """email_opened is true for the lead who opened the sequence's email (a person, through
-    the real tracking pixel) and false for the one whose only open was an image proxy."""
+    """email_opened holds for the lead a person opened the sequence's email for (through the
+    real tracking pixel) and not for the one whose only open came from an image proxy."""
     async with sequence_rig(plat, base_env, tmp_path) as rig:
         sequence = await rig.create_sequence(
             channel="email",
@@ -288,9 +288,9 @@ def smtp() -> Iterator[tuple[Mailbox, int]]:
 
 
 async def test_quiet_hours_defer_an_email_step_which_then_goes_once(plat, base_env, tmp_path, smtp):
-    """An email step at night in the lead's zone is deferred by dispatch and the sequence
-    moves on; when sending is allowed it reaches the SMTP server exactly once. A lead who
-    replies while its email waits gets it cancelled instead."""
+    """An email step at night in the lead's zone is deferred by dispatch and reaches the SMTP
+    server exactly once when sending is allowed, unless the lead replies first, which cancels
+    it."""
     mailbox, port = smtp
     email = {"smtp_host": "127.0.0.1", "smtp_port": port, "smtp_security": "none"}
     email["smtp_from"] = "sales@acme.example"
@@ -351,8 +351,8 @@ async def _send_params(unit: Unit, message_id: uuid.UUID) -> SendParams:
 async def test_editing_a_sequence_moves_waiting_leads_and_records_versions(
     plat, base_env, tmp_path
 ):
-    """Removing the step two leads wait for moves them to the next one (keeping their due
-    time); a changed step runs at its new version and the history keeps the old one."""
+    """Removing the step two leads wait for moves them to the next one with their due time,
+    and a changed step runs at its new version while the history keeps the old one."""
     async with sequence_rig(plat, base_env, tmp_path) as rig:
         sequence = await rig.create_sequence(
             channel="log",
@@ -407,9 +407,9 @@ async def test_editing_a_sequence_moves_waiting_leads_and_records_versions(
 
 
 async def test_one_optout_across_channels(plat, base_env, tmp_path):
-    """A WhatsApp STOP ends the lead's email drip and, with the company setting on (the
-    default), suppresses marketing to its email address too; with it off, only the
-    enrolment stops."""
+    """A WhatsApp STOP or an email unsubscribe ends the lead's enrolments and, with the company
+    setting on (the default), suppresses marketing to all of its addresses, while with it off
+    only the enrolments stop."""
     async with sequence_rig(plat, base_env, tmp_path) as rig:
         assert await rig.api("GET", "/optout-settings") == {"across_channels": True}
         sequence = await rig.create_sequence(channel="email", steps=LONG_WAIT)
@@ -470,14 +470,30 @@ async def test_one_optout_across_channels(plat, base_env, tmp_path):
         assert not await rig.pool.fetchval(
             "SELECT count(*) FROM suppressions WHERE address = 'second@example.com'"
         )
+        # Back on: an email unsubscribe (RFC 8058 one-click) also ends WhatsApp marketing.
+        await rig.api("PUT", "/optout-settings", {"across_channels": True})
+        third = await rig.lead(phone="+15550023", email="third@example.com", timezone=day)
+        enrolment = await _enrol_one(rig, sequence, third)
+        await rig.history_is(sequence["id"], enrolment, lambda s: ("later", "waiting") in s)
+        settings = CommonSettings(**{k.lower(): v for k, v in base_env.items()})
+        path = unsubscribe_url(settings, rig.company_id, "third@example.com").split("/u/", 1)[1]
+        response = await rig.client.post(f"/u/{path}", content=b"List-Unsubscribe=One-Click")
+        assert response.status_code == 200
+        stopped = await rig.wait_for(sequence["id"], enrolment, lambda d: d["status"] == "stopped")
+        assert stopped["stop_reason"] == "unsubscribed"
+        await eventually(
+            lambda: rig.pool.fetch(
+                "SELECT channel, scope FROM suppressions WHERE address = '+15550023'"
+            ),
+            lambda rows: [tuple(r) for r in rows] == [("all", "marketing")],
+        )
 
 
 async def test_enrolment_by_list_and_filter_at_most_once_and_never_suppressed(
     plat, base_env, tmp_path
 ):
-    """A filter selects leads by stage, attribute and last activity; a lead already in the
-    sequence or suppressed is counted, not enrolled, and the database itself refuses a
-    second live enrolment."""
+    """A filter selects leads by stage, attribute and last activity, and a lead already in the
+    sequence (which the database itself enforces) or suppressed is counted, not enrolled."""
     async with sequence_rig(plat, base_env, tmp_path) as rig:
         sequence = await rig.create_sequence(
             channel="log", steps=[{"kind": "wait", "seconds": 3600}, {"kind": "end"}]
@@ -520,8 +536,8 @@ async def test_enrolment_by_list_and_filter_at_most_once_and_never_suppressed(
 
 
 async def test_the_api_refuses_what_cannot_run_with_a_reason(plat, base_env, tmp_path):
-    """Bad steps get a 422 saying why, another company's ids a 404, an archived sequence a
-    409; archiving stops its enrolments; nothing answers 500."""
+    """Bad steps get a 422 with the reason, another company's ids a 404 and an archived
+    sequence a 409, and archiving stops the sequence's enrolments."""
     async with sequence_rig(plat, base_env, tmp_path) as rig:
         bad = {
             "loop": [
@@ -580,3 +596,42 @@ async def test_the_api_refuses_what_cannot_run_with_a_reason(plat, base_env, tmp
         listed = await rig.api("GET", "/sequences")
         assert listed["total"] == 0
         assert (await rig.api("GET", "/sequences?archived=true"))["total"] == 1
+
+
+async def test_one_step_edits_and_a_preview_for_a_lead(plat, base_env, tmp_path):
+    """A step can be changed or removed on its own (its version counts the change), and a
+    preview renders each send for a lead or says which field it lacks."""
+    async with sequence_rig(plat, base_env, tmp_path) as rig:
+        sequence = await rig.create_sequence(
+            channel="email",
+            steps=[
+                {"key": "hi", "kind": "send", "text": "Hi {{ lead.first_name }}"},
+                {"key": "w", "kind": "wait", "seconds": 60},
+                {"key": "plan", "kind": "send", "text": "Your {{ lead.plan }} plan"},
+            ],
+        )
+        steps = {s["key"]: s["id"] for s in sequence["steps"]}
+        path = f"/sequences/{sequence['id']}/steps"
+        changed = await rig.api("PATCH", f"{path}/{steps['w']}", {"seconds": 120})
+        wait = next(s for s in changed["sequence"]["steps"] if s["key"] == "w")
+        assert (wait["seconds"], wait["version"]) == (120, 2)
+        swapped = await rig.api("PATCH", f"{path}/{steps['w']}", {"kind": "end"})
+        assert [s["kind"] for s in swapped["sequence"]["steps"]] == ["send", "end", "send"]
+        bad = await rig.client.patch(f"{rig.base}{path}/{steps['w']}", json={"seconds": -1})
+        assert bad.status_code == 422
+        removed = await rig.api("DELETE", f"{path}/{steps['w']}")
+        assert [s["key"] for s in removed["sequence"]["steps"]] == ["hi", "plan"]
+        gone = await rig.client.delete(f"{rig.base}{path}/{steps['w']}")
+        assert gone.status_code == 404
+        lead = await rig.lead(phone=None, email="pat@example.com", name="Pat Lee")
+        preview = await rig.api(
+            "POST", f"/sequences/{sequence['id']}/preview", {"lead_id": str(lead)}
+        )
+        assert [(p["key"], p["text"], p["to"]) for p in preview] == [
+            ("hi", "Hi Pat", "pat@example.com"),
+            ("plan", None, "pat@example.com"),
+        ]
+        assert "plan" in preview[1]["error"]
+        await rig.api("PATCH", f"/sequences/{sequence['id']}", {"on_reply": "pause"})
+        final = await rig.api("GET", f"/sequences/{sequence['id']}")
+        assert final["on_reply"] == "pause" and final["version"] == 5

@@ -58,6 +58,7 @@ from shvya_common.sequences.steps import (
     check_steps,
 )
 from shvya_ingest.api import IngestDep, require_admin
+from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
 
 log = structlog.get_logger(__name__)
 
@@ -195,6 +196,10 @@ class EditOut(BaseModel):
 class LeadFilter(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
+    phone_number: str | None = Field(
+        None, max_length=64, description="The lead with this phone number (any format with +)."
+    )
+    email: str | None = Field(None, max_length=254, description="The lead with this address.")
     stage: str | None = Field(None, min_length=1, max_length=200, description="A stage name.")
     attributes: dict[str, Any] | None = Field(
         None, description="Attributes the lead must have (JSON containment)."
@@ -632,6 +637,8 @@ async def enrol(
                 unit.conn,
                 company_id,
                 sequence_id,
+                phone=_phone(f.phone_number, ingest.settings.default_phone_region),
+                email=_email(f.email),
                 stage=f.stage,
                 attributes=f.attributes,
                 last_activity_before=f.last_activity_before,
@@ -673,6 +680,20 @@ async def enrol(
         already_enrolled_lead_ids=done.already,
         suppressed_lead_ids=done.suppressed,
     )
+
+
+def _phone(raw: str | None, region: str | None) -> str | None:
+    try:
+        return None if raw is None else normalise_phone(raw, region)
+    except AddressError as err:
+        raise HTTPException(422, str(err)) from err
+
+
+def _email(raw: str | None) -> str | None:
+    try:
+        return None if raw is None else normalise_email(raw)
+    except AddressError as err:
+        raise HTTPException(422, str(err)) from err
 
 
 @router.get("/sequences/{sequence_id}/enrolments", response_model=EnrolmentList)

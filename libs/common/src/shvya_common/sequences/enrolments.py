@@ -391,6 +391,8 @@ FROM sequence_enrolments e LEFT JOIN sequence_steps st ON st.id = e.current_step
 _SELECT_LEADS = """
 SELECT l.id FROM leads l LEFT JOIN stages s ON s.id = l.stage_id
 WHERE l.company_id = $1
+  AND ($9::text IS NULL OR l.phone_e164 = $9)
+  AND ($10::text IS NULL OR l.email = $10)
   AND ($2::text IS NULL OR lower(s.name) = lower($2))
   AND ($3::jsonb IS NULL OR l.attributes @> $3)
   AND ($4::timestamptz IS NULL
@@ -409,6 +411,8 @@ async def select_leads(
     company_id: uuid.UUID,
     sequence_id: uuid.UUID,
     *,
+    phone: str | None = None,
+    email: str | None = None,
     stage: str | None,
     attributes: dict[str, Any] | None,
     last_activity_before: datetime | None,
@@ -425,6 +429,8 @@ async def select_leads(
         sequence_id,
         LIVE,
         limit,
+        phone,
+        email,
     )
     return [r["id"] for r in rows]
 
