@@ -14,9 +14,10 @@ out gets nothing more from the sequence. A send already being sent is not touche
 one the send state machine allows (`SEND_TRANSITIONS`) and dispatch's claim is fenced on the
 same statuses, so a cancelled send is never sent.
 
-Locks: the step handler takes the sequence row FOR KEY SHARE and then its enrolment FOR
-UPDATE; edits and archiving take the sequence FOR UPDATE and then enrolments; the reactors
-only lock enrolments. The order never inverts, so none of them deadlock.
+Locks are always taken in one order: sequence, enrolment, timers, messages. The step handler
+takes the sequence row FOR KEY SHARE and then its enrolment FOR UPDATE; edits and archiving take
+the sequence FOR UPDATE and then enrolments; the reactors start at the enrolments; a stop
+cancels timers before messages, as the timer loop locks them. So none of them deadlock.
 """
 
 from __future__ import annotations
@@ -266,21 +267,22 @@ UPDATE sequence_enrolments
 RETURNING {ENROLMENT_COLUMNS}
 """
 
-# The sends the stopped enrolments requested that have not begun to leave, and their timers.
+# The sends the stopped enrolments requested that have not begun to leave: first their parked
+# timers, then the messages, in the order the timer loop locks them (timer, then message), so
+# the two never wait on each other.
+_CANCEL_SEND_TIMERS = """
+UPDATE timers t SET status = 'cancelled', reason = $2
+  FROM sequence_history h
+ WHERE h.enrolment_id = ANY($1::uuid[]) AND h.message_id = t.target_id
+   AND t.lead_id = ANY($3::uuid[]) AND t.status = 'pending' AND t.kind = 'resume'
+   AND t.ledger = 'messages'
+"""
 _CANCEL_SENDS = """
-WITH cancelled AS (
-    UPDATE messages m SET status = 'cancelled', last_error = $2, updated_at = now()
-      FROM sequence_history h
-     WHERE h.enrolment_id = ANY($1::uuid[]) AND h.message_id = m.id
-       AND m.direction = 'outbound' AND m.status = ANY($3::text[])
-    RETURNING m.id, m.lead_id
-), timers_cancelled AS (
-    UPDATE timers t SET status = 'cancelled', reason = $2
-      FROM cancelled c
-     WHERE t.lead_id = c.lead_id AND t.status = 'pending' AND t.kind = 'resume'
-       AND t.target_id = c.id
-)
-SELECT id FROM cancelled
+UPDATE messages m SET status = 'cancelled', last_error = $2, updated_at = now()
+  FROM sequence_history h
+ WHERE h.enrolment_id = ANY($1::uuid[]) AND h.message_id = m.id
+   AND m.direction = 'outbound' AND m.status = ANY($3::text[])
+RETURNING m.id
 """
 
 
@@ -293,12 +295,9 @@ async def stop(
         return []
     stopped = [Enrolment.of(r) for r in rows]
     await cancel_runs(unit.conn, [(e.id, e.run - 1) for e in stopped])
-    cancelled = await unit.conn.fetch(
-        _CANCEL_SENDS,
-        [e.id for e in stopped],
-        f"sequence stopped: {reason}",
-        send_sources(SendStatus.CANCELLED),
-    )
+    ids, why = [e.id for e in stopped], f"sequence stopped: {reason}"
+    await unit.conn.execute(_CANCEL_SEND_TIMERS, ids, why, list({e.lead_id for e in stopped}))
+    cancelled = await unit.conn.fetch(_CANCEL_SENDS, ids, why, send_sources(SendStatus.CANCELLED))
     full = {**detail, "cancelled_sends": [str(r["id"]) for r in cancelled]} if cancelled else detail
     await _histories(unit.conn, [(e.id, e.run) for e in stopped], "stopped", reason, full)
     await record_events(
