@@ -28,6 +28,7 @@ makes, and the rows they name commit together and are published after COMMIT.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -198,7 +199,10 @@ async def update_sequence(
 
 
 async def _replace(
-    ingest: IngestDep, company_id: uuid.UUID, sequence_id: uuid.UUID, edit: Any
+    ingest: IngestDep,
+    company_id: uuid.UUID,
+    sequence_id: uuid.UUID,
+    edit: Callable[[list[definitions.StoredStep]], list[AnyStep]],
 ) -> EditOut:
     """Lock the sequence, build the new step list with `edit(stored steps)`, and store it."""
     async with ingest.plat.bus.unit() as unit:

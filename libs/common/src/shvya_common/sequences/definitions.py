@@ -58,7 +58,7 @@ class StoredStep:
 
 @dataclass(frozen=True)
 class Moved:
-    """An enrolment an edit moved off a removed step (to the end when `to_step` is None)."""
+    """An enrolment an edit moved off a removed step (to the end when `to_key` is None)."""
 
     enrolment_id: uuid.UUID
     from_key: str
