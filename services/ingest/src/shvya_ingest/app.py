@@ -18,6 +18,7 @@ from shvya_ingest import (
     mail_webhooks,
     mailbox_api,
     outbound_api,
+    sequences_api,
     v1,
     webhooks,
 )
@@ -70,6 +71,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
     app.include_router(email_routes.router)
     app.include_router(mail_webhooks.router)
     app.include_router(mailbox_api.router)
+    app.include_router(sequences_api.router)
     app.include_router(kb_api.router)  # its lifespan opens the embedder, inside the platform's
     app.include_router(outbound_api.router)
     install_error_handlers(app)

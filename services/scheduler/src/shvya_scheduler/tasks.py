@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
-MODULES: tuple[str, ...] = ("shvya_scheduler.webhook_fanout",)
+MODULES: tuple[str, ...] = (
+    "shvya_scheduler.webhook_fanout",
+    "shvya_scheduler.sequences",
+    "shvya_scheduler.sequence_stops",
+)
 
 
 def load() -> None:

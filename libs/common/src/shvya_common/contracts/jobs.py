@@ -60,6 +60,15 @@ class BumpupParams(BaseModel):
     bump_number: int = Field(1, ge=1)
 
 
+class SequenceStepParams(BaseModel):
+    """sequence.step: run an enrolment's due steps, or see whether a paused one may resume."""
+
+    enrolment_id: UUID
+    # The enrolment's run this job was scheduled for; once the enrolment has moved on (paused,
+    # stopped, rescheduled), a job of an older run does nothing.
+    run: int = Field(ge=0)
+
+
 class AiMeta(BaseModel):
     """Where a generated text came from, kept on the outbound message."""
 
@@ -150,6 +159,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("ai.engage", 100, "engage", EngageParams),
         TaskSpec("followup.bumpup", 95, "engage", BumpupParams),
         TaskSpec("ai.summary", 90, "engage", SummaryParams),
+        TaskSpec("sequence.step", 70, "scheduler", SequenceStepParams),
         # Sends inherit the priority of the job that asked for them; 100 is the default.
         TaskSpec("dispatch.send", 100, "dispatch", SendParams, ledger="messages"),
         # Below sends: a download never delays a reply.

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shvya_common.contracts import SendParams, SummaryParams
 from shvya_common.contracts.events import EventType
 from shvya_common.events import record_event
+from shvya_common.sequences import enrolments
 from shvya_ingest.auth import AdminCompany, AgentCompany, PrincipalDep, audit
 from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
 from shvya_ingest.v1.common import (
@@ -586,7 +587,8 @@ async def merge_lead(
     here, blank fields are filled from it, then it is removed."""
     if body.duplicate_id == lead_id:
         raise HTTPException(422, "a lead cannot be merged into itself")
-    async with ingest.plat.pool.acquire() as conn, conn.transaction():
+    async with ingest.plat.bus.unit() as unit:
+        conn = unit.conn
         found = await conn.fetchval(
             "SELECT count(*) FROM leads WHERE id = ANY($1::uuid[]) AND company_id = $2",
             [lead_id, body.duplicate_id],
@@ -594,6 +596,20 @@ async def merge_lead(
         )
         if found != 2:
             raise not_found("lead", body.duplicate_id if found == 1 else lead_id)
+        # A lead is in a sequence at most once: the duplicate's enrolment in a sequence this
+        # lead is also in stops (through the sequences' own writer) before the rows move.
+        clashes = await conn.fetch(
+            "SELECT d.id FROM sequence_enrolments d JOIN sequence_enrolments k"
+            " ON k.sequence_id = d.sequence_id AND k.lead_id = $1 AND k.status = ANY($3::text[])"
+            " WHERE d.lead_id = $2 AND d.status = ANY($3::text[])",
+            lead_id,
+            body.duplicate_id,
+            enrolments.LIVE,
+        )
+        if clashes:
+            await enrolments.stop(
+                unit, [r["id"] for r in clashes], "merged", {"into_lead_id": str(lead_id)}
+            )
         await conn.execute("SELECT merge_leads($1, $2)", lead_id, body.duplicate_id)
         await record_event(
             conn,

@@ -87,6 +87,9 @@ class CompanyPatch(BaseModel):
 class CompanyOut(BaseModel):
     id: uuid.UUID
     name: str
+    is_default: bool = Field(
+        description="The company anonymous loopback requests file into (INBOUND_AUTH)."
+    )
     timezone: str
     settings: dict[str, Any]
     created_at: datetime
@@ -163,7 +166,7 @@ class UserOut(BaseModel):
     last_login_at: datetime | None
 
 
-_COMPANY = "id, name, timezone, settings, created_at"
+_COMPANY = "id, name, is_default, timezone, settings, created_at"
 _KEY = "id, name, role, prefix, created_by, created_at, last_used_at, revoked_at"
 _USER = "id, email, full_name, role, created_at, disabled_at, last_login_at"
 
