@@ -41,6 +41,8 @@ class EventType(StrEnum):
     LEAD_MERGED = "lead.merged"
     LEAD_HANDOFF_STARTED = "lead.handoff_started"
     LEAD_HANDOFF_ENDED = "lead.handoff_ended"
+    # A webhook change for a number no company owns, or not signed by its owner's secret.
+    WHATSAPP_ENTRY_SKIPPED = "whatsapp.entry_skipped"
 
 
 # What an outbound webhook endpoint may subscribe to (the rest are internal bookkeeping).
