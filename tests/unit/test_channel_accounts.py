@@ -8,14 +8,16 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 
 from shvya_common.channel_accounts import Account, check_config, seal_secrets
 from shvya_common.contracts import SendParams
 from shvya_common.crypto import SecretBox, generate_key
 from shvya_common.errors import PermanentError, RetryableError
-from shvya_dispatch.accounts import AccountDirectory, HostGuard
+from shvya_dispatch.accounts import AccountDirectory, HostGuard, account_graph
 from shvya_dispatch.channels import ChannelRouter, SendResult
+from shvya_dispatch.settings import DispatchSettings
 
 BOX = SecretBox.from_setting(f"k1:{generate_key()}")
 COMPANY = uuid.uuid4()
@@ -188,3 +190,28 @@ def test_config_values_are_checked_by_form():
         check_config("whatsapp_cloud", {"phone_number_id": "+1 555"})
     with pytest.raises(ValueError, match="base_url"):
         check_config("whatsapp_cloud", {"base_url": "file:///etc/passwd"})
+
+
+async def test_a_companys_graph_never_calls_a_private_host():
+    """Graph built from a company's account refuses a base URL (or a media or paging URL its
+    Graph answers) on a private address before sending the token anywhere."""
+    account = Account(
+        uuid.uuid4(),
+        COMPANY,
+        "whatsapp_cloud",
+        "main",
+        "1055",
+        {"phone_number_id": "1055", "base_url": "http://169.254.169.254"},
+        {"access_token": "EAAG-never-sent"},
+    )
+    settings = DispatchSettings(_env_file=None)  # type: ignore[call-arg]
+    async with httpx.AsyncClient(transport=httpx.MockTransport(_no_request)) as client:
+        graph = account_graph(settings, client, account)
+        with pytest.raises(PermanentError, match="not a public address"):
+            await graph.post("1055/messages", {"type": "text"})
+        with pytest.raises(PermanentError, match="not a public address"):
+            await graph.download("http://10.0.0.5/file", 1024)
+
+
+def _no_request(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"requested {request.url}")

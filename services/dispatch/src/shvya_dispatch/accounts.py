@@ -60,9 +60,13 @@ def graph_fingerprint(phone_number_id: str, token: str) -> str:
 
 
 def account_graph(
-    settings: DispatchSettings, client: httpx.AsyncClient, account: Account
+    settings: DispatchSettings,
+    client: httpx.AsyncClient,
+    account: Account,
+    hosts: HostGuard | None = None,
 ) -> GraphApi:
-    """Graph with a WhatsApp Cloud account's token, version and base URL (settings' defaults)."""
+    """Graph with a WhatsApp Cloud account's token, version and base URL (settings' defaults);
+    every URL it requests passes `hosts` (public hosts only, unless settings allow others)."""
     token = account.secrets.get("access_token")
     if not token:
         raise PermanentError(
@@ -76,6 +80,7 @@ def account_graph(
         api_version=version if version.startswith("v") else f"v{version}",
         block_pause_seconds=settings.whatsapp_cloud_block_pause_seconds,
         account_pause_seconds=settings.whatsapp_cloud_account_pause_seconds,
+        check_url=(hosts or HostGuard(settings.channel_accounts_allow_private_hosts)).check_url,
     )
 
 
@@ -142,6 +147,10 @@ class HostGuard:
         self.allow_private = allow_private
         self.ttl = ttl
         self._checked: dict[str, float] = {}
+
+    async def check_url(self, url: str) -> None:
+        """Refuse a URL whose host is not public (Graph URLs of a company's account)."""
+        await self.check(urlsplit(url).hostname or "", "Graph URL host")
 
     async def check(self, host: str, what: str) -> None:
         if self.allow_private:
@@ -255,7 +264,7 @@ class CompanyChannels:
             await self.hosts.check(host, "Graph base URL")
 
     def _graph(self, account: Account) -> GraphApi:
-        return account_graph(self.settings, self.client, account)
+        return account_graph(self.settings, self.client, account, self.hosts)
 
     def _build(self, account: Account) -> Channel | None:
         if account.channel == "whatsapp_cloud":

@@ -29,7 +29,7 @@ import structlog
 from shvya_common.channel_accounts import accounts_on
 from shvya_common.metrics import TEMPLATE_SYNCS
 from shvya_common.whatsapp.templates import SyncOutcome, upsert_graph_templates
-from shvya_dispatch.accounts import account_graph
+from shvya_dispatch.accounts import HostGuard, account_graph
 from shvya_dispatch.channels.graph_api import GraphApi
 from shvya_dispatch.settings import DispatchSettings
 from shvya_dispatch.whatsapp_repository import WhatsAppRepository
@@ -106,6 +106,7 @@ class AccountSyncTargets:
         self.client = client
         self.platform = platform
         self.box = settings.secret_box()
+        self.hosts = HostGuard(settings.channel_accounts_allow_private_hosts)
 
     async def __call__(self) -> list[SyncTarget]:
         targets = [self.platform] if self.platform is not None else []
@@ -116,7 +117,7 @@ class AccountSyncTargets:
             targets.append(
                 SyncTarget(
                     f"account:{account.id}",
-                    account_graph(self.settings, self.client, account),
+                    account_graph(self.settings, self.client, account, self.hosts),
                     str(waba_id),
                     account.config.get("phone_number_id"),
                     account.company_id,
