@@ -27,6 +27,8 @@ MAILGUN_KEY = "key-mailgun-signing-0f1e2d3c4b5a6978"
 POSTMARK_USER = "postmark"
 POSTMARK_PASSWORD = "pm-inbound-password-7c1d"
 SECRETS = "t1:" + base64.urlsafe_b64encode(b"k" * 32).rstrip(b"=").decode()
+EMAIL_WEBHOOK_TOKEN = "mail-webhook-token-2a9f7e31"
+EMAIL_AUTH = {"Authorization": f"Bearer {EMAIL_WEBHOOK_TOKEN}"}
 
 
 class SendGridSigner:
@@ -67,6 +69,7 @@ def mail_settings(env: dict[str, str], tmp: Path, **overrides: Any) -> IngestSet
         postmark_inbound_username=POSTMARK_USER,
         postmark_inbound_password=POSTMARK_PASSWORD,
         secrets_keys=SECRETS,
+        email_webhook_token=EMAIL_WEBHOOK_TOKEN,
         media_dir=str(tmp / "media"),
         imap_enabled=False,
     )

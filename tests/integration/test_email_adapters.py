@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.integration.mail_support import (
+    EMAIL_AUTH,
     SendGridSigner,
     dumps,
     fixture,
@@ -253,6 +254,7 @@ async def test_json_webhook_accepts_rfc5322_addresses(
     async with mail_ingest(settings) as client:
         first = await client.post(
             "/webhooks/email",
+            headers=EMAIL_AUTH,
             json={
                 "from": "Ana Lead <ana@example.org>",
                 "to": "Acme <sales@acme-solar.example>",
@@ -263,6 +265,7 @@ async def test_json_webhook_accepts_rfc5322_addresses(
         )
         second = await client.post(
             "/webhooks/email",
+            headers=EMAIL_AUTH,
             json={
                 "from": '"Rao, Asha" <asha@example.org>',
                 "subject": "Hi",

@@ -15,6 +15,7 @@ from shvya_common import links
 from shvya_common.embedded import free_port
 from shvya_common.tokens import sign
 from tests.integration.webhook_support import (
+    EMAIL_AUTH,
     database,
     ingest_client,
     ingest_settings,
@@ -64,8 +65,8 @@ async def _sent_email(conn) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
 
 async def test_inbound_email_webhook_files_by_sender_once(client, db_url):
     """POST /webhooks/email files the mail under the sender's address, once per Message-ID."""
-    first = await client.post("/webhooks/email", json=EMAIL)
-    again = await client.post("/webhooks/email", json=EMAIL)
+    first = await client.post("/webhooks/email", headers=EMAIL_AUTH, json=EMAIL)
+    again = await client.post("/webhooks/email", headers=EMAIL_AUTH, json=EMAIL)
     assert first.status_code == again.status_code == 200, first.text
     assert first.json()["status"] == "ok"
     assert first.json() == again.json()
@@ -85,17 +86,32 @@ async def test_inbound_email_webhook_files_by_sender_once(client, db_url):
 
 async def test_inbound_email_webhook_refuses_mail_without_a_sender_or_content(client, db_url):
     """A sender that is no address, or a mail with nothing in it, is a 422 and writes nothing."""
-    no_sender = await client.post("/webhooks/email", json={**EMAIL, "from": "not an address"})
+    no_sender = await client.post(
+        "/webhooks/email", headers=EMAIL_AUTH, json={**EMAIL, "from": "not an address"}
+    )
     empty = await client.post(
-        "/webhooks/email", json={**EMAIL, "text": "", "subject": None, "html": None}
+        "/webhooks/email",
+        headers=EMAIL_AUTH,
+        json={**EMAIL, "text": "", "subject": None, "html": None},
     )
     assert no_sender.status_code == empty.status_code == 422
     async with database(db_url) as conn:
         assert await conn.fetchval("SELECT count(*) FROM messages") == 0
 
 
-async def test_email_webhook_token_is_required_when_configured(base_env):
-    """With EMAIL_WEBHOOK_TOKEN set, the webhook needs it: missing 401, wrong 403, right 200."""
+async def test_email_webhook_never_accepts_mail_without_a_credential(base_env, db_url):
+    """With EMAIL_WEBHOOK_TOKEN unset the webhook is closed (401 with the reason), and with it
+    set a missing token is 401, a wrong one 403 and the right one 200."""
+    async with ingest_client(base_env, EMAIL_WEBHOOK_TOKEN="") as closed:
+        refused = await closed.post("/webhooks/email", json=EMAIL)
+        assert refused.status_code == 401
+        assert "EMAIL_WEBHOOK_TOKEN is unset" in refused.json()["detail"]
+        forged = await closed.post(
+            "/webhooks/email", json=EMAIL, headers={"Authorization": "Bearer anything"}
+        )
+        assert forged.status_code == 403
+    async with database(db_url) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM messages") == 0
     token = "inbound-mail-token-1234567890"
     async with ingest_client(base_env, EMAIL_WEBHOOK_TOKEN=token) as client:
         assert (await client.post("/webhooks/email", json=EMAIL)).status_code == 401
@@ -113,7 +129,7 @@ async def test_unsubscribe_post_suppresses_and_answers_200_without_redirect(
     client, base_env, db_url
 ):
     """RFC 8058 one-click: POST /u/{token} adds an email suppression and answers a plain 200."""
-    await client.post("/webhooks/email", json=EMAIL)
+    await client.post("/webhooks/email", headers=EMAIL_AUTH, json=EMAIL)
     async with database(db_url) as conn:
         company = await conn.fetchval("SELECT company_id FROM leads")
     url = links.unsubscribe_url(ingest_settings(base_env), company, "Priya.Shah@EXAMPLE.com")
@@ -138,7 +154,7 @@ async def test_unsubscribe_post_suppresses_and_answers_200_without_redirect(
 
 async def test_unsubscribe_get_shows_a_form_and_never_suppresses(client, base_env, db_url):
     """GET /u/{token} (what link scanners do) shows a page with a POST button, changes nothing."""
-    await client.post("/webhooks/email", json=EMAIL)
+    await client.post("/webhooks/email", headers=EMAIL_AUTH, json=EMAIL)
     async with database(db_url) as conn:
         company = await conn.fetchval("SELECT company_id FROM leads")
     url = links.unsubscribe_url(ingest_settings(base_env), company, "Priya.Shah@example.com")
@@ -156,7 +172,7 @@ async def test_unsubscribe_get_shows_a_form_and_never_suppresses(client, base_en
 
 async def test_open_pixel_counts_people_and_flags_mail_proxies(client, base_env, db_url):
     """The pixel is a GIF for everyone; Gmail's proxy and Apple's privacy fetch are machine."""
-    await client.post("/webhooks/email", json=EMAIL)
+    await client.post("/webhooks/email", headers=EMAIL_AUTH, json=EMAIL)
     async with database(db_url) as conn:
         _, lead, message = await _sent_email(conn)
     url = links.open_pixel_url(ingest_settings(base_env), message)
@@ -183,7 +199,7 @@ async def test_open_pixel_counts_people_and_flags_mail_proxies(client, base_env,
 
 async def test_click_redirects_only_to_the_signed_url(client, base_env, db_url):
     """A click goes (302) to the URL signed into the token; a tampered token goes nowhere."""
-    await client.post("/webhooks/email", json=EMAIL)
+    await client.post("/webhooks/email", headers=EMAIL_AUTH, json=EMAIL)
     async with database(db_url) as conn:
         _, _, message = await _sent_email(conn)
     settings = ingest_settings(base_env)

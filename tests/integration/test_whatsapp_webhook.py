@@ -134,7 +134,8 @@ async def test_concurrent_redeliveries_are_filed_once_and_all_answered_200(clien
 
 
 async def test_company_is_resolved_from_the_business_phone_number_id(client, db_url):
-    """A registered phone_number_id files into its company; an unknown one into the default."""
+    """A registered phone_number_id files into its company; one no company owns is skipped
+    and recorded (an event with no company), never filed into the default company."""
     async with database(db_url) as conn:
         acme = await conn.fetchval("INSERT INTO companies (name) VALUES ('Acme') RETURNING id")
         await conn.execute(
@@ -148,16 +149,29 @@ async def test_company_is_resolved_from_the_business_phone_number_id(client, db_
         [text_message(WAMID_B, "16505551234", "for nobody")], phone_number_id="999000111"
     )
     assert (await post_signed(client, mine)).status_code == 200
-    assert (await post_signed(client, other)).status_code == 200
+    skipped = await post_signed(client, other)
+    assert skipped.status_code == 200, skipped.text
+    assert (skipped.json()["messages"], skipped.json()["skipped"]) == (0, 1)
     async with database(db_url) as conn:
         rows = await conn.fetch(
             "SELECT m.body, c.name, c.is_default FROM messages m"
             " JOIN companies c ON c.id = m.company_id ORDER BY m.body"
         )
+        record = await conn.fetchrow(
+            "SELECT company_id, payload FROM events WHERE type = 'whatsapp.entry_skipped'"
+        )
     assert [(r["body"], r["name"], r["is_default"]) for r in rows] == [
         ("for acme", "Acme", False),
-        ("for nobody", "Default company", True),
     ]
+    assert record["company_id"] is None
+    assert record["payload"] | {} == {
+        "phone_number_id": "999000111",
+        "waba_id": "102290129340398",
+        "reason": "unrouted",
+        "field": "messages",
+        "messages": 1,
+        "statuses": 0,
+    }
 
 
 async def _outbound(conn, wamid: str) -> uuid.UUID:

@@ -21,12 +21,20 @@ APP_SECRET = "meta-app-secret-3f9c2a7e51b04d6f"
 VERIFY_TOKEN = "verify-token-7d1e9b2c"
 LINK_SECRET = "link-secret-for-tests-0123456789abcdef"
 PHONE_NUMBER_ID = "106540352242922"
+WABA_ID = "102290129340398"
+EMAIL_WEBHOOK_TOKEN = "email-webhook-token-5b8e1f0c2d"
+# What an email webhook request carries: the platform's token (a company's key works too).
+EMAIL_AUTH = {"Authorization": f"Bearer {EMAIL_WEBHOOK_TOKEN}"}
 
 
 def ingest_settings(env: dict[str, str], **overrides: str) -> IngestSettings:
     values = {
         "WHATSAPP_APP_SECRET": APP_SECRET,
         "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
+        # The platform's own number and account: their webhooks file into the default company.
+        "WHATSAPP_CLOUD_PHONE_ID": PHONE_NUMBER_ID,
+        "WHATSAPP_CLOUD_WABA_ID": WABA_ID,
+        "EMAIL_WEBHOOK_TOKEN": EMAIL_WEBHOOK_TOKEN,
         "LINK_SECRET": LINK_SECRET,
         "PUBLIC_BASE_URL": "https://ingest.example.com",
         **env,
@@ -98,7 +106,7 @@ def meta_payload(
         value["statuses"] = list(statuses)
     return {
         "object": "whatsapp_business_account",
-        "entry": [{"id": "102290129340398", "changes": [{"value": value, "field": "messages"}]}],
+        "entry": [{"id": WABA_ID, "changes": [{"value": value, "field": "messages"}]}],
     }
 
 

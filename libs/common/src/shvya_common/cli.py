@@ -1,5 +1,6 @@
 """The `shvya` command: `up` runs the whole platform, `infra` only NATS and PostgreSQL,
-`migrate` applies the schema, `reembed` re-embeds the knowledge base.
+`migrate` applies the schema, `reembed` re-embeds the knowledge base, `keygen` prints a new
+SECRETS_KEYS entry and `rotate-secrets` re-seals every stored secret under its primary key.
 
 `up` starts the embedded NATS and PostgreSQL when NATS_URL / DATABASE_URL are unset (data under
 `.data/`, so a restart keeps everything), then supervises the four services as separate
@@ -200,6 +201,28 @@ async def _migrate() -> None:
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'schema up to date'}")
 
 
+async def _rotate_secrets() -> int:
+    """Re-seal every stored secret under the primary key; exit 1 if some value did not open."""
+    from shvya_common.db import create_pool
+    from shvya_common.secret_rotation import rotate
+    from shvya_common.settings import CommonSettings
+
+    settings = CommonSettings()
+    box = settings.secret_box()
+    if box is None:
+        print("SECRETS_KEYS is not set: nothing can be re-sealed", file=sys.stderr)
+        return 2
+    pool = await create_pool(settings.database_url, 1, 1)
+    try:
+        async with pool.acquire() as conn:
+            report = await rotate(conn, box)
+    finally:
+        await pool.close()
+    for line in report.lines():
+        print(line)
+    return 1 if report.failed else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="shvya", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,6 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser(
         "keygen", help="print a new SECRETS_KEYS entry (a random AES-256 key with a fresh id)"
+    )
+    sub.add_parser(
+        "rotate-secrets",
+        help="re-seal every stored secret (channel accounts, DKIM keys, IMAP passwords) under"
+        " the first key of SECRETS_KEYS",
     )
     reembed = sub.add_parser("reembed", help="re-embed the knowledge base after a model change")
     reembed.add_argument("--company", type=uuid.UUID, help="only this company's chunks")
@@ -230,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         from shvya_common.crypto import generate_key
 
         print(f"k{secrets.token_hex(3)}:{generate_key()}")
+    elif args.command == "rotate-secrets":
+        sys.exit(asyncio.run(_rotate_secrets()))
     elif args.command == "reembed":
         from shvya_common.knowledge.command import run_reembed
 

@@ -1,7 +1,9 @@
-"""Wires dispatch: the channels (a plain dict, name to adapter), the router, the policy engine,
-the send handler, the media download handler and the outbound webhooks' sender; and, with a
-WhatsApp Business Account id, the template sync in the background. A channel is registered only
-when its credentials are set; sends on other channels go to the log channel (or fail), as
+"""Wires dispatch: the platform's channels (a plain dict, name to adapter), companies' own
+channel accounts (`accounts.CompanyChannels`), the router, the policy engine, the send handler,
+the media download handler and the outbound webhooks' sender; and the template sync in the
+background. A platform channel is registered only when its credentials are set; a company with
+its own account on a channel sends through it, and sends on channels neither has go to the log
+channel (or fail), as
 UNCONFIGURED_CHANNELS says."""
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from shvya_common.logging import configure_logging
 from shvya_common.runtime import Platform, run, run_worker
 from shvya_common.storage import LocalMediaStore
 from shvya_dispatch import media as _media  # noqa: F401  (registers media.fetch)
+from shvya_dispatch.accounts import AccountDirectory, CompanyChannels
 from shvya_dispatch.channels import Channel, ChannelRouter
 from shvya_dispatch.channels.email import EmailChannel
 from shvya_dispatch.channels.graph_api import GraphApi
@@ -29,7 +32,7 @@ from shvya_dispatch.media import MediaDeps
 from shvya_dispatch.policies import PolicyEngine
 from shvya_dispatch.repository import DispatchRepository, EmailRepository, PolicyRepository
 from shvya_dispatch.settings import DispatchSettings
-from shvya_dispatch.template_sync import sync_loop
+from shvya_dispatch.template_sync import AccountSyncTargets, SyncTarget, sync_loop
 from shvya_dispatch.templates import TemplateRenderer
 from shvya_dispatch.webhooks import Webhooks, WebhookSender, webhook_client
 from shvya_dispatch.whatsapp_repository import WhatsAppRepository
@@ -41,31 +44,72 @@ METRICS_PORT = 9102
 def make_handlers(settings: DispatchSettings):  # type: ignore[no-untyped-def]
     async def factory(plat: Platform, stack: AsyncExitStack) -> dict[str, Registration]:
         deps = await build_deps(settings, plat.pool, stack)
-        media = await build_media_deps(settings, plat.pool, stack)
+        accounts = deps.router.accounts
+        companies = accounts if isinstance(accounts, CompanyChannels) else None
+        media = await build_media_deps(settings, plat.pool, stack, companies)
         return registry.bind(deps=deps, media=media)
 
     return factory
 
 
+async def company_channels(
+    settings: DispatchSettings,
+    pool: asyncpg.Pool,
+    stack: AsyncExitStack,
+    *,
+    web: WhatsAppWebChannel | None = None,
+    platform_fingerprints: dict[str, str | None] | None = None,
+    platform_graph: GraphApi | None = None,
+) -> CompanyChannels:
+    """Companies' own channel accounts, over one HTTP client for their Graph calls."""
+    client = await stack.enter_async_context(httpx.AsyncClient(timeout=_graph_timeout(settings)))
+    return CompanyChannels(
+        settings,
+        AccountDirectory(pool, settings.secret_box(), settings.channel_accounts_refresh_seconds),
+        client,
+        TemplateRenderer(WhatsAppRepository(pool)),
+        EmailRepository(pool),
+        web=web,
+        platform_fingerprints=platform_fingerprints,
+        platform_graph=platform_graph,
+    )
+
+
 async def build_deps(settings: DispatchSettings, pool: asyncpg.Pool, stack: AsyncExitStack) -> Deps:
-    """The channels, router and policy engine; resources they open are closed by `stack`."""
+    """The channels (the platform's, and each company's own accounts), router and policy
+    engine; resources they open are closed by `stack`."""
     log_channel = LogChannel(settings.log_channel_file)
     channels: dict[str, Channel] = {"log": log_channel}
     policy_repo = PolicyRepository(pool)
     whatsapp_repo = WhatsAppRepository(pool)
     fingerprints: dict[str, str | None] = {}
+    platform_graph: GraphApi | None = None
     if settings.whatsapp_cloud_configured:
         whatsapp = await whatsapp_cloud_channel(settings, stack, whatsapp_repo)
         channels[whatsapp.name] = whatsapp
         fingerprints[whatsapp.name] = whatsapp.credential_fingerprint
+        platform_graph = whatsapp.graph
     if settings.smtp_host:
         channels[EmailChannel.name] = EmailChannel(settings, EmailRepository(pool))
+    web: WhatsAppWebChannel | None = None
     if settings.whatsapp_web_enabled:
         # Checks Chromium now; each account's browser opens on its first send, closes with stack.
         web = await stack.enter_async_context(WhatsAppWebChannel(settings))
         channels[web.name] = web
-    router = ChannelRouter(channels, log_channel, settings.unconfigured_channels)
-    policies = PolicyEngine.from_settings(policy_repo, settings, fingerprints, whatsapp_repo)
+    companies = await company_channels(
+        settings,
+        pool,
+        stack,
+        web=web,
+        platform_fingerprints=fingerprints,
+        platform_graph=platform_graph,
+    )
+    if web is not None:
+        web.profiles = companies.web_profile
+    router = ChannelRouter(channels, log_channel, settings.unconfigured_channels, companies)
+    policies = PolicyEngine.from_settings(
+        policy_repo, settings, companies.fingerprint, companies.web_profile, whatsapp_repo
+    )
     return Deps(
         repo=DispatchRepository(pool),
         router=router,
@@ -94,14 +138,17 @@ async def webhooks(
     )
 
 
-async def graph_api(settings: DispatchSettings, stack: AsyncExitStack) -> GraphApi:
-    """Graph with the account's token over one HTTP client, closed with `stack`."""
-    assert settings.whatsapp_cloud_token is not None
-    timeout = httpx.Timeout(
+def _graph_timeout(settings: DispatchSettings) -> httpx.Timeout:
+    return httpx.Timeout(
         settings.whatsapp_cloud_timeout_seconds,
         connect=settings.whatsapp_cloud_connect_timeout_seconds,
     )
-    client = await stack.enter_async_context(httpx.AsyncClient(timeout=timeout))
+
+
+async def graph_api(settings: DispatchSettings, stack: AsyncExitStack) -> GraphApi:
+    """Graph with the account's token over one HTTP client, closed with `stack`."""
+    assert settings.whatsapp_cloud_token is not None
+    client = await stack.enter_async_context(httpx.AsyncClient(timeout=_graph_timeout(settings)))
     return GraphApi(
         client,
         token=settings.whatsapp_cloud_token,
@@ -125,37 +172,52 @@ async def whatsapp_cloud_channel(
 
 
 async def build_media_deps(
-    settings: DispatchSettings, pool: asyncpg.Pool, stack: AsyncExitStack
+    settings: DispatchSettings,
+    pool: asyncpg.Pool,
+    stack: AsyncExitStack,
+    companies: CompanyChannels | None = None,
 ) -> MediaDeps:
+    """media.fetch's dependencies: media is downloaded with the company's own token when it has
+    a WhatsApp Cloud account, else with the platform's."""
     graph = await graph_api(settings, stack) if settings.whatsapp_cloud_configured else None
+    if companies is None:
+        companies = await company_channels(settings, pool, stack, platform_graph=graph)
     return MediaDeps(
         repo=WhatsAppRepository(pool),
         store=LocalMediaStore(settings.media_dir),
         graph=graph,
         max_bytes=settings.whatsapp_media_max_bytes,
         mime_types=frozenset(settings.whatsapp_media_mime_types),
+        graph_for=companies.graph,
     )
 
 
 def template_sync(settings: DispatchSettings):  # type: ignore[no-untyped-def]
-    """The background template sync, when a WABA id and credentials are set."""
+    """The background template sync: the platform's WhatsApp Business Account (with
+    WHATSAPP_CLOUD_WABA_ID and credentials) and every company account that names a `waba_id`."""
 
     async def background(plat: Platform, stopping: asyncio.Event) -> None:
-        if (
-            not settings.whatsapp_cloud_configured
-            or settings.whatsapp_cloud_waba_id is None
-            or settings.whatsapp_template_sync_seconds <= 0
-        ):
+        if settings.whatsapp_template_sync_seconds <= 0:
             return
         async with AsyncExitStack() as stack:
-            graph = await graph_api(settings, stack)
+            platform = None
+            if settings.whatsapp_cloud_configured and settings.whatsapp_cloud_waba_id is not None:
+                platform = SyncTarget(
+                    "platform",
+                    await graph_api(settings, stack),
+                    settings.whatsapp_cloud_waba_id,
+                    settings.whatsapp_cloud_phone_id,
+                )
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(timeout=_graph_timeout(settings))
+            )
+            targets = AccountSyncTargets(settings, plat.pool, client, platform)
             await sync_loop(
                 plat.pool,
-                graph,
-                settings.whatsapp_cloud_waba_id,
-                settings.whatsapp_cloud_phone_id,
+                targets,
                 settings.whatsapp_template_sync_seconds,
                 stopping,
+                refresh=settings.channel_accounts_refresh_seconds,
             )
 
     return background

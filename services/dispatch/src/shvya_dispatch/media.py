@@ -1,6 +1,7 @@
 """media.fetch: download an attachment a customer sent and store it.
 
-Graph gives a media id; `GET /{version}/{media-id}` with the account's token answers a
+Graph gives a media id; `GET /{version}/{media-id}` with the token of the company's own
+WhatsApp Cloud account (else the platform's) answers a
 short-lived URL, the mime type, the size and a hash, and that URL is fetched with the same
 token. A type outside WHATSAPP_MEDIA_MIME_TYPES, or a size over WHATSAPP_MEDIA_MAX_BYTES
 (declared or actual), is refused before or while downloading and the row says `rejected`. The
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +38,15 @@ log = structlog.get_logger(__name__)
 class MediaDeps:
     repo: WhatsAppRepository
     store: MediaStore
+    # The platform's Graph (WHATSAPP_CLOUD_TOKEN), when configured.
     graph: GraphApi | None
     max_bytes: int
     mime_types: frozenset[str]
+    # The company's own WhatsApp Cloud account's Graph, else the platform's.
+    graph_for: Callable[[uuid.UUID], Awaitable[GraphApi | None]] | None = None
+
+    async def graph_of(self, company_id: uuid.UUID) -> GraphApi | None:
+        return await self.graph_for(company_id) if self.graph_for is not None else self.graph
 
 
 def base_type(mime: str | None) -> str:
@@ -66,11 +75,12 @@ async def handle_media_fetch(
         raise PermanentError(f"media row {params.media_row_id} not found")
     if row["status"] == "stored":
         return {"status": "stored"}
-    if deps.graph is None:
+    graph = await deps.graph_of(params.company_id)
+    if graph is None:
         raise PermanentError("WhatsApp Cloud is not configured: no token to download media with")
     channel = row["channel"]
     try:
-        return await _fetch(params, deps, row, deps.graph, channel)
+        return await _fetch(params, deps, row, graph, channel)
     except PermanentError as err:
         # Dead-lettered (the reason is there too); the row says it will not come.
         await deps.repo.media_refused(params.media_row_id, "failed", str(err))

@@ -9,7 +9,9 @@ Before a send reaches its channel, `handle_send` asks the engine, in this order:
    send asked for later (`SendParams.not_before`) is deferred until that moment.
 2. Channel pause. If the provider refused the company's sender (expired token, policy or spam
    block), its sends are deferred and re-checked every few minutes. None is lost, none burns an
-   attempt, and they flow again on their own once the pause ends.
+   attempt, and they flow again on their own once the pause ends. A pause is the company's
+   alone, and one bound to refused credentials ends when the company's account (or, without
+   one, the platform) sends with other credentials.
 3. Customer-service window (WhatsApp Cloud). Free text is allowed only within N hours of the
    lead's last inbound message. Outside it, only an approved template may go, and that includes
    a first message to a lead who never wrote. Free text outside the window becomes the
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -217,15 +219,20 @@ class Reservation:
     gap_seconds: float
 
 
+async def _no_fingerprint(company_id: uuid.UUID, channel: str) -> str | None:
+    return None
+
+
 @dataclass
 class PolicyEngine:
     store: PolicyRepository
     defaults: Mapping[str, ChannelPolicy]
-    # The WhatsApp Web account (pacing key) that sends for a company.
-    account_for: Callable[[uuid.UUID], str]
-    # Per channel, a fingerprint of the credentials in use; a pause bound to other credentials
-    # no longer applies.
-    credential_fingerprints: Mapping[str, str | None] = field(default_factory=dict)
+    # The WhatsApp Web account (pacing key) that sends for a company: its own account's
+    # profile, else the one settings name.
+    account_for: Callable[[uuid.UUID], Awaitable[str]]
+    # A fingerprint of the credentials a company sends with on a channel now (its own
+    # account's, else the platform's); a pause bound to other credentials no longer applies.
+    fingerprint_for: Callable[[uuid.UUID, str], Awaitable[str | None]] = _no_fingerprint
     pause_recheck_seconds: float = 300.0
     lease_seconds: float = 120.0
     optout_grace_seconds: float = 86400.0
@@ -238,14 +245,15 @@ class PolicyEngine:
         cls,
         store: PolicyRepository,
         settings: DispatchSettings,
-        credential_fingerprints: Mapping[str, str | None],
+        fingerprint_for: Callable[[uuid.UUID, str], Awaitable[str | None]],
+        account_for: Callable[[uuid.UUID], Awaitable[str]],
         whatsapp: WhatsAppRepository | None = None,
     ) -> PolicyEngine:
         return cls(
             store=store,
             defaults=default_policies(settings),
-            account_for=settings.whatsapp_web_account_for,
-            credential_fingerprints=credential_fingerprints,
+            account_for=account_for,
+            fingerprint_for=fingerprint_for,
             pause_recheck_seconds=settings.policy_pause_recheck_seconds,
             lease_seconds=settings.policy_pacing_lease_seconds,
             optout_grace_seconds=settings.policy_optout_confirmation_grace_seconds,
@@ -276,7 +284,9 @@ class PolicyEngine:
             )
 
         pause = await self.store.active_pause(
-            params.company_id, params.channel, self.credential_fingerprints.get(params.channel)
+            params.company_id,
+            params.channel,
+            await self.fingerprint_for(params.company_id, params.channel),
         )
         if pause is not None:
             raise DeferJob(
@@ -353,7 +363,7 @@ class PolicyEngine:
         if not policy.paces:
             return None
         if policy.pace_by == "account":
-            key = self.account_for(params.company_id)
+            key = await self.account_for(params.company_id)
         else:
             key = params.to.strip().lower()
         lease = self.lease_seconds if policy.min_gap_seconds > 0 else 0.0
@@ -417,7 +427,7 @@ class PolicyEngine:
         self, params: SendParams, message_id: uuid.UUID, err: ChannelPausedError
     ) -> DeferJob:
         """Persist the pause (one event per pause) and return the deferral for this send."""
-        current = self.credential_fingerprints.get(params.channel)
+        current = await self.fingerprint_for(params.company_id, params.channel)
         row = await self.store.start_pause(
             params.company_id,
             params.channel,

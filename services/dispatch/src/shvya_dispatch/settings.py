@@ -46,6 +46,17 @@ class DispatchSettings(CommonSettings):
     log_channel_file: Path | None = Field(
         None, description="Also append each log-channel send to this JSON-lines file."
     )
+    channel_accounts_refresh_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How long a company's channel account is used before it is read again (a"
+        " failed send reads it again at once).",
+    )
+    channel_accounts_allow_private_hosts: bool = Field(
+        False,
+        description="Let companies' accounts name SMTP servers or Graph base URLs on loopback,"
+        " private or link-local addresses (self-hosting, tests); off, only public hosts.",
+    )
 
     # --- WhatsApp Cloud API (Meta Graph); unset credentials leave the channel unconfigured ---
     whatsapp_cloud_phone_id: str | None = Field(

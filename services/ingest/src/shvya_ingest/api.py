@@ -34,6 +34,7 @@ from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
 from shvya_ingest.ratelimit import Limited, PostgresStorage, RateLimiter
 from shvya_ingest.repository import CompanyRoute, InboundRow, IngestRepository
 from shvya_ingest.settings import IngestSettings
+from shvya_ingest.whatsapp_accounts import Owners
 
 log = structlog.get_logger(__name__)
 
@@ -127,6 +128,8 @@ class Ingest:
         self.inbound = InboundFiler(settings, plat, self.repo)
         self.batcher = FilingBatcher(self.inbound)
         self.auth = Authenticator(plat.pool, settings.admin_token.get_secret_value())
+        # Who owns each WhatsApp business number, and the app secret that signs its webhooks.
+        self.whatsapp_owners = Owners(settings, plat.pool)
         self.limiter = RateLimiter(
             PostgresStorage(plat.pool),
             key=settings.api_rate_limit,

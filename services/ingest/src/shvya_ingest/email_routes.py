@@ -1,6 +1,10 @@
 """Email's public routes: the inbound-email webhook, RFC 8058 one-click unsubscribe, and the
 open-pixel and click-redirect tracking links.
 
+`POST /webhooks/email` always needs a bearer credential: a company's `ingest` or `admin` key
+(the mail files into that company), or the platform's EMAIL_WEBHOOK_TOKEN (any company, by
+`company_id` or the recipient's mailbox). Without one it answers 401, with a wrong one 403.
+
 Every link carries a token signed with LINK_SECRET (see `shvya_common.links`, which builds them):
 - `POST /u/{token}` suppresses the address for the company's email and answers 200, never a
   redirect (RFC 8058 one-click: mail providers POST `List-Unsubscribe=One-Click`).
@@ -27,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shvya_common.links import KIND_CLICK, KIND_OPEN
 from shvya_common.tokens import TokenError, verify
 from shvya_ingest.api import Ingest, IngestDep
+from shvya_ingest.auth import AuthError, key_prefix
 from shvya_ingest.mail import (
     EmailError,
     InboundEmail,
@@ -93,32 +98,51 @@ class InboundEmailAccepted(BaseModel):
     bounces: int = 0
 
 
-async def require_email_token(
+async def email_webhook_company(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> None:
-    token = request.app.state.ingest.settings.email_webhook_token
-    if token is None:
-        return
+) -> uuid.UUID | None:
+    """The company mail posted here files into: a company's `ingest` or `admin` key files into
+    that company only; the platform's EMAIL_WEBHOOK_TOKEN (None) may name any company. Mail is
+    never accepted without one of them."""
+    ingest: Ingest = request.app.state.ingest
+    token = ingest.settings.email_webhook_token
     if credentials is None or credentials.scheme.lower() != "bearer":
+        how = "a company's ingest key" + (
+            " or EMAIL_WEBHOOK_TOKEN" if token is not None else " (EMAIL_WEBHOOK_TOKEN is unset)"
+        )
         raise HTTPException(
             401,
-            "this webhook needs 'Authorization: Bearer <EMAIL_WEBHOOK_TOKEN>'",
+            f"POST /webhooks/email needs 'Authorization: Bearer <token>': {how}",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    given, expected = credentials.credentials.encode(), token.get_secret_value().encode()
-    if not secrets.compare_digest(given, expected):
+    given = credentials.credentials
+    if token is not None and secrets.compare_digest(
+        given.encode(), token.get_secret_value().encode()
+    ):
+        return None
+    if key_prefix(given) is None:
         raise HTTPException(403, "email webhook token does not match")
+    try:
+        caller = await ingest.auth.authenticate(f"Bearer {given}")
+    except AuthError as err:
+        raise HTTPException(403, f"email webhook: {err.reason}") from err
+    if caller is None or caller.company_id is None or caller.role not in ("ingest", "admin"):
+        raise HTTPException(403, "posting mail needs a company's ingest or admin key")
+    return caller.company_id
 
 
-@router.post(
-    "/webhooks/email",
-    response_model=InboundEmailAccepted,
-    dependencies=[Depends(require_email_token)],
-    tags=["webhooks"],
-)
-async def inbound_email(body: InboundEmailWebhook, ingest: IngestDep) -> InboundEmailAccepted:
-    """File an inbound email like /inbound-message (channel email, the sender is the lead)."""
+EmailWebhookCompany = Annotated[uuid.UUID | None, Depends(email_webhook_company)]
+
+
+@router.post("/webhooks/email", response_model=InboundEmailAccepted, tags=["webhooks"])
+async def inbound_email(
+    body: InboundEmailWebhook, ingest: IngestDep, keyed: EmailWebhookCompany
+) -> InboundEmailAccepted:
+    """File an inbound email like /inbound-message (channel email, the sender is the lead);
+    with a company's key, into that company."""
+    if keyed is not None and body.company_id not in (None, keyed):
+        raise HTTPException(403, "company_id is not the company of this key")
     recipients = [body.to] if isinstance(body.to, str) else list(body.to or [])
     try:
         sender, name = parse_address(body.sender)
@@ -142,7 +166,7 @@ async def inbound_email(body: InboundEmailWebhook, ingest: IngestDep) -> Inbound
         source="json",
     )
     try:
-        outcome = await file_email(ingest, email, body.company_id)
+        outcome = await file_email(ingest, email, keyed or body.company_id)
     except EmailError as err:
         raise HTTPException(422, str(err)) from err
     accepted = outcome.accepted

@@ -28,6 +28,7 @@ import asyncpg
 import structlog
 
 from shvya_common.crypto import SecretsError
+from shvya_common.secret_rotation import mailbox_password_context
 from shvya_ingest.api import Ingest
 from shvya_ingest.mail import EmailError, file_email, parse_mime
 from shvya_ingest.mail_repository import Mailbox, MailRepository
@@ -46,7 +47,7 @@ class MailboxError(Exception):
 
 
 def password_context(mailbox_id: uuid.UUID) -> str:
-    return f"email_mailboxes:{mailbox_id}:password"
+    return mailbox_password_context(mailbox_id)  # one definition, shared with rotate-secrets
 
 
 def _ok(response: aioimaplib.Response, what: str) -> aioimaplib.Response:

@@ -112,7 +112,22 @@ class IngestSettings(KnowledgeSettings):
         None, description="Verify token typed into Meta's webhook setup; answers the handshake."
     )
     whatsapp_app_secret: SecretStr | None = Field(
-        None, description="Meta app secret; signs every webhook POST (X-Hub-Signature-256)."
+        None,
+        description="Meta app secret; signs webhook POSTs (X-Hub-Signature-256) for the"
+        " platform's number and for companies' accounts that set no app_secret of their own.",
+    )
+    whatsapp_cloud_phone_id: str | None = Field(
+        None,
+        pattern=r"^\d+$",
+        description="The platform's own business number (as dispatch reads it): its webhooks"
+        " file into the default company. Other numbers belong to companies' channel accounts;"
+        " a number no one owns is recorded and skipped.",
+    )
+    whatsapp_cloud_waba_id: str | None = Field(
+        None,
+        pattern=r"^\d+$",
+        description="The platform's WhatsApp Business Account: its template updates apply to"
+        " the default company (and companies routed to it).",
     )
     whatsapp_status_resend_seconds: float = Field(
         300.0,
@@ -146,7 +161,10 @@ class IngestSettings(KnowledgeSettings):
         description="The one message sent to confirm an opt-out.",
     )
     email_webhook_token: SecretStr | None = Field(
-        None, description="When set, POST /webhooks/email needs 'Authorization: Bearer <token>'."
+        None,
+        description="The platform's token for POST /webhooks/email ('Authorization: Bearer"
+        " <token>', any company). Without it the webhook takes only a company's ingest or admin"
+        " key; it never accepts mail without a credential.",
     )
     smtp_receiver_enabled: bool = Field(
         False, description="Run a built-in SMTP server that files received mail as inbound."
@@ -204,6 +222,8 @@ class IngestSettings(KnowledgeSettings):
     @field_validator(
         "whatsapp_verify_token",
         "whatsapp_app_secret",
+        "whatsapp_cloud_phone_id",
+        "whatsapp_cloud_waba_id",
         "email_webhook_token",
         "mailgun_webhook_signing_key",
         "postmark_inbound_password",

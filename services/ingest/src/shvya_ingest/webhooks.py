@@ -1,16 +1,19 @@
 """The WhatsApp Cloud API webhook: Meta's verification handshake and its signed notifications.
 
 GET answers `hub.mode=subscribe` with `hub.challenge` when `hub.verify_token` matches
-WHATSAPP_VERIFY_TOKEN. POST checks `X-Hub-Signature-256` (HMAC-SHA256 of the raw body with
-WHATSAPP_APP_SECRET, compared in constant time) before parsing anything. Only a bad signature
-(401/403) or a body that is not a JSON object (400) is refused: every item of a notification is
-then handled on its own (`whatsapp_inbound`), and the answer is 200 once that is committed.
-Duplicates, which Meta sends for days, change nothing the second time.
+WHATSAPP_VERIFY_TOKEN. POST checks `X-Hub-Signature-256` (HMAC-SHA256 of the raw body, compared
+in constant time) before acting on anything: the body is read as JSON only to learn which
+business numbers it names, and the secret it must be signed with is the app secret of the
+channel account that owns them, else WHATSAPP_APP_SECRET (`whatsapp_accounts`). Changes for a
+number no company owns are recorded and skipped. Only a bad signature (401/403), missing
+secrets (503) or a body that is not a JSON object (400) is refused: every item of a
+notification is then handled on its own (`whatsapp_inbound`), in its owner's company, and the
+answer is 200 once that is committed. Duplicates, which Meta sends for days, change nothing the
+second time.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from typing import Annotated, Any
@@ -20,18 +23,21 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 
 from shvya_ingest.api import IngestDep
+from shvya_ingest.whatsapp_accounts import (
+    SignatureRefused,
+    record_skipped,
+    signature_matches,
+    split,
+)
 from shvya_ingest.whatsapp_inbound import handle_notification
 
 log = structlog.get_logger(__name__)
 
+__all__ = ["router", "signature_matches", "without_nul"]
+
 SIGNATURE_HEADER = "x-hub-signature-256"
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
-
-
-def signature_matches(secret: bytes, body: bytes, header: str) -> bool:
-    expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected.encode(), header.strip().lower().encode())
 
 
 def without_nul(value: Any) -> Any:
@@ -67,25 +73,27 @@ async def whatsapp_verify(
 @router.post("/whatsapp")
 async def whatsapp_notify(request: Request, ingest: IngestDep) -> dict[str, object]:
     """Signed notifications: messages filed, edits/deletions/reactions applied, statuses and
-    their policy, identity and preference changes, template status updates."""
-    secret = ingest.settings.whatsapp_app_secret
-    if secret is None:
-        raise HTTPException(503, "WhatsApp webhook is not configured: set WHATSAPP_APP_SECRET")
+    their policy, identity and preference changes, template status updates; each into the
+    company that owns the business number, checked against that account's app secret."""
     header = request.headers.get(SIGNATURE_HEADER)
     if not header:
         raise HTTPException(401, "missing X-Hub-Signature-256 header")
     body = await request.body()
-    if not signature_matches(secret.get_secret_value().encode(), body, header):
-        log.warning("whatsapp_signature_mismatch", bytes=len(body))
-        raise HTTPException(403, "X-Hub-Signature-256 does not match the body")
     try:
         payload = json.loads(body)
     except ValueError as err:
         raise HTTPException(400, f"not JSON: {err}") from err
     if not isinstance(payload, dict):
         raise HTTPException(400, "a WhatsApp webhook payload is a JSON object")
-    payload = without_nul(payload)
+    try:
+        routed = await split(ingest.whatsapp_owners, payload, body, header)
+    except SignatureRefused as err:
+        if err.status == 403:
+            log.warning("whatsapp_signature_mismatch", bytes=len(body))
+        raise HTTPException(err.status, err.reason) from err
+    await record_skipped(ingest.plat.pool, routed.skipped)
+    payload = without_nul(routed.payload)
     if payload.get("object") != "whatsapp_business_account":
         log.info("whatsapp_webhook_ignored", object=str(payload.get("object"))[:100])
         return {"status": "ignored"}
-    return await handle_notification(ingest, payload)
+    return await handle_notification(ingest, payload, routed)

@@ -53,6 +53,7 @@ from shvya_ingest.meta_items import (
 from shvya_ingest.repository import CompanyRoute, Identity, InboundRow
 from shvya_ingest.status_policy import StatusPolicyConfig, apply_failure_policy
 from shvya_ingest.statuses import apply_statuses
+from shvya_ingest.whatsapp_accounts import Routed
 from shvya_ingest.whatsapp_repository import (
     Changed,
     FiledMessage,
@@ -72,10 +73,11 @@ CHANNEL: Final = "whatsapp_cloud"
 
 
 class Notification:
-    """One notification being handled: routes per business number, and the tally."""
+    """One notification being handled: its owners per business number, and the tally."""
 
-    def __init__(self, ingest: Ingest) -> None:
+    def __init__(self, ingest: Ingest, routed: Routed) -> None:
         self.ingest = ingest
+        self.routed = routed
         self.pool = ingest.plat.pool
         self.counts: Counter[str] = Counter()
         # (company, event type, payload) of everything kept but not acted on.
@@ -87,10 +89,30 @@ class Notification:
             self.counts[outcome] += n
 
     async def route(self, where: Where) -> CompanyRoute:
+        """The company that owns the change (`whatsapp_accounts.split` kept only owned ones;
+        None is the default company, owner of the platform's number)."""
         company_id = None
-        if where.phone_number_id:
-            company_id = await self.ingest.inbound.company_for(CHANNEL, where.phone_number_id)
+        if where.phone_number_id and where.phone_number_id in self.routed.numbers:
+            company_id = self.routed.numbers[where.phone_number_id]
+        elif where.waba_id and self.routed.wabas.get(where.waba_id):
+            company_id = self.routed.wabas[where.waba_id][0]
         return await self.ingest.route_for(company_id)
+
+    async def companies(self, conn: asyncpg.Connection, where: Where) -> list[uuid.UUID]:
+        """The companies a template update applies to: those owning the number or WABA under
+        the secret that signed it; the platform's are those its account routes to."""
+        owners: list[uuid.UUID | None]
+        if where.phone_number_id and where.phone_number_id in self.routed.numbers:
+            owners = [self.routed.numbers[where.phone_number_id]]
+        else:
+            owners = list(self.routed.wabas.get(where.waba_id or "", []))
+        found: list[uuid.UUID] = []
+        for company_id in owners:
+            if company_id is None:
+                found += await companies_for_account(conn, where.waba_id, where.phone_number_id)
+            else:
+                found.append(company_id)
+        return list(dict.fromkeys(found))
 
     def keep(self, route: CompanyRoute, kind: str, payload: dict[str, Any]) -> None:
         self.kept.append((route.company_id, kind, payload))
@@ -121,7 +143,10 @@ class Notification:
             "optouts": self.counts["optout"],
             "statuses": statuses,
             "changes": self.counts["applied"],
-            "skipped": self.counts["recorded"] + self.counts["invalid"] + self.counts["unmatched"],
+            "skipped": self.counts["recorded"]
+            + self.counts["invalid"]
+            + self.counts["unmatched"]
+            + len(self.routed.skipped),
             "failed": self.counts["failed"],
         }
         log.info("whatsapp_notification", **{k: v for k, v in summary.items() if k != "status"})
@@ -317,9 +342,7 @@ class Notification:
     async def _apply_template(self, unit: Unit, route: CompanyRoute, item: Item) -> None:
         conn = unit.conn
         assert isinstance(item, TemplateEvent)
-        companies = await companies_for_account(
-            conn, item.where.waba_id, item.where.phone_number_id
-        )
+        companies = await self.companies(conn, item.where)
         if item.field == "message_template_quality_update":
             n = await apply_quality_update(
                 conn,
@@ -419,5 +442,7 @@ async def _link(conn: asyncpg.Connection, *, route: CompanyRoute, senders: list[
     await link_identities(conn, route, senders)
 
 
-async def handle_notification(ingest: Ingest, payload: dict[str, Any]) -> dict[str, object]:
-    return await Notification(ingest).handle(payload)
+async def handle_notification(
+    ingest: Ingest, payload: dict[str, Any], routed: Routed
+) -> dict[str, object]:
+    return await Notification(ingest, routed).handle(payload)

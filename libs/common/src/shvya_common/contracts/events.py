@@ -57,6 +57,8 @@ class EventType(StrEnum):
     SEQUENCE_RESUMED = "sequence.resumed"
     SEQUENCE_COMPLETED = "sequence.completed"
     SEQUENCE_STOPPED = "sequence.stopped"
+    # A webhook change for a number no company owns, or not signed by its owner's secret.
+    WHATSAPP_ENTRY_SKIPPED = "whatsapp.entry_skipped"
 
 
 # What an outbound webhook endpoint may subscribe to (the rest are internal bookkeeping).

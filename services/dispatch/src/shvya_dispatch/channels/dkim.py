@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shvya_common.crypto import SecretBox
+from shvya_common.secret_rotation import dkim_key_context
 
 SIGNED_HEADERS = (
     b"from",
@@ -37,8 +38,9 @@ SIGNED_HEADERS = (
 
 
 def key_context(company_id: object, domain: str) -> str:
-    """Where a DKIM key is kept, bound into its ciphertext (see shvya_common.crypto)."""
-    return f"email_dkim_keys:{company_id}:{domain.lower()}"
+    """Where a DKIM key is kept, bound into its ciphertext (see shvya_common.crypto); one
+    definition, shared with `shvya rotate-secrets`."""
+    return dkim_key_context(company_id, domain)
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,12 @@ class EmailChannel:
     name = "email"
 
     def __init__(
-        self, settings: DispatchSettings, store: EmailStore, box: SecretBox | None = None
+        self,
+        settings: DispatchSettings,
+        store: EmailStore,
+        box: SecretBox | None = None,
+        *,
+        reply_to: str | None = None,
     ) -> None:
         if not settings.smtp_host or not settings.smtp_from:
             raise ValueError("the email channel needs SMTP_HOST and SMTP_FROM")
@@ -215,6 +220,7 @@ class EmailChannel:
             raise ValueError(f"SMTP_FROM has no domain: {settings.smtp_from!r}")
         self.settings = settings
         self.store = store
+        self.reply_to = reply_to
         self.box = box if box is not None else settings.secret_box()
         self.domain = settings.smtp_message_id_domain or self.sender.domain
         self._slots = asyncio.Semaphore(settings.smtp_max_connections)
@@ -249,6 +255,8 @@ class EmailChannel:
 
         msg = EmailMessage(policy=MAIL_POLICY)
         msg["From"] = self.sender
+        if self.reply_to:
+            msg["Reply-To"] = Address(addr_spec=self.reply_to)
         msg["To"] = recipient
         msg["Subject"] = _one_line(subject)
         msg["Date"] = format_datetime(datetime.now(UTC))

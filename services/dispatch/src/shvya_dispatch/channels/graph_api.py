@@ -18,6 +18,7 @@ and never appears in a log line or an error.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -108,12 +109,21 @@ class GraphApi:
         api_version: str,
         block_pause_seconds: float = 86400.0,
         account_pause_seconds: float = 3600.0,
+        check_url: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.client = client
         self.base = f"{base_url.rstrip('/')}/{api_version}"
         self._token = token
         self.block_pause_seconds = block_pause_seconds
         self.account_pause_seconds = account_pause_seconds
+        # Checks every URL before it is requested (a company's account: public hosts only, as
+        # its base URL, and the media and paging URLs its Graph answers, are its to choose).
+        self.check_url = check_url
+
+    async def _checked(self, url: str) -> str:
+        if self.check_url is not None:
+            await self.check_url(url)
+        return url
 
     def fingerprint(self, salt: str) -> str:
         """A one-way fingerprint of these credentials (a pause bound to them ends with them)."""
@@ -141,7 +151,7 @@ class GraphApi:
         """POST a message; an answer lost after the request left is never retried."""
         try:
             response = await self.client.post(
-                f"{self.base}/{path}", json=payload, headers=self._auth
+                await self._checked(f"{self.base}/{path}"), json=payload, headers=self._auth
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
             # The request never left: safe to retry on the job schedule.
@@ -161,7 +171,7 @@ class GraphApi:
         """GET a Graph object (reads are safe to retry)."""
         try:
             response = await self.client.get(
-                f"{self.base}/{path}", params=params, headers=self._auth
+                await self._checked(f"{self.base}/{path}"), params=params, headers=self._auth
             )
         except httpx.TransportError as err:
             raise RetryableError(f"Graph API unreachable ({type(err).__name__})") from err
@@ -170,7 +180,7 @@ class GraphApi:
     async def get_url(self, url: str) -> Any:
         """GET a URL Graph gave us (a next page), with the token."""
         try:
-            response = await self.client.get(url, headers=self._auth)
+            response = await self.client.get(await self._checked(url), headers=self._auth)
         except httpx.TransportError as err:
             raise RetryableError(f"Graph API unreachable ({type(err).__name__})") from err
         return self._raise_for(response)
@@ -178,6 +188,7 @@ class GraphApi:
     async def download(self, url: str, max_bytes: int) -> tuple[bytes, str | None]:
         """The file at a Graph media URL (it needs the token too), read up to `max_bytes`."""
         try:
+            await self._checked(url)
             async with self.client.stream("GET", url, headers=self._auth) as response:
                 if not response.is_success:
                     await response.aread()

@@ -24,7 +24,7 @@ import os
 import random
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -204,11 +204,19 @@ class WhatsAppWebChannel:
 
     name = "whatsapp_web"
 
-    def __init__(self, settings: DispatchSettings, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        settings: DispatchSettings,
+        *,
+        rng: random.Random | None = None,
+        profiles: Callable[[uuid.UUID], Awaitable[str]] | None = None,
+    ) -> None:
         self.settings = settings
         self.browser = WhatsAppWebBrowser(settings)
         self._rng = rng or random.SystemRandom()
         self._accounts: dict[str, _Account] = {}
+        # The company's own account's profile (`shvya_dispatch.accounts`); without it, settings.
+        self.profiles = profiles
 
     async def start(self) -> None:
         await self.browser.start()
@@ -232,8 +240,15 @@ class WhatsAppWebChannel:
         await self.aclose()
 
     def account_for(self, company_id: uuid.UUID) -> str:
-        """The account (browser profile) that sends for this company; pacing is keyed on it."""
+        """The account (browser profile) settings name for this company."""
         return self.settings.whatsapp_web_account_for(company_id)
+
+    async def profile_for(self, company_id: uuid.UUID) -> str:
+        """The profile that sends for this company: its own channel account's, else the one
+        settings name; the policy engine paces on the same name."""
+        if self.profiles is not None:
+            return check_account(await self.profiles(company_id))
+        return self.account_for(company_id)
 
     async def send(
         self,
@@ -249,7 +264,7 @@ class WhatsAppWebChannel:
         if not text.strip():
             raise PermanentError("WhatsApp Web cannot send an empty message")
         digits = phone_digits(to)
-        name = self.account_for(params.company_id)
+        name = await self.profile_for(params.company_id)
         account = self._accounts.setdefault(name, _Account(name))
         job = CURRENT_JOB.get()
         async with account.lock.hold(job.priority if job is not None else 100):

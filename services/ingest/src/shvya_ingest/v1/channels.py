@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shvya_common.channel_accounts import (
     ACCOUNT_FIELDS,
     SECRET_FIELDS,
+    check_config,
     route_address,
     seal_secrets,
 )
@@ -43,7 +44,27 @@ class AccountIn(BaseModel):
                     "name": "main number",
                     "config": {"phone_number_id": "106540352242922", "waba_id": "102290129340398"},
                     "secrets": {"access_token": "EAAG...", "app_secret": "0f1e2d..."},
-                }
+                },
+                {
+                    "channel": "email",
+                    "name": "sales mailbox",
+                    "config": {
+                        "smtp_host": "smtp.acme.example",
+                        "smtp_port": 587,
+                        "smtp_security": "starttls",
+                        "smtp_user": "sales@acme.example",
+                        "from_address": "sales@acme.example",
+                        "from_name": "Acme Sales",
+                        "inbound_address": "sales@acme.example",
+                    },
+                    "secrets": {"smtp_password": "..."},
+                },
+                {
+                    "channel": "email",
+                    "name": "platform relay",
+                    "config": {"from_address": "hello@globex.example", "from_name": "Globex"},
+                },
+                {"channel": "whatsapp_web", "name": "front desk", "config": {"account": "desk"}},
             ]
         }
     )
@@ -91,6 +112,7 @@ def check_fields(channel: str, config: dict[str, Any], secrets: dict[str, str]) 
             f"unknown secrets for {channel}: {', '.join(sorted(bad))}; known:"
             f" {', '.join(sorted(SECRET_FIELDS[channel]))}"
         )
+    check_config(channel, config)
 
 
 _ACCOUNT = "id, channel, name, address, config, secrets, is_default, created_at, updated_at"
@@ -113,6 +135,18 @@ def _out(row: Any) -> AccountOut:
         },
         secrets_set=sorted(row["secrets"] or {}),
     )
+
+
+async def _refuse_platform_number(
+    conn: Any, ingest: Any, company_id: uuid.UUID, channel: str, address: str | None
+) -> None:
+    """The platform's own WhatsApp number (WHATSAPP_CLOUD_PHONE_ID) is the default company's:
+    another company claiming it would receive the platform's webhooks."""
+    platform = ingest.settings.whatsapp_cloud_phone_id
+    if channel != "whatsapp_cloud" or address is None or address != platform:
+        return
+    if not await conn.fetchval("SELECT is_default FROM companies WHERE id = $1", company_id):
+        raise HTTPException(409, f"{address} is the platform's own WhatsApp number")
 
 
 async def _sync_route(
@@ -167,6 +201,7 @@ async def add_account(
     except SecretsError as err:
         raise HTTPException(503, str(err)) from err
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
+        await _refuse_platform_number(conn, ingest, company_id, body.channel, address)
         if body.is_default:
             await conn.execute(
                 "UPDATE channel_accounts SET is_default = false WHERE company_id = $1"
@@ -198,6 +233,7 @@ async def add_account(
             "channel_account.created",
             {"account": str(account_id), "channel": body.channel, "secrets": sorted(body.secrets)},
         )
+    ingest.whatsapp_owners.forget()
     return _out(row)
 
 
@@ -240,6 +276,7 @@ async def patch_account(
         if body.secrets:
             secrets.update(seal_secrets(_box(ingest), account_id, body.secrets))
         address = route_address(row["channel"], config)
+        await _refuse_platform_number(conn, ingest, company_id, row["channel"], address)
         if body.is_default:
             await conn.execute(
                 "UPDATE channel_accounts SET is_default = false WHERE company_id = $1"
@@ -266,6 +303,7 @@ async def patch_account(
             "channel_account.updated",
             {"account": str(account_id), "secrets": sorted(body.secrets or {})},
         )
+    ingest.whatsapp_owners.forget()
     return _out(updated)
 
 
@@ -286,4 +324,5 @@ async def delete_account(
         await audit(
             conn, caller, company_id, "channel_account.deleted", {"account": str(account_id)}
         )
+    ingest.whatsapp_owners.forget()
     return Response(status_code=204)
