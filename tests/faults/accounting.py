@@ -150,6 +150,8 @@ class Counts:
     dlq_stream: int | None
     unknown_delivered: int
     unknown_missing: int
+    # Leads the provider got a reply for whose reply row says it was not sent (nor unknown).
+    delivered_unrecorded: int = 0
     per_lead: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -236,6 +238,12 @@ async def count(
     missing_keys = [k for k in accepted_keys if per_lead[k]["delivered"] == 0]
     lost = sum(1 for k in missing_keys if not per_lead[k]["outbound"].get("unknown"))
     unknown_delivered = unknown_missing = 0
+    sent_like = {"sent", "delivered", "read", "logged", "unknown"}
+    delivered_unrecorded = sum(
+        1
+        for d in per_lead.values()
+        if d["delivered"] and not sent_like.intersection(s for s, n in d["outbound"].items() if n)
+    )
     for data in per_lead.values():
         if data["outbound"].get("unknown"):
             if data["delivered"]:
@@ -258,6 +266,7 @@ async def count(
         dlq_stream=None if stream_ids is None else sum(stream_ids.values()),
         unknown_delivered=unknown_delivered,
         unknown_missing=unknown_missing,
+        delivered_unrecorded=delivered_unrecorded,
         per_lead=per_lead,
     )
 

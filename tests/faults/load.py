@@ -1,11 +1,11 @@
 """The load: N messages from N distinct leads posted to `POST /inbound-message`, as a provider's
 webhooks would arrive.
 
-Messages start at a bounded rate with a bounded number in flight. Each has its own
+Messages start at a bounded rate with a bounded number of requests in flight. Each has its own
 `provider_message_id`; a 503, a 5xx, a timeout or a refused connection is retried with the same
-id and a capped backoff until the message is accepted (a 2xx) or `give_up_seconds` have passed,
-as a provider retries a webhook. Every answer is recorded with its time, so a scenario can ask
-what ingest said while a dependency was down.
+id after a backoff (0.2 s, doubling to 5 s) until the message is accepted (a 2xx) or
+`give_up_seconds` have passed since its first try, as a provider retries a webhook. Every answer
+is recorded with its time, so a scenario can ask what ingest said while a dependency was down.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class LoadGenerator:
                 self.gave_up.add(lead.provider_message_id)
                 return
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            backoff = min(backoff * 2, 5.0)
 
     def outcomes(self) -> dict[str, int]:
         """Every answer ingest gave (or the error instead of one), by outcome."""

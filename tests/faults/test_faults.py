@@ -16,7 +16,7 @@ from tests.faults.harness import SERVICES, Lab
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
 # Small loads, short waits: a scenario that holds settles within seconds of its load.
-BUDGET = scenarios.Budget(quiesce_deadline=90.0, stall=20.0, give_up=45.0, rate=40.0)
+BUDGET = scenarios.Budget(quiesce_deadline=90.0, stall=20.0, give_up=30.0, rate=40.0)
 
 
 def held(row: Row) -> None:
