@@ -167,6 +167,19 @@ class Supervisor:
             await asyncio.sleep(0.05)
         await self.procs[name].wait_ready(timeout)
 
+    def pause(self, *names: str) -> None:
+        """SIGSTOP: the processes keep their sockets but do nothing, as a stalled consumer."""
+        for name in names:
+            proc = self.procs[name].proc
+            assert proc is not None
+            proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, *names: str) -> None:
+        for name in names:
+            proc = self.procs[name].proc
+            assert proc is not None
+            proc.send_signal(signal.SIGCONT)
+
     async def stop_all(self, grace: float = 5.0) -> None:
         """SIGTERM everything, SIGKILL what is still running after `grace` seconds."""
         self._stopping = True
@@ -179,6 +192,7 @@ class Supervisor:
             for p in procs:
                 if p.alive:
                     assert p.proc is not None
+                    p.proc.send_signal(signal.SIGCONT)  # in case a scenario left it paused
                     p.proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + grace
             for p in procs:

@@ -191,14 +191,34 @@ async def nats_restart(
     return await run_load(lab, name, messages=messages, budget=budget, inject=inject)
 
 
+async def _stream_backlog(sc: Scenario) -> int:
+    async with sc.nats_client() as nc:
+        return int((await nc.jetstream().stream_info(sc.jobs_stream)).state.messages)
+
+
 async def nats_wipe(lab: Lab, *, messages: int = 200, budget: Budget = Budget()) -> Row:
-    """NATS stopped, its JetStream store deleted, started empty, at a third of the load."""
+    """NATS stopped, its JetStream store deleted, started empty, mid-load: the jobs it held
+    are gone, as after a power loss before fsync. So that there are such jobs, engage and
+    dispatch are paused (SIGSTOP) at a quarter of the load until the jobs stream holds a
+    tenth of the messages (or 20 s pass), and resumed right after the wipe."""
 
     async def inject(sc: Scenario, load: LoadGenerator, seen: dict[str, Any]) -> None:
-        await load.reached(messages // 3)
         assert isinstance(sc.nats, EmbeddedNats)
-        await asyncio.to_thread(sc.nats.wipe)
-        seen["notes"].append(f"NATS store wiped at {len(load.accepted)} accepted")
+        await load.reached(messages // 4)
+        sc.supervisor.pause("engage", "dispatch")
+        try:
+            deadline = time.monotonic() + 20
+            backlog = await _stream_backlog(sc)
+            while backlog < messages // 10 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                backlog = await _stream_backlog(sc)
+            at = len(load.accepted)
+            await asyncio.to_thread(sc.nats.wipe)
+        finally:
+            sc.supervisor.resume("engage", "dispatch")
+        seen["notes"].append(
+            f"NATS store wiped at {at} accepted, with {backlog} jobs in the stream"
+        )
 
     return await run_load(lab, "NATS data wiped", messages=messages, budget=budget, inject=inject)
 
