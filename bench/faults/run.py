@@ -85,6 +85,8 @@ async def main(argv: list[str]) -> int:
             print(row.explain(), flush=True)
     print()
     print(table(rows))
+    print()
+    print(table(rows, markdown=True))
     held = all(r.held for r in rows)
     if held and not args.keep:
         shutil.rmtree(folder, ignore_errors=True)

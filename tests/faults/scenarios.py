@@ -324,6 +324,8 @@ async def commit_delay(
         messages=messages,
         budget=budget,
         prepare=prepare,
+        # Each reply holds a connection through its slow COMMIT: enough for every job slot.
+        env={"DB_POOL_MAX": "20"},
         criteria=_exactly_once,
     )
 

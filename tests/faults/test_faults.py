@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.faults import scenarios
-from tests.faults.accounting import Row
+from tests.faults.accounting import Row, table
 from tests.faults.harness import SERVICES, Lab
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
@@ -21,6 +21,7 @@ BUDGET = scenarios.Budget(quiesce_deadline=90.0, stall=20.0, give_up=30.0, rate=
 
 def held(row: Row) -> None:
     print(row.explain())
+    print(table([row], markdown=True))  # shown with -s or -rA, e.g. for docs/reliability.md
     assert row.held, row.explain()
 
 
