@@ -457,7 +457,8 @@ class Entry:
 
 def long_form(messages: int, pg_seconds: float) -> dict[str, Entry]:
     """Every scenario of `make faults`, by the name `--only` takes."""
-    entries = {f"kill9-{s}": Entry(kill9, {"services": (s,)}) for s in SERVICES}
+    entries = {"kill9-all": Entry(kill9, {"services": SERVICES})}
+    entries.update({f"kill9-{s}": Entry(kill9, {"services": (s,)}) for s in SERVICES})
     entries.update(
         {
             "nats-restart": Entry(nats_restart),
