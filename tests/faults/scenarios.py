@@ -331,7 +331,7 @@ async def commit_delay(
 
 
 async def poison(lab: Lab, *, budget: Budget = Budget()) -> Row:
-    """A webhook.reminder job whose worker (tests/workers/crashy.py) kills itself on every
+    """A test-only job (test.work) whose worker (tests/workers/crashy.py) kills itself on every
     delivery, under the supervisor: held when it is dead-lettered once, after 6 deliveries."""
     from shvya_common.runtime import platform
     from shvya_common.settings import CommonSettings
@@ -350,7 +350,7 @@ async def poison(lab: Lab, *, budget: Budget = Budget()) -> Row:
             ack_wait_seconds=1,
         )
         async with platform(settings, "faults") as plat:
-            job = await plat.bus.enqueue_job("webhook.reminder", {"url": "https://example.invalid"})
+            job = await plat.bus.enqueue_job("test.work", {"url": "https://example.invalid"})
         sc.start("crashy", module="tests.workers.crashy")
         deadline = time.monotonic() + budget.quiesce_deadline
         status = stream = None
