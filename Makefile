@@ -6,7 +6,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 SYNC := $(UV) sync --all-packages --extra embedded --group dev --frozen
 
-.PHONY: install offline-embedder up infra migrate test test-fast bench lint format clean
+.PHONY: install offline-embedder up infra migrate test test-fast bench faults lint format clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -47,6 +47,11 @@ test-fast: install
 # BENCH_BASELINE_REF=<git ref> also measures that version's ingest and end-to-end latency.
 bench: install
 	$(VENV)/bin/python bench/run.py
+
+# The fault suite's long form (issue 7): 2,000 messages per scenario, a 3-minute PostgreSQL
+# outage, a 3-node NATS cluster. FAULTS_ARGS passes options, e.g. FAULTS_ARGS="--only poison".
+faults: install
+	$(VENV)/bin/python bench/faults/run.py $(FAULTS_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

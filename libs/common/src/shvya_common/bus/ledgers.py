@@ -18,10 +18,13 @@ built from its row.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias, TypeVar
 
 import asyncpg
 
@@ -35,6 +38,7 @@ from shvya_common.contracts.states import (
     job_sources,
     send_sources,
 )
+from shvya_common.db import is_outage
 from shvya_common.events import record_event
 
 LedgerName = Literal["jobs", "messages"]
@@ -148,6 +152,34 @@ async def _orphan(pool: asyncpg.Pool, env: JobEnvelope, reason: str) -> None:
         reason,
         {"company_id": str(env.company_id or ""), "lead_id": str(env.lead_id or "")},
     )
+
+
+OUTAGE_RETRY_SECONDS = 600.0
+T = TypeVar("T")
+
+
+def is_database_outage(err: BaseException) -> bool:
+    """PostgreSQL unreachable or refusing service (not a bad statement)."""
+    if isinstance(err, asyncpg.PostgresError):
+        return is_outage(err)
+    return isinstance(err, asyncpg.InterfaceError | asyncpg.InternalClientError | OSError)
+
+
+async def outlast_outage(
+    write: Callable[[], Awaitable[T]], *, seconds: float = OUTAGE_RETRY_SECONDS
+) -> T:
+    """Run a state write, retrying while the database is unreachable: the outcome of a send
+    that left must be recorded, not lost to an outage (the job stays in hand meanwhile)."""
+    delay = 0.2
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return await write()
+        except Exception as err:
+            if not is_database_outage(err) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _remaining(record: asyncpg.Record) -> float:
@@ -560,6 +592,58 @@ class SendLedger:
         provider_message_id: str,
         meta: dict[str, Any],
     ) -> bool:
+        """The provider took it: record its id, the lead's last outbound time and an event,
+        retried through a database outage. A late confirmation also turns an 'unknown' send
+        into 'sent'."""
+        return await outlast_outage(
+            lambda: self._record_sent(
+                message_id,
+                attempt,
+                status=status,
+                provider_message_id=provider_message_id,
+                meta=meta,
+            )
+        )
+
+    async def unmark_sending(self, message_id: uuid.UUID, attempt: int, reason: str) -> bool:
+        """Take back 'sending' when the request provably never left (our own database failed
+        before it was made): the send may then be retried. Retried through the outage."""
+        return await outlast_outage(
+            lambda: self._move(
+                "UPDATE messages SET status = 'retrying', last_error = $3, updated_at = now()"
+                " WHERE id = $1 AND attempts = $2 AND status = 'sending' RETURNING id",
+                message_id,
+                attempt,
+                reason[:2000],
+            )
+        )
+
+    async def record_unsent(
+        self,
+        message_id: uuid.UUID,
+        attempt: int,
+        *,
+        status: Literal["suppressed", "held"],
+        reason: str,
+    ) -> bool:
+        """Finish a send that did not go out, with its reason and a `message.<status>` event."""
+        return await outlast_outage(
+            lambda: self._record_unsent(message_id, attempt, status=status, reason=reason)
+        )
+
+    async def record_unknown(self, message_id: uuid.UUID, attempt: int, reason: str) -> bool:
+        """The send may have left and cannot be confirmed: never repeated, shown to operators."""
+        return await outlast_outage(lambda: self._record_unknown(message_id, attempt, reason))
+
+    async def _record_sent(
+        self,
+        message_id: uuid.UUID,
+        attempt: int,
+        *,
+        status: Literal["sent", "logged"],
+        provider_message_id: str,
+        meta: dict[str, Any],
+    ) -> bool:
         """The provider took it: record its id, the lead's last outbound time and an event. A
         late confirmation also turns an 'unknown' send into 'sent'."""
         async with self.pool.acquire() as conn, conn.transaction():
@@ -594,7 +678,7 @@ class SendLedger:
             )
         return True
 
-    async def record_unsent(
+    async def _record_unsent(
         self,
         message_id: uuid.UUID,
         attempt: int,
@@ -625,7 +709,7 @@ class SendLedger:
             )
         return True
 
-    async def record_unknown(self, message_id: uuid.UUID, attempt: int, reason: str) -> bool:
+    async def _record_unknown(self, message_id: uuid.UUID, attempt: int, reason: str) -> bool:
         """The send may have left and cannot be confirmed: never repeated, shown to operators."""
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
