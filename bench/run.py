@@ -29,6 +29,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -154,6 +155,8 @@ class Stack:
     tmp: Path
     pythonpath: list[Path] = field(default_factory=list)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    link_secret: str = field(default_factory=lambda: secrets.token_urlsafe(48))
 
     def __post_init__(self) -> None:
         self.dir = self.tmp / self.name
@@ -172,7 +175,8 @@ class Stack:
             **os.environ,
             "NATS_URL": self.nats.url,
             "DATABASE_URL": self.pg.url,
-            "ADMIN_TOKEN": "bench-admin-token-0123456789",
+            "ADMIN_TOKEN": self.admin_token,
+            "LINK_SECRET": self.link_secret,
             "PORT": str(self.port),
             "LOG_LEVEL": "warning",
             "LOG_FORMAT": "json",
@@ -192,8 +196,7 @@ class Stack:
 
     def start(self, name: str) -> subprocess.Popen[bytes]:
         env = self.env()
-        if name != "ingest":
-            env["METRICS_PORT"] = str(free_port())
+        env["METRICS_PORT"] = str(free_port())
         log = (self.logs / f"{name}.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", f"shvya_{name}"],

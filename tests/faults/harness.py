@@ -224,6 +224,7 @@ class Scenario:
     ingest_port: int = field(default_factory=free_port)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    link_secret: str = field(default_factory=lambda: secrets.token_urlsafe(48))
 
     @property
     def ingest_url(self) -> str:
@@ -253,7 +254,7 @@ class Scenario:
             "PORT": str(self.ingest_port),
             "METRICS_PORT": str(port),
             "PUBLIC_BASE_URL": self.ingest_url,
-            "LINK_SECRET": "faults-link-secret-0123456789",
+            "LINK_SECRET": self.link_secret,
             "MEDIA_DIR": str(self.folder / "media"),
             "WHATSAPP_CLOUD_PHONE_ID": GRAPH_PHONE_ID,
             "WHATSAPP_CLOUD_TOKEN": GRAPH_TOKEN,
