@@ -28,6 +28,8 @@ class EventType(StrEnum):
     LEAD_UNSUBSCRIBED = "lead.unsubscribed"
     LEAD_SUPPRESSED = "lead.suppressed"
     EMAIL_HARD_BOUNCE = "email.hard_bounce"
+    EMAIL_OPENED = "email.opened"
+    EMAIL_CLICKED = "email.clicked"
     CHANNEL_PAUSED = "channel.paused"
     CHANNEL_RESUMED = "channel.resumed"
     AI_REPLY_GENERATED = "ai.reply_generated"
@@ -36,6 +38,11 @@ class EventType(StrEnum):
     LEAD_SUMMARY_UPDATED = "lead.summary_updated"
     FOLLOWUP_BUMPUP_SENT = "followup.bumpup_sent"
     JOB_DEAD_LETTERED = "job.dead_lettered"
+    CAMPAIGN_STARTED = "campaign.started"
+    CAMPAIGN_PAUSED = "campaign.paused"
+    CAMPAIGN_RESUMED = "campaign.resumed"
+    CAMPAIGN_COMPLETED = "campaign.completed"
+    CAMPAIGN_CANCELLED = "campaign.cancelled"
 
 
 # What an outbound webhook endpoint may subscribe to (the rest are internal bookkeeping).
@@ -55,5 +62,7 @@ PUBLIC_EVENTS: frozenset[EventType] = frozenset(
         EventType.LEAD_UNSUBSCRIBED,
         EventType.CHANNEL_PAUSED,
         EventType.CHANNEL_RESUMED,
+        EventType.CAMPAIGN_STARTED,
+        EventType.CAMPAIGN_COMPLETED,
     }
 )

@@ -47,7 +47,7 @@ class SummaryParams(BaseModel):
     """ai.summary: summarise a lead's conversation into lead.attributes['summary']."""
 
     lead_id: UUID
-    reason: Literal["api", "quiet", "manual"] = "api"
+    reason: Literal["api", "quiet", "manual", "schedule"] = "api"
 
 
 class BumpupParams(BaseModel):
@@ -85,6 +85,35 @@ class SendParams(BaseModel):
     )
     reply_to_message_id: UUID | None = None
     ai: AiMeta | None = None
+    # Email only, both optional: a subject and an HTML part written for this send (a campaign's
+    # rendered template). Without them the channel picks the subject and makes the HTML from
+    # `text`, as for replies.
+    subject: str | None = None
+    html: str | None = None
+
+
+class CampaignParams(BaseModel):
+    """email.sequence: one run of a campaign. A `run` takes the next batch of its pending
+    recipients within the send window and rate, requests their sends, and enqueues the next
+    run; a `refresh` (a schedule firing) adds the leads that newly match the audience and
+    starts the campaign again if it had finished."""
+
+    campaign_id: UUID
+    action: Literal["run", "refresh"] = "run"
+    # The run's number in the campaign's chain; a run that is not the current one does nothing.
+    run: int = Field(0, ge=0)
+
+
+ReportName = Literal["funnel", "response_times", "volumes", "ai_vs_human"]
+REPORTS: tuple[ReportName, ...] = ("funnel", "response_times", "volumes", "ai_vs_human")
+
+
+class ReportParams(BaseModel):
+    """report.refresh: compute a company's reports into report_caches."""
+
+    company_id: UUID
+    reports: list[ReportName] = Field(default_factory=lambda: list(REPORTS))
+    days: int = Field(30, ge=1, le=366)
 
 
 @dataclass(frozen=True)
@@ -112,6 +141,8 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("ai.summary", 90, "engage", SummaryParams),
         # Sends inherit the priority of the job that asked for them; 100 is the default.
         TaskSpec("dispatch.send", 100, "dispatch", SendParams, ledger="messages"),
+        TaskSpec("email.sequence", 60, "scheduler", CampaignParams),
+        TaskSpec("report.refresh", 50, "scheduler", ReportParams),
     )
 }
 

@@ -35,6 +35,7 @@ from shvya_common import links
 from shvya_common.contracts import SendParams
 from shvya_common.errors import PermanentError, RetryableError
 from shvya_dispatch.channels.base import SendResult
+from shvya_dispatch.channels.email_html import prepare_html
 from shvya_dispatch.settings import DispatchSettings
 
 log = structlog.get_logger(__name__)
@@ -221,14 +222,20 @@ class EmailChannel:
         if footer_url is not None:
             plain += f"\n--\nDon't want these emails? Unsubscribe: {footer_url}\n"
         msg.set_content(plain)
-        msg.add_alternative(
-            render_html(text, track=track, pixel_url=pixel, unsubscribe_url=footer_url),
-            subtype="html",
-        )
+        if params.html is not None:  # written for this send (a campaign): links tracked
+            body = prepare_html(
+                params.html, track=track, pixel_url=pixel, unsubscribe_url=footer_url
+            )
+        else:
+            body = render_html(text, track=track, pixel_url=pixel, unsubscribe_url=footer_url)
+        msg.add_alternative(body, subtype="html")
         return msg
 
     async def subject_for(self, params: SendParams) -> str:
-        """Template subject, else the company's `email_subject` setting, else the default."""
+        """The send's own subject (a campaign's), else the template subject, the company's
+        `email_subject` setting, or the default."""
+        if params.subject:
+            return params.subject
         ctx = await self.store.email_context(params.company_id, params.template_id)
         if ctx.template_subject:
             return fill_placeholders(ctx.template_subject, params.template_params)
