@@ -11,7 +11,15 @@ from fastapi import FastAPI
 
 from shvya_common.logging import configure_logging
 from shvya_common.runtime import platform
-from shvya_ingest import ai_api, email_routes, kb_api, webhooks
+from shvya_ingest import (
+    ai_api,
+    campaigns_api,
+    email_routes,
+    kb_api,
+    reports_api,
+    schedules_api,
+    webhooks,
+)
 from shvya_ingest.api import Ingest, admin, install_error_handlers, router
 from shvya_ingest.fastpath import InboundFastPath
 from shvya_ingest.middleware import EdgeMiddleware
@@ -49,6 +57,9 @@ def create_app(settings: IngestSettings) -> FastAPI:
     app.include_router(email_routes.router)
     app.include_router(ai_api.router)
     app.include_router(kb_api.router)  # its lifespan opens the embedder, inside the platform's
+    app.include_router(campaigns_api.router)
+    app.include_router(schedules_api.router)
+    app.include_router(reports_api.router)
     install_error_handlers(app)
     # Added first, so it runs inside the edge middleware: body limits, the deadline and metrics
     # apply to it too (Starlette wraps later middleware around earlier ones).

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = ("shvya_scheduler.campaigns", "shvya_scheduler.reports")
 
 
 def load() -> None:
