@@ -13,9 +13,11 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from shvya_common.bus import Worker
-from shvya_common.runtime import Platform
+from shvya_common.runtime import Platform, platform
+from shvya_common.settings import CommonSettings
 from shvya_dispatch.app import build_deps
 from shvya_dispatch.handlers import handle_send
 from shvya_dispatch.settings import DispatchSettings
@@ -29,6 +31,16 @@ from shvya_scheduler.settings import SchedulerSettings
 tasks.load()
 
 NO_QUIET_HOURS = {"policies": {"email": {"quiet_hours": None}}}
+
+
+@pytest.fixture(name="cplat")
+async def cplat_fixture(base_env: dict[str, str]) -> AsyncIterator[Platform]:
+    """The platform in this process, with room in the pool for two workers and their runs."""
+    values = {k.lower(): v for k, v in base_env.items() if k != "ADMIN_TOKEN"}
+    values.update(db_pool_max="12")
+    settings = CommonSettings(_env_file=None, **values)  # type: ignore[call-arg]
+    async with platform(settings, "test") as plat:
+        yield plat
 
 
 def scheduler_settings(env: dict[str, str], **extra: Any) -> SchedulerSettings:

@@ -5,7 +5,7 @@ through dispatch's real email channel, and the counts come from one query."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -18,10 +18,9 @@ from aiosmtpd.controller import Controller
 
 from shvya_common.campaigns import SendWindow
 from shvya_common.embedded import free_port
-from shvya_common.runtime import platform
-from shvya_common.settings import CommonSettings
 from shvya_dispatch.settings import DispatchSettings
 from tests.integration.campaign_support import (
+    cplat_fixture,  # noqa: F401 (the `cplat` fixture)
     dispatch_worker,
     ingest_client,
     make_company,
@@ -77,15 +76,6 @@ def mailbox() -> Iterator[tuple[Mailbox, int]]:
         yield box, port
     finally:
         controller.stop()
-
-
-@pytest.fixture
-async def cplat(base_env: dict[str, str]) -> AsyncIterator[Any]:
-    """The platform in this process, with room in the pool for two workers and their runs."""
-    values = {k.lower(): v for k, v in base_env.items() if k != "ADMIN_TOKEN"}
-    values.update(db_pool_max="12")
-    async with platform(CommonSettings(_env_file=None, **values), "test") as plat:  # type: ignore[call-arg]
-        yield plat
 
 
 def campaigns_url(company_id: uuid.UUID, *rest: object) -> str:
