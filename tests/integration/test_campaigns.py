@@ -397,7 +397,7 @@ async def test_preview_renders_for_a_lead_and_refuses_a_missing_field(cplat, bas
         edited = await client.post(
             campaigns_url(company, cid, "preview"),
             json={
-                "lead_id": str(without),
+                "email": "RAVI@example.org",
                 "template": {"subject": "Hi {{ lead.first_name }}", "text": "x"},
             },
         )

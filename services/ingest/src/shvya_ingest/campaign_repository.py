@@ -73,7 +73,9 @@ SELECT l.id, l.company_id, l.contact_name, l.phone_e164, l.email, l.timezone, l.
 FROM leads l
 JOIN companies c ON c.id = l.company_id
 LEFT JOIN stages st ON st.id = l.stage_id
-WHERE l.id = $1 AND l.company_id = $2
+WHERE l.company_id = $2 AND (l.id = $1 OR ($1::uuid IS NULL AND lower(l.email) = lower($3)))
+ORDER BY l.created_at
+LIMIT 1
 """
 
 
@@ -204,6 +206,9 @@ class CampaignRepository:
         )
         return rows
 
-    async def lead(self, company_id: uuid.UUID, lead_id: uuid.UUID) -> asyncpg.Record | None:
-        row: asyncpg.Record | None = await self.pool.fetchrow(_LEAD, lead_id, company_id)
+    async def lead(
+        self, company_id: uuid.UUID, lead_id: uuid.UUID | None, email: str | None = None
+    ) -> asyncpg.Record | None:
+        """The lead with this id, or else with this email address, in the company."""
+        row: asyncpg.Record | None = await self.pool.fetchrow(_LEAD, lead_id, company_id, email)
         return row

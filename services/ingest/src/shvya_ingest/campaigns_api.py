@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shvya_common.campaigns import (
     Audience,
@@ -130,12 +130,21 @@ class CampaignList(BaseModel):
 
 
 class PreviewIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """The lead to render for, by id or by email address."""
 
-    lead_id: uuid.UUID
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    lead_id: uuid.UUID | None = None
+    email: str | None = Field(None, max_length=254, examples=["riya@example.org"])
     template: CampaignTemplate | None = Field(
         None, description="Try an edit without saving it; the campaign's template otherwise."
     )
+
+    @model_validator(mode="after")
+    def _one_lead(self) -> PreviewIn:
+        if (self.lead_id is None) == (self.email is None):
+            raise ValueError("give exactly one of 'lead_id' and 'email'")
+        return self
 
 
 class PreviewOut(BaseModel):
@@ -314,9 +323,10 @@ async def preview_campaign(
     """Render the template for one lead, as that lead would get it (before the unsubscribe
     footer, tracked links and open pixel the email channel adds)."""
     row = await _campaign(repo, company_id, campaign_id)
-    lead = await repo.lead(company_id, body.lead_id)
+    lead = await repo.lead(company_id, body.lead_id, body.email)
     if lead is None:
-        raise HTTPException(404, f"lead {body.lead_id} does not exist in company {company_id}")
+        who = body.lead_id or body.email
+        raise HTTPException(404, f"lead {who} does not exist in company {company_id}")
     template = _checked(body.template) if body.template is not None else _template(row)
     company = {"name": lead["company_name"], "timezone": lead["company_timezone"]}
     try:

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from shvya_common import reports
+import shvya_common.reports as reports
 from shvya_common.contracts.jobs import REPORTS
 from shvya_ingest.api import IngestDep, require_admin
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 
-from shvya_common import reports
+import shvya_common.reports as reports
 from shvya_common.bus import JobContext
 from shvya_common.contracts import ReportParams
 from shvya_scheduler.registry import Deps, registry
