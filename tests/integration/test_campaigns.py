@@ -413,3 +413,6 @@ async def test_preview_renders_for_a_lead_and_refuses_a_missing_field(cplat, bas
         assert foreign.status_code == 404
         assert (await client.get(campaigns_url(other, cid))).status_code == 404
         assert (await client.post(campaigns_url(other, cid, "send"))).status_code == 404
+        listed = (await client.get(campaigns_url(company))).json()
+        assert listed["total"] == 1 and listed["campaigns"][0]["id"] == cid
+        assert (await client.get(campaigns_url(other))).json()["total"] == 0

@@ -190,7 +190,8 @@ def _template(row: Any) -> CampaignTemplate:
     return CampaignTemplate(subject=row["subject"], text=row["text_body"], html=row["html_body"])
 
 
-async def _out(repo: CampaignRepository, row: Any) -> CampaignOut:
+async def _out(repo: CampaignRepository, row: Any, *, detail: bool = True) -> CampaignOut:
+    """The campaign; with `detail`, its counts (or, for a draft, its audience's size)."""
     audience = Audience.model_validate(row["audience"] or {})
     draft = row["status"] == "draft"
     return CampaignOut(
@@ -202,8 +203,10 @@ async def _out(repo: CampaignRepository, row: Any) -> CampaignOut:
         audience=audience,
         window=SendWindow.model_validate(row["send_window"]) if row["send_window"] else None,
         rate_per_minute=row["rate_per_minute"],
-        audience_size=await repo.audience_size(row["company_id"], audience) if draft else None,
-        counts=None if draft else CampaignCounts(**await repo.counts(row["id"])),
+        audience_size=(
+            await repo.audience_size(row["company_id"], audience) if detail and draft else None
+        ),
+        counts=(CampaignCounts(**await repo.counts(row["id"])) if detail and not draft else None),
         runs=row["run_seq"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
@@ -267,10 +270,14 @@ async def list_campaigns(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> CampaignList:
+    """The company's campaigns, newest first, without counts (read one campaign for those)."""
     await _require_company(repo, company_id)
     rows, total = await repo.list_campaigns(company_id, status, limit, offset)
     return CampaignList(
-        campaigns=[await _out(repo, r) for r in rows], total=total, limit=limit, offset=offset
+        campaigns=[await _out(repo, r, detail=False) for r in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
     )
 
 
