@@ -416,3 +416,56 @@ async def test_preview_renders_for_a_lead_and_refuses_a_missing_field(cplat, bas
         listed = (await client.get(campaigns_url(company))).json()
         assert listed["total"] == 1 and listed["campaigns"][0]["id"] == cid
         assert (await client.get(campaigns_url(other))).json()["total"] == 0
+
+
+async def test_the_audience_filters_leads_with_an_address(cplat, base_env):
+    """Stages, attributes, explicit ids, creation dates and recent activity each narrow the
+    audience, combined with AND; leads without an email address are never in it."""
+    pool = cplat.pool
+    company = await make_company(pool)
+    pipe = await pool.fetchval(
+        "INSERT INTO pipelines (company_id, name, is_default) VALUES ($1, 'Sales', true)"
+        " RETURNING id",
+        company,
+    )
+    new, won = [
+        await pool.fetchval(
+            "INSERT INTO stages (pipeline_id, name, position) VALUES ($1, $2, $3) RETURNING id",
+            pipe,
+            name,
+            n,
+        )
+        for n, name in ((1, "New"), (2, "Won"))
+    ]
+    leads = await make_leads(
+        pool,
+        company,
+        ["a@example.org", "b@example.org", "c@example.org", "d@example.org", None],
+        attributes=[{"plan": "trial", "n": 1}, {"plan": "trial"}, {"plan": "paid"}, {}, {}],
+    )
+    a, b, c, d, phone_only = leads
+    await pool.execute("UPDATE leads SET stage_id = $2 WHERE id = ANY($1)", [a, c, phone_only], new)
+    await pool.execute("UPDATE leads SET stage_id = $2 WHERE id = $1", b, won)
+    await pool.execute(
+        "UPDATE leads SET last_inbound_at = now() - interval '2 days' WHERE id = ANY($1)", [a, d]
+    )
+    await pool.execute("UPDATE leads SET created_at = now() - interval '30 days' WHERE id = $1", c)
+    cases = [
+        ({}, 4),
+        ({"stages": ["New"]}, 2),
+        ({"attributes": {"plan": "trial"}}, 2),
+        ({"stages": ["New"], "attributes": {"plan": "trial"}}, 1),
+        ({"lead_ids": [str(b), str(d), str(phone_only)]}, 2),
+        ({"active_within_days": 7}, 2),
+        ({"created_before": (datetime.now(UTC) - timedelta(days=7)).isoformat()}, 1),
+        ({"created_after": (datetime.now(UTC) - timedelta(days=7)).isoformat()}, 3),
+    ]
+    async with ingest_client(base_env) as client:
+        for audience, size in cases:
+            made = await create_campaign(client, company, audience=audience)
+            assert made["audience_size"] == size, audience
+        wrong = await client.post(
+            campaigns_url(company),
+            json={"name": "x", "template": TEMPLATE, "audience": {"stage": "New"}},
+        )
+        assert wrong.status_code == 422

@@ -102,7 +102,7 @@ class Audience(BaseModel):
         return [
             self.stages or None,
             self.attributes or None,
-            [str(i) for i in self.lead_ids] or None,
+            list(self.lead_ids) or None,
             self.created_after,
             self.created_before,
             self.active_within_days,
