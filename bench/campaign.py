@@ -228,6 +228,10 @@ def run_stack(tmp: Path) -> dict[str, dict[str, float]]:
         for name in ("ingest", "engage", "dispatch", "scheduler"):
             stack.start(name)
         time.sleep(3)
+        for name, proc in stack.procs.items():
+            if proc.poll() is not None:  # e.g. a port taken between free_port() and bind
+                log = (stack.logs / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise SystemExit(f"{name} exited at start-up:\n{log}")
         # Warm every service (pools, caches, the first replies) before the idle figure.
         asyncio.run(p1_latency(stack.url, stack.pg.url, "warm", WARM_MESSAGES))
         idle = asyncio.run(p1_latency(stack.url, stack.pg.url, "idle"))
