@@ -44,6 +44,7 @@ DEFAULT_RATE = 600
 MIDDLE_RATE = int(os.environ.get("BENCH_CAMPAIGN_MIDDLE_RATE", "3000"))
 P1_MESSAGES = int(os.environ.get("BENCH_P1_MESSAGES", "200"))
 P1_RATE = float(os.environ.get("BENCH_P1_RATE", "20"))
+RESERVED = os.environ.get("BENCH_P1_RESERVED_SLOTS", "")
 TICK_SECONDS = 1.0
 BATCH_MAX = 500
 ADMIN = "bench-admin-token-0123456789"
@@ -60,6 +61,8 @@ class CampaignStack(Stack):
             "CAMPAIGN_TICK_SECONDS": str(TICK_SECONDS),
             "CAMPAIGN_BATCH_MAX": str(BATCH_MAX),
             "CAMPAIGN_RATE_PER_MINUTE": str(DEFAULT_RATE),
+            # Slots of each worker that only P1 (priority 95+) may take; a quarter by default.
+            **({"P1_RESERVED_SLOTS": RESERVED} if RESERVED else {}),
         }
 
 
