@@ -4,7 +4,6 @@ schedule created, all over HTTP."""
 
 from __future__ import annotations
 
-import asyncpg
 import httpx
 import pytest
 
@@ -20,7 +19,7 @@ TEMPLATE = {
 }
 
 
-async def test_readme_campaign_walkthrough(services, db_url, admin_token):
+async def test_readme_campaign_walkthrough(services, admin_token):
     """As the README shows it: two inbound email leads, a campaign previewed and sent to both
     (sent, or deferred by email quiet hours), its counts, the funnel and a schedule."""
     for name in ("ingest", "engage", "dispatch", "scheduler"):
@@ -37,11 +36,8 @@ async def test_readme_campaign_walkthrough(services, db_url, admin_token):
                 "channel": "email",
             }
             assert (await client.post("/inbound-message", json=body)).status_code == 200
-        conn = await asyncpg.connect(db_url)
-        try:
-            company = await conn.fetchval("SELECT id FROM companies WHERE is_default")
-        finally:
-            await conn.close()
+        companies = (await client.get("/admin/companies")).json()
+        company = next(c["id"] for c in companies if c["is_default"])
         base = f"/admin/companies/{company}"
         created = await client.post(
             f"{base}/campaigns", json={"name": "Spring offer", "template": TEMPLATE}

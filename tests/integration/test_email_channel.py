@@ -259,7 +259,7 @@ async def test_message_parsed_back_has_headers_parts_unsubscribe_pixel_and_track
     assert got["ehlo"] == "acme-solar.example"
     assert got["tls"] is False  # SMTP_SECURITY=none
     msg = parse(got)
-    assert msg["Message-ID"] == result.provider_message_id
+    assert msg["Message-ID"] == f"<{result.provider_message_id}>"
     assert re.fullmatch(rf"<[^@>]*{message_id.hex}@acme-solar\.example>", msg["Message-ID"])
     assert msg["Subject"] == "Your quote, Riya"
     assert msg["From"].addresses[0].addr_spec == "sales@acme-solar.example"

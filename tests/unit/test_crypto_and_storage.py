@@ -97,3 +97,20 @@ def test_keygen_prints_an_entry_the_settings_accept(capsys):
     settings = CommonSettings(_env_file=None, secrets_keys=entry)  # type: ignore[call-arg]
     box = settings.secret_box()
     assert box is not None and box.decrypt(box.encrypt("x", "c"), "c") == "x"
+
+
+def test_a_fresh_env_file_gets_an_admin_token_and_a_keyring_once(tmp_path, monkeypatch):
+    """`shvya up` on a fresh checkout writes ADMIN_TOKEN and a usable SECRETS_KEYS to .env,
+    and leaves an .env that has them alone."""
+    from shvya_common.cli import _env_file_value, ensure_env_file
+
+    monkeypatch.delenv("ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("SECRETS_KEYS", raising=False)
+    (tmp_path / ".env").write_text("# SECRETS_KEYS=\nLOG_LEVEL=info\n")
+    ensure_env_file(tmp_path)
+    first = (tmp_path / ".env").read_text()
+    keys = _env_file_value(tmp_path / ".env", "SECRETS_KEYS")
+    assert keys is not None and SecretBox.from_setting(keys).primary_id == "k1"
+    assert len(_env_file_value(tmp_path / ".env", "ADMIN_TOKEN") or "") >= 32
+    ensure_env_file(tmp_path)
+    assert (tmp_path / ".env").read_text() == first

@@ -89,7 +89,11 @@ class _Store:
         self.ctx = ctx
 
     async def email_context(
-        self, company_id: uuid.UUID, template_id: uuid.UUID | None
+        self,
+        company_id: uuid.UUID,
+        template_id: uuid.UUID | None,
+        reply_to_message_id: uuid.UUID | None = None,
+        domain: str | None = None,
     ) -> EmailContext:
         return self.ctx
 
@@ -114,13 +118,12 @@ def _params(**kw: object) -> SendParams:
     return SendParams(**(base | kw))
 
 
-async def test_subject_never_carries_a_line_break() -> None:
+def test_subject_never_carries_a_line_break() -> None:
     """A template subject with CR/LF is folded onto one line, so it cannot inject headers."""
-    channel = EmailChannel(
-        _settings(), _Store(EmailContext("Acme", None, "Hi\r\nBcc: x@evil.example"))
-    )
+    ctx = EmailContext("Acme", None, "Hi\r\nBcc: x@evil.example")
+    channel = EmailChannel(_settings(), _Store(ctx))
     params = _params()
-    subject = await channel.subject_for(params)
+    subject = channel.subject_for(params, ctx)
     msg = channel.build_message(
         "a@b.example", "x", message_id=uuid.uuid4(), params=params, subject=subject
     )
@@ -128,10 +131,11 @@ async def test_subject_never_carries_a_line_break() -> None:
     assert "Bcc" not in msg.keys()
 
 
-async def test_company_subject_beats_the_default() -> None:
+def test_company_subject_beats_the_default() -> None:
     """Without a template subject, the company's email_subject setting is used."""
-    channel = EmailChannel(_settings(), _Store(EmailContext("Acme", "News from Acme", None)))
-    assert await channel.subject_for(_params()) == "News from Acme"
+    ctx = EmailContext("Acme", "News from Acme", None)
+    channel = EmailChannel(_settings(), _Store(ctx))
+    assert channel.subject_for(_params(), ctx) == "News from Acme"
 
 
 def test_recipient_without_domain_is_permanent() -> None:

@@ -13,11 +13,12 @@ from shvya_common import links
 from shvya_common.settings import CommonSettings
 from shvya_common.tokens import verify
 from shvya_ingest.mail import clean_message_id, html_to_text, parse_mime
-from shvya_ingest.meta_payload import MetaWebhook, WaMessage, message_text, status_report
+from shvya_ingest.meta_items import Recorded, Status, parse_notification
 from shvya_ingest.optout import OptOutMatcher
 from shvya_ingest.settings import DEFAULT_OPTOUT_KEYWORDS
 from shvya_ingest.tracking import machine_agent
 from shvya_ingest.webhooks import signature_matches
+from tests import meta_samples as samples
 
 MATCHER = OptOutMatcher(DEFAULT_OPTOUT_KEYWORDS)
 
@@ -61,73 +62,21 @@ def test_keywords_are_configurable():
     assert not custom.matches("stop")
 
 
-def test_meta_message_types_become_text_and_reactions_are_skipped():
-    """Text, buttons, list replies, captions and locations are filed as text; reactions are not."""
-
-    def msg(**fields):
-        return WaMessage.model_validate({"from": "16505551234", "id": "wamid.x", **fields})
-
-    assert message_text(msg(type="text", text={"body": "Hi"})) == "Hi"
-    assert message_text(msg(type="button", button={"text": "Yes please", "payload": "Y"})) == (
-        "Yes please"
-    )
-    reply = {"type": "list_reply", "list_reply": {"id": "2", "title": "Gold plan"}}
-    assert message_text(msg(type="interactive", interactive=reply)) == "Gold plan"
-    assert message_text(msg(type="image", image={"id": "m1", "caption": "this one"})) == "this one"
-    assert message_text(msg(type="audio", audio={"id": "m2"})) == "[audio]"
-    location = {"latitude": 12.97, "longitude": 77.59, "name": "Office"}
-    assert (
-        message_text(msg(type="location", location=location)) == "[location: Office; 12.97,77.59]"
-    )
-    assert message_text(msg(type="reaction", reaction={"emoji": "👍"})) is None
-    assert message_text(msg(type="text", text={"body": "   "})) is None
-
-
 def test_meta_statuses_keep_delivery_states_and_describe_errors():
-    """Statuses parse from Meta's shape; failed ones carry a readable error; others are dropped."""
-    payload = MetaWebhook.model_validate(
-        {
-            "object": "whatsapp_business_account",
-            "entry": [
-                {
-                    "changes": [
-                        {
-                            "field": "messages",
-                            "value": {
-                                "statuses": [
-                                    {
-                                        "id": "wamid.1",
-                                        "status": "failed",
-                                        "timestamp": "1750857384",
-                                        "errors": [
-                                            {
-                                                "code": 131047,
-                                                "title": "Re-engagement message",
-                                                "error_data": {"details": "more than 24 hours"},
-                                            }
-                                        ],
-                                    },
-                                    {
-                                        "id": "wamid.1",
-                                        "status": "deleted",
-                                        "timestamp": "1750857385",
-                                    },
-                                ]
-                            },
-                        }
-                    ]
-                }
-            ],
-        }
+    """Statuses parse from Meta's shape; failed ones carry a readable error; others are kept
+    as recorded items, not delivery states."""
+    payload = samples.statuses(
+        [
+            samples.failed("wamid.1", 131047, "Re-engagement message", ts=1750857384),
+            samples.status("wamid.1", "deleted", 1750857385),
+        ]
     )
-    value = payload.entry[0].changes[0].value
-    assert value is not None
-    now = datetime.now(UTC)
-    report = status_report(value.statuses[0], received_at=now)
-    assert report is not None
-    assert report.error_text == "131047: Re-engagement message (more than 24 hours)"
-    assert int(report.status_at.timestamp()) == 1750857384
-    assert status_report(value.statuses[1], received_at=now) is None
+    parsed = parse_notification(payload, datetime.now(UTC))
+    reports = [i.report for i in parsed.of(Status)]
+    assert len(reports) == 1
+    assert reports[0].error_text == "131047: Re-engagement message (Re-engagement message)"
+    assert int(reports[0].status_at.timestamp()) == 1750857384
+    assert [i.kind for i in parsed.of(Recorded)] == ["status"]
 
 
 def test_webhook_signature_is_hmac_sha256_of_the_raw_body():

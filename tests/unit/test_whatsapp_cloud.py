@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
 
-from shvya_common.errors import PermanentError, RetryableError
+from shvya_common.errors import DeferJob, PermanentError, RetryableError
+from shvya_common.whatsapp.graph_errors import TABLE, decide
 from shvya_dispatch.channels.errors import (
     ChannelPausedError,
     RecipientOptedOutError,
+    UndeliverableError,
     WindowClosedError,
 )
 from shvya_dispatch.channels.whatsapp_cloud import (
@@ -37,12 +40,101 @@ def test_rate_limit_and_meta_side_codes_are_retryable(code):
     assert str(code) in str(error)
 
 
-@pytest.mark.parametrize("code", [131026, 131051, 132000, 132001])
-def test_undeliverable_and_template_codes_are_permanent(code):
-    """Undeliverable recipients, unsupported types and bad templates dead-letter with the reason."""
+@pytest.mark.parametrize("code", [131051, 132000, 132001, 132016, 100])
+def test_bad_request_and_template_codes_are_permanent(code):
+    """Unsupported types, bad templates and bad parameters dead-letter with the reason."""
     error = classify(code)
     assert type(error) is PermanentError
     assert f"error {code}" in str(error) and "(#" in str(error)
+
+
+@pytest.mark.parametrize("code", [131026, 131021])
+def test_undeliverable_codes_flag_the_lead(code):
+    """131026 and friends are permanent and say the recipient cannot get WhatsApp messages."""
+    error = classify(code)
+    assert isinstance(error, UndeliverableError) and isinstance(error, PermanentError)
+    assert error.code == code
+
+
+@pytest.mark.parametrize(
+    ("code", "seconds"), [(131049, 86400), (131057, 600), (132015, 3600), (132069, 3600)]
+)
+def test_temporary_refusals_defer_without_spending_attempts(code, seconds):
+    """Ecosystem limits, maintenance and a paused template defer the send by the code's delay."""
+    before = datetime.now(UTC)
+    error = classify(code)
+    assert isinstance(error, DeferJob)
+    assert abs((error.until - before).total_seconds() - seconds) < 60
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (0, "credentials"),
+        (3, "credentials"),
+        (10, "credentials"),
+        (200, "credentials"),
+        (250, "credentials"),
+        (299, "credentials"),
+        (131005, "credentials"),
+        (131031, "account"),
+        (131042, "account"),
+        (131037, "account"),
+        (131045, "account"),
+        (131063, "account"),
+        (131064, "account"),
+        (133010, "account"),
+    ],
+)
+def test_account_level_codes_pause_the_channel(code, kind):
+    """Token, permission and account problems pause the company's channel instead of
+    dead-lettering each message: until the credentials change, or for the account pause time."""
+    error = classify_error(
+        400, error_body(code), block_pause_seconds=10.0, account_pause_seconds=7.0
+    )
+    assert isinstance(error, ChannelPausedError)
+    assert error.credential_bound is (kind == "credentials")
+    assert error.pause_seconds == (None if kind == "credentials" else 7.0)
+
+
+def test_is_transient_turns_an_otherwise_permanent_code_into_a_retry():
+    """Graph's is_transient flag is honoured for permanent and unknown codes, never for pauses."""
+    assert type(classify_error(400, error_body(131009, True), block_pause_seconds=1.0)) is (
+        RetryableError
+    )
+    assert type(classify_error(400, error_body(999999, True), block_pause_seconds=1.0)) is (
+        RetryableError
+    )
+    assert type(classify_error(400, error_body(131009, False), block_pause_seconds=1.0)) is (
+        PermanentError
+    )
+    paused = classify_error(400, error_body(131031, True), block_pause_seconds=1.0)
+    assert isinstance(paused, ChannelPausedError)
+
+
+def test_every_table_entry_names_its_source_and_a_known_action():
+    """The one table of Graph codes documents where each mapping comes from."""
+    assert len({e.code for e in TABLE}) == len(TABLE)
+    for entry in TABLE:
+        assert entry.source and entry.meaning
+        assert entry.action in ("retry", "defer", "pause", "suppress", "permanent")
+        assert (entry.action == "defer") == (entry.defer_seconds is not None)
+        assert (entry.action == "pause") == (entry.pause is not None)
+    assert decide(131050).entry is not None and decide(131050).entry.scope == "marketing"
+    assert decide(131047).effect == "fallback_template"
+
+
+def test_bsuid_recipients_and_reply_context_are_addressed_as_graph_expects():
+    """A username user is addressed by `recipient`, a phone by `to`; a reply may quote."""
+    assert text_payload("US.13491208655302741918", "hi", "wamid.Q") == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "recipient": "US.13491208655302741918",
+        "type": "text",
+        "context": {"message_id": "wamid.Q"},
+        "text": {"body": "hi"},
+    }
+    assert "recipient" not in text_payload("+15551234567", "hi")
 
 
 def test_window_closed_code_is_its_own_refusal():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -25,3 +26,17 @@ async def record_event(
         EventType(kind).value,
         payload,
     )
+
+
+async def record_events(
+    conn: asyncpg.Connection,
+    kind: EventType,
+    rows: Sequence[tuple[uuid.UUID | None, uuid.UUID | None, dict[str, Any]]],
+) -> None:
+    """Append many events of one type, (company_id, lead_id, payload) each, in the caller's
+    transaction (one pipelined batch, not one round trip per event)."""
+    if rows:
+        await conn.executemany(
+            "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, $2, $3, $4)",
+            [(company, lead, EventType(kind).value, payload) for company, lead, payload in rows],
+        )

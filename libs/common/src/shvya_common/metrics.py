@@ -77,11 +77,39 @@ CHANNEL_PAUSED = Gauge(
     "1 while a channel is paused for at least one company (provider refused the sender).",
     ["channel"],
 )
+WEBHOOK_ITEMS = Counter(
+    "shvya_webhook_items_total",
+    "Items of provider webhooks (messages, statuses, account fields), by channel, kind and"
+    " outcome (filed, duplicate, applied, recorded, failed, ignored).",
+    ["channel", "kind", "outcome"],
+)
+MEDIA_DOWNLOADS = Counter(
+    "shvya_media_downloads_total",
+    "Received attachments downloaded from a provider, by channel and outcome (stored, rejected,"
+    " failed).",
+    ["channel", "outcome"],
+)
+TEMPLATE_SYNCS = Counter(
+    "shvya_template_syncs_total",
+    "Template syncs with a provider, by channel and outcome.",
+    ["channel", "outcome"],
+)
 LLM_SECONDS = Histogram(
     "shvya_llm_request_seconds",
     "Latency of model calls, by task and outcome.",
     ["task", "outcome"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60),
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "shvya_webhook_attempts_total",
+    "Outbound webhook delivery attempts, by outcome (succeeded, failed).",
+    ["outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "shvya_webhook_attempt_seconds",
+    "Time from a webhook attempt's start to its endpoint's answer, by outcome.",
+    ["outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 BUILD_INFO = Gauge(
     "shvya_build_info", "Always 1; labels name the running build.", ["service", "version"]

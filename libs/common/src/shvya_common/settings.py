@@ -96,6 +96,11 @@ class CommonSettings(BaseSettings):
         description="Keyring for secrets stored in the database: 'id:base64key,...', the first"
         " encrypts (32-byte keys; `shvya keygen` prints one). Needed once a secret is stored.",
     )
+    webhook_allow_private_networks: bool = Field(
+        False,
+        description="Let outbound webhooks reach loopback, private and link-local addresses."
+        " Only for tests and air-gapped installs: it turns the SSRF guard off.",
+    )
     media_dir: Path = Field(
         Path(".data/media"), description="Folder where received media and attachments are kept."
     )

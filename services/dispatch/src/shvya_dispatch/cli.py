@@ -1,5 +1,7 @@
 """`python -m shvya_dispatch` runs the dispatch service; `python -m shvya_dispatch
-whatsapp-web-login --account NAME` links a WhatsApp Web account by QR code and exits.
+whatsapp-web-login --account NAME` links a WhatsApp Web account by QR code and exits;
+`python -m shvya_dispatch email-dkim-key --company ID --domain D --selector S` makes (or, with
+`--key-file`, imports) a company's DKIM key, stores it encrypted and prints the DNS record.
 
 Stop the dispatch service (or at least its WhatsApp Web channel) before logging an account in:
 Chromium lets only one process open a profile at a time.
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +44,15 @@ def _parser() -> argparse.ArgumentParser:
         default=5.0,
         help="keep the browser open this long after linking, so the session is stored",
     )
+    dkim = commands.add_parser(
+        "email-dkim-key",
+        help="make or import a company's DKIM key for a sending domain and print its DNS record",
+    )
+    dkim.add_argument("--company", required=True, type=uuid.UUID, help="the company's id")
+    dkim.add_argument("--domain", required=True, help="the From domain the key signs for")
+    dkim.add_argument("--selector", required=True, help="the DKIM selector, e.g. shvya1")
+    dkim.add_argument("--key-file", type=Path, help="an existing RSA private key (PEM) to import")
+    dkim.add_argument("--bits", type=int, default=2048, help="size of a new key (default 2048)")
     return parser
 
 
@@ -51,7 +63,55 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         run_service()
         return
+    if args.command == "email-dkim-key":
+        sys.exit(email_dkim_key(args))
     sys.exit(whatsapp_web_login(args))
+
+
+def email_dkim_key(args: argparse.Namespace) -> int:
+    from shvya_common.db import create_pool
+    from shvya_dispatch.channels.dkim import (
+        dns_record,
+        generate_private_key,
+        key_context,
+        normalise_private_key,
+    )
+    from shvya_dispatch.repository import store_dkim_key
+    from shvya_dispatch.settings import DispatchSettings
+
+    settings = DispatchSettings()
+    box = settings.secret_box()
+    if box is None:
+        print("error: set SECRETS_KEYS first (`shvya keygen` prints a key)", file=sys.stderr)
+        return 2
+    domain = args.domain.strip().lower()
+    try:
+        pem = (
+            normalise_private_key(args.key_file.read_bytes())
+            if args.key_file
+            else generate_private_key(args.bits)
+        )
+    except (OSError, ValueError, TypeError) as err:
+        print(f"error: cannot use that key: {err}", file=sys.stderr)
+        return 2
+    encrypted = box.encrypt(pem.decode(), key_context(args.company, domain))
+
+    async def save() -> bool:
+        pool = await create_pool(settings.database_url, 1, 1)
+        try:
+            return await store_dkim_key(pool, args.company, domain, args.selector, encrypted)
+        finally:
+            await pool.close()
+
+    if not asyncio.run(save()):
+        print(f"error: no company {args.company}", file=sys.stderr)
+        return 2
+    print(f"Stored the DKIM key for {domain}. Publish this TXT record, then send:")
+    record = dns_record(pem)
+    # A TXT string holds at most 255 characters; resolvers join the strings of one record.
+    strings = " ".join(f'"{record[i : i + 255]}"' for i in range(0, len(record), 255))
+    print(f"{args.selector}._domainkey.{domain}. IN TXT {strings}")
+    return 0
 
 
 def whatsapp_web_login(args: argparse.Namespace) -> int:

@@ -16,9 +16,13 @@ Provider refusals that need more than retry-or-dead-letter (channels/errors.py):
 
 - outside the window: convert to the fallback template, or hold, and never retry the free text;
 - opted out: suppress the recipient, then dead-letter;
+- undeliverable (WhatsApp 131026 and friends): flag the lead, then dead-letter;
 - sender refused: pause the channel for the company, then defer.
 
 The pacing slot is released only after the send is recorded, so the gap counts from `sent_at`.
+
+`webhook.reminder` (outbound webhook deliveries and reminders) is declared here too; what it
+does is in `shvya_dispatch.webhooks`.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import structlog
 
 from shvya_common.bus import JobContext, Registry
 from shvya_common.bus.ledgers import SendLedger
-from shvya_common.contracts import SendParams
+from shvya_common.contracts import SendParams, WebhookParams
 from shvya_common.errors import DeferJob
 from shvya_common.metrics import POLICY_DEFERRALS, SENDS
 from shvya_dispatch.channels import ChannelRouter, SendResult
@@ -39,10 +43,14 @@ from shvya_dispatch.channels.errors import (
     ChannelPausedError,
     RecipientOptedOutError,
     SendOutcomeUnknown,
+    UndeliverableError,
     WindowClosedError,
 )
 from shvya_dispatch.policies import PolicyEngine, Verdict
 from shvya_dispatch.repository import DispatchRepository
+from shvya_dispatch.webhooks import RETRY as WEBHOOK_RETRY
+from shvya_dispatch.webhooks import Webhooks
+from shvya_dispatch.webhooks import handle as handle_webhook_job
 
 log = structlog.get_logger(__name__)
 registry = Registry("dispatch")
@@ -56,6 +64,13 @@ class Deps:
     router: ChannelRouter
     policies: PolicyEngine
     sends: SendLedger
+    webhooks: Webhooks
+
+
+@registry.task("webhook.reminder", retry=WEBHOOK_RETRY)
+async def handle_webhook(params: WebhookParams, job: JobContext, deps: Deps) -> dict[str, Any]:
+    """Deliver one outbound webhook, or fire one reminder."""
+    return await handle_webhook_job(params, job, deps.webhooks)
 
 
 @registry.task("dispatch.send")
@@ -190,6 +205,9 @@ async def _attempt(
         )
     except RecipientOptedOutError as err:
         await deps.policies.suppress(params, err)
+        raise
+    except UndeliverableError as err:
+        await deps.policies.flag_undeliverable(params, err)
         raise
     except ChannelPausedError as err:
         raise await deps.policies.pause(params, message_id, err) from err

@@ -5,7 +5,8 @@ Before a send reaches its channel, `handle_send` asks the engine, in this order:
 1. Suppression. A suppressed recipient is never sent to: the send completes as 'suppressed',
    with an event. Scope 'all' blocks every purpose, scope 'marketing' blocks marketing and
    follow-ups. A suppression on one WhatsApp channel covers both (same person, same app). The one
-   exception is an opt-out confirmation sent within a grace period after the opt-out.
+   exception is an opt-out confirmation sent within a grace period after the opt-out. Then a
+   send asked for later (`SendParams.not_before`) is deferred until that moment.
 2. Channel pause. If the provider refused the company's sender (expired token, policy or spam
    block), its sends are deferred and re-checked every few minutes. None is lost, none burns an
    attempt, and they flow again on their own once the pause ends.
@@ -52,11 +53,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shvya_common.contracts import SendParams
 from shvya_common.errors import DeferJob, PermanentError
-from shvya_dispatch.channels.errors import ChannelPausedError, RecipientOptedOutError
+from shvya_common.whatsapp.templates import fallback_template_setting
+from shvya_dispatch.channels.errors import (
+    ChannelPausedError,
+    RecipientOptedOutError,
+    UndeliverableError,
+)
 
 if TYPE_CHECKING:
     from shvya_dispatch.repository import PolicyRepository
     from shvya_dispatch.settings import DispatchSettings
+    from shvya_dispatch.whatsapp_repository import WhatsAppRepository
+
+__all__ = ["PolicyEngine", "Verdict", "fallback_template_setting"]
 
 log = structlog.get_logger(__name__)
 
@@ -184,18 +193,6 @@ def suppression_channels(channel: str) -> list[str]:
     return [channel, "all"]
 
 
-def fallback_template_setting(company_settings: Mapping[str, Any]) -> tuple[str, str | None]:
-    """(name, language or None) from companies.settings->'whatsapp_fallback_template', which
-    is a template name or {"name": ..., "language": ...}; ("", None) when unset."""
-    value = company_settings.get("whatsapp_fallback_template")
-    if isinstance(value, str):
-        return value.strip(), None
-    if isinstance(value, Mapping) and isinstance(value.get("name"), str):
-        language = value.get("language")
-        return value["name"].strip(), language if isinstance(language, str) else None
-    return "", None
-
-
 @dataclass(frozen=True)
 class Verdict:
     """What the rules say about one send, before pacing."""
@@ -233,6 +230,8 @@ class PolicyEngine:
     lease_seconds: float = 120.0
     optout_grace_seconds: float = 86400.0
     rng: random.Random = field(default_factory=random.Random)
+    # Lead flags set by provider refusals (WhatsApp 131026: undeliverable).
+    whatsapp: WhatsAppRepository | None = None
 
     @classmethod
     def from_settings(
@@ -240,6 +239,7 @@ class PolicyEngine:
         store: PolicyRepository,
         settings: DispatchSettings,
         credential_fingerprints: Mapping[str, str | None],
+        whatsapp: WhatsAppRepository | None = None,
     ) -> PolicyEngine:
         return cls(
             store=store,
@@ -249,6 +249,7 @@ class PolicyEngine:
             pause_recheck_seconds=settings.policy_pause_recheck_seconds,
             lease_seconds=settings.policy_pacing_lease_seconds,
             optout_grace_seconds=settings.policy_optout_confirmation_grace_seconds,
+            whatsapp=whatsapp,
         )
 
     async def evaluate(self, params: SendParams) -> Verdict:
@@ -267,6 +268,12 @@ class PolicyEngine:
         suppressed = await self._suppression(params, now)
         if suppressed:
             return verdict("suppress", suppressed)
+
+        if params.not_before is not None and params.not_before > now:
+            # Asked for later (e.g. WhatsApp's 131049: no sooner than 24 h after the failure).
+            raise DeferJob(
+                params.not_before, f"not before {params.not_before.isoformat(timespec='seconds')}"
+            )
 
         pause = await self.store.active_pause(
             params.company_id, params.channel, self.credential_fingerprints.get(params.channel)
@@ -427,6 +434,13 @@ class PolicyEngine:
             self._recheck_at(row["now"], row["paused_until"]),
             f"channel {params.channel} paused for this company: {err.reason}",
         )
+
+    async def flag_undeliverable(self, params: SendParams, err: UndeliverableError) -> None:
+        if self.whatsapp is not None:
+            await self.whatsapp.flag_undeliverable(
+                params.company_id, params.lead_id, params.channel, err.code, err.reason
+            )
+        log.info("lead_flagged_undeliverable", channel=params.channel, code=err.code)
 
     async def suppress(self, params: SendParams, err: RecipientOptedOutError) -> None:
         await self.store.suppress_recipient(

@@ -9,8 +9,9 @@ from typing import Any
 
 import asyncpg
 
-from shvya_dispatch.channels.email import EmailContext
-from shvya_dispatch.templates import WHATSAPP_TEMPLATE_CHANNELS
+from shvya_common import pauses
+from shvya_common.whatsapp.templates import WHATSAPP_TEMPLATE_CHANNELS
+from shvya_dispatch.channels.email import EmailContext, Thread
 
 
 class DispatchRepository:
@@ -30,24 +31,62 @@ class DispatchRepository:
 
 
 class EmailRepository:
-    """The email channel's reads and writes: where a subject comes from, and hard bounces."""
+    """The email channel's reads and writes: subjects, threads and DKIM keys, hard bounces."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
     async def email_context(
-        self, company_id: uuid.UUID, template_id: uuid.UUID | None
+        self,
+        company_id: uuid.UUID,
+        template_id: uuid.UUID | None,
+        reply_to_message_id: uuid.UUID | None = None,
+        domain: str | None = None,
     ) -> EmailContext:
+        """Subjects, the message a reply answers (only an inbound email that came with a
+        Message-ID), the company's open-tracking choice for replies and its DKIM key for
+        `domain`, in one round trip."""
         row = await self.pool.fetchrow(
             "SELECT c.name, c.settings->>'email_subject' AS company_subject,"
-            " t.subject AS template_subject FROM companies c"
-            " LEFT JOIN templates t ON t.id = $2 AND t.company_id = c.id WHERE c.id = $1",
+            " t.subject AS template_subject,"
+            " COALESCE((c.settings->>'email_reply_open_tracking')::boolean, false)"
+            " AS reply_open_tracking,"
+            " m.meta->>'message_id' AS parent_id, m.meta->'references' AS parent_references,"
+            " m.meta->>'in_reply_to' AS parent_in_reply_to, m.meta->>'subject' AS parent_subject,"
+            " k.selector AS dkim_selector, k.private_key AS dkim_private_key"
+            " FROM companies c"
+            " LEFT JOIN templates t ON t.id = $2 AND t.company_id = c.id"
+            " LEFT JOIN messages m ON m.id = $3 AND m.company_id = c.id"
+            " AND m.direction = 'inbound' AND m.channel = 'email'"
+            " LEFT JOIN email_dkim_keys k ON k.company_id = c.id AND k.domain = $4"
+            " WHERE c.id = $1",
             company_id,
             template_id,
+            reply_to_message_id,
+            domain,
         )
         if row is None:
             return EmailContext()
-        return EmailContext(row["name"], row["company_subject"], row["template_subject"])
+        thread = None
+        if row["parent_id"]:
+            references = row["parent_references"]
+            thread = Thread(
+                message_id=f"<{row['parent_id']}>",
+                references=tuple(str(r) for r in references)
+                if isinstance(references, list)
+                else (),
+                in_reply_to=f"<{row['parent_in_reply_to']}>" if row["parent_in_reply_to"] else None,
+                subject=row["parent_subject"],
+            )
+        return EmailContext(
+            company_name=row["name"],
+            company_subject=row["company_subject"],
+            template_subject=row["template_subject"],
+            reply_open_tracking=row["reply_open_tracking"],
+            thread=thread,
+            dkim_selector=row["dkim_selector"],
+            dkim_private_key=row["dkim_private_key"],
+        )
 
     async def suppress_address(
         self, company_id: uuid.UUID, lead_id: uuid.UUID, address: str, reason: str
@@ -97,21 +136,6 @@ SELECT now() AS now, next_allowed_at, lease_until, day, day_count,
        (now() AT TIME ZONE $4)::date AS today,
        (date_trunc('day', now() AT TIME ZONE $4) + interval '1 day') AT TIME ZONE $4 AS next_day
 FROM send_pacing WHERE company_id = $1 AND channel = $2 AND pacing_key = $3
-"""
-
-# A pause is (re)started only when none is in force, so concurrent refusals write one event.
-_START_PAUSE = """
-INSERT INTO channel_pauses AS p (company_id, channel, error_code, reason, paused_at, paused_until,
-                                 credential_fingerprint, resumed_at)
-VALUES ($1, $2, $3, $4, now(), now() + make_interval(secs => $5::float8), $6, NULL)
-ON CONFLICT (company_id, channel) DO UPDATE
-   SET error_code = EXCLUDED.error_code, reason = EXCLUDED.reason, paused_at = now(),
-       paused_until = EXCLUDED.paused_until,
-       credential_fingerprint = EXCLUDED.credential_fingerprint, resumed_at = NULL
- WHERE p.resumed_at IS NOT NULL
-    OR p.paused_until <= now()
-    OR (p.credential_fingerprint IS NOT NULL AND p.credential_fingerprint IS DISTINCT FROM $7)
-RETURNING now() AS now, paused_until
 """
 
 _ACTIVE_PAUSE = """
@@ -217,43 +241,18 @@ class PolicyRepository:
         `fingerprint` binds the pause to the refused credentials; `current_fingerprint` is what
         the channel runs with now (a pause bound to other credentials is no longer in force)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                _START_PAUSE,
+            return await pauses.start_pause(
+                conn,
                 company_id,
                 channel,
                 code,
-                reason[:2000],
+                reason,
                 pause_seconds,
                 fingerprint,
                 current_fingerprint,
+                lead_id,
+                message_id,
             )
-            if row is not None:
-                await conn.execute(
-                    "INSERT INTO events (company_id, lead_id, type, payload) VALUES ($1, NULL,"
-                    " 'channel.paused', jsonb_build_object('channel', $2::text, 'code', $3::int,"
-                    " 'reason', $4::text, 'paused_until', $5::timestamptz,"
-                    " 'lead_id', $6::uuid, 'message_id', $7::uuid))",
-                    company_id,
-                    channel,
-                    code,
-                    reason[:2000],
-                    row["paused_until"],
-                    lead_id,
-                    message_id,
-                )
-                return {"now": row["now"], "paused_until": row["paused_until"], "created": True}
-            current = await conn.fetchrow(
-                "SELECT now() AS now, paused_until FROM channel_pauses"
-                " WHERE company_id = $1 AND channel = $2",
-                company_id,
-                channel,
-            )
-            assert current is not None
-            return {
-                "now": current["now"],
-                "paused_until": current["paused_until"],
-                "created": False,
-            }
 
     async def list_pauses(self, include_lifted: bool = False) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self.pool.fetch(
@@ -364,3 +363,24 @@ class PolicyRepository:
             message_id,
             gap_seconds,
         )
+
+
+async def store_dkim_key(
+    pool: asyncpg.Pool,
+    company_id: uuid.UUID,
+    domain: str,
+    selector: str,
+    encrypted_key: str,
+) -> bool:
+    """Save (or replace) a company's DKIM key for `domain`; False if the company is unknown."""
+    stored = await pool.fetchval(
+        "INSERT INTO email_dkim_keys (company_id, domain, selector, private_key)"
+        " SELECT id, $2, $3, $4 FROM companies WHERE id = $1"
+        " ON CONFLICT (company_id, domain) DO UPDATE SET selector = EXCLUDED.selector,"
+        " private_key = EXCLUDED.private_key, updated_at = now() RETURNING 1",
+        company_id,
+        domain.lower(),
+        selector,
+        encrypted_key,
+    )
+    return stored is not None

@@ -12,6 +12,27 @@ from pydantic_settings import NoDecode
 
 from shvya_common.settings import CommonSettings
 
+# What WhatsApp Cloud delivers as media (Meta's supported media types), downloaded by default.
+DEFAULT_MEDIA_TYPES = (
+    "audio/aac",
+    "audio/amr",
+    "audio/mpeg",
+    "audio/mp4",
+    "audio/ogg",
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "video/mp4",
+    "video/3gpp",
+    "text/plain",
+    "application/pdf",
+    "application/msword",
+    "application/vnd.ms-excel",
+    "application/vnd.ms-powerpoint",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+)
 # A WhatsApp Web account name is a directory name under WHATSAPP_WEB_PROFILE_DIR.
 ACCOUNT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
@@ -44,6 +65,34 @@ class DispatchSettings(CommonSettings):
     whatsapp_cloud_block_pause_seconds: float = Field(
         86400.0, gt=0, description="How long a policy/spam block (368, 131048) pauses a company."
     )
+    whatsapp_cloud_account_pause_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="How long an account problem (payment 131042, locked 131031, registration,"
+        " display name) pauses a company before sends are tried again.",
+    )
+    whatsapp_cloud_waba_id: str | None = Field(
+        None,
+        pattern=r"^\d+$",
+        description="WhatsApp Business Account ID; set it to sync templates from Graph.",
+    )
+    whatsapp_template_sync_seconds: float = Field(
+        3600.0, ge=0, description="How often templates are synced from Graph; 0 turns it off."
+    )
+    whatsapp_media_max_bytes: int = Field(
+        25 * 1024 * 1024, ge=1024, description="Largest received attachment downloaded."
+    )
+    whatsapp_media_mime_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_MEDIA_TYPES),
+        description="Comma-separated mime types downloaded; others are recorded as rejected.",
+    )
+
+    @field_validator("whatsapp_media_mime_types", mode="before")
+    @classmethod
+    def _split_mime_types(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
 
     # --- Send policies: defaults; companies.settings->'policies'->'<channel>' overrides them ---
     policy_whatsapp_cloud_min_gap_seconds: float = Field(
@@ -128,6 +177,17 @@ class DispatchSettings(CommonSettings):
     email_unsubscribe_footer: bool = Field(True, description="Unsubscribe link under the body.")
     email_open_tracking: bool = Field(True, description="Open pixel in the HTML part.")
     email_click_tracking: bool = Field(True, description="Route http(s) links via ingest.")
+
+    # --- Outbound webhooks (WEBHOOK_ALLOW_PRIVATE_NETWORKS is in the common settings) ---
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=60, description="Whole delivery attempt: resolve, connect, send, answer."
+    )
+    webhook_max_response_bytes: int = Field(
+        16_384, ge=0, le=1_048_576, description="Response body read at most; the rest is dropped."
+    )
+    webhook_disable_after_failures: int = Field(
+        5, ge=1, description="Disable an endpoint after this many failed deliveries in a row."
+    )
 
     # --- WhatsApp Web (Playwright + Debian's Chromium) ---
     whatsapp_web_enabled: bool = False

@@ -26,6 +26,7 @@ from shvya_common.bus import JobBus, JobContext, Registry
 from shvya_common.contracts import BumpupParams, EngageParams, SendParams, SummaryParams
 from shvya_common.contracts.jobs import AiMeta
 from shvya_common.errors import PermanentError
+from shvya_engage.breaker import reply_breaker_open
 from shvya_engage.followups import template_bumpup
 from shvya_engage.guards import ChannelLimits, guard_text
 from shvya_engage.prompts import (
@@ -76,15 +77,26 @@ class Deps:
 async def handle_engage(params: EngageParams, job: JobContext, deps: Deps) -> dict[str, Any]:
     settings = deps.settings
     send_key = f"reply:{params.message_id}"
+    if params.revision is not None:
+        # The customer edited a message already answered, and the company answers edits.
+        send_key += f":edit:{params.revision}"
     if await deps.repo.reply_exists(send_key):
         log.info("engage_already_answered")
         return {"skipped": "already answered"}
     ctx = await deps.repo.load_context(params.lead_id, params.message_id, settings.history_messages)
     if ctx is None:
         raise PermanentError(f"lead {params.lead_id} or message {params.message_id} not found")
+    if ctx.group_id is not None:
+        # A group conversation is not the bot's to answer, and never in private.
+        log.info("engage_skipped_group_message")
+        return {"skipped": "group message"}
     to = ctx.lead.email if ctx.channel == "email" else ctx.lead.phone_e164
+    if not to and ctx.channel == "whatsapp_cloud":
+        to = ctx.lead.wa_user_id  # a username user: answered by business-scoped user id
     if not to:
         raise PermanentError(f"lead has no address for channel {ctx.channel}")
+    if await reply_breaker_open(deps.bus.pool, ctx, settings):
+        return {"skipped": "reply breaker open: too many automated replies to this lead"}
     # The lead is talking: any bump-up waiting on a timer is moot.
     await deps.repo.cancel_followups(deps.bus.pool, ctx.lead_id)
     found = (
@@ -110,6 +122,8 @@ async def handle_engage(params: EngageParams, job: JobContext, deps: Deps) -> di
         send_key=send_key,
         purpose="reply",
         reply_to_message_id=ctx.message_id,
+        # An answer to an edited message quotes it, so the customer sees what it answers.
+        context_message_id=ctx.provider_message_id if params.revision is not None else None,
         ai=AiMeta(
             responder=reply.responder,
             model=reply.model,

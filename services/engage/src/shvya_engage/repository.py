@@ -38,6 +38,8 @@ class LeadFacts:
     email: str | None
     stage: str | None
     attributes: dict[str, Any]
+    # WhatsApp's business-scoped user id: how a username user without a phone is answered.
+    wa_user_id: str | None = None
 
     @property
     def first_name(self) -> str:
@@ -52,6 +54,9 @@ class EngageContext:
     channel: str
     config: AiConfig
     history: list[Turn]
+    # A message from a WhatsApp group: the bot never answers it privately.
+    group_id: str | None = None
+    provider_message_id: str | None = None
 
     @property
     def company_id(self) -> uuid.UUID:
@@ -91,6 +96,7 @@ DEFAULT_CONFIG = AiConfig(None, 0.7, 500, "You are a helpful sales assistant.")
 
 _LEAD_COLUMNS = """
     l.company_id, l.contact_name, l.phone_e164, l.email, l.attributes, s.name AS stage,
+    l.wa_user_id,
     a.model, a.temperature, a.max_tokens, a.system_prompt
 """
 _LEAD_JOINS = """
@@ -108,6 +114,7 @@ def _lead(row: asyncpg.Record, lead_id: uuid.UUID) -> LeadFacts:
         email=row["email"],
         stage=row["stage"],
         attributes=row["attributes"] or {},
+        wa_user_id=row["wa_user_id"],
     )
 
 
@@ -154,7 +161,8 @@ class EngageRepository:
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(
                 f"""
-                SELECT {_LEAD_COLUMNS}, m.body, m.channel, m.created_at
+                SELECT {_LEAD_COLUMNS}, m.body, m.channel, m.created_at,
+                       m.meta->>'group_id' AS group_id, m.provider_message_id
                 FROM leads l
                 JOIN messages m ON m.id = $2 AND m.lead_id = l.id
                 {_LEAD_JOINS}
@@ -173,6 +181,8 @@ class EngageRepository:
             channel=row["channel"],
             config=_config(row),
             history=turns,
+            group_id=row["group_id"],
+            provider_message_id=row["provider_message_id"],
         )
 
     async def reply_exists(self, send_key: str) -> bool:

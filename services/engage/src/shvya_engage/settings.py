@@ -52,3 +52,13 @@ class EngageSettings(KnowledgeSettings):
     bumpup_ai: bool = Field(
         True, description="Let the model write bump-ups when one is configured (else templates)."
     )
+    reply_breaker_max: int = Field(
+        10,
+        ge=0,
+        description="Most automated replies to one lead within the window; the next inbound "
+        "message is filed but not answered, and a lead.reply_breaker_open event is raised "
+        "(0 = no limit).",
+    )
+    reply_breaker_window_seconds: float = Field(
+        3600.0, gt=0, description="Window the reply breaker counts automated replies in."
+    )

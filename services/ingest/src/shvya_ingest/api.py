@@ -206,6 +206,22 @@ async def queue_stats(ingest: IngestDep) -> QueueStatsOut:
     return QueueStatsOut(**stats.__dict__)
 
 
+class CompanyOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    is_default: bool = Field(description="Where requests without company_id land.")
+    timezone: str
+
+
+@admin.get("/companies", response_model=list[CompanyOut])
+async def list_companies(ingest: IngestDep) -> list[CompanyOut]:
+    """The companies, default first: the ids the /admin/companies/{company_id}/... routes take."""
+    rows = await ingest.plat.pool.fetch(
+        "SELECT id, name, is_default, timezone FROM companies ORDER BY is_default DESC, created_at"
+    )
+    return [CompanyOut(**dict(r)) for r in rows]
+
+
 @admin.post("/dlq/replay", response_model=ReplayResult)
 async def replay_dlq(ingest: IngestDep, body: ReplayRequest | None = None) -> ReplayResult:
     """Put up to `max_jobs` dead letters (jobs and sends, oldest first) back on the queue,

@@ -16,12 +16,17 @@ from shvya_ingest import (
     campaigns_api,
     email_routes,
     kb_api,
+    mail_webhooks,
+    mailbox_api,
+    outbound_api,
     reports_api,
     schedules_api,
+    sequences_api,
     webhooks,
 )
 from shvya_ingest.api import Ingest, admin, install_error_handlers, router
 from shvya_ingest.fastpath import InboundFastPath
+from shvya_ingest.imap_reader import MailboxReaders
 from shvya_ingest.middleware import EdgeMiddleware
 from shvya_ingest.settings import IngestSettings
 from shvya_ingest.smtp_receiver import start_smtp_receiver
@@ -37,10 +42,16 @@ def create_app(settings: IngestSettings) -> FastAPI:
             await ingest.route_for(None)  # the default company and its pipeline exist up front
             app.state.ingest = ingest
             smtp = await start_smtp_receiver(ingest) if settings.smtp_receiver_enabled else None
+            mailboxes = MailboxReaders(ingest) if settings.imap_enabled else None
+            if mailboxes is not None:
+                mailboxes.start()
             try:
                 yield
             finally:
-                if smtp is not None:  # stop receiving mail before the pool closes
+                # Stop receiving mail (SMTP, IMAP) before the pool closes.
+                if mailboxes is not None:
+                    await mailboxes.stop()
+                if smtp is not None:
                     smtp.close()
                     await smtp.wait_closed()
                 await ingest.batcher.close()
@@ -55,8 +66,12 @@ def create_app(settings: IngestSettings) -> FastAPI:
     app.include_router(admin)
     app.include_router(webhooks.router)
     app.include_router(email_routes.router)
+    app.include_router(mail_webhooks.router)
+    app.include_router(mailbox_api.router)
     app.include_router(ai_api.router)
+    app.include_router(sequences_api.router)
     app.include_router(kb_api.router)  # its lifespan opens the embedder, inside the platform's
+    app.include_router(outbound_api.router)
     app.include_router(campaigns_api.router)
     app.include_router(schedules_api.router)
     app.include_router(reports_api.router)
@@ -69,7 +84,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         max_body=settings.max_body_bytes,
         webhook_max_body=settings.webhook_max_body_bytes,
         timeout=settings.request_timeout_seconds,
-        routes=[kb_api.route_limits(settings)],
+        routes=[kb_api.route_limits(settings), mail_webhooks.route_limits(settings)],
     )
     return app
 

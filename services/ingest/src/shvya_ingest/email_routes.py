@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 import secrets
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -26,8 +26,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shvya_common.links import KIND_CLICK, KIND_OPEN
 from shvya_common.tokens import TokenError, verify
-from shvya_ingest.api import InboundAccepted, Ingest, IngestDep
-from shvya_ingest.mail import EmailError, InboundEmail, file_email
+from shvya_ingest.api import Ingest, IngestDep
+from shvya_ingest.mail import (
+    EmailError,
+    InboundEmail,
+    file_email,
+    first_message_id,
+    message_ids,
+    parse_address,
+    parse_addresses,
+)
 from shvya_ingest.phone import AddressError, normalise_email
 from shvya_ingest.tracking import TrackingRepository, machine_agent
 
@@ -46,17 +54,24 @@ bearer = HTTPBearer(auto_error=False)
 
 
 class InboundEmailWebhook(BaseModel):
-    """An inbound email as JSON, as mail-parsing services (or a small script) post it."""
+    """An inbound email as JSON, as mail-parsing services (or a small script) post it.
+
+    `from` and `to` take any RFC 5322 form (`Ana Lead <ana@example.org>`, quoted or encoded-word
+    names); `in_reply_to`, `references` and `headers` (a name → value object, or a list of
+    [name, value] pairs) let the mail join its thread and be recognised as an auto-reply."""
 
     model_config = ConfigDict(populate_by_name=True, str_strip_whitespace=True)
 
-    sender: str = Field(alias="from", min_length=3, max_length=254)
+    sender: str = Field(alias="from", min_length=3, max_length=998)
     from_name: str | None = Field(None, max_length=200)
     to: list[str] | str | None = None
     subject: str | None = Field(None, max_length=2000)
     text: str = Field("", max_length=1_000_000)
     html: str | None = Field(None, max_length=2_000_000)
     message_id: str = Field(min_length=1, max_length=998)
+    in_reply_to: str | None = Field(None, max_length=998)
+    references: list[str] | str | None = None
+    headers: dict[str, str] | list[tuple[str, str]] | None = None
     company_id: uuid.UUID | None = None
 
     @model_validator(mode="after")
@@ -64,6 +79,18 @@ class InboundEmailWebhook(BaseModel):
         if not self.text and not self.html and not self.subject:
             raise ValueError("an inbound email needs text, html or a subject")
         return self
+
+
+class InboundEmailAccepted(BaseModel):
+    """What filing an email did. `kind` is `filed` (an AI reply follows: `job_id`),
+    `auto_reply` (filed, never answered) or `bounce` (no lead message; `bounces` recipients
+    recorded)."""
+
+    status: Literal["ok"] = "ok"
+    kind: Literal["filed", "auto_reply", "bounce"]
+    message_id: uuid.UUID | None = None
+    job_id: uuid.UUID | None = None
+    bounces: int = 0
 
 
 async def require_email_token(
@@ -86,29 +113,47 @@ async def require_email_token(
 
 @router.post(
     "/webhooks/email",
-    response_model=InboundAccepted,
+    response_model=InboundEmailAccepted,
     dependencies=[Depends(require_email_token)],
     tags=["webhooks"],
 )
-async def inbound_email(body: InboundEmailWebhook, ingest: IngestDep) -> InboundAccepted:
+async def inbound_email(body: InboundEmailWebhook, ingest: IngestDep) -> InboundEmailAccepted:
     """File an inbound email like /inbound-message (channel email, the sender is the lead)."""
     recipients = [body.to] if isinstance(body.to, str) else list(body.to or [])
+    try:
+        sender, name = parse_address(body.sender)
+    except EmailError as err:
+        raise HTTPException(422, str(err)) from err
+    headers = list(body.headers.items()) if isinstance(body.headers, dict) else body.headers
+    references = body.references
     email = InboundEmail(
-        sender=body.sender,
-        sender_name=body.from_name,
-        to=recipients,
+        sender=sender,
+        sender_name=body.from_name or name,
+        to=[a for r in recipients for a, _ in parse_addresses(r)],
         subject=body.subject,
         text=body.text,
         html=body.html,
         message_id=body.message_id,
+        in_reply_to=first_message_id(body.in_reply_to),
+        references=message_ids(
+            " ".join(references) if isinstance(references, list) else references
+        ),
+        headers=[(str(k), str(v)) for k, v in headers or []],
+        source="json",
     )
     try:
-        accepted = await file_email(ingest, email, body.company_id)
+        outcome = await file_email(ingest, email, body.company_id)
     except EmailError as err:
         raise HTTPException(422, str(err)) from err
-    if accepted.job_id is None:
+    accepted = outcome.accepted
+    if outcome.kind == "filed" and accepted is not None and accepted.job_id is None:
         raise HTTPException(409, "message already filed but its job is missing")
-    return InboundAccepted(message_id=accepted.message_id, job_id=accepted.job_id)
+    return InboundEmailAccepted(
+        kind=outcome.kind,
+        message_id=accepted.message_id if accepted else None,
+        job_id=accepted.job_id if accepted else None,
+        bounces=outcome.bounces_recorded,
+    )
 
 
 def _claims(ingest: Ingest, token: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import structlog
 
@@ -29,6 +28,7 @@ from shvya_ingest.repository import (
     OPTOUT_SEND_KEY_PREFIX,
     CompanyRoute,
     Filed,
+    Identity,
     InboundRow,
     IngestRepository,
 )
@@ -88,7 +88,7 @@ class InboundFiler:
         self,
         route: CompanyRoute,
         *,
-        identity: Literal["phone", "email"],
+        identity: Identity,
         channel: Channel,
         rows: Sequence[InboundRow],
     ) -> list[Accepted]:

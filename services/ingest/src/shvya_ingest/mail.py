@@ -1,10 +1,22 @@
-"""Inbound email, from the JSON webhook or the SMTP receiver, into the common filing path.
+"""Inbound email, from every door (the JSON webhook, SendGrid, Mailgun, Postmark, the SMTP
+receiver, IMAP mailboxes), into the common filing path.
 
-Both doors produce an `InboundEmail`; `file_email` turns it into one inbound message on the
-email channel: the sender's address is the lead's identity, the Message-ID is the provider id
-(so a redelivered mail is filed once), and the company is the one that registered a recipient
-mailbox in `inbound_routes` (else the default company). A MIME message is read with the standard
-library's `email` package; an HTML-only mail is reduced to its text.
+Each door produces an `InboundEmail`; `file_email` decides what it is and files it:
+
+1. A delivery status notification (`bounces.py`) is no lead message: it suppresses a hard-bounced
+   address, counts a soft bounce, and marks our message undeliverable.
+2. The conversation: a mail whose In-Reply-To or References names one of our messages belongs
+   to that message's lead and company, whatever address it came from; otherwise the sender's
+   address is the lead, in the company that registered a recipient mailbox in `inbound_routes`
+   (else the default company).
+3. An automatic mail (`autoreply.py`: out-of-office, another bot, a list) is filed without an
+   AI reply, so no mail loop starts.
+4. The body filed is the new part of the reply (`replies.py`); attachments are stored in the
+   media store (content-addressed) and listed in the message's meta.
+
+The Message-ID is the provider id, so a redelivered mail is filed once; its threading headers
+and subject are kept in meta for dispatch to answer in the same thread. Addresses are accepted
+in every RFC 5322 form (`Name <addr>`, quoted names, encoded-word names).
 """
 
 from __future__ import annotations
@@ -14,17 +26,29 @@ import uuid
 from dataclasses import dataclass, field
 from email import policy
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from html.parser import HTMLParser
-from typing import Any, Final
+from typing import Any, Final, Literal
 
+import structlog
+
+from shvya_common.emailfacts import bare_message_id
+from shvya_common.storage import LocalMediaStore
 from shvya_ingest.api import Ingest
+from shvya_ingest.autoreply import auto_reply_reason
+from shvya_ingest.bounces import Bounce, parse_bounce
 from shvya_ingest.inbound import Accepted
+from shvya_ingest.mail_repository import MailRepository, ThreadMatch
 from shvya_ingest.phone import AddressError, normalise_email
+from shvya_ingest.replies import new_part
 from shvya_ingest.repository import InboundRow
 
 CHANNEL: Final = "email"
+MAX_ATTACHMENTS = 20
+MAX_REFERENCES = 50
+
+log = structlog.get_logger(__name__)
 
 
 class EmailError(ValueError):
@@ -32,7 +56,17 @@ class EmailError(ValueError):
 
 
 @dataclass(frozen=True)
+class Attachment:
+    filename: str | None
+    content_type: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class InboundEmail:
+    """One received email, whichever door it came in by. `mime` is the whole message when the
+    door had it (SMTP, IMAP, raw-MIME webhooks); `headers` are its top-level headers."""
+
     sender: str
     text: str
     message_id: str | None
@@ -41,6 +75,24 @@ class InboundEmail:
     subject: str | None = None
     html: str | None = None
     in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    # The SMTP envelope sender: "" for a null return path, None when the door does not say.
+    envelope_from: str | None = None
+    mime: Message | None = None
+    source: str = "webhook"
+
+
+@dataclass(frozen=True)
+class MailOutcome:
+    """What filing did: a lead message (answered or not), or a bounce."""
+
+    kind: Literal["filed", "auto_reply", "bounce"]
+    accepted: Accepted | None = None
+    bounce: Bounce | None = None
+    bounces_recorded: int = 0
+    reason: str | None = None
 
 
 class _TextExtractor(HTMLParser):
@@ -75,17 +127,75 @@ def html_to_text(html: str) -> str:
 
 
 def clean_message_id(value: str | None) -> str | None:
-    """A Message-ID without its angle brackets, so both doors store the same id."""
-    if value is None:
-        return None
-    cleaned = value.strip().strip("<>").strip()
-    return cleaned[:256] or None
+    """A Message-ID without its angle brackets, so every door stores the same id."""
+    return bare_message_id(value)
+
+
+def parse_addresses(value: str | None) -> list[tuple[str, str | None]]:
+    """(address, display name) for each mailbox of an RFC 5322 address list: `Name <addr>`,
+    `"Last, First" <addr>`, `=?utf-8?q?…?= <addr>` or a bare address."""
+    if not value or not value.strip():
+        return []
+    header = policy.default.header_factory("to", value)
+    out: list[tuple[str, str | None]] = []
+    for address in getattr(header, "addresses", ()):
+        if address.addr_spec and "@" in address.addr_spec:
+            out.append((address.addr_spec, address.display_name or None))
+    if not out and "@" in value and "<" not in value:
+        out.append((value.strip(), None))
+    return out
+
+
+def parse_address(value: str | None) -> tuple[str, str | None]:
+    """The first mailbox of `value`; raises EmailError when there is none."""
+    found = parse_addresses(value)
+    if not found:
+        raise EmailError(f"sender: {value!r} is not an email address")
+    return found[0]
+
+
+def message_ids(value: str | None) -> list[str]:
+    """The bare ids of a References / In-Reply-To header value."""
+    if not value:
+        return []
+    ids: list[str] = []
+    for token in str(value).replace(">", "> ").split():
+        cleaned = bare_message_id(token)
+        if cleaned and "@" in cleaned and cleaned not in ids:
+            ids.append(cleaned)
+    return ids[:MAX_REFERENCES]
+
+
+def first_message_id(value: str | None) -> str | None:
+    """The bare id of an In-Reply-To value (its first id)."""
+    ids = message_ids(value)
+    return ids[0] if ids else None
+
+
+def header_pairs(message: Message) -> list[tuple[str, str]]:
+    return [(name, str(value)) for name, value in message.items()]
+
+
+def _attachments(message: EmailMessage) -> list[Attachment]:
+    found: list[Attachment] = []
+    for part in message.iter_attachments():
+        if len(found) >= MAX_ATTACHMENTS:
+            break
+        if part.get_content_maintype() == "multipart":
+            continue
+        data = part.get_payload(decode=True)
+        if isinstance(data, bytes) and data:
+            found.append(Attachment(part.get_filename(), part.get_content_type(), data))
+    return found
 
 
 def parse_mime(
-    raw: bytes, envelope_from: str | None = None, rcpt_tos: list[str] | None = None
+    raw: bytes,
+    envelope_from: str | None = None,
+    rcpt_tos: list[str] | None = None,
+    source: str = "smtp",
 ) -> InboundEmail:
-    """An RFC 5322 message as received over SMTP."""
+    """An RFC 5322 message as received over SMTP or read from a mailbox."""
     message = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(message, EmailMessage)
     sender, name = envelope_from or "", None
@@ -94,10 +204,12 @@ def parse_mime(
     if addresses and addresses[0].addr_spec and "@" in addresses[0].addr_spec:
         sender, name = addresses[0].addr_spec, addresses[0].display_name or None
     to = [a.addr_spec for a in getattr(message["to"], "addresses", ()) if a.addr_spec]
-    text_part = message.get_body(preferencelist=("plain",))
-    html_part = message.get_body(preferencelist=("html",))
-    text = str(text_part.get_content()) if text_part is not None else ""
-    html = str(html_part.get_content()) if html_part is not None else None
+    text, html = "", None
+    if message.get_content_maintype() in ("text", "multipart"):
+        text_part = message.get_body(preferencelist=("plain",))
+        html_part = message.get_body(preferencelist=("html",))
+        text = str(text_part.get_content()) if text_part is not None else ""
+        html = str(html_part.get_content()) if html_part is not None else None
     message_id = clean_message_id(str(message["message-id"] or "")) or (
         # No Message-ID: a digest of the bytes still makes a redelivery a duplicate.
         "sha256:" + hashlib.sha256(raw).hexdigest()
@@ -110,38 +222,206 @@ def parse_mime(
         text=text,
         html=html,
         message_id=message_id,
-        in_reply_to=clean_message_id(str(message["in-reply-to"] or "")),
+        in_reply_to=first_message_id(str(message["in-reply-to"] or "")),
+        references=message_ids(str(message["references"] or "")),
+        headers=header_pairs(message),
+        attachments=_attachments(message),
+        envelope_from=envelope_from,
+        mime=message,
+        source=source,
     )
+
+
+def as_message(email: InboundEmail) -> Message:
+    """The message to look for a bounce in: the original MIME, or one rebuilt from what a
+    parsing webhook posted (its headers, text, and message/* or text/* attachments such as
+    message/delivery-status, which the parser then reads into header blocks)."""
+    if email.mime is not None:
+        return email.mime
+    skip = ("content-type", "content-transfer-encoding", "mime-version")
+    head = [
+        f"{name}: {' '.join(value.split())}"
+        for name, value in email.headers
+        if name.lower() not in skip and name.strip()
+    ]
+    names = {name.lower() for name, _ in email.headers}
+    if "from" not in names:
+        head.append(f"From: {email.sender}")
+    if "subject" not in names and email.subject:
+        head.append(f"Subject: {' '.join(email.subject.split())}")
+    original_type = next((v for n, v in email.headers if n.lower() == "content-type"), "")
+    boundary = f"shvya-{uuid.uuid4().hex}"
+    outer = "multipart/mixed"
+    if "multipart/report" in original_type.lower():
+        outer = "multipart/report; report-type=delivery-status"
+    head += ["MIME-Version: 1.0", f'Content-Type: {outer}; boundary="{boundary}"']
+    parts = [
+        b'Content-Type: text/plain; charset="utf-8"\r\n\r\n'
+        + (email.text or html_to_text(email.html or "")).encode("utf-8", "replace")
+    ]
+    for attachment in email.attachments:
+        if attachment.content_type.split("/")[0] in ("message", "text"):
+            parts.append(
+                f"Content-Type: {attachment.content_type}\r\n\r\n".encode() + attachment.data
+            )
+    delimiter = f"\r\n--{boundary}\r\n".encode()
+    raw = (
+        "\r\n".join(head).encode("utf-8", "replace")
+        + b"\r\n"
+        + delimiter
+        + delimiter.join(parts)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return BytesParser(policy=policy.compat32).parsebytes(raw)
 
 
 async def file_email(
     ingest: Ingest, email: InboundEmail, company_id: uuid.UUID | None = None
-) -> Accepted:
+) -> MailOutcome:
     """File one inbound email; raises EmailError when it has no usable sender or content."""
+    repo = MailRepository(ingest.plat.pool)
+    sender = email.sender.strip()
+    bounce = parse_bounce(as_message(email), sender=sender, envelope_from=email.envelope_from)
+    if bounce is not None:
+        recorded = await _record_bounce(ingest, repo, email, bounce, company_id)
+        return MailOutcome("bounce", bounce=bounce, bounces_recorded=recorded)
     try:
-        address = normalise_email(email.sender)
+        address = normalise_email(sender)
     except AddressError as err:
         raise EmailError(f"sender: {err}") from err
-    body = email.text.strip() or (html_to_text(email.html) if email.html else "")
+    auto = auto_reply_reason(
+        email.headers, subject=email.subject, sender=address, envelope_from=email.envelope_from
+    )
+    references = [r for r in [email.in_reply_to, *reversed(email.references)] if r]
+    thread = await repo.find_thread(list(dict.fromkeys(references)), company_id)
+    if company_id is None:
+        company_id = thread.company_id if thread is not None else await _routed(ingest, email)
+    route = await ingest.route_for(company_id)
+    text, stripped = new_part(email.text) if email.text.strip() else ("", False)
+    body = text or (new_part(html_to_text(email.html))[0] if email.html else "")
     if not body and email.subject:
         body = email.subject.strip()
+    attachments = await _store_attachments(ingest, route.company_id, email.attachments)
+    if not body and attachments:
+        body = "[attachment] " + ", ".join(a.get("filename") or a["mime_type"] for a in attachments)
     if not body:
         raise EmailError("the email has no text, HTML or subject to file")
-    if company_id is None:
-        for recipient in email.to:
-            company_id = await ingest.inbound.company_for(CHANNEL, recipient.strip().lower())
-            if company_id is not None:
-                break
-    meta: dict[str, Any] = {"subject": email.subject, "to": email.to[:20]}
-    if email.in_reply_to:
-        meta["in_reply_to"] = email.in_reply_to
+    meta = _meta(email, thread, stripped, auto, attachments)
+    lead_address = address
+    contact_name = email.sender_name
+    if thread is not None and thread.lead_email and thread.lead_email.lower() != address.lower():
+        # Someone else in the thread (a colleague, an alias): the conversation's lead, not a
+        # new lead, and not their name on it.
+        lead_address, contact_name = thread.lead_email, None
+        meta["from"] = address
     row = InboundRow(
-        address=address,
+        address=lead_address,
         text=body,
-        contact_name=email.sender_name,
+        contact_name=contact_name,
         provider_message_id=clean_message_id(email.message_id),
         meta=meta,
+        engage=auto is None,
     )
-    route = await ingest.route_for(company_id)
     [accepted] = await ingest.inbound.file(route, identity="email", channel=CHANNEL, rows=[row])
-    return accepted
+    if auto is not None:
+        log.info(
+            "email_auto_reply_filed",
+            reason=auto,
+            message_id=str(accepted.message_id),
+            created=accepted.created,
+        )
+    return MailOutcome("auto_reply" if auto else "filed", accepted=accepted, reason=auto)
+
+
+async def _routed(ingest: Ingest, email: InboundEmail) -> uuid.UUID | None:
+    for recipient in email.to:
+        company_id = await ingest.inbound.company_for(CHANNEL, recipient.strip().lower())
+        if company_id is not None:
+            return company_id
+    return None
+
+
+def _meta(
+    email: InboundEmail,
+    thread: ThreadMatch | None,
+    stripped: bool,
+    auto: str | None,
+    attachments: list[dict[str, Any]],
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"subject": email.subject, "to": email.to[:20], "source": email.source}
+    message_id = clean_message_id(email.message_id)
+    if message_id and not message_id.startswith("sha256:"):
+        meta["message_id"] = message_id
+    if email.in_reply_to:
+        meta["in_reply_to"] = email.in_reply_to
+    if email.references:
+        meta["references"] = email.references[-20:]
+    if thread is not None:
+        meta["thread"] = {"message_id": str(thread.message_id), "via": thread.reference}
+    if stripped:
+        meta["quoted_text_removed"] = True
+    if auto is not None:
+        meta["auto_reply"] = auto
+    if attachments:
+        meta["attachments"] = attachments
+    return meta
+
+
+async def _store_attachments(
+    ingest: Ingest, company_id: uuid.UUID, attachments: list[Attachment]
+) -> list[dict[str, Any]]:
+    """Each attachment in the media store (content-addressed, so a redelivery stores nothing
+    new), as the meta entries that point at it."""
+    if not attachments:
+        return []
+    limit = ingest.settings.email_attachment_max_bytes
+    store = LocalMediaStore(ingest.settings.media_dir)
+    stored: list[dict[str, Any]] = []
+    for attachment in attachments[:MAX_ATTACHMENTS]:
+        entry: dict[str, Any] = {
+            "filename": (attachment.filename or "")[:200] or None,
+            "mime_type": attachment.content_type,
+            "size": len(attachment.data),
+        }
+        if len(attachment.data) > limit:
+            entry["skipped"] = f"larger than EMAIL_ATTACHMENT_MAX_BYTES ({limit})"
+        else:
+            media = await store.put(company_id, attachment.data, attachment.content_type)
+            entry.update(key=media.key, sha256=media.sha256)
+        stored.append(entry)
+    return stored
+
+
+async def _record_bounce(
+    ingest: Ingest,
+    repo: MailRepository,
+    email: InboundEmail,
+    bounce: Bounce,
+    company_id: uuid.UUID | None,
+) -> int:
+    dsn_id = clean_message_id(email.message_id) or "unknown"
+    recorded = 0
+    for recipient in bounce.recipients:
+        target = await repo.bounce_target(bounce.original_message_id, recipient.address, company_id)
+        if target is None:
+            log.info("email_bounce_unmatched", kind=recipient.kind, status=recipient.status)
+            continue
+        payload = await repo.record_bounce(
+            target,
+            address=recipient.address,
+            kind=recipient.kind,
+            status=recipient.status,
+            diagnostic=recipient.diagnostic,
+            dsn_message_id=dsn_id,
+        )
+        if payload is not None:
+            recorded += 1
+            log.info(
+                f"email_{recipient.kind}_bounce",
+                company_id=str(target.company_id),
+                lead_id=str(target.lead_id) if target.lead_id else None,
+                status=recipient.status,
+            )
+    if not bounce.recipients:
+        log.info("email_delivery_report_ignored", source=email.source)
+    return recorded

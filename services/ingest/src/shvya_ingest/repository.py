@@ -43,6 +43,8 @@ class InboundRow:
     meta: dict[str, Any] = field(default_factory=dict)
     # An opt-out files the message and a suppression instead of an ai.engage job.
     optout: bool = False
+    # False files the message without an ai.engage job (an auto-reply: no answer, no loop).
+    engage: bool = True
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,18 @@ class Filed:
     created: bool
 
 
-def _file_sql(identity: Literal["phone", "email"]) -> str:
-    column = "phone_e164" if identity == "phone" else "email"
+# How a lead is found when filing: by phone number, by email address, or by WhatsApp's
+# business-scoped user id (a username user who shares no phone number).
+Identity = Literal["phone", "email", "wa_user"]
+_IDENTITY_COLUMNS: dict[str, str] = {
+    "phone": "phone_e164",
+    "email": "email",
+    "wa_user": "wa_user_id",
+}
+
+
+def _file_sql(identity: Identity) -> str:
+    column = _IDENTITY_COLUMNS[identity]
     return f"""
 WITH input AS (
     SELECT * FROM unnest($4::text[], $5::text[], $6::uuid[], $7::text[], $8::text[], $9::uuid[],
@@ -121,8 +133,7 @@ LEFT JOIN jobs old_job ON old_job.idempotency_key = $14 || ':' || old.id
 """
 
 
-FILE_BY_PHONE = _file_sql("phone")
-FILE_BY_EMAIL = _file_sql("email")
+FILE_SQL: dict[str, str] = {identity: _file_sql(identity) for identity in _IDENTITY_COLUMNS}  # type: ignore[arg-type]
 
 # A concurrent request that filed the same provider id committed after our statement's snapshot:
 # a fresh statement sees it.
@@ -183,7 +194,7 @@ class IngestRepository:
         conn: asyncpg.Connection,
         route: CompanyRoute,
         *,
-        identity: Literal["phone", "email"],
+        identity: Identity,
         channel: str,
         rows: Sequence[InboundRow],
         task: str,
@@ -197,10 +208,10 @@ class IngestRepository:
         rows must not repeat a provider message id among themselves.
         """
         message_ids = [uuid.uuid4() for _ in rows]
-        job_ids = [None if row.optout else uuid.uuid4() for row in rows]
+        job_ids = [None if row.optout or not row.engage else uuid.uuid4() for row in rows]
         now = datetime.now(UTC)
         records = await conn.fetch(
-            FILE_BY_PHONE if identity == "phone" else FILE_BY_EMAIL,
+            FILE_SQL[identity],
             route.company_id,
             route.pipeline_id,
             route.new_stage_id,

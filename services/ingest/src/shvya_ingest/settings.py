@@ -1,5 +1,6 @@
 """Ingest settings: where to listen, limits on what it accepts, the admin token, and the
-provider webhooks, opt-out keywords and SMTP receiver."""
+provider webhooks, opt-out keywords, inbound email (providers' webhooks, the SMTP receiver and
+IMAP mailboxes)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,27 @@ class IngestSettings(KnowledgeSettings):
     whatsapp_app_secret: SecretStr | None = Field(
         None, description="Meta app secret; signs every webhook POST (X-Hub-Signature-256)."
     )
+    whatsapp_status_resend_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="A message WhatsApp reports failed for a Meta-side reason is sent once more"
+        " this long after the failure.",
+    )
+    whatsapp_status_resend_max: int = Field(
+        1, ge=0, le=5, description="Resends of one message after failed statuses; 0 = none."
+    )
+    whatsapp_status_pause_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="An account problem reported by a failed status (payment, lock) pauses the"
+        " company's WhatsApp Cloud sends this long.",
+    )
+    whatsapp_status_block_pause_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="A policy or spam block reported by a failed status (368, 131048) pauses"
+        " this long.",
+    )
     optout_keywords: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_OPTOUT_KEYWORDS),
         description="Comma-separated; an inbound message that is exactly one of these opts out.",
@@ -100,13 +122,81 @@ class IngestSettings(KnowledgeSettings):
         10 * 1024 * 1024, ge=1024, description="Largest message the SMTP receiver accepts."
     )
 
+    # --- Inbound email from providers, and IMAP mailboxes ---
+    sendgrid_inbound_public_key: str | None = Field(
+        None,
+        description="SendGrid Inbound Parse security policy's public key (base64 or PEM); set, "
+        "POST /webhooks/email/sendgrid verifies each request's ECDSA signature.",
+    )
+    mailgun_webhook_signing_key: SecretStr | None = Field(
+        None, description="Mailgun's HTTP webhook signing key; verifies route forwards."
+    )
+    postmark_inbound_username: str | None = Field(
+        None, description="Basic-auth user in the Postmark inbound webhook URL."
+    )
+    postmark_inbound_password: SecretStr | None = Field(
+        None, description="Basic-auth password in the Postmark inbound webhook URL."
+    )
+    email_webhook_max_age_seconds: float = Field(
+        300.0, gt=0, description="A signed provider request older (or newer) than this is refused."
+    )
+    email_webhook_max_bytes: int = Field(
+        40 * 1024 * 1024, ge=1024, description="Largest body an inbound-email webhook may send."
+    )
+    email_webhook_timeout_seconds: float = Field(
+        30.0, gt=0, description="Deadline of an inbound-email webhook request."
+    )
+    email_attachment_max_bytes: int = Field(
+        25 * 1024 * 1024, ge=0, description="Attachments larger than this are listed, not stored."
+    )
+    imap_enabled: bool = Field(
+        True, description="Read the IMAP mailboxes stored for companies (admin API)."
+    )
+    imap_poll_seconds: float = Field(
+        60.0, gt=0, description="Check interval for servers without IDLE (and between IDLEs)."
+    )
+    imap_idle_seconds: float = Field(
+        600.0, gt=0, le=1740, description="Longest IDLE before it is renewed (RFC 2177: < 29 min)."
+    )
+    imap_timeout_seconds: float = Field(30.0, gt=0, description="Per IMAP command.")
+    imap_refresh_seconds: float = Field(
+        30.0, gt=0, description="How often the list of mailboxes is re-read for changes."
+    )
+
     @field_validator(
-        "whatsapp_verify_token", "whatsapp_app_secret", "email_webhook_token", mode="before"
+        "whatsapp_verify_token",
+        "whatsapp_app_secret",
+        "email_webhook_token",
+        "mailgun_webhook_signing_key",
+        "postmark_inbound_password",
+        "sendgrid_inbound_public_key",
+        "postmark_inbound_username",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("sendgrid_inbound_public_key")
+    @classmethod
+    def _check_sendgrid_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            from cryptography.hazmat.primitives import serialization
+
+            text = value.strip()
+            try:
+                if text.startswith("-----BEGIN"):
+                    serialization.load_pem_public_key(text.encode())
+                else:
+                    import base64
+
+                    serialization.load_der_public_key(base64.b64decode(text, validate=True))
+            except Exception:
+                raise ValueError(
+                    "SENDGRID_INBOUND_PUBLIC_KEY must be the policy's public key (base64 or PEM)"
+                ) from None
         return value
 
     @field_validator("optout_keywords", mode="before")
@@ -121,4 +211,6 @@ class IngestSettings(KnowledgeSettings):
         if self.smtp_receiver_enabled and self.http_workers > 1:
             # Every worker process would run the lifespan and bind the same SMTP port.
             raise ValueError("SMTP_RECEIVER_ENABLED needs HTTP_WORKERS=1")
+        if (self.postmark_inbound_username is None) != (self.postmark_inbound_password is None):
+            raise ValueError("set both POSTMARK_INBOUND_USERNAME and POSTMARK_INBOUND_PASSWORD")
         return self

@@ -33,7 +33,7 @@ class InboundMailHandler:
             raw = raw.encode("utf-8", "surrogateescape")
         try:
             email = parse_mime(raw, envelope.mail_from, list(envelope.rcpt_tos))
-            accepted = await file_email(self.ingest, email)
+            outcome = await file_email(self.ingest, email)
         except EmailError as err:
             log.info("smtp_mail_refused", reason=str(err))
             return f"550 5.6.0 Cannot file this message: {err}"
@@ -44,10 +44,15 @@ class InboundMailHandler:
             # The sender keeps the mail and retries; a bug here must not lose it.
             log.exception("smtp_mail_failed")
             return "451 4.3.0 Temporarily unable to accept the message; try again later"
-        log.info(
-            "smtp_mail_filed" if accepted.created else "smtp_mail_duplicate",
-            message_id=str(accepted.message_id),
-        )
+        accepted = outcome.accepted
+        if accepted is None:
+            log.info("smtp_mail_bounce", recorded=outcome.bounces_recorded)
+        else:
+            log.info(
+                "smtp_mail_filed" if accepted.created else "smtp_mail_duplicate",
+                message_id=str(accepted.message_id),
+                kind=outcome.kind,
+            )
         return "250 2.0.0 OK"
 
 

@@ -5,14 +5,19 @@ nothing. A new status moves its message's `delivery_status` only forwards (sent 
 delivered < read, see `delivery_rank` in migration 0003) and writes one event. A status whose
 message does not carry the provider id yet (the webhook beat dispatch's commit) is kept pending;
 the database trigger applies it when the id arrives. Both sides hold the same per-id advisory
-lock, so no status slips between the two.
+lock, so no status slips between the two. New failures of known messages are returned, for the
+status policy (`status_policy`) to act on; a failure applied late by the trigger is recorded but
+not acted on.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -76,8 +81,22 @@ WITH input AS (
 )
 SELECT (SELECT count(*) FROM fresh) AS new,
        (SELECT count(*) FROM fresh WHERE message_id IS NULL) AS pending,
-       (SELECT count(*) FROM updated) AS messages
+       (SELECT count(*) FROM updated) AS messages,
+       -- New failures of known messages: the status policy acts on each, once.
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('message_id', f.message_id,
+                                                     'errors', f.errors,
+                                                     'status_at', f.status_at)), '[]'::jsonb)
+        FROM fresh f WHERE f.status = 'failed' AND f.message_id IS NOT NULL) AS failures
 """
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed status seen for the first time, of a message we sent."""
+
+    message_id: uuid.UUID
+    errors: list[dict[str, Any]]
+    status_at: datetime
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,7 @@ class StatusOutcome:
     new: int
     pending: int
     messages: int
+    failures: list[Failure] = field(default_factory=list)
 
 
 async def apply_statuses(
@@ -109,4 +129,10 @@ async def apply_statuses(
         [r.error_text for r in reports],
     )
     assert row is not None
-    return StatusOutcome(len(reports), row["new"], row["pending"], row["messages"])
+    failures = [
+        Failure(
+            uuid.UUID(f["message_id"]), f["errors"] or [], datetime.fromisoformat(f["status_at"])
+        )
+        for f in row["failures"]
+    ]
+    return StatusOutcome(len(reports), row["new"], row["pending"], row["messages"], failures)

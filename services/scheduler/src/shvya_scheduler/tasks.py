@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
-MODULES: tuple[str, ...] = ("shvya_scheduler.campaigns", "shvya_scheduler.reports")
+MODULES: tuple[str, ...] = (
+    "shvya_scheduler.webhook_fanout",
+    "shvya_scheduler.sequences",
+    "shvya_scheduler.sequence_stops",
+    "shvya_scheduler.campaigns",
+    "shvya_scheduler.reports",
+)
 
 
 def load() -> None:

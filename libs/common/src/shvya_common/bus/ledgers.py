@@ -648,6 +648,25 @@ class SendLedger:
             )
         return True
 
+    @staticmethod
+    async def cancel(
+        conn: asyncpg.Connection, message_ids: list[uuid.UUID], reason: str
+    ) -> list[uuid.UUID]:
+        """Cancel sends that have not begun to leave (queued, retrying, parked), in the caller's
+        transaction; returns those cancelled. A run holding one finds it gone at `mark_sending`
+        (fenced on the same statuses), so a cancelled send never goes out."""
+        if not message_ids:
+            return []
+        rows = await conn.fetch(
+            "UPDATE messages SET status = 'cancelled', last_error = $2, lease_until = NULL,"
+            " updated_at = now() WHERE id = ANY($1::uuid[]) AND direction = 'outbound'"
+            " AND status = ANY($3::text[]) RETURNING id",
+            message_ids,
+            reason[:2000],
+            send_sources(_S.CANCELLED),
+        )
+        return [r["id"] for r in rows]
+
     # --- the outbox side ---
 
     async def requeue(self, conn: asyncpg.Connection, row_id: uuid.UUID) -> Outgoing | None:

@@ -10,7 +10,8 @@ the contracts declare for the task, so the two cannot drift apart. `Registry.che
 start-up: a service that lacks a handler for a task the contracts give it refuses to start
 (faststream's `@broker.subscriber` and temporalio's activity registration work the same way).
 A retry policy follows Temporal's `RetryPolicy`: its own schedule of delays, and error types
-that are never retried; by default the service's `RETRY_SCHEDULE` (5, 20, 60, 180, 600 s).
+that are never retried; by default the service's `RETRY_SCHEDULE` (5, 20, 60, 180, 600 s),
+optionally with jitter.
 """
 
 from __future__ import annotations
@@ -30,10 +31,17 @@ from shvya_common.contracts.jobs import TASKS, TaskSpec, task_spec
 @dataclass(frozen=True)
 class RetryPolicy:
     """How a task retries: `schedule` (seconds before each retry; None = the service's
-    RETRY_SCHEDULE) and exception types that dead-letter at once."""
+    RETRY_SCHEDULE), exception types that dead-letter at once, and `jitter`, the fraction by
+    which each delay may randomly grow or shrink (0.2: 80–120 % of it), so retries of many jobs
+    that failed together do not all come back at the same moment."""
 
     schedule: tuple[float, ...] | None = None
     non_retryable: tuple[type[BaseException], ...] = ()
+    jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.jitter < 1.0:
+            raise ValueError(f"jitter is a fraction in [0, 1), not {self.jitter}")
 
     def delays(self, default: list[float]) -> list[float]:
         return list(self.schedule) if self.schedule is not None else list(default)
@@ -108,12 +116,17 @@ class Registry:
         return sorted(self._entries)
 
     def bind(self, **deps: Any) -> dict[str, Registration]:
-        """The registrations with the service's dependencies bound (`deps=...`)."""
+        """The registrations with the service's dependencies bound: each handler gets the ones
+        its signature names (`deps=...`, `media=...`)."""
         self.check()
-        return {
-            name: Registration(task_spec(name), functools.partial(func, **deps), model, retry)
-            for name, (func, model, retry) in self._entries.items()
-        }
+        out = {}
+        for name, (func, model, retry) in self._entries.items():
+            wanted = inspect.signature(func).parameters
+            given = {k: v for k, v in deps.items() if k in wanted}
+            out[name] = Registration(
+                task_spec(name), functools.partial(func, **given), model, retry
+            )
+        return out
 
 
 def plain(

@@ -39,6 +39,7 @@ import contextlib
 import contextvars
 import json
 import os
+import random
 import socket
 import time
 import uuid
@@ -580,6 +581,8 @@ class Worker:
             return
         if attempt <= len(delays):
             delay = delays[attempt - 1]
+            if reg.retry.jitter:
+                delay *= random.uniform(1 - reg.retry.jitter, 1 + reg.retry.jitter)
             run_after = datetime.fromtimestamp(time.time() + delay, UTC)
             if await self._persist(lambda: ledger.retry(env, attempt, reason, run_after)):
                 await _quietly(msg.nak(delay=delay))

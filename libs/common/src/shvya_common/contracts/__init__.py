@@ -9,10 +9,13 @@ from shvya_common.contracts.jobs import (
     CampaignParams,
     EngageParams,
     JobEnvelope,
+    MediaFetchParams,
     ReportParams,
     SendParams,
+    SequenceStepParams,
     SummaryParams,
     TaskSpec,
+    WebhookParams,
     task_spec,
 )
 from shvya_common.contracts.subjects import PRIORITY_LEVELS, Topology, priority_level
@@ -24,11 +27,14 @@ __all__ = [
     "CampaignParams",
     "EngageParams",
     "JobEnvelope",
+    "MediaFetchParams",
     "ReportParams",
     "SendParams",
+    "SequenceStepParams",
     "SummaryParams",
     "TaskSpec",
     "Topology",
+    "WebhookParams",
     "priority_level",
     "task_spec",
 ]

@@ -26,10 +26,11 @@ class EventType(StrEnum):
     MESSAGE_DELIVERY_FAILED = "message.delivery_failed"
     LEAD_OPTED_OUT = "lead.opted_out"
     LEAD_UNSUBSCRIBED = "lead.unsubscribed"
+    # WhatsApp's user_preferences "stop" / "resume" for marketing messages.
+    LEAD_MARKETING_OPT_OUT = "lead.marketing_opt_out"
+    LEAD_MARKETING_RESUMED = "lead.marketing_resumed"
     LEAD_SUPPRESSED = "lead.suppressed"
     EMAIL_HARD_BOUNCE = "email.hard_bounce"
-    EMAIL_OPENED = "email.opened"
-    EMAIL_CLICKED = "email.clicked"
     CHANNEL_PAUSED = "channel.paused"
     CHANNEL_RESUMED = "channel.resumed"
     AI_REPLY_GENERATED = "ai.reply_generated"
@@ -38,6 +39,19 @@ class EventType(StrEnum):
     LEAD_SUMMARY_UPDATED = "lead.summary_updated"
     FOLLOWUP_BUMPUP_SENT = "followup.bumpup_sent"
     JOB_DEAD_LETTERED = "job.dead_lettered"
+    # A reminder's time came (reminders table); endpoints subscribed to it are told.
+    REMINDER_DUE = "reminder.due"
+    # An outbound webhook endpoint was disabled after a run of failed deliveries.
+    WEBHOOK_ENDPOINT_DISABLED = "webhook.endpoint_disabled"
+    # Written by ingest's tracking routes (payload: message_id, machine, agent, user_agent[, url]).
+    EMAIL_OPENED = "email.opened"
+    EMAIL_CLICKED = "email.clicked"
+    SEQUENCE_ENROLLED = "sequence.enrolled"
+    SEQUENCE_STEP_EXECUTED = "sequence.step_executed"
+    SEQUENCE_PAUSED = "sequence.paused"
+    SEQUENCE_RESUMED = "sequence.resumed"
+    SEQUENCE_COMPLETED = "sequence.completed"
+    SEQUENCE_STOPPED = "sequence.stopped"
     CAMPAIGN_STARTED = "campaign.started"
     CAMPAIGN_PAUSED = "campaign.paused"
     CAMPAIGN_RESUMED = "campaign.resumed"
@@ -62,6 +76,14 @@ PUBLIC_EVENTS: frozenset[EventType] = frozenset(
         EventType.LEAD_UNSUBSCRIBED,
         EventType.CHANNEL_PAUSED,
         EventType.CHANNEL_RESUMED,
+        EventType.REMINDER_DUE,
+        EventType.WEBHOOK_ENDPOINT_DISABLED,
+        EventType.SEQUENCE_ENROLLED,
+        EventType.SEQUENCE_STEP_EXECUTED,
+        EventType.SEQUENCE_PAUSED,
+        EventType.SEQUENCE_RESUMED,
+        EventType.SEQUENCE_COMPLETED,
+        EventType.SEQUENCE_STOPPED,
         EventType.CAMPAIGN_STARTED,
         EventType.CAMPAIGN_COMPLETED,
     }

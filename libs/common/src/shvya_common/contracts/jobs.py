@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Channel = Literal["whatsapp_cloud", "whatsapp_web", "email", "log"]
 CHANNELS: tuple[str, ...] = ("whatsapp_cloud", "whatsapp_web", "email", "log")
@@ -41,6 +41,9 @@ class EngageParams(BaseModel):
 
     lead_id: UUID
     message_id: UUID
+    # Set when the customer edited the message and the company answers edits: the n-th edit
+    # gets its own reply (send key `reply:<message_id>:edit:<n>`).
+    revision: int | None = Field(None, ge=1)
 
 
 class SummaryParams(BaseModel):
@@ -55,6 +58,15 @@ class BumpupParams(BaseModel):
 
     lead_id: UUID
     bump_number: int = Field(1, ge=1)
+
+
+class SequenceStepParams(BaseModel):
+    """sequence.step: run an enrolment's due steps, or see whether a paused one may resume."""
+
+    enrolment_id: UUID
+    # The enrolment's run this job was scheduled for; once the enrolment has moved on (paused,
+    # stopped, rescheduled), a job of an older run does nothing.
+    run: int = Field(ge=0)
 
 
 class AiMeta(BaseModel):
@@ -85,11 +97,47 @@ class SendParams(BaseModel):
     )
     reply_to_message_id: UUID | None = None
     ai: AiMeta | None = None
+    # Not before this moment: the policy engine defers the send until then (e.g. WhatsApp's
+    # 131049 asks for a retry no sooner than 24 h later).
+    not_before: datetime | None = None
+    # The provider id of the message this one answers, shown as a quoted reply (WhatsApp's
+    # `context.message_id`).
+    context_message_id: str | None = Field(None, max_length=256)
     # Email only, both optional: a subject and an HTML part written for this send (a campaign's
     # rendered template). Without them the channel picks the subject and makes the HTML from
     # `text`, as for replies.
     subject: str | None = None
     html: str | None = None
+
+
+class MediaFetchParams(BaseModel):
+    """media.fetch: download one received attachment with the channel's credentials and store
+    it (the `inbound_media` row says which)."""
+
+    media_row_id: UUID
+    company_id: UUID
+    message_id: UUID
+
+
+class WebhookParams(BaseModel):
+    """webhook.reminder: make one outbound webhook delivery (`kind` 'delivery': POST the event
+    of `webhook_deliveries` row `delivery_id` to its endpoint), or fire one reminder (`kind`
+    'reminder': record `reminder.due` for `reminders` row `reminder_id` at its `version`, which
+    then fans out to the endpoints subscribed to it like any event)."""
+
+    kind: Literal["delivery", "reminder"]
+    delivery_id: UUID | None = None
+    reminder_id: UUID | None = None
+    # A reminder that was rescheduled has a newer version; the older job finds it and stops.
+    version: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _names_its_row(self) -> WebhookParams:
+        if self.kind == "delivery" and self.delivery_id is None:
+            raise ValueError("a delivery names its delivery_id")
+        if self.kind == "reminder" and self.reminder_id is None:
+            raise ValueError("a reminder names its reminder_id")
+        return self
 
 
 class CampaignParams(BaseModel):
@@ -139,8 +187,12 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("ai.engage", 100, "engage", EngageParams),
         TaskSpec("followup.bumpup", 95, "engage", BumpupParams),
         TaskSpec("ai.summary", 90, "engage", SummaryParams),
+        TaskSpec("sequence.step", 70, "scheduler", SequenceStepParams),
         # Sends inherit the priority of the job that asked for them; 100 is the default.
         TaskSpec("dispatch.send", 100, "dispatch", SendParams, ledger="messages"),
+        # Below sends: a download never delays a reply.
+        TaskSpec("media.fetch", 90, "dispatch", MediaFetchParams),
+        TaskSpec("webhook.reminder", 50, "dispatch", WebhookParams),
         TaskSpec("email.sequence", 60, "scheduler", CampaignParams),
         TaskSpec("report.refresh", 50, "scheduler", ReportParams),
     )

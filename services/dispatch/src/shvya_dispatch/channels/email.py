@@ -1,16 +1,26 @@
-"""The email channel: one message per send over SMTP (aiosmtplib), with RFC 8058 one-click
-unsubscribe, open tracking and click tracking.
+"""The email channel: one message per send over SMTP (aiosmtplib), written the way mailbox
+providers read it: threaded replies, raw RFC 8058 one-click unsubscribe headers, optional DKIM
+signing per company, open and click tracking.
 
-Each send builds a multipart/alternative `EmailMessage`: the text as written, and an HTML part
-made by escaping that text (model output is never trusted as markup), turning its http(s) URLs
-into click-tracked links and adding an open pixel. The Message-ID is the provider id. The links
-come from `shvya_common.links`, so ingest can verify every token it later receives.
+Each send builds a multipart/alternative message: the text as written, and an HTML part made by
+escaping that text (model output is never trusted as markup), turning its http(s) URLs into
+click-tracked links and, except on transactional mail, adding an open pixel. Headers go out raw
+(`mailheaders.MAIL_POLICY`). The Message-ID is derived from the outbound message's id
+(`shvya_common.emailfacts`) and is the provider id. A reply carries `In-Reply-To`, `References`
+and `Re: <the lead's subject>`; AI replies carry `Auto-Submitted: auto-replied` (RFC 3834), other
+automated mail `auto-generated`, so auto-responders leave them alone.
 
-SMTP outcomes map onto the error tree:
+The SMTP session runs MAIL, RCPT and DATA as separate steps, because what a failure means
+depends on when it happens:
 
-    4xx, connection lost, timeout          → RetryableError   (retried on the job schedule)
-    5xx (sender, data, login refused)      → PermanentError   (dead-lettered with the reason)
-    5xx on RCPT for a bad mailbox (5.1.x)  → PermanentError, and the address is suppressed
+    before DATA: 4xx, connection lost, timeout → RetryableError    (retried on the job schedule)
+                 5xx (sender, login refused)   → PermanentError    (dead-lettered with the reason)
+                 5xx on RCPT for a bad mailbox → PermanentError, and the address is suppressed
+    DATA or after, an explicit 4xx/5xx reply   → RetryableError / PermanentError: the server said
+                                                 it did not take the message (RFC 5321 §4.2.5)
+    DATA or after, no reply (connection lost,  → SendOutcomeUnknown: the message may have been
+                 timeout)                        accepted (RFC 1047); recorded 'unknown', never
+                                                 retried, so it cannot arrive twice
 """
 
 from __future__ import annotations
@@ -20,11 +30,11 @@ import html
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -33,9 +43,19 @@ import structlog
 
 from shvya_common import links
 from shvya_common.contracts import SendParams
+from shvya_common.crypto import SecretBox, SecretsError
+from shvya_common.emailfacts import bare_message_id, is_hard_bounce, outbound_message_id
 from shvya_common.errors import PermanentError, RetryableError
 from shvya_dispatch.channels.base import SendResult
+from shvya_dispatch.channels.dkim import DkimKey, open_key
 from shvya_dispatch.channels.email_html import prepare_html
+from shvya_dispatch.channels.errors import SendOutcomeUnknown
+from shvya_dispatch.channels.mailheaders import (
+    MAIL_POLICY,
+    HeaderTooLong,
+    reply_subject,
+    thread_references,
+)
 from shvya_dispatch.settings import DispatchSettings
 
 log = structlog.get_logger(__name__)
@@ -44,43 +64,55 @@ log = structlog.get_logger(__name__)
 _URL = re.compile(r"https?://[^\s<>\"'`]+", re.IGNORECASE)
 _CLOSERS = {")": "(", "]": "[", "}": "{"}
 _PLACEHOLDER = re.compile(r"\{\{\s*(\d+)\s*\}\}")
-_ENHANCED_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+# Answers to something the lead did: no open pixel unless the company asks for one.
+TRANSACTIONAL = frozenset({"reply", "optout_confirmation", "notification"})
+# Automatic answers to a message (RFC 3834 "auto-replied"); other automated mail is
+# "auto-generated".
+AUTO_REPLIED = frozenset({"reply", "optout_confirmation"})
+# Asks Exchange and Outlook not to answer our mail with out-of-office or auto-replies; delivery
+# reports (NDRs) are still sent, because bounces must reach us.
+AUTO_RESPONSE_SUPPRESS = "OOF, AutoReply"
+
+
+@dataclass(frozen=True)
+class Thread:
+    """The message a reply answers: its Message-ID (with brackets), its own threading headers
+    and its subject."""
+
+    message_id: str
+    references: tuple[str, ...] = ()
+    in_reply_to: str | None = None
+    subject: str | None = None
 
 
 @dataclass(frozen=True)
 class EmailContext:
-    """What the adapter looks up per send: the company's name and the subjects on offer."""
+    """What the adapter looks up per send: the company's name and subjects, the message a reply
+    answers, the company's open-tracking choice for replies, and its DKIM key for the domain."""
 
     company_name: str | None = None
     company_subject: str | None = None
     template_subject: str | None = None
+    reply_open_tracking: bool = False
+    thread: Thread | None = None
+    dkim_selector: str | None = None
+    dkim_private_key: str | None = field(default=None, repr=False)
 
 
 class EmailStore(Protocol):
     """The little the email channel reads and writes in the database."""
 
     async def email_context(
-        self, company_id: uuid.UUID, template_id: uuid.UUID | None
+        self,
+        company_id: uuid.UUID,
+        template_id: uuid.UUID | None,
+        reply_to_message_id: uuid.UUID | None = None,
+        domain: str | None = None,
     ) -> EmailContext: ...
 
     async def suppress_address(
         self, company_id: uuid.UUID, lead_id: uuid.UUID, address: str, reason: str
     ) -> None: ...
-
-
-def is_hard_bounce(code: int, message: str) -> bool:
-    """A 5xx RCPT reply that says the mailbox itself is bad (RFC 3463 5.1.x, or 5.2.1 disabled).
-
-    Policy refusals (5.7.x: relaying denied, our reputation) are the sender's problem, so they
-    must not suppress the recipient. Without an enhanced code, 550/551/553 count as bad mailbox.
-    """
-    if not 500 <= code < 600:
-        return False
-    status = _ENHANCED_STATUS.search(message)
-    if status is None:
-        return code in (550, 551, 553)
-    klass, subject, detail = status.groups()
-    return klass == "5" and (subject == "1" or (subject, detail) == ("2", "1"))
 
 
 def fill_placeholders(text: str, values: list[str]) -> str:
@@ -169,7 +201,9 @@ class EmailChannel:
 
     name = "email"
 
-    def __init__(self, settings: DispatchSettings, store: EmailStore) -> None:
+    def __init__(
+        self, settings: DispatchSettings, store: EmailStore, box: SecretBox | None = None
+    ) -> None:
         if not settings.smtp_host or not settings.smtp_from:
             raise ValueError("the email channel needs SMTP_HOST and SMTP_FROM")
         try:
@@ -182,6 +216,7 @@ class EmailChannel:
             raise ValueError(f"SMTP_FROM has no domain: {settings.smtp_from!r}")
         self.settings = settings
         self.store = store
+        self.box = box if box is not None else settings.secret_box()
         self.domain = settings.smtp_message_id_domain or self.sender.domain
         self._slots = asyncio.Semaphore(settings.smtp_max_connections)
 
@@ -193,9 +228,11 @@ class EmailChannel:
         message_id: uuid.UUID,
         params: SendParams,
         subject: str,
+        ctx: EmailContext | None = None,
     ) -> EmailMessage:
         """The full message for one send; pure, so its shape can be checked without a server."""
         s = self.settings
+        ctx = ctx or EmailContext()
         recipient = _recipient(to)
         unsubscribe = links.unsubscribe_url(s, params.company_id, recipient.addr_spec)
         track: Callable[[str], str] | None = None
@@ -204,15 +241,28 @@ class EmailChannel:
             def track(url: str) -> str:
                 return links.click_url(s, message_id, url)
 
-        pixel = links.open_pixel_url(s, message_id) if s.email_open_tracking else None
+        pixel = None
+        if s.email_open_tracking and (
+            params.purpose not in TRANSACTIONAL or ctx.reply_open_tracking
+        ):
+            pixel = links.open_pixel_url(s, message_id)
         footer_url = unsubscribe if s.email_unsubscribe_footer else None
 
-        msg = EmailMessage()
+        msg = EmailMessage(policy=MAIL_POLICY)
         msg["From"] = self.sender
         msg["To"] = recipient
         msg["Subject"] = _one_line(subject)
         msg["Date"] = format_datetime(datetime.now(UTC))
-        msg["Message-ID"] = make_msgid(idstring=message_id.hex, domain=self.domain)
+        msg["Message-ID"] = outbound_message_id(message_id, self.domain)
+        if ctx.thread is not None:
+            parent = ctx.thread
+            msg["In-Reply-To"] = parent.message_id
+            references = thread_references(parent.message_id, parent.references, parent.in_reply_to)
+            msg["References"] = " ".join(references)
+        msg["Auto-Submitted"] = (
+            "auto-replied" if params.purpose in AUTO_REPLIED else "auto-generated"
+        )
+        msg["X-Auto-Response-Suppress"] = AUTO_RESPONSE_SUPPRESS
         unsubscribe_targets = [f"<{unsubscribe}>"]
         if s.email_unsubscribe_mailto:
             unsubscribe_targets.append(f"<mailto:{s.email_unsubscribe_mailto}?subject=unsubscribe>")
@@ -231,18 +281,45 @@ class EmailChannel:
         msg.add_alternative(body, subtype="html")
         return msg
 
-    async def subject_for(self, params: SendParams) -> str:
-        """The send's own subject (a campaign's), else the template subject, the company's
-        `email_subject` setting, or the default."""
+    def render(self, msg: EmailMessage, dkim_key: DkimKey | None) -> bytes:
+        """The bytes that go on the wire: headers raw, CRLF line ends, DKIM-signed if a key is
+        given."""
+        try:
+            raw = msg.as_bytes(policy=MAIL_POLICY)
+        except HeaderTooLong as err:
+            raise PermanentError(f"cannot write this email: {err}") from err
+        return dkim_key.sign(raw) if dkim_key is not None else raw
+
+    def subject_for(self, params: SendParams, ctx: EmailContext) -> str:
+        """The send's own subject (a campaign's); a reply's `Re: <subject>`; else the template
+        subject, the company's `email_subject` setting, or the default."""
         if params.subject:
             return params.subject
-        ctx = await self.store.email_context(params.company_id, params.template_id)
+        if ctx.thread is not None:
+            threaded = reply_subject(ctx.thread.subject)
+            if threaded:
+                return threaded
         if ctx.template_subject:
             return fill_placeholders(ctx.template_subject, params.template_params)
         if ctx.company_subject:
             return ctx.company_subject
         company = ctx.company_name or self.sender.display_name or self.sender.domain
         return self.settings.email_default_subject.replace("{company}", company)
+
+    def _dkim_key(self, params: SendParams, ctx: EmailContext) -> DkimKey | None:
+        if ctx.dkim_private_key is None or ctx.dkim_selector is None:
+            return None
+        try:
+            return open_key(
+                self.box,
+                params.company_id,
+                self.sender.domain or "",
+                ctx.dkim_selector,
+                ctx.dkim_private_key,
+            )
+        except SecretsError as err:
+            # Sending unsigned would pass a failing DMARC check off as delivered mail.
+            raise PermanentError(f"the company's DKIM key cannot be used: {err}") from err
 
     async def send(
         self,
@@ -255,60 +332,98 @@ class EmailChannel:
     ) -> SendResult:
         if params is None:
             raise PermanentError("email sends need the send request (company, lead)")
-        subject = await self.subject_for(params)
-        msg = self.build_message(to, text, message_id=message_id, params=params, subject=subject)
+        ctx = await self.store.email_context(
+            params.company_id,
+            params.template_id,
+            params.reply_to_message_id,
+            (self.sender.domain or "").lower(),
+        )
+        subject = self.subject_for(params, ctx)
+        msg = self.build_message(
+            to, text, message_id=message_id, params=params, subject=subject, ctx=ctx
+        )
+        dkim_key = self._dkim_key(params, ctx)
+        raw = self.render(msg, dkim_key)
         recipient = _recipient(to).addr_spec
-        await self._deliver(msg, recipient, params)
-        provider_id = str(msg["Message-ID"])
+        await self._deliver(raw, recipient, params)
+        provider_id = bare_message_id(str(msg["Message-ID"])) or ""
         log.info(
             "email_sent",
             message_id=str(message_id),
             domain=recipient.rsplit("@", 1)[-1],
             provider_message_id=provider_id,
+            threaded=ctx.thread is not None,
+            dkim=dkim_key is not None,
         )
-        return SendResult(provider_message_id=provider_id, meta={"subject": str(msg["Subject"])})
+        meta: dict[str, object] = {"subject": str(msg["Subject"])}
+        if ctx.thread is not None:
+            meta["in_reply_to"] = bare_message_id(ctx.thread.message_id)
+        return SendResult(provider_message_id=provider_id, meta=meta)
 
-    async def _deliver(self, msg: EmailMessage, recipient: str, params: SendParams) -> None:
+    def _session(self) -> aiosmtplib.SMTP:
         s = self.settings
         password = s.smtp_password.get_secret_value() if s.smtp_password is not None else None
+        return aiosmtplib.SMTP(
+            hostname=s.smtp_host,
+            port=s.smtp_port_effective,
+            username=s.smtp_user or None,
+            password=password if s.smtp_user else None,
+            local_hostname=self.domain,
+            timeout=s.smtp_timeout_seconds,
+            use_tls=s.smtp_security == "tls",
+            start_tls=s.smtp_security == "starttls",
+            cert_bundle=str(s.smtp_ca_file) if s.smtp_ca_file else None,
+        )
+
+    async def _deliver(self, raw: bytes, recipient: str, params: SendParams) -> None:
         async with self._slots:
+            smtp = self._session()
             try:
-                async with aiosmtplib.SMTP(
-                    hostname=s.smtp_host,
-                    port=s.smtp_port_effective,
-                    username=s.smtp_user or None,
-                    password=password if s.smtp_user else None,
-                    local_hostname=self.domain,
-                    timeout=s.smtp_timeout_seconds,
-                    use_tls=s.smtp_security == "tls",
-                    start_tls=s.smtp_security == "starttls",
-                    cert_bundle=str(s.smtp_ca_file) if s.smtp_ca_file else None,
-                ) as smtp:
-                    await smtp.send_message(
-                        msg, sender=self.sender.addr_spec, recipients=[recipient]
-                    )
-            except aiosmtplib.SMTPRecipientsRefused as err:
-                refused = err.recipients[0]
-                raise await self._refused(refused.code, refused.message, recipient, params) from err
-            except aiosmtplib.SMTPRecipientRefused as err:
-                raise await self._refused(err.code, err.message, recipient, params) from err
-            except aiosmtplib.SMTPResponseException as err:
-                raise _by_code(err.code, f"SMTP server answered {err.code} {err.message}") from err
-            except (aiosmtplib.SMTPTimeoutError, TimeoutError) as err:
-                raise RetryableError(f"SMTP timed out talking to {s.smtp_host}") from err
-            except aiosmtplib.SMTPNotSupported as err:
-                raise PermanentError(f"SMTP server does not support this: {err.message}") from err
-            except (aiosmtplib.SMTPException, OSError) as err:
-                raise RetryableError(f"SMTP connection to {s.smtp_host} failed: {err}") from err
-            except ValueError as err:
-                raise PermanentError(f"address cannot be sent over SMTP: {err}") from err
+                await self._envelope(smtp, recipient, params)
+                await self._data(smtp, raw)
+            finally:
+                await _close(smtp)
+
+    async def _envelope(self, smtp: aiosmtplib.SMTP, recipient: str, params: SendParams) -> None:
+        """Connect (TLS, AUTH), MAIL and RCPT: nothing has been handed over yet."""
+        host = self.settings.smtp_host
+        try:
+            await smtp.connect()
+            await smtp.mail(self.sender.addr_spec)
+            await smtp.rcpt(recipient)
+        except aiosmtplib.SMTPRecipientRefused as err:
+            raise await self._refused(err.code, err.message, recipient, params) from err
+        except aiosmtplib.SMTPResponseException as err:
+            raise _by_code(err.code, f"SMTP server answered {err.code} {err.message}") from err
+        except (aiosmtplib.SMTPTimeoutError, TimeoutError) as err:
+            raise RetryableError(f"SMTP timed out talking to {host}") from err
+        except aiosmtplib.SMTPNotSupported as err:
+            raise PermanentError(f"SMTP server does not support this: {err.message}") from err
+        except (aiosmtplib.SMTPException, OSError) as err:
+            raise RetryableError(f"SMTP connection to {host} failed: {err}") from err
+        except ValueError as err:
+            raise PermanentError(f"address cannot be sent over SMTP: {err}") from err
+
+    async def _data(self, smtp: aiosmtplib.SMTP, raw: bytes) -> None:
+        """DATA: from here a failure without a reply may mean the message was accepted."""
+        host = self.settings.smtp_host
+        try:
+            await smtp.data(raw)
+        except aiosmtplib.SMTPResponseException as err:
+            reason = f"SMTP server refused the message: {err.code} {err.message}"
+            raise _by_code(err.code, reason) from err
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
+            raise SendOutcomeUnknown(
+                f"SMTP session with {host} ended during DATA without a reply"
+                f" ({type(err).__name__}); the message may have been delivered"
+            ) from err
 
     async def _refused(
         self, code: int, message: str, recipient: str, params: SendParams
     ) -> RetryableError | PermanentError:
         """Suppress a hard-bounced address; return the error the refusal maps to."""
         reason = f"SMTP server refused the recipient: {code} {message}"
-        if is_hard_bounce(code, message):
+        if 500 <= code < 600 and is_hard_bounce(code, message):
             await self.store.suppress_address(
                 params.company_id,
                 params.lead_id,
@@ -317,6 +432,16 @@ class EmailChannel:
             )
             log.info("email_hard_bounce_suppressed", code=code, lead_id=str(params.lead_id))
         return _by_code(code, reason)
+
+
+async def _close(smtp: aiosmtplib.SMTP) -> None:
+    """QUIT politely when the session is still up; a failure here changes nothing sent."""
+    if not smtp.is_connected:
+        return
+    try:
+        await smtp.quit(timeout=5)
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        smtp.close()
 
 
 def _recipient(to: str) -> Address:

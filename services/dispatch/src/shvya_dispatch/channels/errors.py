@@ -4,6 +4,8 @@
     ├── WindowClosedError       free text refused outside the customer-service window: send the
     │                           company's fallback template instead, or hold the message
     ├── RecipientOptedOutError  the recipient stopped this kind of message: suppress, dead-letter
+    ├── UndeliverableError      the recipient cannot get WhatsApp messages (131026 and friends):
+    │                           flag the lead, dead-letter
     ├── ChannelPausedError      the provider refuses the sender itself (token, policy, spam):
     │                           pause the channel for the company and defer the send
     └── SendOutcomeUnknown      the request may have reached the provider but no answer came
@@ -11,7 +13,7 @@
                                 as 'unknown' and never repeat it, since a retry could deliver
                                 the message twice
 
-All three are permanent at heart, so a caller that does not know them dead-letters the send;
+All of them are permanent at heart, so a caller that does not know them dead-letters the send;
 none of them is ever retried as it was.
 """
 
@@ -37,6 +39,10 @@ class RecipientOptedOutError(ProviderRefusal):
     """The recipient opted out of these messages (WhatsApp 131050: marketing)."""
 
     scope = "marketing"
+
+
+class UndeliverableError(ProviderRefusal):
+    """The recipient cannot receive WhatsApp messages (not on WhatsApp, old app, terms)."""
 
 
 class ChannelPausedError(ProviderRefusal):

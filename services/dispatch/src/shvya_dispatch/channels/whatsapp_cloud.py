@@ -1,56 +1,39 @@
 """The WhatsApp Cloud API channel: text and template messages through Meta's Graph API.
 
-A send is one `POST {base}/{version}/{phone_number_id}/messages` with the bearer token; the
-answer's `messages[0].id` (the wamid) becomes the outbound message's provider id, which delivery
-statuses from the webhook later refer to. Graph errors are classified by `error.code`:
+A send is one `POST {base}/{version}/{phone_number_id}/messages` with the bearer token. The
+recipient is addressed by phone number (`to`, digits without '+') or, for a username user who
+shares none, by business-scoped user id (`recipient`). A send may quote the message it answers
+(`context.message_id`). Templates carry their header, body and button parameters, checked
+against the template's definition first (templates.py); a paused template waits, one that is
+not approved is never sent. The answer's `messages[0].id` (the wamid) becomes the outbound
+message's provider id, which delivery statuses from the webhook later refer to. Graph errors are
+classified by the one table of codes (graph_api.py).
 
-    130429, 131056, 80007, 4, 131000   rate limits and Meta-side failures  → RetryableError
-    (and 1, 2, 131016, 133004, any 5xx or 429, network errors and timeouts)
-    131047                              outside the 24 h window            → WindowClosedError
-    131050                              recipient stopped marketing        → RecipientOptedOutError
-    131026, 131051, 132000, 132001      undeliverable, bad type/template   → PermanentError
-    190                                 access token expired or invalid    → ChannelPausedError
-    368, 131048                         policy block, spam rate limit      → ChannelPausedError
-    any other code                      4xx → PermanentError, 5xx/429 → RetryableError
-
-One `httpx.AsyncClient` serves the whole process; the app opens and closes it. The token is
-sent only in the Authorization header and never appears in a log line or an error.
+One `httpx.AsyncClient` serves the whole process; the app opens and closes it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import structlog
-from pydantic import SecretStr
 
 from shvya_common.contracts import SendParams
-from shvya_common.errors import PermanentError, RetryableError, ShvyaError
+from shvya_common.errors import DeferJob, PermanentError
+from shvya_common.whatsapp.ids import is_bsuid
 from shvya_dispatch.channels.base import SendResult
-from shvya_dispatch.channels.errors import (
-    ChannelPausedError,
-    RecipientOptedOutError,
-    SendOutcomeUnknown,
-    WindowClosedError,
-)
+from shvya_dispatch.channels.graph_api import GraphApi, classify_error
 from shvya_dispatch.templates import WHATSAPP_TEMPLATE_CHANNELS, RenderedTemplate, TemplateRenderer
+
+__all__ = ["WhatsAppCloudChannel", "classify_error", "parse_sent", "template_payload"]
 
 log = structlog.get_logger(__name__)
 
-WINDOW_CLOSED = 131047
-OPTED_OUT_OF_MARKETING = 131050
-TOKEN_INVALID = 190
-# Meta's own advice for these is to wait and try again.
-RETRYABLE_CODES = frozenset({4, 80007, 130429, 131000, 131056, 1, 2, 131016, 133004})
-PERMANENT_CODES = frozenset({131026, 131051, 132000, 132001})
-# The sender is blocked: policy violation (368) or too many messages flagged as spam (131048).
-BLOCK_CODES = frozenset({368, 131048})
-
-_REASON_CHARS = 500
+# A paused template (low quality) resumes after 3 or 6 hours; its sends look again this often.
+PAUSED_TEMPLATE_RECHECK_SECONDS = 3600.0
 
 
 def recipient(to: str) -> str:
@@ -61,75 +44,43 @@ def recipient(to: str) -> str:
     return digits
 
 
-def text_payload(to: str, body: str) -> dict[str, Any]:
-    return {
+def addressed(to: str) -> dict[str, str]:
+    """`to` for a phone number, `recipient` for a business-scoped user id."""
+    if is_bsuid(to.strip()):
+        return {"recipient": to.strip()}
+    return {"to": recipient(to)}
+
+
+def _envelope(to: str, kind: str, context: str | None) -> dict[str, Any]:
+    payload: dict[str, Any] = {
         "messaging_product": "whatsapp",
         "recipient_type": "individual",
-        "to": recipient(to),
-        "type": "text",
-        "text": {"body": body},
+        **addressed(to),
+        "type": kind,
     }
+    if context:
+        payload["context"] = {"message_id": context}
+    return payload
 
 
-def template_payload(to: str, template: RenderedTemplate) -> dict[str, Any]:
+def text_payload(to: str, body: str, context: str | None = None) -> dict[str, Any]:
+    return {**_envelope(to, "text", context), "text": {"body": body}}
+
+
+def template_payload(
+    to: str, template: RenderedTemplate, context: str | None = None
+) -> dict[str, Any]:
     content: dict[str, Any] = {"name": template.name, "language": {"code": template.language}}
-    if template.parameters:
-        content["components"] = [
-            {
-                "type": "body",
-                "parameters": [{"type": "text", "text": value} for value in template.parameters],
-            }
-        ]
-    return {
-        "messaging_product": "whatsapp",
-        "recipient_type": "individual",
-        "to": recipient(to),
-        "type": "template",
-        "template": content,
-    }
-
-
-def _describe(status: int, error: dict[str, Any]) -> str:
-    code = error.get("code")
-    message = str(error.get("message") or "").strip()
-    data = error.get("error_data")
-    details = str(data.get("details") or "").strip() if isinstance(data, dict) else ""
-    reason = f"WhatsApp Cloud API error {code} (HTTP {status}): {message}"
-    if details and details != message:
-        reason += f" - {details}"
-    if error.get("fbtrace_id"):
-        reason += f" [fbtrace_id {error['fbtrace_id']}]"
-    return reason[:_REASON_CHARS]
-
-
-def classify_error(status: int, body: Any, *, block_pause_seconds: float) -> ShvyaError:
-    """The error a failed Graph response maps to (see the table in the module docstring)."""
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, dict):
-        reason = f"WhatsApp Cloud API answered HTTP {status} without a Graph error body"
-        return RetryableError(reason) if status >= 500 or status == 429 else PermanentError(reason)
-    try:
-        code = int(error.get("code"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        code = -1
-    reason = _describe(status, error)
-    if code == WINDOW_CLOSED:
-        return WindowClosedError(code, reason)
-    if code in RETRYABLE_CODES:
-        return RetryableError(reason)
-    if code == OPTED_OUT_OF_MARKETING:
-        return RecipientOptedOutError(code, reason)
-    if code in PERMANENT_CODES:
-        return PermanentError(reason)
-    if code == TOKEN_INVALID:
-        return ChannelPausedError(code, reason, pause_seconds=None, credential_bound=True)
-    if code in BLOCK_CODES:
-        return ChannelPausedError(
-            code, reason, pause_seconds=block_pause_seconds, credential_bound=False
-        )
-    if status >= 500 or status == 429:
-        return RetryableError(reason)
-    return PermanentError(reason)
+    if template.components is not None:
+        components = list(template.components)
+    elif template.parameters:
+        parameters = [{"type": "text", "text": value} for value in template.parameters]
+        components = [{"type": "body", "parameters": parameters}]
+    else:
+        components = []
+    if components:
+        content["components"] = components
+    return {**_envelope(to, "template", context), "template": content}
 
 
 def parse_sent(body: Any) -> tuple[str, dict[str, Any]]:
@@ -143,7 +94,9 @@ def parse_sent(body: Any) -> tuple[str, dict[str, Any]]:
     meta: dict[str, Any] = {}
     contacts = body.get("contacts")
     if isinstance(contacts, list) and contacts and isinstance(contacts[0], dict):
-        meta["wa_id"] = contacts[0].get("wa_id")
+        for key in ("wa_id", "user_id"):
+            if contacts[0].get(key):
+                meta[key] = contacts[0][key]
     if isinstance(first, dict) and first.get("message_status"):
         meta["message_status"] = first["message_status"]
     return wamid, meta
@@ -153,25 +106,13 @@ class WhatsAppCloudChannel:
     name = "whatsapp_cloud"
 
     def __init__(
-        self,
-        client: httpx.AsyncClient,
-        *,
-        phone_number_id: str,
-        token: SecretStr,
-        base_url: str,
-        api_version: str,
-        templates: TemplateRenderer,
-        block_pause_seconds: float = 86400.0,
+        self, graph: GraphApi, *, phone_number_id: str, templates: TemplateRenderer
     ) -> None:
-        self.client = client
-        self.url = f"{base_url.rstrip('/')}/{api_version}/{phone_number_id}/messages"
-        self._token = token
+        self.graph = graph
+        self.path = f"{phone_number_id}/messages"
         self.templates = templates
-        self.block_pause_seconds = block_pause_seconds
         # A pause after a refused token lasts until the channel runs with other credentials.
-        self.credential_fingerprint = hashlib.sha256(
-            f"{phone_number_id}:{token.get_secret_value()}".encode()
-        ).hexdigest()[:16]
+        self.credential_fingerprint = graph.fingerprint(phone_number_id)
 
     async def send(
         self,
@@ -183,8 +124,9 @@ class WhatsAppCloudChannel:
         params: SendParams | None = None,
     ) -> SendResult:
         meta: dict[str, Any] = {}
+        context = params.context_message_id if params is not None else None
         if template_id is None:
-            payload = text_payload(to, text)
+            payload = text_payload(to, text, context)
         else:
             if params is None:
                 raise PermanentError("template sends need the send request (company, lead)")
@@ -192,14 +134,14 @@ class WhatsAppCloudChannel:
                 params.company_id, params.lead_id, template_id, params.template_params
             )
             self._check_template(template)
-            payload = template_payload(to, template)
+            payload = template_payload(to, template, context)
             meta["template"] = {
                 "id": str(template.id),
                 "name": template.name,
                 "language": template.language,
                 "text": template.text,
             }
-        body = await self._post(payload)
+        body = await self.graph.post(self.path, payload)
         wamid, extra = parse_sent(body)
         log.info("whatsapp_cloud_sent", message_id=str(message_id), kind=payload["type"])
         return SendResult(provider_message_id=wamid, status="sent", meta={**meta, **extra})
@@ -210,34 +152,13 @@ class WhatsAppCloudChannel:
             raise PermanentError(
                 f"template {template.name!r} is for {template.channel!r}, not WhatsApp"
             )
+        if template.status == "paused":
+            raise DeferJob(
+                datetime.now(UTC) + timedelta(seconds=PAUSED_TEMPLATE_RECHECK_SECONDS),
+                f"template {template.name!r} is paused by Meta (low quality); waiting for it",
+            )
         if template.status != "approved":
             raise PermanentError(
                 f"template {template.name!r} is {template.status!r}; WhatsApp sends only "
                 "approved templates"
             )
-
-    async def _post(self, payload: dict[str, Any]) -> Any:
-        headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
-        try:
-            response = await self.client.post(self.url, json=payload, headers=headers)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
-            # The request never left: safe to retry on the job schedule.
-            raise RetryableError(
-                f"WhatsApp Cloud API unreachable ({type(err).__name__}: {err})"
-            ) from err
-        except httpx.TransportError as err:
-            # Sent, but the answer was lost (read timeout, dropped connection): Meta may have
-            # accepted it and has no idempotency key, so a retry could deliver it twice.
-            raise SendOutcomeUnknown(
-                f"WhatsApp Cloud API gave no answer after the request was sent "
-                f"({type(err).__name__}); not repeated"
-            ) from err
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if response.is_success:
-            return body
-        raise classify_error(
-            response.status_code, body, block_pause_seconds=self.block_pause_seconds
-        )
