@@ -6,7 +6,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 SYNC := $(UV) sync --all-packages --extra embedded --group dev --frozen
 
-.PHONY: install offline-embedder up infra migrate test test-fast bench faults lint format clean
+.PHONY: install offline-embedder up infra migrate test test-fast bench bench-campaign faults lint format clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -52,6 +52,10 @@ bench: install
 # outage, a 3-node NATS cluster. FAULTS_ARGS passes options, e.g. FAULTS_ARGS="--only poison".
 faults: install
 	$(VENV)/bin/python bench/faults/run.py $(FAULTS_ARGS)
+
+# A campaign to 10,000 leads through the log channel: enqueue time, sends/s, P1 latency meanwhile.
+bench-campaign: install
+	$(VENV)/bin/python bench/campaign.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shvya_common.contracts import TASKS, Topology, priority_level
+from shvya_common.contracts import PRIORITY_LEVELS, TASKS, Topology, priority_level
 from shvya_common.settings import CommonSettings
 from shvya_common.tokens import TokenError, sign, verify
 from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
@@ -43,14 +43,16 @@ ORIGINAL_TASKS = {
 
 
 def test_task_table_keeps_the_original_priorities() -> None:
-    """Every task but the platform's own (dispatch.send, media.fetch) is one of the original's
-    six, with its original priority, and the conversational three are all there."""
-    ours = {"dispatch.send", "media.fetch"}
+    """Every task but the platform's own (dispatch.send, media.fetch, report.refresh) is one of
+    the original's six, with its original priority, and the conversational three are there."""
+    ours = {"dispatch.send", "media.fetch", "report.refresh"}
     contract = {n: t for n, t in TASKS.items() if t.service != "test" and n not in ours}
     assert {n: t.priority for n, t in contract.items()} == {
         n: p for n, p in ORIGINAL_TASKS.items() if n in contract
     }
     assert {"ai.engage", "followup.bumpup", "ai.summary", "webhook.reminder"} <= contract.keys()
+    assert "email.sequence" in contract
+    assert {priority_level(t.priority) for t in TASKS.values()} <= set(PRIORITY_LEVELS)
 
 
 def test_subjects_are_prefixed_per_install_and_name_the_job() -> None:

@@ -51,6 +51,13 @@ def render(source: str, context: Mapping[str, Any], *, html: bool = False) -> st
         raise RenderError(f"template failed: {err}") from err
 
 
+def check_syntax(source: str, *, html: bool = False) -> None:
+    """Raise RenderError if `source` does not parse (no context needed, nothing rendered)."""
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise RenderError(f"template longer than {MAX_TEMPLATE_CHARS} characters")
+    _compiled(source, html)
+
+
 def render_text(source: str, context: Mapping[str, Any]) -> str:
     return render(source, context, html=False)
 

@@ -13,11 +13,14 @@ from shvya_common.logging import configure_logging
 from shvya_common.metrics import start_metrics_server
 from shvya_common.runtime import platform
 from shvya_ingest import (
+    campaigns_api,
     email_routes,
     kb_api,
     mail_webhooks,
     mailbox_api,
     outbound_api,
+    reports_api,
+    schedules_api,
     sequences_api,
     v1,
     webhooks,
@@ -74,6 +77,9 @@ def create_app(settings: IngestSettings) -> FastAPI:
     app.include_router(sequences_api.router)
     app.include_router(kb_api.router)  # its lifespan opens the embedder, inside the platform's
     app.include_router(outbound_api.router)
+    app.include_router(campaigns_api.router)
+    app.include_router(schedules_api.router)
+    app.include_router(reports_api.router)
     install_error_handlers(app)
     # Added first, so it runs inside the edge middleware: body limits, the deadline and metrics
     # apply to it too (Starlette wraps later middleware around earlier ones).

@@ -1,6 +1,6 @@
 """Wires the scheduler: its tasks (the registry), and as background work the timer loop, the
-event feed's reactors, the sweeps, the outbox's relay and reconciler, and the platform-wide
-gauges (dead letters, paused channels)."""
+event feed's reactors, the sweeps, the outbox's relay and reconciler, the platform-wide
+gauges (dead letters, paused channels) and the recurring schedules."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from shvya_scheduler.feed import feed_loop
 from shvya_scheduler.handlers import timer_loop
 from shvya_scheduler.registry import Deps, registry
 from shvya_scheduler.repository import TimerRepository
+from shvya_scheduler.schedules import schedule_loop
 from shvya_scheduler.settings import SchedulerSettings
 from shvya_scheduler.sweeps import sweep_loop
 
@@ -71,6 +72,7 @@ def main() -> None:
             sweep_loop(plat.bus, stopping, settings.sweep_config()),
             Relay(plat.bus, settings.relay_config()).run(stopping),
             gauges(plat, stopping),
+            schedule_loop(plat.bus, stopping, settings.schedule_config()),
         )
 
     run(lambda: run_worker(settings, SERVICE, METRICS_PORT, handlers, background))

@@ -1,5 +1,6 @@
 """Scheduler settings: how often due timers are looked for, and how many at a time; the sweeps
-that enqueue quiet-conversation summaries and bump-ups; and the outbox's relay and reconciler."""
+that enqueue quiet-conversation summaries and bump-ups; the outbox's relay and reconciler; email
+campaigns' pace; and the loop that fires recurring schedules."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pydantic import Field
 
 from shvya_common.bus.relay import RelayConfig
 from shvya_common.settings import CommonSettings
+from shvya_scheduler.config import CampaignConfig, ScheduleConfig
 from shvya_scheduler.sweeps import SweepConfig
 
 
@@ -49,6 +51,48 @@ class SchedulerSettings(CommonSettings):
         description="A job or send untouched this long, with no live run, is checked against"
         " JetStream and republished if its message is gone.",
     )
+
+    campaign_tick_seconds: float = Field(
+        10.0, gt=0, le=3600, description="Pause between a sending campaign's runs."
+    )
+    campaign_batch_max: int = Field(
+        200, ge=1, le=5000, description="Most recipients one campaign run requests sends for."
+    )
+    campaign_rate_per_minute: int = Field(
+        600,
+        ge=1,
+        le=1_000_000,
+        description="Campaign sends per minute per company, across all its campaigns, unless"
+        " the company's settings.campaigns.rate_per_minute says otherwise.",
+    )
+    schedule_tick_seconds: float = Field(
+        15.0, gt=0, le=300, description="Pause between looks for due recurring schedules."
+    )
+    schedule_batch: int = Field(100, ge=1, le=5000, description="Due schedules fired per pass.")
+    schedule_summary_batch: int = Field(
+        500, ge=1, le=10_000, description="Leads a 'summaries' schedule enqueues per firing."
+    )
+    schedule_summary_lookback_hours: float = Field(
+        24.0,
+        gt=0,
+        description="A 'summaries' schedule's first firing takes leads active in these hours;"
+        " later firings take those active since the previous one.",
+    )
+
+    def campaign_config(self) -> CampaignConfig:
+        return CampaignConfig(
+            tick_seconds=self.campaign_tick_seconds,
+            batch_max=self.campaign_batch_max,
+            rate_per_minute=self.campaign_rate_per_minute,
+        )
+
+    def schedule_config(self) -> ScheduleConfig:
+        return ScheduleConfig(
+            tick_seconds=self.schedule_tick_seconds,
+            batch=self.schedule_batch,
+            summary_batch=self.schedule_summary_batch,
+            summary_lookback=timedelta(hours=self.schedule_summary_lookback_hours),
+        )
 
     def relay_config(self) -> RelayConfig:
         return RelayConfig(

@@ -7,6 +7,8 @@ MODULES: tuple[str, ...] = (
     "shvya_scheduler.webhook_fanout",
     "shvya_scheduler.sequences",
     "shvya_scheduler.sequence_stops",
+    "shvya_scheduler.campaigns",
+    "shvya_scheduler.reports",
 )
 
 

@@ -59,6 +59,11 @@ class EventType(StrEnum):
     SEQUENCE_STOPPED = "sequence.stopped"
     # A webhook change for a number no company owns, or not signed by its owner's secret.
     WHATSAPP_ENTRY_SKIPPED = "whatsapp.entry_skipped"
+    CAMPAIGN_STARTED = "campaign.started"
+    CAMPAIGN_PAUSED = "campaign.paused"
+    CAMPAIGN_RESUMED = "campaign.resumed"
+    CAMPAIGN_COMPLETED = "campaign.completed"
+    CAMPAIGN_CANCELLED = "campaign.cancelled"
 
 
 # What an outbound webhook endpoint may subscribe to (the rest are internal bookkeeping).
@@ -90,5 +95,7 @@ PUBLIC_EVENTS: frozenset[EventType] = frozenset(
         EventType.SEQUENCE_RESUMED,
         EventType.SEQUENCE_COMPLETED,
         EventType.SEQUENCE_STOPPED,
+        EventType.CAMPAIGN_STARTED,
+        EventType.CAMPAIGN_COMPLETED,
     }
 )

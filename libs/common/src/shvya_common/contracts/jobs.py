@@ -50,7 +50,7 @@ class SummaryParams(BaseModel):
     """ai.summary: summarise a lead's conversation into lead.attributes['summary']."""
 
     lead_id: UUID
-    reason: Literal["api", "quiet", "manual"] = "api"
+    reason: Literal["api", "quiet", "manual", "schedule"] = "api"
 
 
 class BumpupParams(BaseModel):
@@ -104,6 +104,11 @@ class SendParams(BaseModel):
     # The provider id of the message this one answers, shown as a quoted reply (WhatsApp's
     # `context.message_id`).
     context_message_id: str | None = Field(None, max_length=256)
+    # Email only, both optional: a subject and an HTML part written for this send (a campaign's
+    # rendered template). Without them the channel picks the subject and makes the HTML from
+    # `text`, as for replies.
+    subject: str | None = None
+    html: str | None = None
 
 
 class MediaFetchParams(BaseModel):
@@ -136,6 +141,30 @@ class WebhookParams(BaseModel):
         return self
 
 
+class CampaignParams(BaseModel):
+    """email.sequence: one run of a campaign. A `run` takes the next batch of its pending
+    recipients within the send window and rate, requests their sends, and enqueues the next
+    run; a `refresh` (a schedule firing) adds the leads that newly match the audience and
+    starts the campaign again if it had finished."""
+
+    campaign_id: UUID
+    action: Literal["run", "refresh"] = "run"
+    # The run's number in the campaign's chain; a run that is not the current one does nothing.
+    run: int = Field(0, ge=0)
+
+
+ReportName = Literal["funnel", "response_times", "volumes", "ai_vs_human"]
+REPORTS: tuple[ReportName, ...] = ("funnel", "response_times", "volumes", "ai_vs_human")
+
+
+class ReportParams(BaseModel):
+    """report.refresh: compute a company's reports into report_caches."""
+
+    company_id: UUID
+    reports: list[ReportName] = Field(default_factory=lambda: list(REPORTS))
+    days: int = Field(30, ge=1, le=366)
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A task's default priority and the service whose workers run it.
@@ -165,6 +194,8 @@ TASKS: dict[str, TaskSpec] = {
         # Below sends: a download never delays a reply.
         TaskSpec("media.fetch", 90, "dispatch", MediaFetchParams),
         TaskSpec("webhook.reminder", 50, "dispatch", WebhookParams),
+        TaskSpec("email.sequence", 60, "scheduler", CampaignParams),
+        TaskSpec("report.refresh", 50, "scheduler", ReportParams),
     )
 }
 

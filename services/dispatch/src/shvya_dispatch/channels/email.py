@@ -48,6 +48,7 @@ from shvya_common.emailfacts import bare_message_id, is_hard_bounce, outbound_me
 from shvya_common.errors import PermanentError, RetryableError
 from shvya_dispatch.channels.base import SendResult
 from shvya_dispatch.channels.dkim import DkimKey, open_key
+from shvya_dispatch.channels.email_html import prepare_html
 from shvya_dispatch.channels.errors import SendOutcomeUnknown
 from shvya_dispatch.channels.mailheaders import (
     MAIL_POLICY,
@@ -279,10 +280,13 @@ class EmailChannel:
         if footer_url is not None:
             plain += f"\n--\nDon't want these emails? Unsubscribe: {footer_url}\n"
         msg.set_content(plain)
-        msg.add_alternative(
-            render_html(text, track=track, pixel_url=pixel, unsubscribe_url=footer_url),
-            subtype="html",
-        )
+        if params.html is not None:  # written for this send (a campaign): links tracked
+            body = prepare_html(
+                params.html, track=track, pixel_url=pixel, unsubscribe_url=footer_url
+            )
+        else:
+            body = render_html(text, track=track, pixel_url=pixel, unsubscribe_url=footer_url)
+        msg.add_alternative(body, subtype="html")
         return msg
 
     def render(self, msg: EmailMessage, dkim_key: DkimKey | None) -> bytes:
@@ -295,8 +299,10 @@ class EmailChannel:
         return dkim_key.sign(raw) if dkim_key is not None else raw
 
     def subject_for(self, params: SendParams, ctx: EmailContext) -> str:
-        """A reply's `Re: <subject>`; else the template subject, the company's `email_subject`
-        setting, or the default."""
+        """The send's own subject (a campaign's); a reply's `Re: <subject>`; else the template
+        subject, the company's `email_subject` setting, or the default."""
+        if params.subject:
+            return params.subject
         if ctx.thread is not None:
             threaded = reply_subject(ctx.thread.subject)
             if threaded:
