@@ -233,7 +233,7 @@ async def populate(client: httpx.AsyncClient, admin: str, db_url: str) -> dict[s
         json={
             "channel": "whatsapp_cloud",
             "name": "main",
-            "config": {"phone_number_id": f"pn{uuid.uuid4().hex[:8]}"},
+            "config": {"phone_number_id": str(uuid.uuid4().int % 10**15)},
             "secrets": {"access_token": "EAAG-secret-token-value"},
         },
         headers=h,
