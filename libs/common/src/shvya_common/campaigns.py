@@ -19,10 +19,10 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_serializer, field_validator
 
 from shvya_common.bus import Unit
 from shvya_common.contracts.jobs import CampaignParams
@@ -126,6 +126,16 @@ AND ($7::int IS NULL OR greatest(l.last_inbound_at, l.last_outbound_at)
 AUDIENCE_COUNT_SQL = f"SELECT count(*) FROM leads l WHERE {AUDIENCE_WHERE}"
 
 
+# A wall-clock time as "HH:MM" on the wire: JSON Schema's `time` format demands a zone offset,
+# which a window on each lead's own clock must not have.
+WallClock = Annotated[
+    time,
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9]$", "examples": ["09:00"]}
+    ),
+]
+
+
 class SendWindow(BaseModel):
     """When campaign mail may leave, on each lead's own wall clock."""
 
@@ -134,8 +144,8 @@ class SendWindow(BaseModel):
     days: list[Weekday] = Field(
         default_factory=lambda: list(WEEKDAYS), min_length=1, examples=[["mon", "tue", "wed"]]
     )
-    start: time = Field(time(9, 0), examples=["09:00"])
-    end: time = Field(time(17, 0), examples=["17:00"], description="Exclusive; 00:00 = midnight.")
+    start: WallClock = time(9, 0)
+    end: WallClock = Field(time(17, 0), description="Exclusive; 00:00 = midnight.")
 
     @field_validator("days")
     @classmethod
@@ -148,6 +158,10 @@ class SendWindow(BaseModel):
         if value.tzinfo is not None:
             raise ValueError("give a wall-clock time without a zone (each lead's zone applies)")
         return value.replace(second=0, microsecond=0)
+
+    @field_serializer("start", "end")
+    def _hhmm(self, value: time) -> str:
+        return value.strftime("%H:%M")
 
     def _on(self, day: date) -> bool:
         return WEEKDAYS[day.weekday()] in self.days
