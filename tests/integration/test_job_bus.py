@@ -483,6 +483,63 @@ async def test_a_stale_run_cannot_overwrite_a_newer_run_or_a_terminal_state(plat
     assert row["status"] == "completed" and row["result"] == {"by": "fresh"}
 
 
+class LapsesBeforeTheStateRead:
+    """A pool whose ledger state read (the one after a failed claim) waits until the row's lease
+    has lapsed: the claim saw a live lease, the read after it sees it gone, as happens when a
+    redelivery arrives just as the dead worker's lease runs out."""
+
+    def __init__(self, pool: asyncpg.Pool, table: str, row_id: uuid.UUID) -> None:
+        self.pool, self.table, self.row_id = pool, table, row_id
+
+    async def fetchval(self, sql: str, *args: object) -> object:
+        return await self.pool.fetchval(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: object) -> object:
+        if "lease_until - now()" in sql:
+            await eventually(
+                lambda: self.pool.fetchval(
+                    f"SELECT lease_until <= now() FROM {self.table} WHERE id = $1", self.row_id
+                ),
+                timeout=10,
+                interval=0.02,
+            )
+        return await self.pool.fetchrow(sql, *args)
+
+
+async def test_a_claim_racing_its_lease_running_out_waits_instead_of_dead_lettering(plat):
+    """A redelivery whose claim finds the lease live but whose state read finds it lapsed has
+    attempts left: it is told to come back (busy), never that the job or send is exhausted."""
+    job = await plat.bus.enqueue_job("test.work", {})
+    env = envelope(job.id)
+    assert (
+        await JobLedger(plat.pool).claim(env, max_attempts=6, lease=0.3, worker="a")
+    ).attempt == 1
+    racing = JobLedger(LapsesBeforeTheStateRead(plat.pool, "jobs", job.id))  # type: ignore[arg-type]
+    claim = await racing.claim(env, max_attempts=6, lease=5, worker="b")
+    assert claim.action == "busy" and claim.retry_in < 1
+    again = await JobLedger(plat.pool).claim(env, max_attempts=6, lease=5, worker="b")
+    assert (again.action, again.attempt) == ("run", 2)
+
+    company = await plat.pool.fetchval("INSERT INTO companies (name) VALUES ('R') RETURNING id")
+    lead = await plat.pool.fetchval(
+        "INSERT INTO leads (company_id, phone_e164) VALUES ($1, '+15550009') RETURNING id",
+        company,
+    )
+    params = SendParams(
+        company_id=company, lead_id=lead, channel="log", to="+1", text="t", send_key="race"
+    )
+    async with plat.bus.unit() as unit:
+        send_id = (await unit.request_send(params, priority=100))[0]
+    send = envelope(send_id, task="dispatch.send", priority=100)
+    assert (
+        await SendLedger(plat.pool).claim(send, max_attempts=6, lease=0.3, worker="a")
+    ).attempt == 1
+    racing_send = SendLedger(LapsesBeforeTheStateRead(plat.pool, "messages", send_id))  # type: ignore[arg-type]
+    assert (await racing_send.claim(send, max_attempts=6, lease=5, worker="b")).action == "busy"
+    rerun = await SendLedger(plat.pool).claim(send, max_attempts=6, lease=5, worker="b")
+    assert (rerun.action, rerun.attempt, rerun.prior_status) == ("run", 2, "queued")
+
+
 async def test_a_sent_message_is_never_turned_into_unknown_by_a_stale_run(plat):
     """A send recorded sent stays sent when an overtaken run later reports it unknown, and a
     late confirmation turns an unknown send into sent."""

@@ -186,6 +186,11 @@ def _remaining(record: asyncpg.Record) -> float:
     return max(float(record["remaining"] or 0.0), 0.0)
 
 
+# How soon to look again at a row whose claim lost a race with its own lease running out: the
+# claim saw a live lease, the state read a moment later saw it lapsed.
+LAPSED_RETRY_SECONDS = 0.1
+
+
 class JobLedger:
     """State in `jobs`: queued → processing → completed | failed (retry) | dlq | scheduled."""
 
@@ -227,6 +232,10 @@ class JobLedger:
             return Claim("finished", row["attempts"], status)
         if _remaining(row) > 0:
             return Claim("busy", row["attempts"], status, _remaining(row))
+        if row["attempts"] < max_attempts:
+            # The claim ran while the lease still held and the read after it found it lapsed:
+            # attempts are left, so this is a claim to try again, not an exhausted job.
+            return Claim("busy", row["attempts"], status, LAPSED_RETRY_SECONDS)
         return Claim("exhausted", row["attempts"], status)
 
     async def _move(self, sql: str, *args: Any) -> bool:
@@ -475,6 +484,9 @@ class SendLedger:
             return Claim("finished", state["attempts"], status)
         if _remaining(state) > 0:
             return Claim("busy", state["attempts"], status, _remaining(state))
+        if state["attempts"] < max_attempts or status == "sending":
+            # The claim lost a race with the lease running out (see JobLedger.claim).
+            return Claim("busy", state["attempts"], status, LAPSED_RETRY_SECONDS)
         return Claim("exhausted", state["attempts"], status)
 
     async def _move(self, sql: str, *args: Any) -> bool:
