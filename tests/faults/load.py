@@ -3,7 +3,8 @@ webhooks would arrive.
 
 Messages start at a bounded rate with a bounded number of requests in flight. Each has its own
 `provider_message_id`; a 503, a 5xx, a timeout or a refused connection is retried with the same
-id after a backoff (0.2 s, doubling to 5 s) until the message is accepted (a 2xx) or
+id after a backoff (0.2 s, doubling to 5 s), and a 429 after its `Retry-After`, until the
+message is accepted (a 2xx) or
 `give_up_seconds` have passed since its first try, as a provider retries a webhook. Every answer
 is recorded with its time, so a scenario can ask what ingest said while a dependency was down.
 """
@@ -40,6 +41,14 @@ def email_leads(count: int, tag: str) -> list[Lead]:
         Lead(a, email_key(a), f"<faults.{tag}.{i}@mail.example.org>")
         for i, a in enumerate(addresses)
     ]
+
+
+def retry_after(response: httpx.Response, default: float) -> float:
+    """Seconds a 429 asks the caller to wait (its `Retry-After`), else `default`."""
+    try:
+        return max(float(response.headers.get("retry-after", "")), 0.0)
+    except ValueError:
+        return default
 
 
 @dataclass(frozen=True)
@@ -111,14 +120,18 @@ class LoadGenerator:
             if response is not None and response.is_success:
                 self.accepted[lead.provider_message_id] = time.monotonic()
                 return
-            if response is not None and 400 <= response.status_code < 500:
+            wait = backoff
+            if response is not None and response.status_code == 429:
+                wait = retry_after(response, backoff)
+            elif response is not None and 400 <= response.status_code < 500:
                 self.rejected[lead.provider_message_id] = response.text[:500]
                 return
-            if time.monotonic() + backoff > give_up:
+            else:
+                backoff = min(backoff * 2, 5.0)
+            if time.monotonic() + wait > give_up:
                 self.gave_up.add(lead.provider_message_id)
                 return
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(wait)
 
     def outcomes(self) -> dict[str, int]:
         """Every answer ingest gave (or the error instead of one), by outcome."""
