@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
 from shvya_common.logging import configure_logging
 from shvya_common.runtime import platform
@@ -80,6 +81,8 @@ def create_app(settings: IngestSettings) -> FastAPI:
         timeout=settings.request_timeout_seconds,
         routes=[kb_api.route_limits(settings), mail_webhooks.route_limits(settings)],
     )
+    if settings.otel_exporter_otlp_endpoint:  # outermost: its span covers the whole request
+        app.add_middleware(OpenTelemetryMiddleware, exclude_spans=["receive", "send"])
     return app
 
 
