@@ -14,6 +14,7 @@ from shvya_common.logging import configure_logging
 from shvya_common.runtime import platform
 from shvya_ingest import (
     ai_api,
+    asyncapi_route,
     email_routes,
     kb_api,
     mail_webhooks,
@@ -70,6 +71,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
     app.include_router(sequences_api.router)
     app.include_router(kb_api.router)  # its lifespan opens the embedder, inside the platform's
     app.include_router(outbound_api.router)
+    app.include_router(asyncapi_route.router)
     install_error_handlers(app)
     # Added first, so it runs inside the edge middleware: body limits, the deadline and metrics
     # apply to it too (Starlette wraps later middleware around earlier ones).
