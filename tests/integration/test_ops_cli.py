@@ -146,11 +146,13 @@ async def test_usage_not_found_and_unreachable_servers_have_their_own_exit_codes
 
 
 async def test_migrate_status_companies_and_asyncapi(plat, shvya, base_env):
-    """`migrate --status` lists every migration as applied, `companies --default -q` prints the
-    default company's id (once ingest made it), and `shvya asyncapi` prints the document that
-    ingest serves at /asyncapi.json."""
+    """`migrate --status` lists every migration as applied and `migrate` finds nothing to do,
+    `companies --default -q` prints the default company's id once ingest made it, and
+    `shvya asyncapi` prints the document that ingest serves at /asyncapi.json."""
     status = await _json(shvya, "migrate", "--status")
     assert status["pending"] == [] and status["migrations"][-1]["status"] == "applied"
+    code, out, _ = await shvya("migrate")
+    assert code == 0 and out.strip() == "applied 0 migration(s): schema up to date"
     code, _, err = await shvya("companies", "--default", "-q")
     assert code == 4 and "ingest creates the default company" in err
     env = {**base_env, "EMBEDDINGS_PROVIDER": "none"}

@@ -91,8 +91,8 @@ def span(
     attributes: Mapping[str, Any] | None = None,
     parent: str | None = None,
 ) -> Iterator[Span | None]:
-    """A span around a block (child of `parent` when given, else of the active span); an
-    exception marks it failed. Yields None when tracing is off."""
+    """A span around a block, child of `parent` when given (else of the active span), marked
+    failed by an exception, or None when tracing is off."""
     if _provider is None:
         yield None
         return
