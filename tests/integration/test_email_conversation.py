@@ -281,6 +281,12 @@ async def test_a_bounce_suppresses_the_address_and_marks_the_message_undeliverab
         )
         [first] = await stack.sent(1)
         ours = headers_of(first)["message-id"].strip("<>")
+        # The SMTP server has the mail a moment before dispatch records it sent.
+        await eventually(
+            lambda: stack.pool.fetchval(
+                "SELECT provider_message_id FROM messages WHERE direction = 'outbound'"
+            )
+        )
         dsn = fixture("dsn_gmail_hard.eml", MESSAGE_ID=ours)
         await stack.mail(dsn, "")
         await stack.mail(dsn, "")

@@ -1,6 +1,8 @@
 """The `shvya` command: `up` runs the whole platform, `infra` only NATS and PostgreSQL,
 `migrate` applies the schema, `reembed` re-embeds the knowledge base, `keygen` prints a new
-SECRETS_KEYS entry and `rotate-secrets` re-seals every stored secret under its primary key.
+SECRETS_KEYS entry and `rotate-secrets` re-seals every stored secret under its primary key; the
+operator commands (`streams`, `consumers`, `stats`, `jobs`, `dlq`, `companies`, ...) are in
+`shvya_common.ops`.
 
 `up` starts the embedded NATS and PostgreSQL when NATS_URL / DATABASE_URL are unset (data under
 `.data/`, so a restart keeps everything), then supervises the four services as separate
@@ -20,6 +22,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from shvya_common import ops
 from shvya_common.crypto import generate_key
 from shvya_common.embedded import EmbeddedNats, EmbeddedPostgres
 
@@ -192,15 +195,6 @@ async def _infra(root: Path) -> None:
         infra.stop()
 
 
-async def _migrate() -> None:
-    from shvya_common.db import migrate
-    from shvya_common.settings import CommonSettings
-
-    settings = CommonSettings()
-    applied = await migrate(settings.database_url)
-    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'schema up to date'}")
-
-
 async def _rotate_secrets() -> int:
     """Re-seal every stored secret under the primary key; exit 1 if some value did not open."""
     from shvya_common.db import create_pool
@@ -222,14 +216,17 @@ async def _rotate_secrets() -> int:
         print(line)
     return 1 if report.failed else 0
 
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="shvya", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="shvya",
+        description=__doc__.split("\n\n")[0],
+        epilog=ops.epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run NATS, PostgreSQL (embedded if no URL) and all services")
     up.add_argument("--only", nargs="+", choices=SERVICES, help="run only these services")
     sub.add_parser("infra", help="run only the embedded NATS and PostgreSQL")
-    sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser(
         "keygen", help="print a new SECRETS_KEYS entry (a random AES-256 key with a fresh id)"
     )
@@ -246,14 +243,15 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also chunks already embedded with the current model",
     )
+    ops.add_commands(sub)  # streams, consumers, stats, jobs, dlq, migrate, companies, ...
     args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is not None:
+        sys.exit(args.handler(args))
     root = Path.cwd()
     if args.command == "up":
         asyncio.run(_up(root, list(args.only or SERVICES)))
     elif args.command == "infra":
         asyncio.run(_infra(root))
-    elif args.command == "migrate":
-        asyncio.run(_migrate())
     elif args.command == "keygen":
         from shvya_common.crypto import generate_key
 
@@ -263,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "reembed":
         from shvya_common.knowledge.command import run_reembed
 
+        if code := ops.preflight_database():
+            sys.exit(code)
         sys.exit(asyncio.run(run_reembed(args.company, args.everything)))
 
 

@@ -20,6 +20,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from shvya_common import tracing
 from shvya_common.bus import JobBus, Worker, install_bus
 from shvya_common.bus.registry import Handler, Registration
 from shvya_common.bus.topology import TopologyKeeper
@@ -90,6 +91,8 @@ async def _drain_or_close(nc: NATS) -> None:
 async def platform(settings: CommonSettings, service: str) -> AsyncIterator[Platform]:
     async with AsyncExitStack() as stack:
         record_build(service)
+        tracing.configure(service, settings.otel_exporter_otlp_endpoint)
+        stack.callback(tracing.shutdown)  # last: flushes the spans of the shutdown too
         await _retry_until("PostgreSQL", lambda: migrate(settings.database_url))
         pool = await create_pool(settings.database_url, settings.db_pool_min, settings.db_pool_max)
         stack.push_async_callback(pool.close)

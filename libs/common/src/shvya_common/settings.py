@@ -108,6 +108,12 @@ class CommonSettings(BaseSettings):
     media_dir: Path = Field(
         Path(".data/media"), description="Folder where received media and attachments are kept."
     )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="OpenTelemetry collector's OTLP/HTTP base URL (e.g. http://127.0.0.1:4318):"
+        " traces go to <url>/v1/traces; unset, no spans are made.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_port: int = Field(0, ge=0, le=65535, description="0 picks the service's default port.")

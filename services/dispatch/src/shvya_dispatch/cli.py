@@ -114,8 +114,18 @@ def email_dkim_key(args: argparse.Namespace) -> int:
     return 0
 
 
+# The login's exit codes, one meaning each (the same numbers as the `shvya` commands').
+LOGIN_LINKED, LOGIN_NOT_LINKED, LOGIN_USAGE, LOGIN_UNREACHABLE, LOGIN_PROFILE_BUSY = 0, 1, 2, 3, 5
+
+
 def whatsapp_web_login(args: argparse.Namespace) -> int:
-    from shvya_dispatch.channels.whatsapp_web import LoginTimeout, login
+    """Link an account; the exit code says how it ended (`LOGIN_*`)."""
+    from shvya_dispatch.channels.whatsapp_web import (
+        LoginTimeout,
+        LoginUnreachable,
+        ProfileBusy,
+        login,
+    )
     from shvya_dispatch.settings import DispatchSettings
 
     account = args.account
@@ -134,16 +144,18 @@ def whatsapp_web_login(args: argparse.Namespace) -> int:
         )
     except LoginTimeout as err:
         print(f"error: {err}; run the command again for a fresh QR code", file=sys.stderr)
-        return 1
+        return LOGIN_NOT_LINKED
+    except ProfileBusy as err:
+        print(f"error: {err}; stop dispatch, then log in again", file=sys.stderr)
+        return LOGIN_PROFILE_BUSY
+    except LoginUnreachable as err:
+        print(f"error: {err}; check the network (or WHATSAPP_WEB_URL)", file=sys.stderr)
+        return LOGIN_UNREACHABLE
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    except PlaywrightError as err:
+        return LOGIN_USAGE
+    except PlaywrightError as err:  # the page broke after it loaded: the login did not finish
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(
-            f"error: could not open WhatsApp Web for account {account!r}: {first} "
-            "(is the dispatch service using this profile right now?)",
-            file=sys.stderr,
-        )
-        return 2
-    return 0
+        print(f"error: WhatsApp Web failed during the login: {first}", file=sys.stderr)
+        return LOGIN_NOT_LINKED
+    return LOGIN_LINKED

@@ -27,8 +27,10 @@ from typing import Any, Protocol
 import openai
 import structlog
 from openai.types.chat import ChatCompletion
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
+from shvya_common import tracing
 from shvya_common.errors import PermanentError, RetryableError, ShvyaError
 from shvya_common.metrics import LLM_SECONDS
 from shvya_engage.followups import template_bumpup
@@ -161,20 +163,33 @@ class OpenAIResponder:
         self, task: str, company_id: uuid.UUID, **request: Any
     ) -> tuple[ChatCompletion, str, int, int]:
         started = time.perf_counter()
-        try:
-            completion = await self.client.chat.completions.create(**request)
-        except openai.OpenAIError as err:
-            mapped = map_api_error(err)
-            outcome = "permanent" if isinstance(mapped, PermanentError) else "retryable"
-            AI_CALLS.labels(task, self.name, outcome).inc()
-            LLM_SECONDS.labels(task, outcome).observe(time.perf_counter() - started)
-            log.warning("model_call_failed", task=task, error=str(mapped))
-            raise mapped from err
-        LLM_SECONDS.labels(task, "ok").observe(time.perf_counter() - started)
-        model = completion.model or request["model"]
-        usage = completion.usage
-        prompt_tokens = usage.prompt_tokens if usage else 0
-        completion_tokens = usage.completion_tokens if usage else 0
+        attributes = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.system": "openai",
+            "gen_ai.request.model": request["model"],
+            "shvya.task": task,
+        }
+        with tracing.span(
+            f"chat {request['model']}", kind=SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            try:
+                completion = await self.client.chat.completions.create(**request)
+            except openai.OpenAIError as err:
+                mapped = map_api_error(err)
+                outcome = "permanent" if isinstance(mapped, PermanentError) else "retryable"
+                AI_CALLS.labels(task, self.name, outcome).inc()
+                LLM_SECONDS.labels(task, outcome).observe(time.perf_counter() - started)
+                log.warning("model_call_failed", task=task, error=str(mapped))
+                raise mapped from err
+            LLM_SECONDS.labels(task, "ok").observe(time.perf_counter() - started)
+            model = completion.model or request["model"]
+            usage = completion.usage
+            prompt_tokens = usage.prompt_tokens if usage else 0
+            completion_tokens = usage.completion_tokens if usage else 0
+            if span is not None:
+                span.set_attribute("gen_ai.response.model", model)
+                span.set_attribute("gen_ai.usage.input_tokens", prompt_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", completion_tokens)
         record_tokens(company_id, task, self.name, model, prompt_tokens, completion_tokens)
         return completion, model, prompt_tokens, completion_tokens
 

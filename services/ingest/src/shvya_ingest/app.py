@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
 from shvya_common.logging import configure_logging
 from shvya_common.metrics import start_metrics_server
 from shvya_common.runtime import platform
 from shvya_ingest import (
+    asyncapi_route,
     campaigns_api,
     email_routes,
     kb_api,
@@ -80,6 +82,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
     app.include_router(campaigns_api.router)
     app.include_router(schedules_api.router)
     app.include_router(reports_api.router)
+    app.include_router(asyncapi_route.router)
     install_error_handlers(app)
     # Added first, so it runs inside the edge middleware: body limits, the deadline and metrics
     # apply to it too (Starlette wraps later middleware around earlier ones).
@@ -92,6 +95,8 @@ def create_app(settings: IngestSettings) -> FastAPI:
         timeout=settings.request_timeout_seconds,
         routes=[kb_api.route_limits(settings), mail_webhooks.route_limits(settings)],
     )
+    if settings.otel_exporter_otlp_endpoint:  # outermost: its span covers the whole request
+        app.add_middleware(OpenTelemetryMiddleware, exclude_spans=["receive", "send"])
     return app
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import structlog
 
+from shvya_common import tracing
 from shvya_common.bus import NewJob, Unit
 from shvya_common.contracts.jobs import Channel, SendParams, task_spec
 from shvya_common.runtime import Platform
@@ -125,17 +126,19 @@ class InboundFiler:
                         company_id=route.company_id,
                         lead_id=f.lead_id,
                         id=f.job_id,
+                        traceparent=row.traceparent,
                     )
-                    for f in filed
+                    for row, f in zip(unique, filed, strict=True)
                     if f.created and f.job_id is not None
                 ]
             )
             confirmations: dict[uuid.UUID, uuid.UUID] = {}
             for row, f in zip(unique, filed, strict=True):
                 if f.created and row.optout:
-                    confirmations[f.message_id] = await self._confirm_optout(
-                        unit, route, channel, row, f
-                    )
+                    with tracing.span("optout confirmation", parent=row.traceparent):
+                        confirmations[f.message_id] = await self._confirm_optout(
+                            unit, route, channel, row, f
+                        )
             missing = [f.message_id for f in filed if not f.created and f.job_id is None]
             if missing:
                 confirmations.update(await self.repo.optout_confirmations(conn, missing))

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import asyncpg
 
+from shvya_common import tracing
+
 DEFAULT_STAGES = ["New", "Contacted", "Qualified", "Proposal", "Closed"]
 # An opt-out's confirmation is the send keyed "optout:<inbound message id>".
 OPTOUT_SEND_KEY_PREFIX = "optout:"
@@ -45,6 +47,8 @@ class InboundRow:
     optout: bool = False
     # False files the message without an ai.engage job (an auto-reply: no answer, no loop).
     engage: bool = True
+    # The request's trace, taken where the row is made: batched filing runs in another task.
+    traceparent: str | None = field(default_factory=tracing.current_traceparent)
 
 
 @dataclass(frozen=True)

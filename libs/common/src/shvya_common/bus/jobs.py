@@ -159,24 +159,28 @@ class JobBus:
         return (await self.replay(max_jobs)).ids
 
     async def queue_stats(self) -> QueueStats:
-        row = await self.pool.fetchrow(
-            """
-            SELECT count(*) FILTER (WHERE status IN ('queued', 'scheduled')) AS queued,
-                   count(*) FILTER (WHERE status = 'processing') AS processing,
-                   count(*) FILTER (WHERE status = 'completed') AS completed,
-                   count(*) FILTER (WHERE status = 'failed') AS failed,
-                   count(*) FILTER (WHERE status = 'dlq') AS dlq,
-                   count(*) FILTER (WHERE status = 'orphaned') AS orphaned,
-                   count(*) FILTER (WHERE status <> 'orphaned') AS total
-            FROM jobs
-            """
-        )
-        sends = await self.pool.fetch(
-            "SELECT status, count(*) AS n FROM messages WHERE direction = 'outbound'"
-            " GROUP BY status"
-        )
-        assert row is not None
-        return QueueStats(**dict(row), sends={r["status"]: r["n"] for r in sends})
+        return await queue_stats(self.pool)
+
+
+async def queue_stats(db: asyncpg.Pool | asyncpg.Connection) -> QueueStats:
+    """Jobs by status and outbound sends by status: `GET /queue/stats` and `shvya stats`."""
+    row = await db.fetchrow(
+        """
+        SELECT count(*) FILTER (WHERE status IN ('queued', 'scheduled')) AS queued,
+               count(*) FILTER (WHERE status = 'processing') AS processing,
+               count(*) FILTER (WHERE status = 'completed') AS completed,
+               count(*) FILTER (WHERE status = 'failed') AS failed,
+               count(*) FILTER (WHERE status = 'dlq') AS dlq,
+               count(*) FILTER (WHERE status = 'orphaned') AS orphaned,
+               count(*) FILTER (WHERE status <> 'orphaned') AS total
+        FROM jobs
+        """
+    )
+    sends = await db.fetch(
+        "SELECT status, count(*) AS n FROM messages WHERE direction = 'outbound' GROUP BY status"
+    )
+    assert row is not None
+    return QueueStats(**dict(row), sends={r["status"]: r["n"] for r in sends})
 
 
 _default_bus: JobBus | None = None

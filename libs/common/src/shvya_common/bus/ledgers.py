@@ -75,6 +75,8 @@ class Outgoing:
 
     ledger: LedgerName
     envelope: JobEnvelope
+    # The trace context the row was enqueued in; its publishes continue that trace.
+    traceparent: str | None = None
 
     @property
     def msg_id(self) -> str:
@@ -99,8 +101,15 @@ def envelope_from_row(ledger: LedgerName, row: asyncpg.Record | dict[str, Any]) 
     )
 
 
-JOB_COLUMNS = "id, task_name, task_params, priority, company_id, lead_id, generation, updated_at"
-SEND_COLUMNS = "id, send_params, priority, company_id, lead_id, generation, updated_at"
+def outgoing_from_row(ledger: LedgerName, row: asyncpg.Record | dict[str, Any]) -> Outgoing:
+    """The row to publish, with the trace context stored with it."""
+    return Outgoing(ledger, envelope_from_row(ledger, row), row.get("traceparent"))
+
+
+JOB_COLUMNS = (
+    "id, task_name, task_params, priority, company_id, lead_id, generation, updated_at, traceparent"
+)
+SEND_COLUMNS = "id, send_params, priority, company_id, lead_id, generation, updated_at, traceparent"
 
 
 class Ledger(Protocol):
@@ -319,7 +328,7 @@ class JobLedger:
             f" updated_at = now() WHERE id = $1 AND status = 'scheduled' RETURNING {JOB_COLUMNS}",
             row_id,
         )
-        return Outgoing("jobs", envelope_from_row("jobs", row)) if row is not None else None
+        return outgoing_from_row("jobs", row) if row is not None else None
 
     async def replay(
         self,
@@ -349,7 +358,7 @@ class JobLedger:
                 ids,
                 task,
             )
-        return [Outgoing("jobs", envelope_from_row("jobs", r)) for r in rows]
+        return [outgoing_from_row("jobs", r) for r in rows]
 
     async def unpublished(
         self, conn: asyncpg.Connection, grace: float, limit: int
@@ -361,7 +370,7 @@ class JobLedger:
             grace,
             limit,
         )
-        return [Outgoing("jobs", envelope_from_row("jobs", r)) for r in rows]
+        return [outgoing_from_row("jobs", r) for r in rows]
 
     async def mark_published(
         self, conn: asyncpg.Connection | asyncpg.Pool, items: list[Outgoing]
@@ -437,7 +446,7 @@ async def _bump(
         row["status"],
         row["updated_at"],
     )
-    return Outgoing(table, envelope_from_row(table, fresh)) if fresh is not None else None
+    return outgoing_from_row(table, fresh) if fresh is not None else None
 
 
 class SendLedger:
@@ -772,7 +781,7 @@ class SendLedger:
             f" WHERE id = $1 AND status = 'scheduled' RETURNING {SEND_COLUMNS}",
             row_id,
         )
-        return Outgoing("messages", envelope_from_row("messages", row)) if row else None
+        return outgoing_from_row("messages", row) if row else None
 
     async def replay(
         self,
@@ -802,7 +811,7 @@ class SendLedger:
                 limit,
                 ids,
             )
-        return [Outgoing("messages", envelope_from_row("messages", r)) for r in rows]
+        return [outgoing_from_row("messages", r) for r in rows]
 
     async def unpublished(
         self, conn: asyncpg.Connection, grace: float, limit: int
@@ -815,7 +824,7 @@ class SendLedger:
             grace,
             limit,
         )
-        return [Outgoing("messages", envelope_from_row("messages", r)) for r in rows]
+        return [outgoing_from_row("messages", r) for r in rows]
 
     async def mark_published(
         self, conn: asyncpg.Connection | asyncpg.Pool, items: list[Outgoing]

@@ -32,13 +32,14 @@ from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from pydantic import BaseModel
 
+from shvya_common import tracing
 from shvya_common.bus.ledgers import (
     JOB_COLUMNS,
     SEND_COLUMNS,
     LedgerName,
     Outgoing,
-    envelope_from_row,
     mark_published,
+    outgoing_from_row,
 )
 from shvya_common.bus.topology import TopologyKeeper
 from shvya_common.contracts.jobs import SendParams, task_spec
@@ -61,9 +62,9 @@ RETURNING {JOB_COLUMNS}
 
 _INSERT_JOBS = f"""
 INSERT INTO jobs (id, task_name, task_params, priority, idempotency_key, company_id, lead_id,
-                  max_attempts, status)
+                  max_attempts, traceparent, status)
 SELECT * , 'queued' FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int[], $5::text[],
-                                 $6::uuid[], $7::uuid[], $8::int[])
+                                 $6::uuid[], $7::uuid[], $8::int[], $9::text[])
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING {JOB_COLUMNS}
 """
@@ -81,8 +82,8 @@ RETURNING id
 
 _INSERT_SEND = f"""
 INSERT INTO messages (id, company_id, lead_id, direction, channel, body, status, send_key,
-                      job_id, reply_to_id, recipient, priority, meta, send_params)
-VALUES ($1, $2, $3, 'outbound', $4, $5, 'queued', $6, $7, $8, $9, $10, $11, $12)
+                      job_id, reply_to_id, recipient, priority, meta, send_params, traceparent)
+VALUES ($1, $2, $3, 'outbound', $4, $5, 'queued', $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (send_key) DO NOTHING
 RETURNING {SEND_COLUMNS}
 """
@@ -110,6 +111,8 @@ class NewJob:
     company_id: uuid.UUID | None = None
     lead_id: uuid.UUID | None = None
     id: uuid.UUID = field(default_factory=uuid.uuid4)
+    # The trace the job continues: by default the active span's where the job is described.
+    traceparent: str | None = field(default_factory=tracing.current_traceparent)
 
 
 def job_params(params: BaseModel | dict[str, Any]) -> dict[str, Any]:
@@ -193,12 +196,12 @@ class Publisher:
 
     async def _publish_one(self, item: Outgoing, timeout: float) -> bool:
         env = item.envelope
-        await self.js.publish(
-            self.topology.job_subject(env.task, env.priority, env.job_id),
-            env.model_dump_json().encode(),
-            timeout=timeout,
-            headers={"Nats-Msg-Id": item.msg_id},
-        )
+        subject = self.topology.job_subject(env.task, env.priority, env.job_id)
+        headers = {"Nats-Msg-Id": item.msg_id}
+        with tracing.producer_span(env.task, subject, item.traceparent, headers):
+            await self.js.publish(
+                subject, env.model_dump_json().encode(), timeout=timeout, headers=headers
+            )
         return True
 
     async def flush(self) -> None:
@@ -288,10 +291,11 @@ class Unit:
             [j.company_id for j in jobs],
             [j.lead_id for j in jobs],
             [self.max_attempts] * len(jobs),
+            [j.traceparent for j in jobs],
         )
         created = {r["id"]: r for r in rows}
         for r in rows:
-            self.outgoing.append(Outgoing("jobs", envelope_from_row("jobs", r)))
+            self.outgoing.append(outgoing_from_row("jobs", r))
         missing = [j.idempotency_key for j in jobs if j.id not in created and j.idempotency_key]
         existing = {}
         if missing:
@@ -337,13 +341,14 @@ class Unit:
             priority,
             meta,
             params.model_dump(mode="json"),
+            tracing.current_traceparent(),
         )
         if row is None:
             existing = await self.conn.fetchval(
                 "SELECT id FROM messages WHERE send_key = $1", params.send_key
             )
             return existing, False
-        self.outgoing.append(Outgoing("messages", envelope_from_row("messages", row)))
+        self.outgoing.append(outgoing_from_row("messages", row))
         return message_id, True
 
 

@@ -56,6 +56,7 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
+from shvya_common import tracing
 from shvya_common.bus.jobs import JobBus
 from shvya_common.bus.ledgers import Claim, Ledger
 from shvya_common.bus.registry import Handler, Registration, RetryPolicy, plain
@@ -445,7 +446,9 @@ class Worker:
                     msg, f"service {self.service!r} has no handler for task {envelope.task!r}"
                 )
                 return
-            await self._run_job(msg, envelope, registration)
+            attributes = {"shvya.task": envelope.task, "shvya.job_id": str(envelope.job_id)}
+            with tracing.consumer_span(msg.subject, msg.headers, attributes):
+                await self._run_job(msg, envelope, registration)
 
     def _flight(self) -> _InFlight | None:
         task = asyncio.current_task()
@@ -565,6 +568,7 @@ class Worker:
     ) -> None:
         task, attempt = env.task, job.attempt
         reason = f"{type(err).__name__}: {err}"[:2000]
+        tracing.mark_failed(err)
         if isinstance(err, PermanentError):
             await self._dead_letter(msg, env, ledger, attempt, f"permanent: {err}")
             return

@@ -6,10 +6,14 @@ message's meta, and a failed one makes the account be read again before the next
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import replace
 from typing import Literal, Protocol
 
+from opentelemetry.trace import SpanKind
+
+from shvya_common import tracing
 from shvya_common.contracts import SendParams
 from shvya_common.errors import DeferJob, PermanentError
 from shvya_dispatch.channels.base import Channel, SendResult
@@ -70,13 +74,15 @@ class ChannelRouter:
                 return replace(result, meta={**result.meta, "channel_account": str(own.account_id)})
         adapter = self.channels.get(channel)
         if adapter is not None:
-            return await adapter.send(
-                to, text, template_id=template_id, message_id=message_id, params=params
-            )
+            with _provider_span(adapter.name, channel, message_id):
+                return await adapter.send(
+                    to, text, template_id=template_id, message_id=message_id, params=params
+                )
         if self.unconfigured == "log" and self.fallback is not None:
-            result = await self.fallback.send(
-                to, text, template_id=template_id, message_id=message_id, params=params
-            )
+            with _provider_span(self.fallback.name, channel, message_id):
+                result = await self.fallback.send(
+                    to, text, template_id=template_id, message_id=message_id, params=params
+                )
             meta = {
                 **result.meta,
                 "routed_to": self.fallback.name,
@@ -84,3 +90,18 @@ class ChannelRouter:
             }
             return replace(result, meta=meta)
         raise PermanentError(f"channel {channel!r} is not configured")
+
+
+def _provider_span(
+    adapter: str, channel: str, message_id: uuid.UUID
+) -> contextlib.AbstractContextManager[object]:
+    """The span of one call to a channel's provider (the log channel when it stands in)."""
+    return tracing.span(
+        f"{adapter} send",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "shvya.channel": channel,
+            "shvya.adapter": adapter,
+            "shvya.message_id": str(message_id),
+        },
+    )

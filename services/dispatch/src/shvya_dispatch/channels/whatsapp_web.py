@@ -383,6 +383,19 @@ class LoginTimeout(Exception):
     """The QR code was not scanned in time."""
 
 
+class LoginUnreachable(Exception):
+    """WhatsApp Web's page did not load (no network, DNS, a refused connection, a timeout)."""
+
+
+class ProfileBusy(Exception):
+    """The account's browser profile did not open: another process (dispatch) holds it."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 async def login(
     settings: DispatchSettings,
     account: str,
@@ -403,14 +416,22 @@ async def login(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     async with WhatsAppWebBrowser(settings) as browser:
-        context = await browser.open(account)
+        try:
+            context = await browser.open(account)
+        except PlaywrightError as err:
+            raise ProfileBusy(
+                f"could not open the browser profile of account {account!r}: {_first_line(err)}"
+                " (is the dispatch service using this profile right now?)"
+            ) from err
         try:
             page = await first_page(context)
-            await page.goto(
-                sel.home_url(settings.whatsapp_web_url),
-                wait_until="domcontentloaded",
-                timeout=load_ms,
-            )
+            home = sel.home_url(settings.whatsapp_web_url)
+            try:
+                await page.goto(home, wait_until="domcontentloaded", timeout=load_ms)
+            except PlaywrightError as err:
+                raise LoginUnreachable(
+                    f"could not load WhatsApp Web at {home}: {_first_line(err)}"
+                ) from err
             last_ref: str | None = None
             saved = False
             while True:

@@ -1,0 +1,115 @@
+"""`shvya migrate [--status]`, `shvya companies`, `shvya asyncapi` and `shvya whatsapp-web login`
+(which runs dispatch's `whatsapp-web-login` command and returns its exit code)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from importlib.util import find_spec
+
+from shvya_common.ops.base import (
+    EXIT_OK,
+    EXIT_USAGE,
+    NotFound,
+    Row,
+    database,
+    emit,
+    table,
+)
+from shvya_common.settings import CommonSettings
+
+
+async def migrate(args: argparse.Namespace, settings: CommonSettings) -> int:
+    from shvya_common.db import migrate as apply
+    from shvya_common.db import migration_files
+
+    if not args.status:
+        async with database(settings):  # names the server, with how to start it, when it is down
+            pass
+        applied = await apply(settings.database_url)
+        names = ", ".join(applied) or "schema up to date"
+        emit(args, {"applied": applied}, f"applied {len(applied)} migration(s): {names}")
+        return EXIT_OK
+    async with database(settings) as pool:
+        exists = await pool.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        done = (
+            {r["version"]: r for r in await pool.fetch("SELECT * FROM schema_migrations")}
+            if exists
+            else {}
+        )
+    rows: list[Row] = []
+    for version, name, _ in migration_files():
+        record = done.get(version)
+        rows.append(
+            {
+                "version": version,
+                "name": name,
+                "status": "applied" if record else "pending",
+                "applied_at": record["applied_at"] if record else None,
+            }
+        )
+    pending = [r["name"] for r in rows if r["status"] == "pending"]
+    summary = (
+        f"{len(pending)} pending: run `shvya migrate` (services also migrate at start-up)"
+        if pending
+        else "schema up to date"
+    )
+    emit(
+        args,
+        {"migrations": rows, "pending": pending},
+        table(rows, ["version", "name", "status", "applied_at"]) + "\n" + summary,
+    )
+    return EXIT_OK
+
+
+async def companies(args: argparse.Namespace, settings: CommonSettings) -> int:
+    async with database(settings) as pool:
+        records = await pool.fetch(
+            "SELECT id, name, is_default, timezone, created_at FROM companies"
+            " WHERE NOT $1 OR is_default ORDER BY is_default DESC, created_at",
+            args.default,
+        )
+    rows = [dict(r) for r in records]
+    if not rows:
+        raise NotFound("no companies yet: ingest creates the default company when it starts")
+    if args.quiet and not args.json:
+        print("\n".join(str(r["id"]) for r in rows))
+        return EXIT_OK
+    emit(args, rows, table(rows, ["id", "name", "is_default", "timezone", "created_at"]))
+    return EXIT_OK
+
+
+async def asyncapi(args: argparse.Namespace, settings: CommonSettings) -> int:
+    from shvya_common.asyncapi import asyncapi_document
+
+    document = asyncapi_document(settings.nats_prefix, settings.nats_servers[0])
+    text = json.dumps(document, indent=2)
+    if args.output:
+        args.output.write_text(text + "\n")
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+    return EXIT_OK
+
+
+def whatsapp_web_login(args: argparse.Namespace) -> int:
+    """Run `python -m shvya_dispatch whatsapp-web-login` with the same options."""
+    if find_spec("shvya_dispatch") is None:
+        print(
+            "error: the dispatch service is not installed here (run `make install`);"
+            " the WhatsApp Web login runs in dispatch's environment",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    command = [sys.executable, "-m", "shvya_dispatch", "whatsapp-web-login"]
+    for flag, value in (
+        ("--account", args.account),
+        ("--qr-path", args.qr_path),
+        ("--timeout", args.timeout),
+        ("--settle-seconds", args.settle_seconds),
+    ):
+        if value is not None:
+            command += [flag, str(value)]
+    return subprocess.call(command)
