@@ -113,8 +113,11 @@ def extract(data: bytes, dest: Path, lock: dict[str, str]) -> None:
             raise SystemExit(f"wa-js: the tarball has no {lock['bundle']}")
         (staging / STAMP).write_text(
             json.dumps(
-                {"package": lock["package"], "version": lock["version"],
-                 "integrity": lock["integrity"]},
+                {
+                    "package": lock["package"],
+                    "version": lock["version"],
+                    "integrity": lock["integrity"],
+                },
                 indent=2,
             )
             + "\n"
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         url = tarball_url(lock["package"], lock["version"])
         try:
-            with urllib.request.urlopen(url, timeout=120) as response:  # noqa: S310 - https URL
+            with urllib.request.urlopen(url, timeout=120) as response:
                 data = response.read()
         except OSError as err:
             print(

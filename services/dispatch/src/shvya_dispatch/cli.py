@@ -115,7 +115,7 @@ def email_dkim_key(args: argparse.Namespace) -> int:
 
 
 def whatsapp_web_login(args: argparse.Namespace) -> int:
-    from shvya_dispatch.channels.whatsapp_web import LoginTimeout, login
+    from shvya_dispatch.channels.whatsapp_web import LoginHooks, LoginTimeout, login
     from shvya_dispatch.settings import DispatchSettings
 
     account = args.account
@@ -129,7 +129,7 @@ def whatsapp_web_login(args: argparse.Namespace) -> int:
                 qr_path=args.qr_path,
                 wait_seconds=args.timeout,
                 settle_seconds=args.settle_seconds,
-                say=lambda line: print(line, flush=True),
+                hooks=LoginHooks(say=lambda line: print(line, flush=True)),
             )
         )
     except LoginTimeout as err:

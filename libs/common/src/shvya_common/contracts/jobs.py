@@ -136,6 +136,18 @@ class WebhookParams(BaseModel):
         return self
 
 
+class WhatsAppWebInboundParams(BaseModel):
+    """whatsapp_web.inbound: one thing a linked WhatsApp Web account saw, for ingest to file
+    through the path every inbound message takes. `kind` is 'message' (text, caption, reply),
+    'reaction', 'ack' (delivery/read of our messages), 'edit', 'revoke', or a later kind that
+    ingest keeps as an event; `item` is what the page reported (shvya_dispatch's bridge)."""
+
+    account: str = Field(min_length=1, max_length=64)
+    company_id: UUID
+    kind: str = Field(min_length=1, max_length=40)
+    item: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A task's default priority and the service whose workers run it.
@@ -165,6 +177,8 @@ TASKS: dict[str, TaskSpec] = {
         # Below sends: a download never delays a reply.
         TaskSpec("media.fetch", 90, "dispatch", MediaFetchParams),
         TaskSpec("webhook.reminder", 50, "dispatch", WebhookParams),
+        # What a linked WhatsApp Web account receives, filed by ingest as soon as it arrives.
+        TaskSpec("whatsapp_web.inbound", 100, "ingest", WhatsAppWebInboundParams),
     )
 }
 
