@@ -510,6 +510,9 @@ class WhatsAppWebChannel:
         # database when it runs).
         self.refusals: Callable[[str, bool], Awaitable[int]] | None = None
         self._local_refusals: dict[str, int] = {}
+        # Told each id this channel sends under, so the supervisor can tell our messages from
+        # ones typed on the phone.
+        self.sent_hook: Callable[[str], None] | None = None
 
     async def start(self) -> None:
         await self.browser.start()
@@ -609,6 +612,8 @@ class WhatsAppWebChannel:
         if not isinstance(prepared, dict) or not prepared.get("exists"):
             raise UndeliverableError(0, f"+{digits} is not on WhatsApp")
         wid, wa_id = str(prepared["wid"]), str(prepared["id"])
+        if self.sent_hook is not None:
+            self.sent_hook(wa_id)
         typing = typing_seconds(text, self._rng, s)
         request = {
             "wid": wid,
