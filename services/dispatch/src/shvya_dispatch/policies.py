@@ -492,7 +492,7 @@ class PolicyEngine:
 
     async def pause_account(self, params: SendParams, err: AccountPausedError) -> DeferJob:
         """Pause the WhatsApp Web account (one event per pause) and defer this send."""
-        if self.web_pause is not None:
+        if self.web_pause is not None and not err.recorded:
             await self.web_pause(err)
         log.warning("whatsapp_web_account_paused", account=err.account, code=err.kind)
         until = datetime.now(UTC) + timedelta(seconds=self.pause_recheck_seconds)

@@ -52,9 +52,10 @@ import structlog
 
 from shvya_common.bus import JobBus
 from shvya_common.channel_accounts import web_profile
-from shvya_common.contracts import WhatsAppWebInboundParams
+from shvya_common.contracts import SendParams, WhatsAppWebInboundParams
 from shvya_common.contracts.events import EventType
 from shvya_common.db import is_outage
+from shvya_common.errors import DeferJob
 from shvya_common.events import record_event
 from shvya_common.metrics import (
     WHATSAPP_WEB_ACCOUNT_STATE,
@@ -133,6 +134,8 @@ class WebAccounts:
         channel.on_event = self.on_event
         channel.refusals = self.refusal
         channel.sent_hook = self.sent_ids.append
+        channel.recheck = self.recheck
+        channel.on_pause = self.pause
 
     # --- which accounts, and which are ours ---------------------------------------------
 
@@ -277,13 +280,19 @@ class WebAccounts:
                     company = uuid.UUID(mapped[0])
             elif not mapped and account == self.settings.whatsapp_web_account:
                 company = await self.pool.fetchval("SELECT id FROM companies WHERE is_default")
-        self._companies[account] = (self.clock() + 30.0, company)
+        if company is not None:  # an account not routed yet is asked again next time
+            self._companies[account] = (self.clock() + 30.0, company)
         return company
 
     async def forward(self, account: str, kind: str, item: dict[str, Any]) -> bool:
         """Write the item as a `whatsapp_web.inbound` job; kept for the next pass when the
         database is away."""
         company = await self.company_of(account)
+        if company is None and account == self.settings.whatsapp_web_account:
+            # The platform's account files into the default company, which ingest creates at
+            # its start: keep the item until it exists.
+            self.pending.append((account, kind, item))
+            return False
         if company is None:
             WHATSAPP_WEB_INBOUND.labels(kind, "skipped").inc()
             log.warning("whatsapp_web_inbound_unrouted", account=account, kind=kind)
@@ -345,6 +354,26 @@ class WebAccounts:
 
     # --- refusals, pauses --------------------------------------------------------------------
 
+    async def recheck(self, account: str, params: SendParams) -> None:
+        """Under the account's lock, just before the page: defer a send whose account was
+        paused while it waited (its gate ran before the pause)."""
+        row = await db.read_account(self.pool, account)
+        if row is None or not row.pause_in_force:
+            return
+        if row.pause_scope == "new_contacts" and await self.pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE company_id = $1 AND lead_id = $2"
+            " AND channel = 'whatsapp_web' AND (direction = 'inbound'"
+            " OR status IN ('sent', 'unknown')))",
+            params.company_id,
+            params.lead_id,
+        ):
+            return
+        recheck = row.now + timedelta(seconds=self.settings.policy_pause_recheck_seconds)
+        until = recheck if row.paused_until is None else min(recheck, row.paused_until)
+        raise DeferJob(
+            until, f"whatsapp web account {account} paused ({row.pause_code}): {row.pause_reason}"
+        )
+
     async def refusal(self, account: str, refused: bool) -> int:
         if not refused:
             await db.clear_refusals(self.pool, account)
@@ -352,15 +381,24 @@ class WebAccounts:
         return await db.note_refusal(self.pool, account)
 
     async def pause(self, err: AccountPausedError) -> bool:
-        """Pause the account for `err`; True (and one event) when the pause is new."""
+        """Pause the account for a send WhatsApp refused; True (and one event) when new."""
+        return await self._pause(err, widen=True)
+
+    async def _pause(self, err: AccountPausedError, *, widen: bool) -> bool:
+        """Pause the account for `err`. A send refused under a timelock that already paused
+        new contacts (`widen`) pauses everything: a warm chat was refused too."""
         until = (
             datetime.now(UTC) + timedelta(seconds=err.pause_seconds)
             if err.pause_seconds is not None
             else None
         )
-        created = await db.start_pause(
-            self.pool, err.account, err.kind, err.reason, until, err.scope
-        )
+        scope = err.scope
+        if scope == "new_contacts" and widen:
+            row = await db.read_account(self.pool, err.account)
+            if row is not None and row.pause_in_force and row.pause_scope == "new_contacts":
+                # Refused again although only warm chats could get through: nothing goes.
+                scope = "all"
+        created = await db.start_pause(self.pool, err.account, err.kind, err.reason, until, scope)
         if created:
             company = await self.company_of(err.account)
             await record_event(
@@ -426,21 +464,23 @@ class WebAccounts:
                 reason=reason,
             )
         if state == "logged_out":
-            await self.pause(
+            await self._pause(
                 AccountPausedError(
                     account,
                     "logged_out",
                     0,
                     f"logged out ({reason or 'no reason given'})",
                     pause_seconds=None,
-                )
+                ),
+                widen=False,
             )
         elif state == "banned":
-            await self.pause(
-                AccountPausedError(account, "banned", 0, reason or "banned", pause_seconds=None)
+            await self._pause(
+                AccountPausedError(account, "banned", 0, reason or "banned", pause_seconds=None),
+                widen=False,
             )
         elif state == "restricted":
-            await self.pause(
+            await self._pause(
                 AccountPausedError(
                     account,
                     "timelock",
@@ -448,7 +488,8 @@ class WebAccounts:
                     reason or "reach-out timelock",
                     pause_seconds=self.settings.whatsapp_web_timelock_pause_seconds,
                     scope="new_contacts",
-                )
+                ),
+                widen=False,
             )
         elif state == "connected":
             await self._lift(account, LINK_CODES, "linked")

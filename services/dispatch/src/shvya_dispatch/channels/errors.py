@@ -88,6 +88,8 @@ class AccountPausedError(ProviderRefusal):
         self.kind = kind
         self.pause_seconds = pause_seconds
         self.scope = scope
+        # Set once the pause is written (the channel does it before releasing the account).
+        self.recorded = False
 
 
 class SendOutcomeUnknown(PermanentError):

@@ -513,6 +513,11 @@ class WhatsAppWebChannel:
         # Told each id this channel sends under, so the supervisor can tell our messages from
         # ones typed on the phone.
         self.sent_hook: Callable[[str], None] | None = None
+        # Asked again once this send holds the account: a send that waited behind one that
+        # paused the account must not go (it raises DeferJob).
+        self.recheck: Callable[[str, SendParams], Awaitable[None]] | None = None
+        # Records an account's pause before the next send may take the account.
+        self.on_pause: Callable[[AccountPausedError], Awaitable[bool]] | None = None
 
     async def start(self) -> None:
         await self.browser.start()
@@ -587,9 +592,16 @@ class WhatsAppWebChannel:
         session = self.session(name)
         job = CURRENT_JOB.get()
         async with session.lock.hold(job.priority if job is not None else 100):
+            if self.recheck is not None:
+                await self.recheck(name, params)
             await session.open()
             try:
                 provider_id = await self._send_on(session, digits, text, params)
+            except AccountPausedError as err:
+                if self.on_pause is not None:
+                    await self.on_pause(err)
+                    err.recorded = True
+                raise
             except RetryableError:
                 # The page may be wedged; the next attempt starts from a fresh browser.
                 await session.close()
