@@ -104,7 +104,7 @@ async def test_a_new_number_warms_up_day_by_day(world):
     for n in range(2):
         _, result = await web_send(world, company, lead, text=f"reply {n}")
         assert result["status"] == "logged"
-    with pytest.raises(DeferJob, match="daily cap.*warm-up day 1 of 2"):
+    with pytest.raises(DeferJob, match=r"daily cap.*warm-up day 1 of 2"):
         await web_send(world, company, lead, text="reply 3")
     await linked(pool, days_ago=10)
     _, result = await web_send(world, company, lead, text="reply 4")
