@@ -6,7 +6,8 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 SYNC := $(UV) sync --all-packages --extra embedded --group dev --frozen
 
-.PHONY: install offline-embedder up infra migrate test test-fast bench bench-campaign faults lint format clean
+.PHONY: install offline-embedder up infra migrate test test-fast bench bench-campaign faults lint format clean \
+	canary-whatsapp-web
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -17,7 +18,14 @@ $(VENV)/.synced: $(UV) uv.lock pyproject.toml libs/common/pyproject.toml service
 	$(SYNC) $(if $(wildcard $(VENV)/.offline-embedder),--extra offline-embedder)
 	@touch $@
 
-install: $(VENV)/.synced
+# The pinned @wppconnect/wa-js bundle the WhatsApp Web channel injects (deploy/wa-js/): fetched
+# from the npm registry by a stdlib Python script that checks the lock's sha512, never at run time.
+WA_JS := .tools/wa-js/wppconnect-wa.js
+$(WA_JS): deploy/wa-js/wa-js.lock.json deploy/wa-js/fetch.py
+	$(PYTHON) deploy/wa-js/fetch.py --dest .tools/wa-js
+	@touch $@
+
+install: $(VENV)/.synced $(WA_JS)
 
 # The offline embedder (PyTorch on the CPU + all-MiniLM-L6-v2) is an optional extra that `install`
 # leaves out; `test` adds it so the retrieval-quality test runs for real. uv takes torch from the
@@ -62,6 +70,13 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy libs/common/src services/*/src
 	bash deploy/lint.sh
+
+# Sends one message from a real linked WhatsApp Web account to a test number and reports each
+# step (docs/whatsapp-web.md#canary); needs the network, so it is not part of `make test`.
+# CANARY_ARGS passes options, e.g. CANARY_ARGS="--account sales --to +919812345678".
+canary-whatsapp-web: install
+	bash deploy/ensure-chromium.sh
+	$(VENV)/bin/python -m shvya_dispatch whatsapp-web-canary $(CANARY_ARGS)
 
 format: install
 	$(VENV)/bin/ruff format .

@@ -24,7 +24,13 @@ PHONE_ID = "106540352242922"
 def dispatch_settings(
     db_url: str, graph: FakeGraph | None = None, **extra: Any
 ) -> DispatchSettings:
-    values: dict[str, Any] = {"database_url": db_url, "log_format": "json"}
+    # WhatsApp Web's quiet hours are on by default; tests that are not about them must not
+    # depend on the hour they run at.
+    values: dict[str, Any] = {
+        "database_url": db_url,
+        "log_format": "json",
+        "policy_whatsapp_web_quiet_hours": "",
+    }
     if graph is not None:
         values.update(
             whatsapp_cloud_phone_id=graph.phone_number_id,

@@ -1,177 +1,425 @@
-"""A fake WhatsApp Web for the adapter's tests: a small aiohttp app whose page implements the DOM
-contract in `shvya_dispatch.channels.whatsapp_web_selectors` (QR login screen, chat list, the
-"Starting chat" and invalid-number popups, a compose box and send button, outgoing bubbles with
-ids), and records what the browser did so tests can check it."""
+"""A fake WhatsApp Web for the channel's tests: a small aiohttp app that serves a page and, behind
+`fake_wpp.js` (a fake of wa-js's `WPP` that the channel injects as it injects the real bundle),
+plays WhatsApp's part for each linked device: numbers that exist, sends that are acknowledged
+at once, late, never or refused (the reach-out timelock), incoming messages, reactions, edits,
+delivery and read acknowledgements, QR codes that go idle and refresh, pairing codes, logout,
+bans and a session opened elsewhere. The test drives it through the methods below; every
+change reaches the page through a long-poll, so tests wait for observable states, never for
+time to pass."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from aiohttp import web
 
-PAGE = r"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>WhatsApp</title>
-<style>body{margin:0;background:#fff;font-family:sans-serif}
-.landing{padding:40px}div[data-ref]{display:inline-block;padding:8px;background:#fff}
-footer{display:flex;gap:8px;padding:8px}
-footer div[contenteditable]{flex:1;min-height:24px;border:1px solid #ccc;white-space:pre-wrap}
-.message-out{background:#d9fdd3;margin:4px;padding:4px}</style></head>
-<body><div id="app">loading…</div>
-<script>
-const app = document.getElementById('app');
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-if (!window.name) window.name = 'tab-' + Math.random().toString(36).slice(2);
-const post = (path, body) => fetch(path, {
-  method: 'POST', headers: {'content-type': 'application/json'},
-  body: JSON.stringify({...body, tab: window.name})});
-async function state() { return (await fetch('/api/state')).json(); }
+FAKE_WPP = Path(__file__).with_name("fake_wpp.js")
 
-function drawQr(canvas, ref) {
-  const ctx = canvas.getContext('2d');
-  ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, canvas.width, canvas.height);
-  ctx.fillStyle = '#000';
-  let seed = 0; for (const ch of ref) seed = (seed * 31 + ch.charCodeAt(0)) >>> 0;
-  const cell = canvas.width / 33;
-  for (let y = 0; y < 33; y++) for (let x = 0; x < 33; x++) {
-    seed = (seed * 1103515245 + 12345) >>> 0;
-    const finder = (x < 7 || x > 25) && y < 7 || x < 7 && y > 25;
-    const ring = x % 6 === 0 || y % 6 === 0;
-    const eye = x % 6 > 1 && x % 6 < 5 && y % 6 > 1 && y % 6 < 5;
-    if (finder ? ring || eye : (seed >> 16) & 1) ctx.fillRect(x * cell, y * cell, cell, cell);
-  }
-}
+PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>WhatsApp</title></head>
+<body><div id="app">WhatsApp</div></body></html>"""
 
-async function showLogin(st) {
-  app.innerHTML = '<div class="landing"><h1>Use WhatsApp on your computer</h1>' +
-    '<div data-ref="' + st.qr_ref + '">' +
-    '<canvas aria-label="Scan me!" width="264" height="264"></canvas></div></div>';
-  drawQr(app.querySelector('canvas'), st.qr_ref);
-  while (true) {
-    await sleep(100);
-    const now = await state();
-    if (now.logged_in) { showChatList(); return; }
-    if (now.qr_ref !== st.qr_ref) { showLogin(now); return; }  // the QR refreshed
-  }
-}
-
-function showChatList() {
-  app.innerHTML = '<div id="side"><div id="pane-side" aria-label="Chat list">Chats</div></div>';
-}
-
-async function openChat(phone) {
-  showChatList();
-  const popup = document.createElement('div');
-  popup.setAttribute('data-animate-modal-popup', 'true');
-  popup.textContent = 'Starting chat';
-  document.body.appendChild(popup);
-  await post('/api/opened', {phone});
-  await sleep(120);
-  const contact = await (await fetch('/api/contact?phone=' + encodeURIComponent(phone))).json();
-  if (!contact.exists) {
-    popup.innerHTML = '<div>Phone number shared via url is invalid.</div><button>OK</button>';
-    return;
-  }
-  popup.remove();
-  const main = document.createElement('div');
-  main.id = 'main';
-  main.innerHTML = '<div id="messages"><div data-id="true_' + phone + '@c.us_OLD1">' +
-    '<div class="message-out">an earlier message</div></div></div>' +
-    '<footer><div contenteditable="true" role="textbox" data-tab="10"></div>' +
-    '<button aria-label="Send">Send</button></footer>';
-  app.appendChild(main);
-  const messages = main.querySelector('#messages');
-  const box = main.querySelector('footer div[contenteditable]');
-  let keys = 0;
-  box.addEventListener('keydown', (e) => {
-    keys++;
-    if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); send(); }
-  });
-  main.querySelector('button[aria-label="Send"]').addEventListener('click', send);
-  // Older history arrives after the chat opens, above what is shown.
-  setTimeout(() => {
-    const old = document.createElement('div');
-    old.setAttribute('data-id', 'true_' + phone + '@c.us_OLD0');
-    old.innerHTML = '<div class="message-out">an even earlier message</div>';
-    messages.prepend(old);
-  }, 30);
-  async function send() {
-    const text = box.innerText.replace(/\n$/, '');
-    if (!text) return;
-    box.innerHTML = '';
-    if (contact.swallow) return;  // the network ate it: no bubble ever appears
-    const suffix = Math.random().toString(16).slice(2, 12).toUpperCase();
-    const id = 'true_' + phone + '@c.us_3EB0' + suffix;
-    await sleep(80);
-    const row = document.createElement('div');
-    row.setAttribute('data-id', id);
-    const bubble = document.createElement('div');
-    bubble.className = 'message-out';
-    bubble.textContent = text;
-    row.appendChild(bubble);
-    messages.appendChild(row);
-    await post('/api/sent', {phone, text, keys, id});
-    keys = 0;
-  }
-}
-
-(async () => {
-  const st = await state();
-  if (!st.logged_in) return showLogin(st);
-  const phone = new URLSearchParams(location.search).get('phone');
-  if (location.pathname === '/send' && phone) return openChat(phone);
-  showChatList();
-})();
-</script></body></html>"""
+Behaviour = Literal["ok", "never", "hold", "fail", "timelock", "throw", "throw_after"]
 
 
 @dataclass
+class Device:
+    """One linked (or linking) browser profile."""
+
+    id: str
+    linked: bool
+    me: str | None
+    mode: str = "MAIN"
+    online: bool = True
+    main_ready: bool = True
+    timelocked: bool = False
+    logout_reason: str | None = None
+    qr_number: int = 1
+    qr_idle: bool = False
+    qr_refreshes: int = 0
+    pairing_phone: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    user_agent: str = ""
+    # chat wid -> messages (both directions), for getMessages / catch-up.
+    chats: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    unread: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def qr(self) -> str:
+        return f"2@fakeQr{self.qr_number},{self.id},key=="
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "linked": self.linked,
+            "me": self.me,
+            "mode": self.mode if self.linked or self.mode in ("TOS_BLOCK",) else "QR",
+            "online": self.online,
+            "mainReady": self.main_ready,
+            "timelocked": self.timelocked,
+            "logoutReason": self.logout_reason,
+            "qr": None if self.linked else self.qr,
+            "qrIdle": self.qr_idle,
+        }
+
+
 class FakeWhatsAppWeb:
-    """The fake's state: whether the session is linked, which numbers exist, what happened."""
+    """The fake's state and the test's handles on it."""
 
-    logged_in: bool = True
-    unknown_numbers: set[str] = field(default_factory=set)
-    # Numbers whose sends never show an outgoing bubble.
-    swallowing_numbers: set[str] = field(default_factory=set)
-    qr_ref: str = "2@fakeQrRef1"
-    # ("opened" | "sent", payload) in the order the page reported them.
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    user_agents: list[str] = field(default_factory=list)
-    url: str = ""
+    def __init__(self, *, me: str = "15550001111@c.us", linked: bool = True) -> None:
+        self.url = ""
+        self.default_me = me
+        self.new_devices_linked = linked
+        self.devices: dict[str, Device] = {}
+        self.unknown_numbers: set[str] = set()
+        self.lids: dict[str, str] = {}
+        # How sends to a number (digits) go; default "ok".
+        self.behaviour: dict[str, Behaviour] = {}
+        self.sent: list[dict[str, Any]] = []
+        self.attempts: list[dict[str, Any]] = []
+        self.user_agents: list[str] = []
+        self._seq = itertools.count(1)
+        self._changed = asyncio.Condition()
+        self._held: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._pairing = itertools.count(1)
 
-    def sent(self) -> list[dict[str, Any]]:
-        return [payload for kind, payload in self.events if kind == "sent"]
+    # --- the test's handles ---------------------------------------------------------------
+
+    def device(self, index: int = 0) -> Device:
+        return list(self.devices.values())[index]
+
+    async def wait_device(self, count: int = 1, timeout: float = 30) -> Device:
+        def seen() -> bool:
+            return len(self.devices) >= count
+
+        await self._wait(seen, timeout, f"{count} device(s) to open WhatsApp Web")
+        return self.device(count - 1)
+
+    async def wait_sent(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+        def seen() -> bool:
+            return len(self.sent) >= count
+
+        await self._wait(seen, timeout, f"{count} message(s) sent")
+        return self.sent
+
+    async def wait_attempts(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+        def seen() -> bool:
+            return len(self.attempts) >= count
+
+        await self._wait(seen, timeout, f"{count} send attempt(s)")
+        return self.attempts
+
+    async def _wait(self, check: Any, timeout: float, what: str) -> None:
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(check), timeout)
+            except TimeoutError:
+                raise AssertionError(f"timed out waiting for {what}") from None
+
+    async def push(self, device: Device, kind: str, **data: Any) -> None:
+        async with self._changed:
+            device.events.append({"seq": next(self._seq), "kind": kind, **data})
+            self._changed.notify_all()
+
+    async def push_state(self, device: Device) -> None:
+        await self.push(device, "state", state=device.state())
+
+    async def receive(
+        self,
+        device: Device,
+        phone: str,
+        text: str | None = None,
+        *,
+        msg_id: str | None = None,
+        type: str = "chat",
+        caption: str | None = None,
+        notify_name: str | None = "Lead",
+        quoted: str | None = None,
+        t: int | None = None,
+        lid: str | None = None,
+        deliver: bool = True,
+    ) -> str:
+        """A lead writes to the device's account (`deliver` False only stores it, as if it
+        arrived while the page was closed); returns its id."""
+        chat = lid or f"{phone.lstrip('+')}@c.us"
+        if lid:
+            self.lids[lid] = f"{phone.lstrip('+')}@c.us"
+        msg_id = msg_id or f"false_{chat}_{next(self._seq):06d}ABCDEF"
+        msg = {
+            "id": msg_id,
+            "from": chat,
+            "to": device.me,
+            "type": type,
+            "body": text if type == "chat" else None,
+            "caption": caption,
+            "t": t or int(time.time()),
+            "notifyName": notify_name,
+            "ack": 1,
+        }
+        if quoted is not None:
+            fromme, _remote, stanza = quoted.split("_", 2)
+            msg["quotedStanzaID"] = stanza
+            msg["quotedParticipant"] = device.me if fromme == "true" else chat
+        device.chats.setdefault(chat, []).append(msg)
+        device.unread[chat] = device.unread.get(chat, 0) + 1
+        if deliver:
+            await self.push(device, "message", msg=msg)
+        return msg_id
+
+    async def react(self, device: Device, phone: str, target: str, emoji: str) -> str:
+        chat = f"{phone.lstrip('+')}@c.us"
+        reaction_id = f"false_{chat}_{next(self._seq):06d}REACT"
+        await self.push(
+            device,
+            "reaction",
+            id=reaction_id,
+            msgId=target,
+            emoji=emoji,
+            sender=chat,
+            t=int(time.time()),
+        )
+        return reaction_id
+
+    async def ack(self, device: Device, ids: list[str], ack: int) -> None:
+        chat = ids[0].split("_")[1]
+        await self.push(device, "ack", ack=ack, chat=chat, ids=ids)
+
+    async def raw(self, device: Device, event: str, data: Any) -> None:
+        """Any wa-js event, as WPP.on listeners get it (unknown kinds, bad shapes)."""
+        await self.push(device, "raw", event=event, data=data)
+
+    async def release(self, msg_id: str, ack: int = 1) -> None:
+        """Answer a held send (behaviour 'hold') with this acknowledgement."""
+        future = self._held.pop(msg_id)
+        future.set_result({"id": msg_id, "ack": ack, "result": "OK" if ack >= 1 else "ERROR"})
+
+    async def logout(self, device: Device, reason: str = "user_initiated") -> None:
+        device.linked = False
+        device.logout_reason = reason
+        device.qr_number += 1
+        await self.push_state(device)
+
+    async def link(self, device: Device, me: str | None = None) -> None:
+        """The phone scanned the QR (or typed the pairing code)."""
+        device.linked = True
+        device.me = me or self.default_me
+        device.mode = "MAIN"
+        device.main_ready = True
+        device.qr_idle = False
+        await self.push_state(device)
+
+    async def idle_qr(self, device: Device) -> None:
+        device.qr_idle = True
+        await self.push_state(device)
+
+    async def set_mode(self, device: Device, mode: str, *, online: bool = True) -> None:
+        device.mode = mode
+        device.online = online
+        await self.push_state(device)
+
+    async def timelock(self, device: Device, on: bool = True) -> None:
+        device.timelocked = on
+        await self.push_state(device)
+
+    # --- the app ----------------------------------------------------------------------------
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/", self._page)
-        app.router.add_get("/send", self._page)
-        app.router.add_get("/api/state", self._state)
-        app.router.add_get("/api/contact", self._contact)
-        app.router.add_post("/api/opened", self._record("opened"))
-        app.router.add_post("/api/sent", self._record("sent"))
+        app.router.add_get("/api/events", self._events)
+        for name in (
+            "hello",
+            "query",
+            "lid",
+            "send",
+            "lookup",
+            "refresh_qr",
+            "pairing_code",
+            "use_here",
+            "chats",
+            "messages",
+        ):
+            app.router.add_post(f"/api/{name}", self._api(name))
+        app.on_shutdown.append(self._shutdown)
         return app
+
+    async def _shutdown(self, _app: web.Application) -> None:
+        for future in self._held.values():
+            if not future.done():
+                future.cancel()
 
     async def _page(self, request: web.Request) -> web.Response:
         self.user_agents.append(request.headers.get("User-Agent", ""))
         return web.Response(text=PAGE, content_type="text/html")
 
-    async def _state(self, request: web.Request) -> web.Response:
-        return web.json_response({"logged_in": self.logged_in, "qr_ref": self.qr_ref})
+    async def _events(self, request: web.Request) -> web.Response:
+        device = self.devices.get(request.query.get("device", ""))
+        since = int(request.query.get("since", "0"))
+        if device is None:
+            return web.json_response({"events": []})
 
-    async def _contact(self, request: web.Request) -> web.Response:
-        phone = request.query["phone"]
-        return web.json_response(
-            {
-                "exists": phone not in self.unknown_numbers,
-                "swallow": phone in self.swallowing_numbers,
-            }
-        )
+        def fresh() -> list[dict[str, Any]]:
+            return [e for e in device.events if e["seq"] > since]
 
-    def _record(self, kind: str):  # type: ignore[no-untyped-def]
+        async with self._changed:
+            if not fresh():
+                try:
+                    await asyncio.wait_for(self._changed.wait(), 1.0)
+                except TimeoutError:
+                    pass
+        return web.json_response({"events": fresh()})
+
+    def _api(self, name: str):  # type: ignore[no-untyped-def]
         async def handler(request: web.Request) -> web.Response:
-            self.events.append((kind, json.loads(await request.text())))
-            return web.json_response({"ok": True})
+            body = json.loads(await request.text())
+            if name == "hello":
+                return web.json_response(await self._hello(body))
+            device = self.devices[body["device"]]
+            answer = await getattr(self, f"_on_{name}")(device, body)
+            async with self._changed:
+                self._changed.notify_all()
+            return web.json_response(answer)
 
         return handler
+
+    async def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
+        device = self.devices.get(body["device"])
+        if device is None:
+            device = Device(
+                id=body["device"],
+                linked=self.new_devices_linked,
+                me=self.default_me if self.new_devices_linked else None,
+                mode="MAIN" if self.new_devices_linked else "QR",
+                user_agent=body.get("userAgent", ""),
+            )
+            async with self._changed:
+                self.devices[device.id] = device
+                self._changed.notify_all()
+        seq = device.events[-1]["seq"] if device.events else 0
+        return {"state": device.state(), "seq": seq}
+
+    async def _on_query(self, device: Device, body: dict[str, Any]) -> dict[str, Any]:
+        digits = body["wid"].split("@")[0]
+        if digits in self.unknown_numbers:
+            return {"exists": False}
+        return {"exists": True, "wid": f"{digits}@c.us"}
+
+    async def _on_lid(self, device: Device, body: dict[str, Any]) -> dict[str, Any]:
+        return {"phone": self.lids.get(body["lid"])}
+
+    async def _on_send(self, device: Device, body: dict[str, Any]) -> dict[str, Any]:
+        digits = body["wid"].split("@")[0]
+        msg_id = body["id"]
+        attempt = {"device": device.id, "digits": digits, **body}
+        self.attempts.append(attempt)
+        behaviour = self.behaviour.get(digits, "ok")
+        if device.timelocked:
+            behaviour = "timelock"
+        if behaviour == "throw":
+            return {"error": "chat not found", "code": "chat_not_found"}
+        record = {
+            "id": msg_id,
+            "from": device.me,
+            "to": body["wid"],
+            "type": "chat",
+            "body": body["text"],
+            "t": int(time.time()),
+            "ack": 0,
+        }
+        device.chats.setdefault(body["wid"], []).append(record)
+        if behaviour == "throw_after":
+            return {"error": "socket closed", "code": None}
+        if behaviour == "timelock":
+            record["ack"] = -1
+            device.timelocked = True
+            return {"id": msg_id, "ack": -1, "result": "ERROR_UNKNOWN", "state": device.state()}
+        if behaviour == "fail":
+            record["ack"] = -1
+            return {"id": msg_id, "ack": -1, "result": "ERROR_UNKNOWN"}
+        if behaviour in ("never", "hold"):
+            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self._held[msg_id] = future
+            async with self._changed:
+                self._changed.notify_all()
+            answer = await future  # "never" is never released
+            record["ack"] = answer["ack"]
+            if answer["ack"] >= 1:
+                self.sent.append({**attempt, "ack": answer["ack"]})
+            return answer
+        record["ack"] = 1
+        self.sent.append({**attempt, "ack": 1})
+        return {"id": msg_id, "ack": 1, "result": "OK"}
+
+    def reset(self) -> None:
+        """Forget behaviours and drop held sends (their pages get an error)."""
+        self.behaviour.clear()
+        self.unknown_numbers.clear()
+        for future in self._held.values():
+            if not future.done():
+                future.cancel()
+        self._held.clear()
+
+    def held(self) -> list[str]:
+        return list(self._held)
+
+    async def wait_held(self, count: int = 1, timeout: float = 30) -> list[str]:
+        def seen() -> bool:
+            return len(self._held) >= count
+
+        await self._wait(seen, timeout, f"{count} held send(s)")
+        return self.held()
+
+    async def _on_lookup(self, device: Device, body: dict[str, Any]) -> dict[str, Any]:
+        for messages in device.chats.values():
+            for msg in messages:
+                if msg["id"] == body["id"]:
+                    return {"msg": msg}
+        return {"msg": None}
+
+    async def _on_refresh_qr(self, device: Device, body: dict[str, Any]) -> dict[str, Any]:
+        if device.linked:
+            return {"qr": None}
+        device.qr_number += 1
+        device.qr_refreshes += 1
+        device.qr_idle = False
+        await self.push_state(device)
+        return {"qr": device.qr}
+
+    async def _on_pairing_code(self, device: Device, body: dict[str, Any]) -> dict[str, Any]:
+        device.pairing_phone = body["phone"]
+        n = next(self._pairing)
+        return {"code": f"ABCD-{n:04d}"}
+
+    async def _on_use_here(self, device: Device, body: dict[str, Any]) -> dict[str, Any]:
+        device.mode = "MAIN"
+        await self.push_state(device)
+        return {"ok": True}
+
+    async def _on_chats(self, device: Device, body: dict[str, Any]) -> dict[str, Any]:
+        chats = [
+            {"id": chat, "t": max(m["t"] for m in msgs), "unreadCount": device.unread.get(chat, 0)}
+            for chat, msgs in device.chats.items()
+            if msgs
+        ]
+        return {"chats": chats}
+
+    async def _on_messages(self, device: Device, body: dict[str, Any]) -> dict[str, Any]:
+        msgs = device.chats.get(body["chat"], [])
+        return {"msgs": msgs[-int(body["count"]) :]}
+
+
+async def serve(fake: FakeWhatsAppWeb) -> web.AppRunner:
+    """Start the fake on a free loopback port; `fake.url` is set."""
+    from shvya_common.embedded import free_port
+
+    runner = web.AppRunner(fake.app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    fake.url = f"http://127.0.0.1:{port}"
+    return runner

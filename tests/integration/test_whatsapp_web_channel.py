@@ -1,61 +1,52 @@
 """The WhatsApp Web channel in real headless Chromium (Debian's, through Playwright) against a fake
-WhatsApp Web served here that implements the selectors module's DOM contract: typing and
-sending, browser reuse, one send at a time per account, logged-out and unknown-number errors,
-and the `whatsapp-web-login` command."""
+WhatsApp Web: the channel injects `fake_wpp.js` exactly where it injects the pinned wa-js, so
+these tests run the same `WPP` calls as the real page. One fake and one channel serve the module
+(one browser per account), each test leaves the device linked and the fake's behaviours reset."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import random
-import struct
-import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from shvya_common.contracts import SendParams
-from shvya_common.embedded import free_port
-from shvya_common.errors import PermanentError
+from shvya_common.errors import RetryableError
+from shvya_dispatch.channels.errors import (
+    AccountPausedError,
+    SendOutcomeUnknown,
+    UndeliverableError,
+)
 from shvya_dispatch.channels.whatsapp_web import (
+    WaSession,
     WhatsAppWebChannel,
     WhatsAppWebLoggedOut,
+    WhatsAppWebRefused,
     phone_digits,
 )
 from shvya_dispatch.settings import DispatchSettings
-from tests.integration.fake_whatsapp_web import FakeWhatsAppWeb
+from tests.integration.fake_whatsapp_web import FAKE_WPP, FakeWhatsAppWeb, serve
 
 CHROMIUM = Path(os.environ.get("WHATSAPP_WEB_CHROMIUM_PATH", "/usr/bin/chromium"))
 COMPANY = uuid.uuid4()
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeWhatsAppWeb]:
-    state = FakeWhatsAppWeb()
-    runner = web.AppRunner(state.app())
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    state.url = f"http://127.0.0.1:{port}"
-    yield state
-    await runner.cleanup()
-
-
-def make_settings(fake: FakeWhatsAppWeb, tmp_path: Path, **overrides: Any) -> DispatchSettings:
+def make_settings(url: str, profiles: Path, **overrides: Any) -> DispatchSettings:
     values: dict[str, Any] = {
         "whatsapp_web_enabled": True,
-        "whatsapp_web_url": fake.url,
+        "whatsapp_web_url": url,
         "whatsapp_web_chromium_path": CHROMIUM,
-        "whatsapp_web_profile_dir": tmp_path / "profiles",
+        "whatsapp_web_wa_js_path": FAKE_WPP,
+        "whatsapp_web_profile_dir": profiles,
         "whatsapp_web_typing_delay_min_ms": 1,
         "whatsapp_web_typing_delay_max_ms": 4,
         "whatsapp_web_load_timeout_seconds": 30,
-        "whatsapp_web_sent_timeout_seconds": 15,
+        "whatsapp_web_sent_timeout_seconds": 3,
     }
     values.update(overrides)
     return DispatchSettings(_env_file=None, **values)
@@ -73,7 +64,61 @@ class RecordingRandom(random.Random):
         return super().uniform(a, b)
 
 
-def params(to: str, text: str, company_id: uuid.UUID = COMPANY) -> SendParams:
+class World:
+    def __init__(self, fake: FakeWhatsAppWeb, channel: WhatsAppWebChannel, rng: RecordingRandom):
+        self.fake = fake
+        self.channel = channel
+        self.rng = rng
+        self.events: list[tuple[str, str, Any]] = []
+
+    async def on_event(self, session: WaSession, kind: str, data: Any) -> None:
+        self.events.append((session.account, kind, data))
+
+    async def wait_event(
+        self, kind: str, timeout: float = 20, where: Callable[[Any], bool] = lambda _d: True
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            for _account, k, data in self.events:
+                if k == kind and where(data):
+                    return data
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {kind!r} event; saw {[k for _, k, _ in self.events]}")
+
+
+@pytest.fixture(scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    fake = FakeWhatsAppWeb()
+    runner = await serve(fake)
+    rng = RecordingRandom()
+    settings = make_settings(fake.url, tmp_path_factory.mktemp("profiles"))
+    channel = WhatsAppWebChannel(settings, rng=rng)
+    state = World(fake, channel, rng)
+    channel.on_event = state.on_event
+    async with channel:
+        yield state
+    await runner.cleanup()
+
+
+@pytest.fixture(autouse=True)
+async def clean(world: World) -> AsyncIterator[None]:
+    yield
+    fake = world.fake
+    fake.reset()
+    world.events.clear()
+    world.rng.bounds.clear()
+    world.channel._local_refusals.clear()
+    for device in fake.devices.values():
+        device.timelocked = False
+        if not device.linked or device.mode != "MAIN":
+            await fake.link(device)
+    for session in world.channel.sessions.values():
+        if session.alive:
+            await session.wait_until(lambda s: s.state()[0] == "connected", 20)
+
+
+def params(to: str, text: str, company_id: uuid.UUID = COMPANY, **kw: Any) -> SendParams:
     return SendParams(
         company_id=company_id,
         lead_id=uuid.uuid4(),
@@ -81,6 +126,7 @@ def params(to: str, text: str, company_id: uuid.UUID = COMPANY) -> SendParams:
         to=to,
         text=text,
         send_key=uuid.uuid4().hex,
+        **kw,
     )
 
 
@@ -88,246 +134,210 @@ async def send(channel: WhatsAppWebChannel, p: SendParams) -> Any:
     return await channel.send(p.to, p.text, message_id=uuid.uuid4(), params=p)
 
 
-async def test_send_types_the_text_clicks_send_and_returns_the_bubble_id(
-    fake: FakeWhatsAppWeb, tmp_path: Path
-) -> None:
-    """A send opens /send?phone=<digits>, types each character with a delay drawn within the
-    configured bounds, clicks send, and returns WhatsApp's id of the new outgoing bubble; the
-    browser presents a desktop Chrome user agent and keeps its profile under the account."""
-    rng = RecordingRandom()
-    text = "Hello Riya!\nYour quote: https://acme.example/q?id=7 <b>not bold</b>"
-    async with WhatsAppWebChannel(make_settings(fake, tmp_path), rng=rng) as channel:
-        result = await send(channel, params("+91 98123-45678", text))
+async def test_a_send_is_sent_on_the_servers_ack_with_whatsapps_own_id(world: World) -> None:
+    """A send looks the number up, takes WhatsApp's message id, shows "typing…" for a time drawn
+    per character within the configured bounds, and is sent only with the server's
+    acknowledgement; the id it returns is that message's, and the browser presents a desktop
+    Chrome user agent."""
+    text = "Hello Riya!\nYour quote: https://acme.example/q?id=7 <b>not bold</b> ✓ 🙂"
+    result = await send(world.channel, params("+91 98123-45678", text))
 
-    sent = fake.sent()
+    sent = world.fake.sent
     assert len(sent) == 1
-    assert sent[0]["phone"] == "919812345678"
+    assert sent[0]["digits"] == "919812345678"
+    assert sent[0]["wid"] == "919812345678@c.us"
     assert sent[0]["text"] == text
-    # Typed key by key (Shift+Enter adds one key press), not pasted.
-    assert sent[0]["keys"] >= len(text)
-    assert rng.bounds == [(1.0, 4.0)] * len(text)
+    assert sent[0]["waitForAck"] is True and sent[0]["linkPreview"] is False
+    assert world.rng.bounds == [(1.0, 4.0)] * len(text)
+    assert len(text) * 1 <= sent[0]["delay"] <= len(text) * 4
     assert result.provider_message_id == sent[0]["id"]
     assert result.provider_message_id.startswith("true_919812345678@c.us_3EB0")
     assert result.meta == {"account": "default"}
-    assert fake.user_agents and all(
-        "HeadlessChrome" not in ua and "Chrome/" in ua for ua in fake.user_agents
+    agent = world.fake.device().user_agent
+    assert "HeadlessChrome" not in agent and "Chrome/" in agent
+
+
+async def test_number_not_on_whatsapp_is_undeliverable_and_nothing_is_sent(world: World) -> None:
+    """A number WhatsApp does not know is refused as undeliverable before any send, and the
+    next send on the same browser still works."""
+    world.fake.unknown_numbers.add("15550009999")
+    with pytest.raises(UndeliverableError, match="not on WhatsApp"):
+        await send(world.channel, params("+15550009999", "hi"))
+    assert world.fake.attempts == [] or all(
+        a["digits"] != "15550009999" for a in world.fake.attempts
     )
-    assert (tmp_path / "profiles" / "default").is_dir()
+    await send(world.channel, params("+15550001234", "still works"))
+    assert world.fake.sent[-1]["text"] == "still works"
 
 
-async def test_sends_reuse_one_browser_per_account_and_keep_unicode(
-    fake: FakeWhatsAppWeb, tmp_path: Path
+async def test_no_ack_in_time_is_unknown_with_the_id_it_would_carry(world: World) -> None:
+    """When WhatsApp's server never acknowledges, the send is an unknown outcome (never
+    retried) that carries the id the message would have, for a late acknowledgement."""
+    world.fake.behaviour["15550002001"] = "never"
+    with pytest.raises(SendOutcomeUnknown, match="did not acknowledge") as info:
+        await send(world.channel, params("+15550002001", "hello?"))
+    held = world.fake.held()
+    assert info.value.provider_message_id in held
+    assert info.value.meta["account"] == "default"
+
+
+async def test_the_page_dying_mid_send_is_unknown(world: World) -> None:
+    """A page that dies while the send is in flight cannot tell whether it left: unknown, and
+    the next send opens a fresh browser."""
+    world.fake.behaviour["15550002002"] = "hold"
+    task = asyncio.create_task(send(world.channel, params("+15550002002", "mid-send")))
+    await world.fake.wait_held(1)
+    session = world.channel.sessions["default"]
+    assert session.page is not None
+    await session.page.close()
+    with pytest.raises(SendOutcomeUnknown, match="page failed"):
+        await task
+    await send(world.channel, params("+15550002003", "after the crash"))
+    assert world.fake.sent[-1]["text"] == "after the crash"
+
+
+async def test_an_error_before_the_message_exists_is_retryable_after_it_unknown(
+    world: World,
 ) -> None:
-    """Two sends on one account drive the same browser tab, and non-ASCII text (Devanagari,
-    emoji) arrives exactly as written."""
-    async with WhatsAppWebChannel(make_settings(fake, tmp_path)) as channel:
-        await send(channel, params("+919812345678", "नमस्ते 👋 café"))
-        await send(channel, params("+14155550123", "second"))
-    sent = fake.sent()
-    assert [s["text"] for s in sent] == ["नमस्ते 👋 café", "second"]
-    assert sent[0]["tab"] == sent[1]["tab"]
+    """When wa-js's send throws, the page is asked for the message by its id: absent means
+    nothing left (retryable), present but unacknowledged means it may leave (unknown)."""
+    world.fake.behaviour["15550002004"] = "throw"
+    with pytest.raises(RetryableError, match="did not send"):
+        await send(world.channel, params("+15550002004", "never queued"))
+    world.fake.behaviour["15550002005"] = "throw_after"
+    with pytest.raises(SendOutcomeUnknown):
+        await send(world.channel, params("+15550002005", "queued, then the socket went"))
 
 
-async def test_concurrent_sends_on_one_account_run_one_at_a_time(
-    fake: FakeWhatsAppWeb, tmp_path: Path
+async def test_refusals_fail_the_message_and_pause_the_account_after_three(
+    world: World,
 ) -> None:
-    """Three sends started together on one account never interleave: each chat is opened,
-    typed and sent before the next chat opens."""
-    phones = ["14155550101", "14155550102", "14155550103"]
-    async with WhatsAppWebChannel(make_settings(fake, tmp_path)) as channel:
-        results = await asyncio.gather(
-            *(send(channel, params(f"+{p}", f"message for {p} " * 3)) for p in phones)
-        )
-    kinds = [kind for kind, _ in fake.events]
-    assert kinds == ["opened", "sent"] * 3
-    pairs = [fake.events[i : i + 2] for i in range(0, 6, 2)]
-    for (_, opened), (_, sent) in pairs:
-        assert opened["phone"] == sent["phone"]
-        assert sent["text"] == f"message for {sent['phone']} " * 3
-    assert sorted(s["phone"] for s in fake.sent()) == phones
-    assert len({r.provider_message_id for r in results}) == 3
+    """A send the server refuses is never recorded as sent; three refusals in a row pause the
+    account as restricted instead of going on into the restriction."""
+    world.fake.behaviour["15550003001"] = "fail"
+    for _ in range(2):
+        with pytest.raises(WhatsAppWebRefused):
+            await send(world.channel, params("+15550003001", "refused"))
+    with pytest.raises(AccountPausedError) as info:
+        await send(world.channel, params("+15550003001", "refused"))
+    assert info.value.kind == "restricted" and info.value.scope == "all"
+    assert world.fake.sent == [] or all(s["digits"] != "15550003001" for s in world.fake.sent)
 
 
-async def test_each_account_has_its_own_profile_and_browser(
-    fake: FakeWhatsAppWeb, tmp_path: Path
-) -> None:
-    """Companies mapped to different accounts send from different browsers and profiles."""
+async def test_the_reach_out_timelock_pauses_new_contacts(world: World) -> None:
+    """A refusal under WhatsApp's reach-out timelock (463) pauses the account's new contacts,
+    read from WhatsApp Web's own timelock state."""
+    world.fake.behaviour["15550004001"] = "timelock"
+    with pytest.raises(AccountPausedError) as info:
+        await send(world.channel, params("+15550004001", "cold hello"))
+    assert (info.value.kind, info.value.code, info.value.scope) == (
+        "timelock",
+        463,
+        "new_contacts",
+    )
+
+
+async def test_a_logged_out_session_raises_with_whatsapps_reason(world: World) -> None:
+    """A logged-out session sends nothing and says so with WhatsApp's logout reason and the
+    command that links the account again."""
+    device = world.fake.device()
+    attempts = len(world.fake.attempts)
+    await world.fake.logout(device, "md_opt_out")
+    await world.wait_event("logout")
+    with pytest.raises(WhatsAppWebLoggedOut) as info:
+        await send(world.channel, params("+15550005001", "hi"))
+    assert info.value.logout_reason == "md_opt_out"
+    assert "whatsapp-web-login --account default" in str(info.value)
+    assert len(world.fake.attempts) == attempts
+
+
+async def test_a_session_open_elsewhere_is_taken_back(world: World) -> None:
+    """When WhatsApp Web was opened in another browser, the channel clicks "Use here" and the
+    retried send goes through."""
+    await world.fake.set_mode(world.fake.device(), "CONFLICT")
+    await world.wait_event("stream_mode", where=lambda d: d["mode"] == "CONFLICT")
+    with pytest.raises(RetryableError, match="another browser"):
+        await send(world.channel, params("+15550006001", "hi"))
+    await send(world.channel, params("+15550006001", "taken back"))
+    assert world.fake.sent[-1]["text"] == "taken back"
+
+
+async def test_sends_on_one_account_run_one_at_a_time(world: World) -> None:
+    """While one send waits for its acknowledgement, a second one on the same account does not
+    start; it goes once the first is answered."""
+    world.fake.behaviour["15550007001"] = "hold"
+    first = asyncio.create_task(send(world.channel, params("+15550007001", "first")))
+    (held,) = await world.fake.wait_held(1)
+    second = asyncio.create_task(send(world.channel, params("+15550007002", "second")))
+    await asyncio.sleep(0)  # the second is queued on the account's lock, not in the page
+    assert [a["text"] for a in world.fake.attempts[-1:]] == ["first"]
+    await world.fake.release(held, ack=1)
+    assert (await first).provider_message_id == held
+    await second
+    assert [s["text"] for s in world.fake.sent[-2:]] == ["first", "second"]
+
+
+async def test_incoming_messages_reactions_and_acks_reach_python(world: World) -> None:
+    """What the lead does arrives as events: a message (with its phone, sender name and the
+    message it quotes), a reaction, delivery/read acknowledgements; a privacy id (LID) is
+    resolved to the phone number."""
+    out = await send(world.channel, params("+15550008001", "our offer"))
+    device = world.fake.device()
+    msg_id = await world.fake.receive(
+        device, "+15550008001", "yes please", quoted=out.provider_message_id
+    )
+    message = await world.wait_event("message")
+    assert message["id"] == msg_id and message["phone"] == "15550008001@c.us"
+    assert message["body"] == "yes please" and message["notifyName"] == "Lead"
+    assert message["quoted"]["id"] == out.provider_message_id.split("_", 2)[2]
+    await world.fake.react(device, "+15550008001", out.provider_message_id, "👍")
+    reaction = await world.wait_event("reaction")
+    assert reaction["msgId"] == out.provider_message_id and reaction["emoji"] == "👍"
+    await world.fake.ack(device, [out.provider_message_id], 3)
+    ack = await world.wait_event("ack")
+    assert ack == {"ack": 3, "chat": "15550008001@c.us", "ids": [out.provider_message_id]}
+    world.events.clear()
+    await world.fake.receive(device, "+15550008002", "via lid", lid="98765432101234@lid")
+    via_lid = await world.wait_event("message")
+    assert via_lid["phone"] == "15550008002@c.us" and via_lid["chat"] == "98765432101234@lid"
+
+
+async def test_each_account_has_its_own_profile_and_browser(world: World) -> None:
+    """Companies mapped to different accounts send through different profiles (devices)."""
     other = uuid.uuid4()
-    settings = make_settings(
-        fake, tmp_path, whatsapp_web_company_accounts=f"{COMPANY}=alpha,{other}=beta"
+    world.channel.settings = world.channel.settings.model_copy(
+        update={"whatsapp_web_company_accounts": {str(other): "sales"}}
     )
-    async with WhatsAppWebChannel(settings) as channel:
-        first, second = await asyncio.gather(
-            send(channel, params("+14155550111", "from alpha")),
-            send(channel, params("+14155550112", "from beta", company_id=other)),
+    try:
+        result = await send(world.channel, params("+15550009001", "from sales", company_id=other))
+    finally:
+        world.channel.settings = world.channel.settings.model_copy(
+            update={"whatsapp_web_company_accounts": {}}
         )
-    assert (first.meta["account"], second.meta["account"]) == ("alpha", "beta")
-    tabs = {s["text"]: s["tab"] for s in fake.sent()}
-    assert tabs["from alpha"] != tabs["from beta"]
-    assert (tmp_path / "profiles" / "alpha").is_dir() and (tmp_path / "profiles" / "beta").is_dir()
+    assert result.meta == {"account": "sales"}
+    assert len(world.fake.devices) == 2
+    assert world.fake.sent[-1]["device"] != world.fake.device(0).id
+    assert (world.channel.settings.whatsapp_web_profile_dir / "sales").is_dir()
+    await world.channel.close_session("sales")
 
 
-async def test_logged_out_session_raises_a_clear_permanent_error(
-    fake: FakeWhatsAppWeb, tmp_path: Path
+def test_phone_digits_refuse_what_is_not_a_number() -> None:
+    """Only international numbers of 7–15 digits are accepted."""
+    assert phone_digits("+91 98123-45678") == "919812345678"
+    with pytest.raises(Exception, match="not an international phone number"):
+        phone_digits("12")
+
+
+async def test_missing_chromium_or_wa_js_stops_start_up_with_the_setting_to_fix(
+    tmp_path: Path,
 ) -> None:
-    """When WhatsApp Web shows the QR login screen, the send fails permanently with an error
-    that names the login command for the account, and nothing is typed."""
-    fake.logged_in = False
-    async with WhatsAppWebChannel(make_settings(fake, tmp_path)) as channel:
-        with pytest.raises(WhatsAppWebLoggedOut) as info:
-            await send(channel, params("+14155550123", "hi"))
-    assert isinstance(info.value, PermanentError)
-    assert "python -m shvya_dispatch whatsapp-web-login --account default" in str(info.value)
-    assert fake.events == []
-
-
-async def test_number_not_on_whatsapp_is_permanent_and_the_next_send_still_works(
-    fake: FakeWhatsAppWeb, tmp_path: Path
-) -> None:
-    """The invalid-phone popup becomes a PermanentError naming the number; the same browser
-    then sends to a valid number."""
-    fake.unknown_numbers.add("15550001111")
-    async with WhatsAppWebChannel(make_settings(fake, tmp_path)) as channel:
-        with pytest.raises(PermanentError, match=r"\+15550001111 is not on WhatsApp"):
-            await send(channel, params("+1 555 000 1111", "hi"))
-        await send(channel, params("+14155550123", "still works"))
-    assert [s["text"] for s in fake.sent()] == ["still works"]
-
-
-async def test_no_outgoing_bubble_after_clicking_send_is_not_retried(
-    fake: FakeWhatsAppWeb, tmp_path: Path
-) -> None:
-    """If the bubble never appears after send was clicked, the error is permanent (the message
-    may have left, so a retry could duplicate it)."""
-    fake.swallowing_numbers.add("14155550123")
-    settings = make_settings(fake, tmp_path, whatsapp_web_sent_timeout_seconds=1)
-    async with WhatsAppWebChannel(settings) as channel:
-        with pytest.raises(PermanentError, match="may have been sent"):
-            await send(channel, params("+14155550123", "lost"))
-
-
-async def test_a_closed_browser_is_reopened_on_the_next_send(
-    fake: FakeWhatsAppWeb, tmp_path: Path
-) -> None:
-    """If the account's browser goes away between sends, the next send opens a new one."""
-    async with WhatsAppWebChannel(make_settings(fake, tmp_path)) as channel:
-        await send(channel, params("+14155550123", "one"))
-        context = channel._accounts["default"].context
-        assert context is not None
-        await context.close()
-        await send(channel, params("+14155550123", "two"))
-    first, second = fake.sent()
-    assert second["text"] == "two"
-    assert first["tab"] != second["tab"]
-
-
-async def test_missing_chromium_stops_start_up_with_the_setting_to_fix() -> None:
-    """A Chromium path that does not exist fails at start, naming WHATSAPP_WEB_CHROMIUM_PATH."""
-    settings = DispatchSettings(
-        _env_file=None, whatsapp_web_chromium_path=Path("/nonexistent/chromium")
+    """Dispatch refuses to start WhatsApp Web without Chromium or the wa-js bundle, naming the
+    setting that fixes it."""
+    missing = make_settings(
+        "http://127.0.0.1:9", tmp_path, whatsapp_web_chromium_path=tmp_path / "none"
     )
     with pytest.raises(RuntimeError, match="WHATSAPP_WEB_CHROMIUM_PATH"):
-        await WhatsAppWebChannel(settings).start()
-
-
-def test_phone_digits() -> None:
-    """Numbers are reduced to digits; anything too short or long to be E.164 is permanent."""
-    assert phone_digits("+91 98123-45678") == "919812345678"
-    with pytest.raises(PermanentError):
-        phone_digits("12345")
-    with pytest.raises(PermanentError):
-        phone_digits("+1234567890123456")
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
-
-
-async def test_login_command_saves_the_qr_and_returns_once_linked(
-    fake: FakeWhatsAppWeb, tmp_path: Path
-) -> None:
-    """`python -m shvya_dispatch whatsapp-web-login --account NAME` saves the QR as a PNG and
-    prints its path, saves it again when the QR refreshes, and exits 0 once the page shows the
-    chat list."""
-    fake.logged_in = False
-    qr_path = tmp_path / "qr" / "sales.png"
-    env = {
-        **os.environ,
-        "WHATSAPP_WEB_URL": fake.url,
-        "WHATSAPP_WEB_CHROMIUM_PATH": str(CHROMIUM),
-        "WHATSAPP_WEB_PROFILE_DIR": str(tmp_path / "profiles"),
-        "WHATSAPP_WEB_LOGIN_TIMEOUT_SECONDS": "60",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shvya_dispatch",
-        "whatsapp-web-login",
-        "--account",
-        "sales",
-        "--qr-path",
-        str(qr_path),
-        "--settle-seconds",
-        "0",
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    try:
-        first = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-        assert f"QR code saved to {qr_path}" in first
-        width, height = png_size(qr_path)
-        assert width >= 264 and height >= 264
-        before = qr_path.read_bytes()
-
-        fake.qr_ref = "2@fakeQrRef2"
-        second = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-        assert f"QR code saved to {qr_path}" in second
-        assert qr_path.read_bytes() != before
-
-        fake.logged_in = True
-        rest, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0, err.decode()
-    assert "'sales' is logged in" in rest.decode()
-    assert (tmp_path / "profiles" / "sales").is_dir()
-
-
-async def test_login_command_times_out_with_a_clear_message(
-    fake: FakeWhatsAppWeb, tmp_path: Path
-) -> None:
-    """If nobody scans the QR in time, the command exits 1 and says so."""
-    fake.logged_in = False
-    env = {
-        **os.environ,
-        "WHATSAPP_WEB_URL": fake.url,
-        "WHATSAPP_WEB_CHROMIUM_PATH": str(CHROMIUM),
-        "WHATSAPP_WEB_PROFILE_DIR": str(tmp_path / "profiles"),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shvya_dispatch",
-        "whatsapp-web-login",
-        "--account",
-        "sales",
-        "--timeout",
-        "2",
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 90)
-    assert proc.returncode == 1
-    assert "was not linked within 2 s" in err.decode()
-    assert "QR code saved to" in out.decode()
-    assert (tmp_path / "profiles" / "sales-qr.png").is_file()
+        await WhatsAppWebChannel(missing).start()
+    no_js = make_settings("http://127.0.0.1:9", tmp_path, whatsapp_web_wa_js_path=tmp_path / "x.js")
+    with pytest.raises(RuntimeError, match="make install"):
+        await WhatsAppWebChannel(no_js).start()

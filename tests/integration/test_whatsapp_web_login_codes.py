@@ -68,12 +68,18 @@ async def test_login_exits_5_when_the_profile_is_in_use(
     fake: FakeWhatsAppWeb, tmp_path: Path
 ) -> None:
     """A second login on a profile that a running one holds says so and exits 5."""
-    fake.logged_in = False
+    fake.new_devices_linked = False
     first = await _login(fake.url, tmp_path, "--timeout", "60")
     assert first.stdout is not None
     try:
-        line = (await asyncio.wait_for(first.stdout.readline(), 60)).decode()
-        assert "QR code saved to" in line
+        async def qr_saved() -> None:
+            assert first.stdout is not None
+            while line := (await first.stdout.readline()).decode():
+                if "QR code saved to" in line:
+                    return
+            raise AssertionError("the first login ended without saving a QR code")
+
+        await asyncio.wait_for(qr_saved(), 60)
         second = await _login(fake.url, tmp_path, "--timeout", "5")
         _, err = await asyncio.wait_for(second.communicate(), 90)
         assert second.returncode == 5, err.decode()

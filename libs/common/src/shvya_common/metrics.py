@@ -130,3 +130,27 @@ def record_build(service: str) -> None:
 def start_metrics_server(host: str, port: int) -> None:
     """Serve /metrics for a worker process on its own port."""
     start_http_server(port, addr=host)
+
+
+# WhatsApp Web accounts (issue 12), exported by the dispatch replica that drives each account.
+WHATSAPP_WEB_ACCOUNT_STATE = Gauge(
+    "shvya_whatsapp_web_account_state",
+    "1 for the state each WhatsApp Web account's last health probe saw, 0 for the others.",
+    ["account", "state"],
+)
+WHATSAPP_WEB_STATE_CHANGES = Counter(
+    "shvya_whatsapp_web_state_changes_total",
+    "Changes of a WhatsApp Web account's state seen by the health probe, by the new state.",
+    ["state"],
+)
+WHATSAPP_WEB_PHONE_IDLE_DAYS = Gauge(
+    "shvya_whatsapp_web_phone_idle_days",
+    "Days since the phone of a WhatsApp Web account was last seen in use (WhatsApp logs linked"
+    " devices out after 14).",
+    ["account"],
+)
+WHATSAPP_WEB_INBOUND = Counter(
+    "shvya_whatsapp_web_inbound_total",
+    "What WhatsApp Web accounts received, by kind and outcome (queued, skipped, failed).",
+    ["kind", "outcome"],
+)

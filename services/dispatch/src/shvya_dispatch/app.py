@@ -9,12 +9,14 @@ UNCONFIGURED_CHANNELS says."""
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import asyncpg
 import httpx
 
-from shvya_common.bus import Registration
+from shvya_common.bus import JobBus, Registration
 from shvya_common.bus.ledgers import SendLedger
 from shvya_common.logging import configure_logging
 from shvya_common.runtime import Platform, run, run_worker
@@ -34,6 +36,8 @@ from shvya_dispatch.repository import DispatchRepository, EmailRepository, Polic
 from shvya_dispatch.settings import DispatchSettings
 from shvya_dispatch.template_sync import AccountSyncTargets, SyncTarget, sync_loop
 from shvya_dispatch.templates import TemplateRenderer
+from shvya_dispatch.web_accounts import WebAccounts
+from shvya_dispatch.web_policy import WebRules
 from shvya_dispatch.webhooks import Webhooks, WebhookSender, webhook_client
 from shvya_dispatch.whatsapp_repository import WhatsAppRepository
 
@@ -41,9 +45,11 @@ SERVICE = "dispatch"
 METRICS_PORT = 9102
 
 
-def make_handlers(settings: DispatchSettings):  # type: ignore[no-untyped-def]
+def make_handlers(settings: DispatchSettings, running: list[WebAccounts] | None = None):  # type: ignore[no-untyped-def]
     async def factory(plat: Platform, stack: AsyncExitStack) -> dict[str, Registration]:
-        deps = await build_deps(settings, plat.pool, stack)
+        deps = await build_deps(settings, plat.pool, stack, bus=plat.bus)
+        if running is not None and deps.web_accounts is not None:
+            running.append(deps.web_accounts)
         accounts = deps.router.accounts
         companies = accounts if isinstance(accounts, CompanyChannels) else None
         media = await build_media_deps(settings, plat.pool, stack, companies)
@@ -75,9 +81,16 @@ async def company_channels(
     )
 
 
-async def build_deps(settings: DispatchSettings, pool: asyncpg.Pool, stack: AsyncExitStack) -> Deps:
+async def build_deps(
+    settings: DispatchSettings,
+    pool: asyncpg.Pool,
+    stack: AsyncExitStack,
+    *,
+    bus: JobBus | None = None,
+) -> Deps:
     """The channels (the platform's, and each company's own accounts), router and policy
-    engine; resources they open are closed by `stack`."""
+    engine, and with WhatsApp Web its account supervisor (not yet running); resources they
+    open are closed by `stack`."""
     log_channel = LogChannel(settings.log_channel_file)
     channels: dict[str, Channel] = {"log": log_channel}
     policy_repo = PolicyRepository(pool)
@@ -110,12 +123,46 @@ async def build_deps(settings: DispatchSettings, pool: asyncpg.Pool, stack: Asyn
     policies = PolicyEngine.from_settings(
         policy_repo, settings, companies.fingerprint, companies.web_profile, whatsapp_repo
     )
+    supervisor: WebAccounts | None = None
+    if web is not None:
+        supervisor = WebAccounts(settings, pool, bus, web)
+
+        async def cloud_for(company_id: uuid.UUID) -> bool:
+            if await companies.adapter("whatsapp_cloud", company_id) is not None:
+                return True
+            return "whatsapp_cloud" in channels
+
+        policies.web = web_rules(settings, pool, supervisor.may_drive, cloud_for)
+        policies.web_pause = supervisor.pause
     return Deps(
         repo=DispatchRepository(pool),
         router=router,
         policies=policies,
         sends=SendLedger(pool),
         webhooks=await webhooks(settings, pool, stack),
+        bus=bus,
+        web_accounts=supervisor,
+    )
+
+
+def web_rules(
+    settings: DispatchSettings,
+    pool: asyncpg.Pool,
+    may_drive: Callable[[str], Awaitable[bool]] | None,
+    cloud_for: Callable[[uuid.UUID], Awaitable[bool]] | None,
+) -> WebRules:
+    """WhatsApp Web's ban-aware rules with the POLICY_WHATSAPP_WEB_* settings."""
+    return WebRules(
+        pool=pool,
+        warmup=list(settings.policy_whatsapp_web_warmup),
+        first_contact_cap=settings.policy_whatsapp_web_first_contact_daily_cap,
+        identical_text_cap=settings.policy_whatsapp_web_identical_text_hourly_cap,
+        recheck_seconds=settings.policy_pause_recheck_seconds,
+        paused_max_age_hours=settings.policy_whatsapp_web_paused_max_age_hours,
+        cloud_fallback=settings.policy_whatsapp_web_cloud_fallback,
+        cloud_window_hours=settings.policy_whatsapp_cloud_window_hours,
+        may_drive=may_drive,
+        cloud_for=cloud_for,
     )
 
 
@@ -223,6 +270,17 @@ def template_sync(settings: DispatchSettings):  # type: ignore[no-untyped-def]
     return background
 
 
+def backgrounds(settings: DispatchSettings, running: list[WebAccounts]):  # type: ignore[no-untyped-def]
+    """The template sync and, with WhatsApp Web, its account supervisor, side by side."""
+    sync = template_sync(settings)
+
+    async def background(plat: Platform, stopping: asyncio.Event) -> None:
+        tasks = [sync(plat, stopping)] + [web.run(stopping) for web in running]
+        await asyncio.gather(*tasks)
+
+    return background
+
+
 def main() -> None:
     settings = DispatchSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
@@ -230,8 +288,13 @@ def main() -> None:
         settings.link_key()  # signs the unsubscribe and tracking links of every email
     except ValueError as err:
         raise SystemExit(f"dispatch: {err}") from None
+    running: list[WebAccounts] = []
     run(
         lambda: run_worker(
-            settings, SERVICE, METRICS_PORT, make_handlers(settings), template_sync(settings)
+            settings,
+            SERVICE,
+            METRICS_PORT,
+            make_handlers(settings, running),
+            backgrounds(settings, running),
         )
     )

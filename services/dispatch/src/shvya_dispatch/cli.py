@@ -1,10 +1,9 @@
 """`python -m shvya_dispatch` runs the dispatch service; `python -m shvya_dispatch
-whatsapp-web-login --account NAME` links a WhatsApp Web account by QR code and exits;
+whatsapp-web-login --account NAME [--phone +N]` links a WhatsApp Web account (QR or pairing
+code; through the running dispatch replica that drives it, or here), `whatsapp-web-status`,
+`whatsapp-web-resume` and `whatsapp-web-canary` look after them (`shvya_dispatch.web_cli`);
 `python -m shvya_dispatch email-dkim-key --company ID --domain D --selector S` makes (or, with
 `--key-file`, imports) a company's DKIM key, stores it encrypted and prints the DNS record.
-
-Stop the dispatch service (or at least its WhatsApp Web channel) before logging an account in:
-Chromium lets only one process open a profile at a time.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from playwright.async_api import Error as PlaywrightError
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -27,10 +24,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     login = commands.add_parser(
         "whatsapp-web-login",
-        help="link a WhatsApp Web account: save its QR code as a PNG and wait until it is scanned",
+        help="link a WhatsApp Web account by QR code (or a pairing code with --phone)",
     )
     login.add_argument(
         "--account", help="account (browser profile) name; default: WHATSAPP_WEB_ACCOUNT"
+    )
+    login.add_argument(
+        "--phone", help="link with a pairing code for this number instead of a QR code"
     )
     login.add_argument(
         "--qr-path", type=Path, help="where to save the QR PNG; default: next to the profiles"
@@ -44,6 +44,24 @@ def _parser() -> argparse.ArgumentParser:
         default=5.0,
         help="keep the browser open this long after linking, so the session is stored",
     )
+    login.add_argument(
+        "--no-terminal-qr", action="store_true", help="do not draw the QR code in the terminal"
+    )
+    status = commands.add_parser(
+        "whatsapp-web-status", help="WhatsApp Web accounts: lease, health, pause, warm-up"
+    )
+    status.add_argument("--account", help="only this account")
+    resume = commands.add_parser(
+        "whatsapp-web-resume", help="lift a WhatsApp Web account's pause (restriction, ban)"
+    )
+    resume.add_argument("--account", required=True)
+    canary = commands.add_parser(
+        "whatsapp-web-canary",
+        help="send one message from a real linked account and report each step",
+    )
+    canary.add_argument("--account", help="default: WHATSAPP_WEB_ACCOUNT")
+    canary.add_argument("--to", required=True, help="the test number, e.g. +919812345678")
+    canary.add_argument("--text", help="default: 'SHVYA canary <random>'")
     dkim = commands.add_parser(
         "email-dkim-key",
         help="make or import a company's DKIM key for a sending domain and print its DNS record",
@@ -65,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.command == "email-dkim-key":
         sys.exit(email_dkim_key(args))
-    sys.exit(whatsapp_web_login(args))
+    from shvya_dispatch.web_cli import main_for
+
+    sys.exit(main_for(args.command, args))
 
 
 def email_dkim_key(args: argparse.Namespace) -> int:
@@ -112,50 +132,3 @@ def email_dkim_key(args: argparse.Namespace) -> int:
     strings = " ".join(f'"{record[i : i + 255]}"' for i in range(0, len(record), 255))
     print(f"{args.selector}._domainkey.{domain}. IN TXT {strings}")
     return 0
-
-
-# The login's exit codes, one meaning each (the same numbers as the `shvya` commands').
-LOGIN_LINKED, LOGIN_NOT_LINKED, LOGIN_USAGE, LOGIN_UNREACHABLE, LOGIN_PROFILE_BUSY = 0, 1, 2, 3, 5
-
-
-def whatsapp_web_login(args: argparse.Namespace) -> int:
-    """Link an account; the exit code says how it ended (`LOGIN_*`)."""
-    from shvya_dispatch.channels.whatsapp_web import (
-        LoginTimeout,
-        LoginUnreachable,
-        ProfileBusy,
-        login,
-    )
-    from shvya_dispatch.settings import DispatchSettings
-
-    account = args.account
-    try:
-        settings = DispatchSettings()
-        account = account or settings.whatsapp_web_account
-        asyncio.run(
-            login(
-                settings,
-                account,
-                qr_path=args.qr_path,
-                wait_seconds=args.timeout,
-                settle_seconds=args.settle_seconds,
-                say=lambda line: print(line, flush=True),
-            )
-        )
-    except LoginTimeout as err:
-        print(f"error: {err}; run the command again for a fresh QR code", file=sys.stderr)
-        return LOGIN_NOT_LINKED
-    except ProfileBusy as err:
-        print(f"error: {err}; stop dispatch, then log in again", file=sys.stderr)
-        return LOGIN_PROFILE_BUSY
-    except LoginUnreachable as err:
-        print(f"error: {err}; check the network (or WHATSAPP_WEB_URL)", file=sys.stderr)
-        return LOGIN_UNREACHABLE
-    except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return LOGIN_USAGE
-    except PlaywrightError as err:  # the page broke after it loaded: the login did not finish
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: WhatsApp Web failed during the login: {first}", file=sys.stderr)
-        return LOGIN_NOT_LINKED
-    return LOGIN_LINKED

@@ -17,7 +17,11 @@ Provider refusals that need more than retry-or-dead-letter (channels/errors.py):
 - outside the window: convert to the fallback template, or hold, and never retry the free text;
 - opted out: suppress the recipient, then dead-letter;
 - undeliverable (WhatsApp 131026 and friends): flag the lead, then dead-letter;
-- sender refused: pause the channel for the company, then defer.
+- sender refused: pause the channel for the company, then defer;
+- WhatsApp Web account restricted, timelocked (463), banned or logged out: pause the account,
+  then defer (never retried into the restriction);
+- a paused WhatsApp Web account's send that may go through WhatsApp Cloud (the lead's window
+  is open): cancelled here and requested again on whatsapp_cloud, in one transaction.
 
 The pacing slot is released only after the send is recorded, so the gap counts from `sent_at`.
 
@@ -29,17 +33,21 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
-from shvya_common.bus import JobContext, Registry
+from shvya_common.bus import JobBus, JobContext, Registry
 from shvya_common.bus.ledgers import SendLedger, is_database_outage
 from shvya_common.contracts import SendParams, WebhookParams
+from shvya_common.contracts.events import EventType
 from shvya_common.errors import DeferJob
+from shvya_common.events import record_event
 from shvya_common.metrics import POLICY_DEFERRALS, SENDS
 from shvya_dispatch.channels import ChannelRouter, SendResult
 from shvya_dispatch.channels.errors import (
+    AccountPausedError,
     ChannelPausedError,
     RecipientOptedOutError,
     SendOutcomeUnknown,
@@ -51,6 +59,9 @@ from shvya_dispatch.repository import DispatchRepository
 from shvya_dispatch.webhooks import RETRY as WEBHOOK_RETRY
 from shvya_dispatch.webhooks import Webhooks
 from shvya_dispatch.webhooks import handle as handle_webhook_job
+
+if TYPE_CHECKING:
+    from shvya_dispatch.web_accounts import WebAccounts
 
 log = structlog.get_logger(__name__)
 registry = Registry("dispatch")
@@ -65,6 +76,10 @@ class Deps:
     policies: PolicyEngine
     sends: SendLedger
     webhooks: Webhooks
+    # Moving a send to another channel (a paused WhatsApp Web account's) is one unit of work.
+    bus: JobBus | None = None
+    # WhatsApp Web's account supervisor (leases, probes, inbound), run beside the worker.
+    web_accounts: WebAccounts | None = None
 
 
 @registry.task("webhook.reminder", retry=WEBHOOK_RETRY)
@@ -106,7 +121,9 @@ def deferral_reason(reason: str) -> str:
 
 async def _policed_send(params: SendParams, job: JobContext, deps: Deps) -> dict[str, Any]:
     message_id = job.job_id
-    verdict = await deps.policies.evaluate(params)
+    verdict = await deps.policies.evaluate(params, message_id)
+    if verdict.action == "move":
+        return await _reroute(params, job, deps, verdict.reason)
     if verdict.action != "send":
         status: Literal["suppressed", "held"] = (
             "suppressed" if verdict.action == "suppress" else "held"
@@ -115,10 +132,17 @@ async def _policed_send(params: SendParams, job: JobContext, deps: Deps) -> dict
     if verdict.template_id is not None:
         log.info("send_converted_to_template", template=verdict.template_name)
     reservation = await deps.policies.reserve(params, message_id, verdict)
+    extra = reservation.meta if reservation is not None else {}
     try:
-        return await _send(params, job, verdict, deps)
+        return await _send(params, job, verdict, deps, extra)
     except SendOutcomeUnknown as err:
-        await deps.sends.record_unknown(message_id, job.attempt, str(err))
+        await deps.sends.record_unknown(
+            message_id,
+            job.attempt,
+            str(err),
+            provider_message_id=err.provider_message_id,
+            meta={**extra, **err.meta} if err.meta or extra else None,
+        )
         SENDS.labels(params.channel, "unknown").inc()
         log.warning(
             "send_outcome_unknown_not_repeated", message_id=str(message_id), reason=str(err)
@@ -127,6 +151,38 @@ async def _policed_send(params: SendParams, job: JobContext, deps: Deps) -> dict
     finally:
         if reservation is not None:
             await deps.policies.settle(reservation)
+
+
+async def _reroute(params: SendParams, job: JobContext, deps: Deps, reason: str) -> dict[str, Any]:
+    """Cancel this WhatsApp Web send and request the same text on WhatsApp Cloud (its own row,
+    send key `<key>:cloud`, under Cloud's rules), in one transaction: exactly one of the two
+    can ever leave."""
+    if deps.bus is None:
+        raise DeferJob(datetime.now(UTC) + timedelta(seconds=60), reason)
+    cloud = params.model_copy(
+        update={"channel": "whatsapp_cloud", "send_key": f"{params.send_key}:cloud"}
+    )
+    async with deps.bus.unit(acquire_timeout=5) as unit:
+        note = f"moved to whatsapp_cloud: {reason}"
+        if not await SendLedger.cancel(unit.conn, [job.job_id], note):
+            return {"status": "not pending"}
+        moved_to, _ = await unit.request_send(cloud, priority=job.priority)
+        await record_event(
+            unit.conn,
+            params.company_id,
+            params.lead_id,
+            EventType.MESSAGE_REROUTED,
+            {
+                "message_id": str(job.job_id),
+                "from_channel": params.channel,
+                "to_channel": "whatsapp_cloud",
+                "new_message_id": str(moved_to),
+                "reason": reason[:2000],
+            },
+        )
+    SENDS.labels(params.channel, "rerouted").inc()
+    log.info("send_rerouted", message_id=str(job.job_id), to="whatsapp_cloud", reason=reason)
+    return {"status": "rerouted", "message_id": str(moved_to)}
 
 
 async def _finish_unsent(
@@ -144,7 +200,11 @@ async def _finish_unsent(
 
 
 async def _send(
-    params: SendParams, job: JobContext, verdict: Verdict, deps: Deps
+    params: SendParams,
+    job: JobContext,
+    verdict: Verdict,
+    deps: Deps,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     message_id = job.job_id
     converted: dict[str, Any] | None = None
@@ -177,6 +237,8 @@ async def _send(
     status: Literal["sent", "logged"] = "logged" if result.status == "logged" else "sent"
     if converted is not None:
         result = replace(result, meta={**result.meta, "converted_to_template": converted})
+    if extra:
+        result = replace(result, meta={**extra, **result.meta})
     await deps.sends.record_sent(
         message_id,
         job.attempt,
@@ -223,3 +285,5 @@ async def _attempt(
         raise
     except ChannelPausedError as err:
         raise await deps.policies.pause(params, message_id, err) from err
+    except AccountPausedError as err:
+        raise await deps.policies.pause_account(params, err) from err

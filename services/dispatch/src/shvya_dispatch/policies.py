@@ -23,6 +23,12 @@ Before a send reaches its channel, `handle_send` asks the engine, in this order:
    (WhatsApp Web, with random jitter and a daily cap). A blocked send is deferred to the moment
    the slot frees (for a reached cap, the next local day).
 
+WhatsApp Web accounts have ban-aware rules of their own (`web_policy`): only the replica that
+drives the account sends from it; a paused account (restriction, timelock 463, ban, logout)
+defers its sends, or moves them to WhatsApp Cloud where the lead's window allows; a new number
+warms up; first contacts and identical texts have caps of their own; quiet hours apply in the
+lead's time zone by default.
+
 Deferrals raise `DeferJob`: the consumer loop parks the send in a durable timer, the scheduler
 re-publishes it at that moment, and no retry attempt is spent.
 
@@ -57,6 +63,7 @@ from shvya_common.contracts import SendParams
 from shvya_common.errors import DeferJob, PermanentError
 from shvya_common.whatsapp.templates import fallback_template_setting
 from shvya_dispatch.channels.errors import (
+    AccountPausedError,
     ChannelPausedError,
     RecipientOptedOutError,
     UndeliverableError,
@@ -65,6 +72,7 @@ from shvya_dispatch.channels.errors import (
 if TYPE_CHECKING:
     from shvya_dispatch.repository import PolicyRepository
     from shvya_dispatch.settings import DispatchSettings
+    from shvya_dispatch.web_policy import WebRules
     from shvya_dispatch.whatsapp_repository import WhatsAppRepository
 
 __all__ = ["PolicyEngine", "Verdict", "fallback_template_setting"]
@@ -148,6 +156,7 @@ def default_policies(settings: DispatchSettings) -> dict[str, ChannelPolicy]:
             jitter_seconds=settings.policy_whatsapp_web_jitter_seconds,
             daily_cap=settings.policy_whatsapp_web_daily_cap,
             pace_by="account",
+            quiet_hours=settings.policy_whatsapp_web_quiet_hours or None,
         ),
         "email": ChannelPolicy(quiet_hours=settings.policy_email_quiet_hours or None),
     }
@@ -199,7 +208,8 @@ def suppression_channels(channel: str) -> list[str]:
 class Verdict:
     """What the rules say about one send, before pacing."""
 
-    action: Literal["send", "suppress", "hold"]
+    # 'move': a paused WhatsApp Web account's send goes to the company's WhatsApp Cloud instead.
+    action: Literal["send", "suppress", "hold", "move"]
     policy: ChannelPolicy
     company_zone: str
     reason: str = ""
@@ -217,6 +227,8 @@ class Reservation:
     key: str
     message_id: uuid.UUID
     gap_seconds: float
+    # Recorded with the send (WhatsApp Web: first contact, text hash), for the next counts.
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 async def _no_fingerprint(company_id: uuid.UUID, channel: str) -> str | None:
@@ -239,6 +251,10 @@ class PolicyEngine:
     rng: random.Random = field(default_factory=random.Random)
     # Lead flags set by provider refusals (WhatsApp 131026: undeliverable).
     whatsapp: WhatsAppRepository | None = None
+    # WhatsApp Web accounts' own rules (`web_policy`), and how an account is paused; None
+    # while WhatsApp Web is not enabled (its sends are logged under the channel's rules).
+    web: WebRules | None = None
+    web_pause: Callable[[AccountPausedError], Awaitable[bool]] | None = None
 
     @classmethod
     def from_settings(
@@ -260,7 +276,7 @@ class PolicyEngine:
             whatsapp=whatsapp,
         )
 
-    async def evaluate(self, params: SendParams) -> Verdict:
+    async def evaluate(self, params: SendParams, message_id: uuid.UUID | None = None) -> Verdict:
         """Apply suppression, pause, window and quiet hours; raises DeferJob to wait."""
         ctx = await self.store.send_context(params.company_id, params.lead_id)
         if ctx is None:
@@ -270,7 +286,9 @@ class PolicyEngine:
         policy = resolve_policy(self.defaults, params.channel, settings)
         company_zone = zone_named(ctx["company_timezone"])
 
-        def verdict(action: Literal["send", "suppress", "hold"], reason: str = "") -> Verdict:
+        def verdict(
+            action: Literal["send", "suppress", "hold", "move"], reason: str = ""
+        ) -> Verdict:
             return Verdict(action, policy, company_zone.key, reason)
 
         suppressed = await self._suppression(params, now)
@@ -293,6 +311,13 @@ class PolicyEngine:
                 self._recheck_at(now, pause["paused_until"]),
                 f"channel {params.channel} paused for this company: {pause['reason']}",
             )
+
+        if params.channel == "whatsapp_web" and self.web is not None:
+            gate = await self.web.gate(
+                params, await self.account_for(params.company_id), now, message_id
+            )
+            if gate.action != "send":
+                return verdict(gate.action, gate.reason)
 
         converted: Verdict | None = None
         if policy.window_hours is not None and params.template_id is None:
@@ -360,12 +385,20 @@ class PolicyEngine:
     ) -> Reservation | None:
         """Take this send's pacing slot, or raise DeferJob until it frees."""
         policy = verdict.policy
-        if not policy.paces:
-            return None
         if policy.pace_by == "account":
             key = await self.account_for(params.company_id)
         else:
             key = params.to.strip().lower()
+        web = self.web if params.channel == "whatsapp_web" else None
+        warmup: str | None = None
+        if web is not None:
+            cap, warmup = await web.daily_cap(key, policy.daily_cap, datetime.now(UTC))
+            policy = policy.model_copy(update={"daily_cap": cap})
+        if not policy.paces:
+            if web is not None:
+                extra = await web.caps(params, key, verdict.company_zone, datetime.now(UTC))
+                return Reservation(params.company_id, params.channel, key, message_id, 0.0, extra)
+            return None
         lease = self.lease_seconds if policy.min_gap_seconds > 0 else 0.0
         for _ in range(_RESERVE_TRIES):
             taken = await self.store.reserve_slot(
@@ -379,13 +412,25 @@ class PolicyEngine:
             )
             if taken:
                 gap = policy.min_gap_seconds + self.rng.uniform(0.0, policy.jitter_seconds)
-                return Reservation(params.company_id, params.channel, key, message_id, gap)
+                meta: dict[str, Any] = {}
+                if web is not None:
+                    try:
+                        meta = await web.caps(params, key, verdict.company_zone, datetime.now(UTC))
+                    except DeferJob:
+                        # Nothing was sent: the slot is given back as it was.
+                        await self.store.release_slot(
+                            params.company_id, params.channel, key, message_id
+                        )
+                        raise
+                return Reservation(params.company_id, params.channel, key, message_id, gap, meta)
             state = await self.store.slot_state(
                 params.company_id, params.channel, key, verdict.company_zone
             )
             if state is None:
                 continue
             until, reason = self._blocked_until(state, policy, params.channel, key)
+            if warmup is not None and reason.startswith("daily cap"):
+                reason = f"{reason} ({warmup})"
             if until > state["now"]:
                 raise DeferJob(until, reason)
         raise DeferJob(datetime.now(UTC) + timedelta(seconds=1), "pacing: slot contended")
@@ -443,6 +488,18 @@ class PolicyEngine:
         return DeferJob(
             self._recheck_at(row["now"], row["paused_until"]),
             f"channel {params.channel} paused for this company: {err.reason}",
+        )
+
+    async def pause_account(self, params: SendParams, err: AccountPausedError) -> DeferJob:
+        """Pause the WhatsApp Web account (one event per pause) and defer this send."""
+        if self.web_pause is not None and not err.recorded:
+            await self.web_pause(err)
+        log.warning("whatsapp_web_account_paused", account=err.account, code=err.kind)
+        until = datetime.now(UTC) + timedelta(seconds=self.pause_recheck_seconds)
+        if err.pause_seconds is not None:
+            until = min(until, datetime.now(UTC) + timedelta(seconds=err.pause_seconds))
+        return DeferJob(
+            until, f"whatsapp web account {err.account} paused ({err.kind}): {err.reason}"
         )
 
     async def flag_undeliverable(self, params: SendParams, err: UndeliverableError) -> None:

@@ -342,6 +342,22 @@ class PolicyRepository:
     ) -> asyncpg.Record | None:
         return await self.pool.fetchrow(_SLOT_STATE, company_id, channel, key, zone)
 
+    async def release_slot(
+        self, company_id: uuid.UUID, channel: str, key: str, message_id: uuid.UUID
+    ) -> None:
+        """Give back a slot this send took but did not use (a later limit deferred it): no gap,
+        and it does not count towards today's cap."""
+        await self.pool.execute(
+            "UPDATE send_pacing SET lease_until = NULL, lease_message_id = NULL,"
+            " day_count = greatest(day_count - 1, 0), updated_at = now()"
+            " WHERE company_id = $1 AND channel = $2 AND pacing_key = $3"
+            " AND lease_message_id = $4",
+            company_id,
+            channel,
+            key,
+            message_id,
+        )
+
     async def settle_slot(
         self,
         company_id: uuid.UUID,

@@ -121,6 +121,38 @@ class DispatchSettings(CommonSettings):
     policy_whatsapp_web_daily_cap: int = Field(
         200, ge=0, description="Messages per account per local day; 0 = no cap."
     )
+    # Ban-aware pacing of WhatsApp Web accounts (issue 12); see docs/policies.md.
+    policy_whatsapp_web_warmup: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [20, 30, 45, 60, 80, 100, 130, 160],
+        description="A new number's daily send limit on its 1st, 2nd, ... day after linking "
+        "(comma separated); from the day after the last, the daily cap; empty = no warm-up.",
+    )
+    policy_whatsapp_web_first_contact_daily_cap: int = Field(
+        15,
+        ge=0,
+        description="Messages to people the account never talked with, per account per"
+        " local day; 0 = no cap.",
+    )
+    policy_whatsapp_web_identical_text_hourly_cap: int = Field(
+        5, ge=0, description="Sends of one same text per account per hour; 0 = no cap."
+    )
+    policy_whatsapp_web_quiet_hours: str = Field(
+        "08:00-21:00",
+        pattern=r"^(\d{1,2}:\d{2}-\d{1,2}:\d{2})?$",
+        description="Local hours WhatsApp Web may send in (lead's time zone, else company's); "
+        "empty = any time.",
+    )
+    policy_whatsapp_web_paused_max_age_hours: float = Field(
+        72.0,
+        gt=0,
+        description="A send kept waiting by a paused account longer than this since"
+        " it was queued is held instead of going out late.",
+    )
+    policy_whatsapp_web_cloud_fallback: bool = Field(
+        True,
+        description="While a WhatsApp Web account is paused, send a lead whose WhatsApp "
+        "Cloud window is open through the company's WhatsApp Cloud instead.",
+    )
     policy_email_quiet_hours: str = Field(
         "08:00-22:00",
         pattern=r"^(\d{1,2}:\d{2}-\d{1,2}:\d{2})?$",
@@ -136,6 +168,23 @@ class DispatchSettings(CommonSettings):
     policy_optout_confirmation_grace_seconds: float = Field(
         86400.0, ge=0, description="An opt-out confirmation may follow the opt-out this long."
     )
+
+    @field_validator("policy_whatsapp_web_warmup", mode="before")
+    @classmethod
+    def _split_warmup(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return [int(part) for part in value.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError("expected daily limits like 20,30,45 (whole numbers)") from None
+        return value
+
+    @field_validator("policy_whatsapp_web_warmup")
+    @classmethod
+    def _check_warmup(cls, value: list[int]) -> list[int]:
+        if any(n < 1 for n in value):
+            raise ValueError("each warm-up day's limit must be at least 1")
+        return value
 
     @field_validator("whatsapp_cloud_api_version")
     @classmethod
@@ -229,6 +278,56 @@ class DispatchSettings(CommonSettings):
     )
     whatsapp_web_login_timeout_seconds: float = Field(
         300.0, gt=0, description="How long the login command waits for the QR to be scanned."
+    )
+    whatsapp_web_wa_js_path: Path = Field(
+        Path(".tools/wa-js/wppconnect-wa.js"),
+        description="The pinned @wppconnect/wa-js bundle injected into the page (`make install`"
+        " puts it there; the dispatch image at /opt/wa-js).",
+    )
+    whatsapp_web_typing_max_seconds: float = Field(
+        30.0, ge=0, description="Longest 'typing…' shown before a send, however long the text."
+    )
+    whatsapp_web_listen: bool = Field(
+        True,
+        description="Keep every linked account's browser open to receive messages, "
+        "acknowledgements and health; off, a browser opens on its first send only.",
+    )
+    whatsapp_web_lease_seconds: float = Field(
+        60.0,
+        ge=5,
+        description="How long a replica's claim on an account's browser lasts "
+        "unless renewed; another replica takes the account over after it.",
+    )
+    whatsapp_web_supervise_seconds: float = Field(
+        15.0, gt=0, description="How often leases are renewed and accounts opened or closed."
+    )
+    whatsapp_web_probe_seconds: float = Field(
+        120.0, gt=0, description="How often each account's health is probed."
+    )
+    whatsapp_web_timelock_pause_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="How long WhatsApp's reach-out timelock (463) pauses an "
+        "account's first contacts before they are tried again.",
+    )
+    whatsapp_web_restriction_pause_seconds: float = Field(
+        86400.0, gt=0, description="How long refusals in a row pause an account."
+    )
+    whatsapp_web_refusals_to_pause: int = Field(
+        3, ge=1, description="Refused sends in a row (without a known code) that pause it."
+    )
+    whatsapp_web_inactivity_reminder_days: float = Field(
+        12.0,
+        gt=0,
+        lt=14,
+        description="Remind this many days after the phone was last used; "
+        "WhatsApp logs linked devices out after 14.",
+    )
+    whatsapp_web_catchup_per_chat: int = Field(
+        20, ge=1, le=200, description="Recent messages read per chat when catching up."
+    )
+    whatsapp_web_replica_id: str | None = Field(
+        None, max_length=200, description="This replica's name in account leases; unset: host:pid."
     )
 
     @field_validator("whatsapp_web_company_accounts", mode="before")

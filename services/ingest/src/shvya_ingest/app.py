@@ -10,6 +10,7 @@ import uvicorn
 from fastapi import FastAPI
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
+from shvya_common.bus import Worker
 from shvya_common.logging import configure_logging
 from shvya_common.metrics import start_metrics_server
 from shvya_common.runtime import platform
@@ -33,6 +34,7 @@ from shvya_ingest.imap_reader import MailboxReaders
 from shvya_ingest.middleware import EdgeMiddleware
 from shvya_ingest.settings import IngestSettings
 from shvya_ingest.smtp_receiver import start_smtp_receiver
+from shvya_ingest.whatsapp_web_inbound import registry as web_inbound
 
 SERVICE = "ingest"
 METRICS_PORT = 9100
@@ -51,9 +53,25 @@ def create_app(settings: IngestSettings) -> FastAPI:
             mailboxes = MailboxReaders(ingest) if settings.imap_enabled else None
             if mailboxes is not None:
                 mailboxes.start()
+            # What linked WhatsApp Web accounts receive comes as jobs (dispatch writes them);
+            # ingest files them, so a small worker runs beside the HTTP server.
+            worker = Worker(
+                service=SERVICE,
+                bus=plat.bus,
+                nc=plat.nc,
+                handlers=web_inbound.bind(ingest=ingest),
+                retry_schedule=settings.retry_schedule,
+                concurrency=max(2, min(settings.worker_concurrency, 8)),
+                reserved_p1=0,
+                ack_wait=settings.ack_wait_seconds,
+                poll_seconds=settings.worker_poll_seconds,
+                keeper=plat.keeper,
+            )
+            await worker.start()
             try:
                 yield
             finally:
+                await worker.stop()
                 # Stop receiving mail (SMTP, IMAP) before the pool closes.
                 if mailboxes is not None:
                     await mailboxes.stop()

@@ -226,14 +226,15 @@ async def after_filing(
 
 
 async def _original(
-    conn: asyncpg.Connection, company_id: uuid.UUID, wamid: str
+    conn: asyncpg.Connection, company_id: uuid.UUID, wamid: str, channel: str = "whatsapp_cloud"
 ) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT id, lead_id, body, meta, edited_at, deleted_at FROM messages"
-        " WHERE company_id = $1 AND channel = 'whatsapp_cloud' AND provider_message_id = $2"
+        " WHERE company_id = $1 AND channel = $3 AND provider_message_id = $2"
         " AND direction = 'inbound' FOR UPDATE",
         company_id,
         wamid,
+        channel,
     )
 
 
@@ -248,9 +249,11 @@ class Changed:
     answered: bool = False
 
 
-async def apply_edit(conn: asyncpg.Connection, company_id: uuid.UUID, edit: Edit) -> Changed:
+async def apply_edit(
+    conn: asyncpg.Connection, company_id: uuid.UUID, edit: Edit, channel: str = "whatsapp_cloud"
+) -> Changed:
     """The original takes the new text; its previous text and meta become a revision."""
-    original = await _original(conn, company_id, edit.original_wamid)
+    original = await _original(conn, company_id, edit.original_wamid, channel)
     if original is None:
         return Changed("unmatched")
     at = edit.at or datetime.now(UTC)
@@ -295,9 +298,14 @@ async def apply_edit(conn: asyncpg.Connection, company_id: uuid.UUID, edit: Edit
     return Changed("applied", original["id"], original["lead_id"], count, answered)
 
 
-async def apply_revoke(conn: asyncpg.Connection, company_id: uuid.UUID, revoke: Revoke) -> Changed:
+async def apply_revoke(
+    conn: asyncpg.Connection,
+    company_id: uuid.UUID,
+    revoke: Revoke,
+    channel: str = "whatsapp_cloud",
+) -> Changed:
     """The original is marked deleted; its text is kept as a revision, not shown to the AI."""
-    original = await _original(conn, company_id, revoke.original_wamid)
+    original = await _original(conn, company_id, revoke.original_wamid, channel)
     if original is None:
         return Changed("unmatched")
     at = revoke.at or datetime.now(UTC)
@@ -331,15 +339,19 @@ async def apply_revoke(conn: asyncpg.Connection, company_id: uuid.UUID, revoke: 
 
 
 async def apply_reaction(
-    conn: asyncpg.Connection, company_id: uuid.UUID, reaction: Reaction
+    conn: asyncpg.Connection,
+    company_id: uuid.UUID,
+    reaction: Reaction,
+    channel: str = "whatsapp_cloud",
 ) -> Changed:
     """The reaction is attached to the message it reacts to (ours or theirs); a later one from
     the same person replaces it, an empty one removes it."""
     target = await conn.fetchrow(
-        "SELECT id, lead_id FROM messages WHERE company_id = $1 AND channel = 'whatsapp_cloud'"
+        "SELECT id, lead_id FROM messages WHERE company_id = $1 AND channel = $3"
         " AND provider_message_id = $2 ORDER BY direction LIMIT 1",
         company_id,
         reaction.target_wamid,
+        channel,
     )
     if target is None:
         return Changed("unmatched")

@@ -652,9 +652,23 @@ class SendLedger:
             lambda: self._record_unsent(message_id, attempt, status=status, reason=reason)
         )
 
-    async def record_unknown(self, message_id: uuid.UUID, attempt: int, reason: str) -> bool:
-        """The send may have left and cannot be confirmed: never repeated, shown to operators."""
-        return await outlast_outage(lambda: self._record_unknown(message_id, attempt, reason))
+    async def record_unknown(
+        self,
+        message_id: uuid.UUID,
+        attempt: int,
+        reason: str,
+        *,
+        provider_message_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> bool:
+        """The send may have left and cannot be confirmed: never repeated, shown to operators.
+        A channel that knows the id the message would carry (WhatsApp Web) records it, so the
+        provider's late acknowledgement can still confirm the send."""
+        return await outlast_outage(
+            lambda: self._record_unknown(
+                message_id, attempt, reason, provider_message_id=provider_message_id, meta=meta
+            )
+        )
 
     async def _record_sent(
         self,
@@ -730,17 +744,28 @@ class SendLedger:
             )
         return True
 
-    async def _record_unknown(self, message_id: uuid.UUID, attempt: int, reason: str) -> bool:
+    async def _record_unknown(
+        self,
+        message_id: uuid.UUID,
+        attempt: int,
+        reason: str,
+        *,
+        provider_message_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> bool:
         """The send may have left and cannot be confirmed: never repeated, shown to operators."""
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "UPDATE messages SET status = 'unknown', last_error = $3, lease_until = NULL,"
-                " updated_at = now() WHERE id = $1 AND attempts = $2"
+                " provider_message_id = coalesce($5, provider_message_id),"
+                " meta = meta || $6::jsonb, updated_at = now() WHERE id = $1 AND attempts = $2"
                 " AND status = ANY($4::text[]) RETURNING company_id, lead_id, channel",
                 message_id,
                 attempt,
                 reason[:2000],
                 send_sources(_S.UNKNOWN),
+                provider_message_id,
+                meta or {},
             )
             if row is None:
                 return False

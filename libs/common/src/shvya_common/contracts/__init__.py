@@ -16,6 +16,7 @@ from shvya_common.contracts.jobs import (
     SummaryParams,
     TaskSpec,
     WebhookParams,
+    WhatsAppWebInboundParams,
     task_spec,
 )
 from shvya_common.contracts.subjects import PRIORITY_LEVELS, Topology, priority_level
@@ -35,6 +36,7 @@ __all__ = [
     "TaskSpec",
     "Topology",
     "WebhookParams",
+    "WhatsAppWebInboundParams",
     "priority_level",
     "task_spec",
 ]

@@ -64,6 +64,17 @@ class EventType(StrEnum):
     CAMPAIGN_RESUMED = "campaign.resumed"
     CAMPAIGN_COMPLETED = "campaign.completed"
     CAMPAIGN_CANCELLED = "campaign.cancelled"
+    # WhatsApp Web accounts (issue 12): the health probe saw a new state; the account was paused
+    # (restriction, timelock, ban, logout) or resumed; the phone has not been used for long
+    # enough that WhatsApp will soon log the linked device out.
+    WHATSAPP_WEB_ACCOUNT_STATE = "whatsapp_web.account_state"
+    WHATSAPP_WEB_ACCOUNT_PAUSED = "whatsapp_web.account_paused"
+    WHATSAPP_WEB_ACCOUNT_RESUMED = "whatsapp_web.account_resumed"
+    WHATSAPP_WEB_INACTIVITY_REMINDER = "whatsapp_web.inactivity_reminder"
+    # A send moved to another channel (a paused WhatsApp Web account's send to WhatsApp Cloud).
+    MESSAGE_REROUTED = "message.rerouted"
+    # Something a WhatsApp Web account reported that nothing acts on (an unknown kind).
+    WHATSAPP_WEB_ITEM_RECORDED = "whatsapp_web.item_recorded"
 
 
 # What an outbound webhook endpoint may subscribe to (the rest are internal bookkeeping).
@@ -97,5 +108,10 @@ PUBLIC_EVENTS: frozenset[EventType] = frozenset(
         EventType.SEQUENCE_STOPPED,
         EventType.CAMPAIGN_STARTED,
         EventType.CAMPAIGN_COMPLETED,
+        EventType.WHATSAPP_WEB_ACCOUNT_STATE,
+        EventType.WHATSAPP_WEB_ACCOUNT_PAUSED,
+        EventType.WHATSAPP_WEB_ACCOUNT_RESUMED,
+        EventType.WHATSAPP_WEB_INACTIVITY_REMINDER,
+        EventType.MESSAGE_REROUTED,
     }
 )

@@ -163,6 +163,16 @@ class ReportParams(BaseModel):
     company_id: UUID
     reports: list[ReportName] = Field(default_factory=lambda: list(REPORTS))
     days: int = Field(30, ge=1, le=366)
+class WhatsAppWebInboundParams(BaseModel):
+    """whatsapp_web.inbound: one thing a linked WhatsApp Web account saw, for ingest to file
+    through the path every inbound message takes. `kind` is 'message' (text, caption, reply),
+    'reaction', 'ack' (delivery/read of our messages), 'edit', 'revoke', or a later kind that
+    ingest keeps as an event; `item` is what the page reported (shvya_dispatch's bridge)."""
+
+    account: str = Field(min_length=1, max_length=64)
+    company_id: UUID
+    kind: str = Field(min_length=1, max_length=40)
+    item: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -196,6 +206,8 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("webhook.reminder", 50, "dispatch", WebhookParams),
         TaskSpec("email.sequence", 60, "scheduler", CampaignParams),
         TaskSpec("report.refresh", 50, "scheduler", ReportParams),
+        # What a linked WhatsApp Web account receives, filed by ingest as soon as it arrives.
+        TaskSpec("whatsapp_web.inbound", 100, "ingest", WhatsAppWebInboundParams),
     )
 }
 

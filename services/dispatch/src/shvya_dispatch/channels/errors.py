@@ -8,6 +8,9 @@
     │                           flag the lead, dead-letter
     ├── ChannelPausedError      the provider refuses the sender itself (token, policy, spam):
     │                           pause the channel for the company and defer the send
+    ├── AccountPausedError      a WhatsApp Web account cannot send (reach-out timelock 463,
+    │   │                       restriction, ban, logout): pause the account, defer its sends
+    │   └── (WhatsAppWebLoggedOut, in the channel)
     └── SendOutcomeUnknown      the request may have reached the provider but no answer came
                                 (read timeout, connection dropped mid-reply): record the send
                                 as 'unknown' and never repeat it, since a retry could deliver
@@ -18,6 +21,8 @@ none of them is ever retried as it was.
 """
 
 from __future__ import annotations
+
+from typing import Any, Literal
 
 from shvya_common.errors import PermanentError
 
@@ -60,5 +65,46 @@ class ChannelPausedError(ProviderRefusal):
         self.credential_bound = credential_bound
 
 
+class AccountPausedError(ProviderRefusal):
+    """A WhatsApp Web account cannot send for now: WhatsApp's reach-out timelock (463), a
+    restriction, a ban, or a session that was logged out. The account is paused with this
+    reason (`kind`) and its sends deferred, never retried into the restriction.
+
+    `scope` 'new_contacts' (the timelock) still lets replies to existing chats through;
+    `pause_seconds` None pauses until someone lifts it or the account is linked again."""
+
+    def __init__(
+        self,
+        account: str,
+        kind: str,
+        code: int,
+        reason: str,
+        *,
+        pause_seconds: float | None,
+        scope: Literal["all", "new_contacts"] = "all",
+    ) -> None:
+        super().__init__(code, reason)
+        self.account = account
+        self.kind = kind
+        self.pause_seconds = pause_seconds
+        self.scope = scope
+        # Set once the pause is written (the channel does it before releasing the account).
+        self.recorded = False
+
+
 class SendOutcomeUnknown(PermanentError):
-    """The provider may have accepted the message; repeating it could deliver it twice."""
+    """The provider may have accepted the message; repeating it could deliver it twice.
+
+    `provider_message_id` is the id the message would carry when the channel knows it in
+    advance (WhatsApp Web), so a late acknowledgement can still confirm it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider_message_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider_message_id = provider_message_id
+        self.meta = dict(meta or {})
