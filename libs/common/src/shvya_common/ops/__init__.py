@@ -162,13 +162,16 @@ def add_commands(sub: Any) -> None:
     whatsapp = group("whatsapp-web", "WhatsApp Web accounts")
     login = whatsapp.add_parser(
         "login",
-        help="link an account by QR code (runs `python -m shvya_dispatch whatsapp-web-login`)",
-        description="Link a WhatsApp Web account: save its QR code as a PNG and wait until it"
-        " is scanned from the phone. Stop dispatch first: a profile opens in one process only.",
+        help="link an account by QR or pairing code (runs `python -m shvya_dispatch"
+        " whatsapp-web-login`)",
+        description="Link a WhatsApp Web account: show its QR code (terminal and PNG) or, with"
+        " --phone, a pairing code, and wait until the phone links it. When a running dispatch"
+        " replica holds the account, that replica serves the login.",
         epilog=epilog(),
         formatter_class=fmt,
     )
     login.add_argument("--account", help="account (profile) name; default WHATSAPP_WEB_ACCOUNT")
+    login.add_argument("--phone", help="link with a pairing code for this number (+E.164)")
     login.add_argument("--qr-path", type=Path, help="where to save the QR PNG")
     login.add_argument("--timeout", type=float, help="seconds to wait for the scan")
     login.add_argument("--settle-seconds", type=float, help="seconds to keep the browser open")

@@ -106,6 +106,7 @@ def whatsapp_web_login(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "shvya_dispatch", "whatsapp-web-login"]
     for flag, value in (
         ("--account", args.account),
+        ("--phone", getattr(args, "phone", None)),
         ("--qr-path", args.qr_path),
         ("--timeout", args.timeout),
         ("--settle-seconds", args.settle_seconds),
