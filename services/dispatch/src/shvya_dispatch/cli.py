@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import Error as PlaywrightError
 
@@ -122,16 +123,7 @@ def whatsapp_web_login(args: argparse.Namespace) -> int:
     try:
         settings = DispatchSettings()
         account = account or settings.whatsapp_web_account
-        asyncio.run(
-            login(
-                settings,
-                account,
-                qr_path=args.qr_path,
-                wait_seconds=args.timeout,
-                settle_seconds=args.settle_seconds,
-                say=lambda line: print(line, flush=True),
-            )
-        )
+        asyncio.run(_login_recorded(settings, account, args, login))
     except LoginTimeout as err:
         print(f"error: {err}; run the command again for a fresh QR code", file=sys.stderr)
         return 1
@@ -147,3 +139,48 @@ def whatsapp_web_login(args: argparse.Namespace) -> int:
         )
         return 2
     return 0
+
+
+async def _login_recorded(
+    settings: Any, account: str, args: argparse.Namespace, login: Any
+) -> None:
+    """Run the login, keeping each QR code and the outcome in the database too, where the
+    console (through ingest's API) shows them to the company's admin. Without a reachable
+    database the login still works from the PNG file."""
+    from shvya_common.db import create_pool
+    from shvya_common.whatsapp.web_logins import store_outcome, store_qr
+    from shvya_dispatch.channels.whatsapp_web import LoginTimeout
+
+    try:
+        pool = await asyncio.wait_for(create_pool(settings.database_url, 1, 2), 5)
+    except Exception as err:
+        print(f"note: QR codes are not shown in the console ({type(err).__name__})", flush=True)
+        pool = None
+
+    async def on_qr(png: bytes) -> None:
+        if pool is not None:
+            await store_qr(pool, account, png)
+
+    try:
+        await login(
+            settings,
+            account,
+            qr_path=args.qr_path,
+            wait_seconds=args.timeout,
+            settle_seconds=args.settle_seconds,
+            say=lambda line: print(line, flush=True),
+            on_qr=on_qr,
+        )
+        if pool is not None:
+            await store_outcome(pool, account, "linked")
+    except LoginTimeout as err:
+        if pool is not None:
+            await store_outcome(pool, account, "timed_out", str(err))
+        raise
+    except Exception as err:
+        if pool is not None:
+            await store_outcome(pool, account, "failed", f"{type(err).__name__}")
+        raise
+    finally:
+        if pool is not None:
+            await pool.close()

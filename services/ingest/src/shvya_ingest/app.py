@@ -13,6 +13,7 @@ from shvya_common.logging import configure_logging
 from shvya_common.metrics import start_metrics_server
 from shvya_common.runtime import platform
 from shvya_ingest import (
+    console,
     email_routes,
     kb_api,
     mail_webhooks,
@@ -42,6 +43,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             ingest = Ingest(settings, plat)
             await ingest.route_for(None)  # the default company and its pipeline exist up front
             app.state.ingest = ingest
+            await ingest.live.start()
             smtp = await start_smtp_receiver(ingest) if settings.smtp_receiver_enabled else None
             mailboxes = MailboxReaders(ingest) if settings.imap_enabled else None
             if mailboxes is not None:
@@ -55,6 +57,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
                 if smtp is not None:
                     smtp.close()
                     await smtp.wait_closed()
+                await ingest.live.close()
                 await ingest.batcher.close()
 
     app = FastAPI(
@@ -67,6 +70,9 @@ def create_app(settings: IngestSettings) -> FastAPI:
     app.include_router(admin)
     for v1_router in v1.routers():
         app.include_router(v1_router)
+    app.include_router(v1.session.router)  # signing in needs no credential: not in routers()
+    if settings.console_enabled:
+        app.include_router(console.router)
     app.include_router(webhooks.router)
     app.include_router(email_routes.router)
     app.include_router(mail_webhooks.router)
@@ -84,7 +90,11 @@ def create_app(settings: IngestSettings) -> FastAPI:
         max_body=settings.max_body_bytes,
         webhook_max_body=settings.webhook_max_body_bytes,
         timeout=settings.request_timeout_seconds,
-        routes=[kb_api.route_limits(settings), mail_webhooks.route_limits(settings)],
+        routes=[
+            kb_api.route_limits(settings),
+            mail_webhooks.route_limits(settings),
+            v1.stream.route_limits(settings),
+        ],
     )
     return app
 

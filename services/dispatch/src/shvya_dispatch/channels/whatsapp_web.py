@@ -24,7 +24,7 @@ import os
 import random
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -376,9 +376,11 @@ async def login(
     wait_seconds: float | None = None,
     settle_seconds: float = 5.0,
     say: Callable[[str], None] = print,
+    on_qr: Callable[[bytes], Awaitable[None]] | None = None,
 ) -> None:
     """Open the account's profile, save the QR code to a PNG whenever it changes, and return
-    once WhatsApp Web shows the chat list (waiting `settle_seconds` so the session is stored)."""
+    once WhatsApp Web shows the chat list (waiting `settle_seconds` so the session is stored).
+    `on_qr` gets each new QR's PNG too (the CLI stores it for the console)."""
     check_account(account)
     timeout = (
         wait_seconds if wait_seconds is not None else settings.whatsapp_web_login_timeout_seconds
@@ -415,7 +417,9 @@ async def login(
                         else None
                     )
                     if not saved or ref != last_ref:
-                        await _save_qr(page, qr, qr_path)
+                        png = await _save_qr(page, qr, qr_path)
+                        if on_qr is not None:
+                            await on_qr(png)
                         say(
                             f"QR code saved to {qr_path.resolve()}: open WhatsApp on the phone, "
                             "Settings > Linked devices > Link a device, and scan it"
@@ -430,7 +434,7 @@ async def login(
             await context.close()
 
 
-async def _save_qr(page: Page, qr: Locator, path: Path) -> None:
+async def _save_qr(page: Page, qr: Locator, path: Path) -> bytes:
     """Screenshot the QR with a white margin, written atomically so a viewer never sees half."""
     box = await qr.bounding_box()
     if box is None:
@@ -448,3 +452,4 @@ async def _save_qr(page: Page, qr: Locator, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(png)
     tmp.replace(path)
+    return png
