@@ -397,10 +397,18 @@ async def patch_user(
         )
         if row is None:
             raise not_found("user", user_id)
+        if body.disabled or body.password:
+            # A disabled user, or one whose password changed, is signed out everywhere.
+            await conn.execute(
+                "UPDATE console_sessions SET revoked_at = now() WHERE user_id = $1"
+                " AND revoked_at IS NULL",
+                user_id,
+            )
         changed = sorted(body.model_dump(exclude_none=True))
         await audit(
             conn, caller, company_id, "user.updated", {"user": str(user_id), "fields": changed}
         )
+    ingest.auth.forget()  # a new role or a sign-out counts at once here
     return UserOut(**dict(row))
 
 
@@ -415,4 +423,5 @@ async def delete_user(
         if gone is None:
             raise not_found("user", user_id)
         await audit(conn, caller, company_id, "user.deleted", {"user": str(user_id)})
+    ingest.auth.forget()
     return Response(status_code=204)

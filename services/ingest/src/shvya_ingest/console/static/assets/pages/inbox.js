@@ -156,6 +156,7 @@ function Thread({ leadId, ctx }) {
   return html`<section class="thread" aria-label="Conversation">
     <header class="thread-head">
       <div>
+        <a class="back" href="#/inbox">← Conversations</a>
         <h2>${l.contact_name || l.phone_e164 || l.email}</h2>
         <p class="small">${[l.phone_e164, l.email].filter(Boolean).join(" · ")} ${l.stage && html`<${Badge} kind="stage">${l.stage}<//>`}</p>
       </div>

@@ -6,6 +6,24 @@ import { useData, useLive, useInterval, ErrorNote, Empty, Time, Badge, Confirm, 
 
 const STATUSES = ["queued", "scheduled", "processing", "failed", "dlq", "completed"];
 
+// The shared consumers as a matrix: a row per service, a column per priority level,
+// "pending / running" in each cell.
+function Lag({ consumers }) {
+  if (!consumers) return html`<p class="note">NATS does not answer: the backlog is unknown (accepted work waits in PostgreSQL).</p>`;
+  const cells = {};
+  const levels = new Set();
+  for (const c of consumers) {
+    const m = /^(.*)-p(\d+)$/.exec(c.consumer);
+    if (!m) continue;
+    (cells[m[1]] = cells[m[1]] || {})[m[2]] = c;
+    levels.add(Number(m[2]));
+  }
+  const cols = [...levels].sort((a, b) => b - a);
+  return html`<table class="lag" data-testid="lag"><thead><tr><th>Service</th>${cols.map((l) => html`<th>P${l}</th>`)}</tr></thead>
+    <tbody>${Object.keys(cells).sort().map((svc) => html`<tr><td>${svc}</td>${cols.map((l) => { const c = cells[svc][l]; return html`<td title="pending / running / waiting pulls">${c ? `${c.pending} / ${c.ack_pending}` : "—"}</td>`; })}</tr>`)}</tbody></table>
+    <p class="small">Each cell: messages waiting / running, for every company (the workers are shared).</p>`;
+}
+
 export function Operations() {
   const queue = useData(() => get("/v1/operations/queue"), []);
   const dlq = useData(() => get("/v1/operations/dlq?limit=100"), []);
@@ -32,11 +50,7 @@ export function Operations() {
     ${q && html`<table data-testid="queue"><thead><tr><th>Task</th><th>Priority</th>${STATUSES.map((s) => html`<th>${s}</th>`)}<th>Oldest waiting</th></tr></thead>
       <tbody>${q.tasks.map((t) => html`<tr><td>${t.task}</td><td>P${t.priority_level}</td>${STATUSES.map((s) => html`<td>${t.counts[s] || 0}</td>`)}
         <td>${t.oldest_waiting_seconds != null ? `${t.oldest_waiting_seconds} s` : "—"}</td></tr>`)}</tbody></table>
-      <p class="small">Sends: ${Object.entries(q.sends).map(([k, v]) => `${v} ${k}`).join(" · ") || "none"} · as of <${Time} at=${q.computed_at} /></p>
-      <h2>Consumer lag (shared workers)</h2>
-      ${q.consumers ? html`<table><thead><tr><th>Consumer</th><th>Pending</th><th>Running</th><th>Waiting pulls</th></tr></thead>
-        <tbody>${q.consumers.map((c) => html`<tr><td>${c.consumer}</td><td>${c.pending}</td><td>${c.ack_pending}</td><td>${c.waiting}</td></tr>`)}</tbody></table>`
-        : html`<p class="note">NATS does not answer: the backlog is unknown (accepted work waits in PostgreSQL).</p>`}`}
+      <p class="small">Sends: ${Object.entries(q.sends).map(([k, v]) => `${v} ${k}`).join(" · ") || "none"} · as of <${Time} at=${q.computed_at} /></p>`}
     <h2>Dead letters ${dlq.data && html`<span class="count">${dlq.data.total}</span>`}</h2>
     <${ErrorNote} error=${dlq.error} />
     ${dlq.data && (dlq.data.items.length ? html`<table data-testid="dlq"><thead><tr><th>Task</th><th>Lead</th><th>Attempts</th><th>Error</th><th>Dead since</th><th></th></tr></thead>
@@ -47,6 +61,8 @@ export function Operations() {
     <h2>Paused channels</h2>
     ${pauses.data && (pauses.data.length ? html`<ul class="plain">${pauses.data.map((p) => html`<li><${Badge} kind="warn">${channelName(p.channel)}<//> ${p.reason}
       ${p.error_code ? `(code ${p.error_code})` : ""} since <${Time} at=${p.paused_at} /> — ${p.paused_until ? html`until <${Time} at=${p.paused_until} />` : "until an operator lifts it"}</li>`)}</ul>` : html`<${Empty}>No channel is paused.<//>`)}
+    <h2>Consumer lag (shared workers)</h2>
+    ${q && html`<${Lag} consumers=${q.consumers} />`}
     <${Confirm} open=${!!confirm} title="Replay this dead letter?" confirmLabel="Replay"
       onConfirm=${() => replay(confirm)} onCancel=${() => setConfirm(null)}>
       ${confirm && html`<p>${confirm.task} — ${confirm.error || "no error recorded"}</p><p class="small">It goes back on the queue with its attempts reset.</p>`}
