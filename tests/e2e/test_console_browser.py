@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
+from shvya_common.console_users import DEFAULT_ADMIN_EMAIL, ensure_console_admin
 from shvya_common.crypto import generate_key
 from shvya_common.db import create_pool
 from shvya_common.whatsapp.web_logins import store_qr
@@ -328,4 +329,27 @@ async def test_the_console_end_to_end_in_chromium(platform, db_url):
         await shoot(small, "inbox-phone.png")
         await phone.close()
         await context.close()
+
+        # 9. The README's first run: `make up`'s admin of the default company signs in and
+        #    watches the original's anonymous curl message and the AI's reply arrive live.
+        assert await ensure_console_admin(db_url, DEFAULT_ADMIN_EMAIL, PASSWORD, "Default company")
+        first = await browser.new_context(viewport={"width": 1280, "height": 800})
+        start = await first.new_page()
+        start.on("pageerror", lambda err: errors.append(str(err)))
+        await sign_in(start, url, DEFAULT_ADMIN_EMAIL)
+        await start.locator("[data-live='live']").wait_for(timeout=10_000)
+        original = await client.post(
+            "/inbound-message",
+            json={
+                "phone_number": "+1234567890",
+                "contact_name": "Test User",
+                "message_text": "Hello",
+                "channel": "whatsapp_cloud",
+            },
+        )
+        assert original.status_code == 200, original.text
+        await start.locator(".convo", has_text="Test User").wait_for(timeout=1_000)
+        await start.locator(".convo", has_text="Test User").click()
+        await start.locator(".msg.outbound[data-status='logged']").wait_for(timeout=15_000)
+        await first.close()
         assert errors == []

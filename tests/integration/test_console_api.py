@@ -237,8 +237,8 @@ async def test_operations_show_and_replay_only_the_companys_dead_letters(
                 dead[name] = uuid.uuid4()
                 await conn.execute(
                     "INSERT INTO jobs (id, task_name, task_params, priority, status, attempts,"
-                    " company_id, last_error) VALUES ($1, 'ai.summary', $2::jsonb, 90, 'dlq', 6, $3,"
-                    " 'boom')",
+                    " company_id, last_error)"
+                    " VALUES ($1, 'ai.summary', $2::jsonb, 90, 'dlq', 6, $3, 'boom')",
                     dead[name],
                     json.dumps({"lead_id": str(uuid.uuid4()), "reason": "api"}),
                     uuid.UUID(company["id"]),
@@ -345,3 +345,23 @@ def test_a_slow_stream_is_told_to_resync_instead_of_growing_without_bound():
     assert listener.queue.qsize() <= BUFFER
     items = [listener.queue.get_nowait() for _ in range(listener.queue.qsize())]
     assert any(isinstance(i, Resync) for i in items)
+
+
+async def test_make_up_creates_the_default_companys_console_admin_once(db_url):
+    """`shvya up` gives the default company an admin who can sign in with the generated
+    password; a second start leaves that user (and a password changed since) alone."""
+    from shvya_common.console_users import ensure_console_admin
+    from shvya_common.passwords import check_password
+
+    assert await ensure_console_admin(db_url, "Admin@Shvya.local", PASSWORD, "Default company")
+    assert not await ensure_console_admin(db_url, "admin@shvya.local", "another one", "Default")
+    conn = await asyncpg.connect(db_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT u.email, u.role, u.password_hash, c.is_default FROM users u"
+            " JOIN companies c ON c.id = u.company_id"
+        )
+    finally:
+        await conn.close()
+    assert (row["email"], row["role"], row["is_default"]) == ("admin@shvya.local", "admin", True)
+    assert check_password(PASSWORD, row["password_hash"])

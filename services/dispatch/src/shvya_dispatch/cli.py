@@ -154,7 +154,11 @@ async def _login_recorded(
     try:
         pool = await asyncio.wait_for(create_pool(settings.database_url, 1, 2), 5)
     except Exception as err:
-        print(f"note: QR codes are not shown in the console ({type(err).__name__})", flush=True)
+        print(
+            f"note: the QR code is not shown in the console (no database: {type(err).__name__})",
+            file=sys.stderr,
+            flush=True,
+        )
         pool = None
 
     async def on_qr(png: bytes) -> None:
