@@ -37,7 +37,7 @@ from shvya_dispatch.settings import DispatchSettings
 
 pytestmark = pytest.mark.integration
 
-SECRET = "test-link-secret-0123456789"
+SECRET = "test-link-secret-0123456789-0123456789"
 PUBLIC = "https://shvya.example.com"
 SMTP_PASSWORD = "s3cret-smtp-password"
 

@@ -112,6 +112,13 @@ def serve_metrics(settings: IngestSettings, workers: int = 1) -> None:
     raise SystemExit(f"no free metrics port in {base}..{base + workers - 1}")
 
 
+def graceful_seconds(settings: IngestSettings) -> int:
+    """How long a stop waits for requests in hand: any ordinary request ends within its
+    deadline. The console's live streams end themselves on a stop where the server is known
+    (one worker); with several workers they are cut here (the browser reconnects)."""
+    return int(settings.request_timeout_seconds) + 2
+
+
 def app_factory() -> FastAPI:
     """For `uvicorn --factory shvya_ingest.app:app_factory` (several workers)."""
     settings = IngestSettings()
@@ -134,6 +141,7 @@ def main() -> None:
             host=settings.host,
             port=settings.port,
             workers=settings.http_workers,
+            timeout_graceful_shutdown=graceful_seconds(settings),
             access_log=False,
             log_level="warning",
             loop="uvloop",
@@ -141,12 +149,19 @@ def main() -> None:
         )
         return
     serve_metrics(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=False,
-        log_level="warning",
-        loop="uvloop",
-        http="httptools",
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            timeout_graceful_shutdown=graceful_seconds(settings),
+            access_log=False,
+            log_level="warning",
+            loop="uvloop",
+            http="httptools",
+        )
     )
+    # Live streams watch `should_exit` and end at once on a stop (see v1/stream.py).
+    app.state.server = server
+    server.run()

@@ -11,8 +11,9 @@ admin or agent key), fed by the live hub (`shvya_ingest.live`).
 
 A page re-reads what it shows on `hello` and `resync`, so a dropped connection, an ingest
 restart or a NATS outage never leaves it stale; it never reads data from the stream itself.
-The stream ends after CONSOLE_STREAM_SECONDS (the browser reconnects by itself) and as soon as
-the session behind it is signed out or expires.
+The stream ends after CONSOLE_STREAM_SECONDS (the browser reconnects by itself), as soon as
+the session behind it is signed out or expires, and within a second of ingest being stopped (so
+a stop never waits on open consoles).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from shvya_ingest.v1.common import ERRORS, V1, IngestDep
 router = APIRouter(prefix="/v1", dependencies=V1, tags=["live stream"], responses=ERRORS)
 
 KEEPALIVE_SECONDS = 15.0
+WAKE_SECONDS = 1.0
 RECHECK_SECONDS = 10.0
 RECONNECT_MS = 1500
 PATH = "/v1/stream"
@@ -71,14 +73,22 @@ async def stream(
             return True
         return await ingest.auth.session(token) is not None
 
+    server = getattr(request.app.state, "server", None)
+
+    def stopping() -> bool:
+        return bool(server is not None and server.should_exit)
+
     async def events() -> AsyncIterator[bytes]:
         started = time.monotonic()
-        checked = started
+        checked = quiet = started
         with hub.listen(company_id) as listener:
             yield f"retry: {RECONNECT_MS}\n\n".encode()
             yield frame("hello", {"company_id": company_id, "reconnect_ms": RECONNECT_MS})
             while True:
                 now = time.monotonic()
+                if stopping():
+                    yield frame("bye", {"reason": "restart"})
+                    return
                 if now - started > limit:
                     yield frame("bye", {"reason": "time"})
                     return
@@ -88,10 +98,13 @@ async def stream(
                         yield frame("bye", {"reason": "signed_out"})
                         return
                 try:
-                    item = await asyncio.wait_for(listener.queue.get(), KEEPALIVE_SECONDS)
+                    item = await asyncio.wait_for(listener.queue.get(), WAKE_SECONDS)
                 except TimeoutError:
-                    yield b": keep-alive\n\n"
+                    if now - quiet > KEEPALIVE_SECONDS:
+                        quiet = now
+                        yield b": keep-alive\n\n"
                     continue
+                quiet = now
                 if isinstance(item, Resync):
                     yield frame("resync", {"reason": item.reason})
                 else:
