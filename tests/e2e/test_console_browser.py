@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import time
 import uuid
@@ -353,3 +354,28 @@ async def test_the_console_end_to_end_in_chromium(platform, db_url):
         await start.locator(".msg.outbound[data-status='logged']").wait_for(timeout=15_000)
         await first.close()
         assert errors == []
+
+
+async def test_a_stop_ends_open_live_streams_at_once(services):
+    """An ingest stopped with a console's live stream open says `bye` on the stream and exits
+    within seconds, instead of waiting for the stream to end."""
+    ingest = services.start("ingest", EMBEDDINGS_PROVIDER="none")
+    await ingest.wait_ready()
+    async with httpx.AsyncClient(base_url=services.url, timeout=10) as client:
+        made = await client.post(
+            "/v1/companies",
+            json={"name": "Stop"},
+            headers=bearer(services.base_env["ADMIN_TOKEN"]),
+        )
+        key = made.json()["admin_key"]["key"]
+        async with client.stream("GET", "/v1/stream", headers=bearer(key)) as stream:
+            lines = stream.aiter_lines()
+            opening = [await anext(lines) for _ in range(3)]
+            assert opening[0].startswith("retry:") and opening[2] == "event: hello", opening
+            started = time.monotonic()
+            ingest.proc.send_signal(signal.SIGTERM)
+            seen = [line async for line in lines]
+        assert "event: bye" in seen and '"restart"' in "".join(seen)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly.
+    assert ingest.proc.wait(10) in (0, -signal.SIGTERM)
+    assert time.monotonic() - started < 5
