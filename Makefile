@@ -7,7 +7,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 SYNC := $(UV) sync --all-packages --extra embedded --group dev --frozen
 
 .PHONY: install offline-embedder up infra migrate test test-fast bench bench-campaign faults lint format clean \
-	canary-whatsapp-web
+	canary-whatsapp-web console-vendor
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -81,6 +81,19 @@ canary-whatsapp-web: install
 format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The console's Preact + htm build is vendored from the npm registry (services/ingest/src/
+# shvya_ingest/console/static/vendor, checksum in VENDOR.json); this refreshes it. Running the
+# console needs neither Node.js nor the network.
+CONSOLE_VENDOR := services/ingest/src/shvya_ingest/console/static/vendor
+console-vendor:
+	rm -rf .tools/console-vendor && mkdir -p .tools/console-vendor
+	cd .tools/console-vendor && npm pack --silent htm@3.1.1 preact@10.26.9 \
+		&& tar xzf htm-3.1.1.tgz && mkdir preact && tar xzf preact-10.26.9.tgz -C preact
+	cp .tools/console-vendor/package/preact/standalone.module.js $(CONSOLE_VENDOR)/htm-preact-standalone.module.js
+	cp .tools/console-vendor/package/LICENSE $(CONSOLE_VENDOR)/LICENSE-htm
+	cp .tools/console-vendor/preact/package/LICENSE $(CONSOLE_VENDOR)/LICENSE-preact
+	sha256sum $(CONSOLE_VENDOR)/htm-preact-standalone.module.js
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

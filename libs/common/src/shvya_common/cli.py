@@ -52,6 +52,8 @@ GENERATED = {
     "LINK_SECRET": lambda: secrets.token_urlsafe(48),
     "SECRETS_KEYS": lambda: f"k{secrets.token_hex(3)}:{generate_key()}",
     "EMBEDDED_PG_PASSWORD": lambda: secrets.token_urlsafe(24),
+    # The console's first admin user (of the default company), created on first start.
+    "CONSOLE_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(18),
 }
 
 
@@ -168,10 +170,33 @@ async def _up(root: Path, services: list[str]) -> None:
 
         applied = await migrate(env["DATABASE_URL"])
         _say("shvya", f"schema ready ({len(applied)} migrations applied now)")
+        if "ingest" in services:
+            await _console_admin(root, env)
         await asyncio.gather(*(_supervise(s, env, stopping) for s in services))
     finally:
         infra.stop()
         _say("shvya", "all stopped")
+
+
+async def _console_admin(root: Path, env: dict[str, str]) -> None:
+    """Make sure the console can be signed in to, and say how."""
+    from shvya_common.console_users import DEFAULT_ADMIN_EMAIL, ensure_console_admin
+
+    email = env.get("CONSOLE_ADMIN_EMAIL") or _env_file_value(root / ".env", "CONSOLE_ADMIN_EMAIL")
+    email = email or DEFAULT_ADMIN_EMAIL
+    password = env.get("CONSOLE_ADMIN_PASSWORD") or _env_file_value(
+        root / ".env", "CONSOLE_ADMIN_PASSWORD"
+    )
+    if not password:
+        return
+    company = env.get("DEFAULT_COMPANY_NAME") or "Default company"
+    created = await ensure_console_admin(env["DATABASE_URL"], email, password, company)
+    host = env.get("HOST") or "127.0.0.1"
+    port = env.get("PORT") or "8000"
+    where = "the password is CONSOLE_ADMIN_PASSWORD in .env"
+    if not created:
+        where += " (unless it was changed in the console)"
+    _say("shvya", f"console: http://{host}:{port}/console/ — sign in as {email}; {where}")
 
 
 async def _infra(root: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -30,6 +31,7 @@ from shvya_common.runtime import Platform
 from shvya_ingest.auth import ANONYMOUS, Authenticator, AuthError, Principal
 from shvya_ingest.batching import FilingBatcher
 from shvya_ingest.inbound import InboundFiler
+from shvya_ingest.live import LiveHub
 from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
 from shvya_ingest.ratelimit import Limited, PostgresStorage, RateLimiter
 from shvya_ingest.repository import CompanyRoute, InboundRow, IngestRepository
@@ -135,6 +137,13 @@ class Ingest:
             key=settings.api_rate_limit,
             sender=settings.inbound_rate_limit,
         )
+        # Console sign-ins: per email, and six times that per client address.
+        self.signin_limiter = RateLimiter(
+            PostgresStorage(plat.pool),
+            email=settings.signin_rate_limit,
+            client=re.sub(r"^\d+", lambda m: str(int(m.group()) * 6), settings.signin_rate_limit),
+        )
+        self.live = LiveHub(plat.nc, plat.topology)
 
     async def caller(self, authorization: str | None) -> Principal:
         """The principal for an inbound request: a key, or anonymous where INBOUND_AUTH allows;

@@ -17,6 +17,7 @@ from shvya_common.runtime import platform
 from shvya_ingest import (
     asyncapi_route,
     campaigns_api,
+    console,
     email_routes,
     kb_api,
     mail_webhooks,
@@ -49,6 +50,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             ingest = Ingest(settings, plat)
             await ingest.route_for(None)  # the default company and its pipeline exist up front
             app.state.ingest = ingest
+            await ingest.live.start()
             smtp = await start_smtp_receiver(ingest) if settings.smtp_receiver_enabled else None
             mailboxes = MailboxReaders(ingest) if settings.imap_enabled else None
             if mailboxes is not None:
@@ -78,6 +80,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
                 if smtp is not None:
                     smtp.close()
                     await smtp.wait_closed()
+                await ingest.live.close()
                 await ingest.batcher.close()
 
     app = FastAPI(
@@ -90,6 +93,9 @@ def create_app(settings: IngestSettings) -> FastAPI:
     app.include_router(admin)
     for v1_router in v1.routers():
         app.include_router(v1_router)
+    app.include_router(v1.session.router)  # signing in needs no credential: not in routers()
+    if settings.console_enabled:
+        app.include_router(console.router)
     app.include_router(webhooks.router)
     app.include_router(email_routes.router)
     app.include_router(mail_webhooks.router)
@@ -111,7 +117,11 @@ def create_app(settings: IngestSettings) -> FastAPI:
         max_body=settings.max_body_bytes,
         webhook_max_body=settings.webhook_max_body_bytes,
         timeout=settings.request_timeout_seconds,
-        routes=[kb_api.route_limits(settings), mail_webhooks.route_limits(settings)],
+        routes=[
+            kb_api.route_limits(settings),
+            mail_webhooks.route_limits(settings),
+            v1.stream.route_limits(settings),
+        ],
     )
     if settings.otel_exporter_otlp_endpoint:  # outermost: its span covers the whole request
         app.add_middleware(OpenTelemetryMiddleware, exclude_spans=["receive", "send"])
@@ -129,6 +139,13 @@ def serve_metrics(settings: IngestSettings, workers: int = 1) -> None:
         except OSError:
             continue
     raise SystemExit(f"no free metrics port in {base}..{base + workers - 1}")
+
+
+def graceful_seconds(settings: IngestSettings) -> int:
+    """How long a stop waits for requests in hand: any ordinary request ends within its
+    deadline. The console's live streams end themselves on a stop where the server is known
+    (one worker); with several workers they are cut here (the browser reconnects)."""
+    return int(settings.request_timeout_seconds) + 2
 
 
 def app_factory() -> FastAPI:
@@ -153,6 +170,7 @@ def main() -> None:
             host=settings.host,
             port=settings.port,
             workers=settings.http_workers,
+            timeout_graceful_shutdown=graceful_seconds(settings),
             access_log=False,
             log_level="warning",
             loop="uvloop",
@@ -160,12 +178,19 @@ def main() -> None:
         )
         return
     serve_metrics(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=False,
-        log_level="warning",
-        loop="uvloop",
-        http="httptools",
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            timeout_graceful_shutdown=graceful_seconds(settings),
+            access_log=False,
+            log_level="warning",
+            loop="uvloop",
+            http="httptools",
+        )
     )
+    # Live streams watch `should_exit` and end at once on a stop (see v1/stream.py).
+    app.state.server = server
+    server.run()

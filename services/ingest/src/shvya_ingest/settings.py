@@ -90,6 +90,24 @@ class IngestSettings(KnowledgeSettings):
     request_timeout_seconds: float = Field(
         10.0, gt=0, description="A request that cannot finish by then gets 503."
     )
+    console_enabled: bool = Field(True, description="Serve the operator console at /console/.")
+    console_session_hours: float = Field(
+        12.0, gt=0, le=24 * 30, description="How long a console sign-in lasts."
+    )
+    console_cookie_secure: bool = Field(
+        True,
+        description="Mark the session cookie Secure (browsers accept it on https and on"
+        " http://localhost / 127.0.0.1 only). Leave on; off only behind a plain-http proxy.",
+    )
+    console_stream_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="Longest live stream (GET /v1/stream); the browser then reconnects and"
+        " re-reads what it shows.",
+    )
+    signin_rate_limit: str = Field(
+        "10/minute", description="Sign-in attempts per email address (and 6x that per client)."
+    )
 
     @model_validator(mode="after")
     def _anonymous_only_on_loopback(self) -> IngestSettings:
@@ -99,6 +117,17 @@ class IngestSettings(KnowledgeSettings):
                 " posting inbound messages needs a company's API key"
             )
         return self
+
+    @field_validator("signin_rate_limit")
+    @classmethod
+    def _limit_notation(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate limit such as '10/minute'") from None
+        return value
 
     @field_validator("admin_token")
     @classmethod

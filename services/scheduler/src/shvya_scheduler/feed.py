@@ -10,6 +10,10 @@ event is set aside (kept, with its error, for an operator) instead of blocking t
 
     @reacts_to(EventType.MESSAGE_RECEIVED, EventType.LEAD_OPTED_OUT)
     async def stop_enrolments(unit: Unit, event: FeedEvent) -> None: ...
+
+After a pass commits, one `LiveNotice` per company names the events it took, on core NATS
+(`<prefix>.live.<company id>`): ingest turns them into the console's live stream. A notice is a
+hint (the console re-reads through the API), so a publish that fails is only logged.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import structlog
 
 from shvya_common.bus import JobBus, Unit
 from shvya_common.contracts.events import EventType
+from shvya_common.contracts.live import MAX_NOTICE_EVENTS, LiveEvent, LiveNotice
 from shvya_common.db import is_outage
 
 log = structlog.get_logger(__name__)
@@ -75,6 +80,7 @@ ORDER BY e.created_at, e.id
 
 async def feed_once(bus: JobBus, batch: int) -> int:
     """Run the reactors of up to `batch` events; returns how many events were taken."""
+    taken: list[FeedEvent] = []
     async with bus.unit() as unit:
         rows = await unit.conn.fetch(_TAKE, batch, MAX_ATTEMPTS)
         if not rows:
@@ -112,8 +118,42 @@ async def feed_once(bus: JobBus, batch: int) -> int:
                 )
                 continue
             done.append(event.id)
+            taken.append(event)
         await unit.conn.execute("DELETE FROM event_feed WHERE event_id = ANY($1::uuid[])", done)
+    await publish_notices(bus, taken)
     return len(rows)
+
+
+def notices_of(events: list[FeedEvent]) -> list[LiveNotice]:
+    """One notice per company, naming at most MAX_NOTICE_EVENTS of its events."""
+    notices: dict[uuid.UUID, LiveNotice] = {}
+    for event in events:
+        if event.company_id is None:
+            continue
+        notice = notices.setdefault(event.company_id, LiveNotice(company_id=event.company_id))
+        if len(notice.events) < MAX_NOTICE_EVENTS:
+            notice.events.append(
+                LiveEvent(
+                    id=event.id,
+                    type=event.type,
+                    lead_id=event.lead_id,
+                    created_at=event.created_at,
+                )
+            )
+        else:
+            notice.truncated = True
+    return list(notices.values())
+
+
+async def publish_notices(bus: JobBus, events: list[FeedEvent]) -> None:
+    """Tell the console, after COMMIT, which events were written (core NATS, fire and forget)."""
+    try:
+        for notice in notices_of(events):
+            await bus.nc.publish(
+                bus.topology.live_subject(notice.company_id), notice.model_dump_json().encode()
+            )
+    except Exception as err:  # a hint only: the console re-reads when it reconnects
+        log.debug("live_notice_not_published", error=type(err).__name__)
 
 
 async def feed_loop(bus: JobBus, stopping: asyncio.Event, tick: float, batch: int) -> None:

@@ -5,7 +5,8 @@ every service has one durable pull consumer per priority level, so a worker can 
 the highest waiting level first. The last token is the job's id (for a send, its message's id):
 the reconciler asks JetStream for the last message on that subject to learn whether a stuck
 row still has a message, and an operator can `nats stream get` one job. Dead letters are kept in
-`<PREFIX>_DLQ` on `<prefix>.dlq.<task>`.
+`<PREFIX>_DLQ` on `<prefix>.dlq.<task>`. Live notices for the console go on core NATS (no
+stream, nothing kept) on `<prefix>.live.<company id>`.
 """
 
 from __future__ import annotations
@@ -63,3 +64,11 @@ class Topology:
 
     def consumer_name(self, service: str, level: int) -> str:
         return f"{service}-p{level}"
+
+    def live_subject(self, company_id: object) -> str:
+        """Core NATS (no stream): a company's notices that events were written (`LiveNotice`)."""
+        return f"{self.prefix}.live.{company_id}"
+
+    @property
+    def live_subjects(self) -> str:
+        return f"{self.prefix}.live.*"

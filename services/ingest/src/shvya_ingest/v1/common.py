@@ -28,7 +28,7 @@ async def rate_limited(
     """Count this request against its key's (or the operator's) rate limit."""
     ingest: Ingest = request.app.state.ingest
     try:
-        await ingest.limiter.hit(key=str(caller.key_id or caller.kind))
+        await ingest.limiter.hit(key=caller.rate_key)
     except Limited as err:
         raise HTTPException(429, str(err), headers={"Retry-After": str(err.retry_after)}) from err
     return caller

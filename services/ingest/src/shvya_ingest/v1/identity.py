@@ -17,9 +17,6 @@ Every change here writes an `audit.action` event (who, what, when).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -29,6 +26,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shvya_common.passwords import hash_password
 from shvya_ingest.auth import (
     AdminCompany,
     OperatorDep,
@@ -169,24 +167,6 @@ class UserOut(BaseModel):
 _COMPANY = "id, name, is_default, timezone, settings, created_at"
 _KEY = "id, name, role, prefix, created_by, created_at, last_used_at, revoked_at"
 _USER = "id, email, full_name, role, created_at, disabled_at, last_login_at"
-
-
-def hash_password(password: str) -> str:
-    """scrypt (hashlib), salted: `scrypt$<n>$<r>$<p>$<salt hex>$<hash hex>`."""
-    salt = os.urandom(16)
-    n, r, p = 2**14, 8, 1
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
-    return f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}"
-
-
-def check_password(password: str, stored: str | None) -> bool:
-    if not stored or not stored.startswith("scrypt$"):
-        return False
-    _, n, r, p, salt, digest = stored.split("$")
-    got = hashlib.scrypt(
-        password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32
-    )
-    return hmac.compare_digest(got.hex(), digest)
 
 
 async def create_key(
@@ -417,10 +397,18 @@ async def patch_user(
         )
         if row is None:
             raise not_found("user", user_id)
+        if body.disabled or body.password:
+            # A disabled user, or one whose password changed, is signed out everywhere.
+            await conn.execute(
+                "UPDATE console_sessions SET revoked_at = now() WHERE user_id = $1"
+                " AND revoked_at IS NULL",
+                user_id,
+            )
         changed = sorted(body.model_dump(exclude_none=True))
         await audit(
             conn, caller, company_id, "user.updated", {"user": str(user_id), "fields": changed}
         )
+    ingest.auth.forget()  # a new role or a sign-out counts at once here
     return UserOut(**dict(row))
 
 
@@ -435,4 +423,5 @@ async def delete_user(
         if gone is None:
             raise not_found("user", user_id)
         await audit(conn, caller, company_id, "user.deleted", {"user": str(user_id)})
+    ingest.auth.forget()
     return Response(status_code=204)

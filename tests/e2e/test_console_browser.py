@@ -1,0 +1,381 @@
+"""The operator console in a real browser: Debian's Chromium, driven by Playwright, against the
+four services as separate processes on real NATS and PostgreSQL. A user signs in; a message
+posted to the API appears in the inbox within a second without a reload, and the AI's reply
+after it; the agent takes over and replies through dispatch; a lead is dragged to another stage
+and the event is found; a dead letter is replayed after a confirmation; another company's data
+is refused. Each page's screenshot goes to docs/console/ (shown in docs/console.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from shvya_common.console_users import DEFAULT_ADMIN_EMAIL, ensure_console_admin
+from shvya_common.crypto import generate_key
+from shvya_common.db import create_pool
+from shvya_common.whatsapp.web_accounts import store_qr
+from tests.keys import bearer
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path(os.environ.get("WHATSAPP_WEB_CHROMIUM_PATH", "/usr/bin/chromium"))
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+ARGS = [
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORD = "a long console passphrase"
+QUESTION = "What does the annual plan cost?"
+
+
+@pytest.fixture
+async def platform(services):
+    """The four services, with a keyring (channel accounts) and fast pacing for the test lead."""
+    for name in ("ingest", "engage", "dispatch", "scheduler"):
+        services.start(name, SECRETS_KEYS=f"kc1:{generate_key()}", EMBEDDINGS_PROVIDER="none")
+    for proc in list(services.procs.values()):
+        await proc.wait_ready()
+    return services
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, chromium_sandbox=False, args=ARGS
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+def qr_png(size: int = 29, scale: int = 6) -> bytes:
+    """A QR-like black-and-white PNG (a real one comes from WhatsApp Web's page)."""
+    rows = []
+    for y in range(size * scale):
+        line = bytearray([0])
+        for x in range(size * scale):
+            cx, cy = x // scale, y // scale
+            finder = any(
+                ox <= cx < ox + 7 and oy <= cy < oy + 7
+                for ox, oy in ((0, 0), (size - 7, 0), (0, size - 7))
+            )
+            dark = (
+                (cx * 7 + cy * 13 + cx * cy) % 3 == 0
+                if not finder
+                else (
+                    min(cx % (size - 7) if cx >= size - 7 else cx, 6) in (0, 6)
+                    or min(cy % (size - 7) if cy >= size - 7 else cy, 6) in (0, 6)
+                    or (
+                        2 <= (cx if cx < 7 else cx - size + 7) <= 4
+                        and 2 <= (cy if cy < 7 else cy - size + 7) <= 4
+                    )
+                )
+            )
+            line.append(0 if dark else 255)
+        rows.append(bytes(line))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    side = size * scale
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"".join(rows), 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+async def company(client: httpx.AsyncClient, token: str, name: str, email: str) -> dict[str, str]:
+    made = await client.post(
+        "/v1/companies",
+        json={"name": name, "settings": {"policies": {"whatsapp_cloud": {"min_gap_seconds": 1}}}},
+        headers=bearer(token),
+    )
+    assert made.status_code == 201, made.text
+    admin = made.json()["admin_key"]["key"]
+    user = await client.post(
+        "/v1/users",
+        json={"email": email, "full_name": f"{name} admin", "role": "admin", "password": PASSWORD},
+        headers=bearer(admin),
+    )
+    assert user.status_code == 201, user.text
+    return {"id": made.json()["company"]["id"], "admin": admin, "email": email}
+
+
+async def sign_in(page: Any, url: str, email: str, shot: str | None = None) -> None:
+    await page.goto(f"{url}/console/")
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    if shot:
+        await page.screenshot(path=str(SHOTS / shot))
+    await page.get_by_role("button", name="Sign in").click()
+    await page.locator("nav a[href='#/inbox']").wait_for(state="attached", timeout=10_000)
+
+
+async def shoot(page: Any, name: str) -> None:
+    await page.screenshot(path=str(SHOTS / name))
+
+
+async def test_the_console_end_to_end_in_chromium(platform, db_url):
+    """Sign in, watch a message arrive live, take over and reply through dispatch, drag a lead
+    to another stage and find the event, replay a dead letter, and be refused another
+    company's data, in Chromium at 1280×800 (and the inbox at phone width)."""
+    url = platform.url
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client, chromium() as browser:
+        token = platform.base_env["ADMIN_TOKEN"]
+        acme = await company(client, token, "Acme Solar", "boss@acme.example")
+        beta = await company(client, token, "Beta Wind", "boss@beta.example")
+        h = bearer(acme["admin"])
+        other = await client.post(
+            "/inbound-message",
+            json={"phone_number": "+4930111222", "message_text": "Beta's secret", "channel": "log"},
+            headers=bearer(beta["admin"]),
+        )
+        beta_lead = (await client.get("/v1/leads", headers=bearer(beta["admin"]))).json()["items"][
+            0
+        ]
+        assert other.status_code == 200
+        sequence = await client.post(
+            "/v1/sequences",
+            json={
+                "name": "Solar follow-up",
+                "channel": "whatsapp_cloud",
+                "steps": [
+                    {"key": "hello", "kind": "send", "text": "Hi {{ lead.first_name }}!"},
+                    {"kind": "wait", "seconds": 86400},
+                    {"key": "offer", "kind": "send", "text": "Our offer ends this month."},
+                ],
+            },
+            headers=h,
+        )
+        assert sequence.status_code == 201, sequence.text
+        account = await client.post(
+            "/v1/channel-accounts",
+            json={
+                "channel": "whatsapp_web",
+                "name": "shop phone",
+            },
+            headers=h,
+        )
+        assert account.status_code == 201, account.text
+        pool = await create_pool(db_url, 1, 2)
+        try:
+            # What the dispatch replica linking the account stores (its profile is ca-<id>).
+            await store_qr(pool, f"ca-{account.json()['id']}", "2@fake-auth-code", qr_png())
+        finally:
+            await pool.close()
+
+        context = await browser.new_context(viewport={"width": 1280, "height": 800})
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        await sign_in(page, url, acme["email"], shot="signin.png")
+        await page.locator("[data-live='live']").wait_for(timeout=10_000)
+        await page.evaluate("window.__sameDocument = true")
+
+        # 1. An inbound message appears in the inbox within a second, without a reload.
+        posted = await client.post(
+            "/inbound-message",
+            json={
+                "phone_number": "+4915112345678",
+                "contact_name": "Ana Lopez",
+                "message_text": QUESTION,
+                "channel": "whatsapp_cloud",
+            },
+            headers=h,
+        )
+        assert posted.status_code == 200, posted.text
+        started = time.monotonic()
+        # The row shows the latest message, which may already be the AI's answer.
+        row = page.locator(".convo", has_text="Ana Lopez")
+        await row.wait_for(timeout=1_000)
+        arrived = time.monotonic() - started
+        assert arrived < 1.0, arrived
+        assert await page.evaluate("window.__sameDocument === true")
+        lead_id = await row.get_attribute("data-lead")
+        assert lead_id
+
+        # 2. The conversation, and the AI's reply arriving live.
+        await row.click()
+        await page.locator(".msg.inbound", has_text=QUESTION).wait_for(timeout=5_000)
+        await page.locator(".msg.outbound").first.wait_for(timeout=15_000)
+
+        # 3. Take over, reply, and see the reply recorded through dispatch.
+        await page.get_by_role("button", name="Take over").click()
+        await page.locator("[data-handoff='on']").wait_for(timeout=5_000)
+        await page.get_by_label("Message").fill("Hi Ana, Rita here: the annual plan is 99 EUR.")
+        await page.get_by_role("button", name="Send").click()
+        sent = page.locator(".msg.outbound.agent[data-status='logged']")
+        await sent.wait_for(timeout=15_000)
+        await shoot(page, "inbox.png")
+        thread = (await client.get(f"/v1/leads/{lead_id}/messages", headers=h)).json()["items"]
+        agent = [m for m in thread if m["purpose"] == "agent"]
+        assert [(m["status"], m["meta"]["by"]) for m in agent] == [
+            ("logged", f"user:{acme['email']}")
+        ]
+
+        # 4. Drag the lead to another stage; the event is on the lead's timeline.
+        await page.goto(f"{url}/console/#/board")
+        card = page.locator(f".card[data-lead='{lead_id}']")
+        await card.wait_for(timeout=5_000)
+        await card.drag_to(page.locator(".column[data-stage='Qualified']"))
+        await page.locator(
+            f".column[data-stage='Qualified'] .card[data-lead='{lead_id}']"
+        ).wait_for(timeout=5_000)
+        await shoot(page, "board.png")
+        moved = (
+            await client.get(f"/v1/events?type=lead.stage_changed&lead_id={lead_id}", headers=h)
+        ).json()["items"]
+        assert [(e["payload"]["to"], e["payload"]["by"]) for e in moved] == [
+            ("Qualified", f"user:{acme['email']}")
+        ]
+        await page.goto(f"{url}/console/#/leads/{lead_id}")
+        await page.locator(".timeline li[data-type='lead.stage_changed']").wait_for(timeout=5_000)
+        await shoot(page, "lead.png")
+
+        # 5. Replay a dead letter, after a confirmation.
+        dead = uuid.uuid4()
+        conn = await asyncpg.connect(db_url)
+        try:
+            await conn.execute(
+                "INSERT INTO jobs (id, task_name, task_params, priority, status, attempts,"
+                " company_id, lead_id, last_error) VALUES ($1, 'ai.summary', $2::jsonb, 90,"
+                " 'dlq', 6, $3, $4, 'LLMUnavailable: the model answered 503 six times')",
+                dead,
+                json.dumps({"lead_id": lead_id, "reason": "api"}),
+                uuid.UUID(acme["id"]),
+                uuid.UUID(lead_id),
+            )
+            await page.goto(f"{url}/console/#/operations")
+            entry = page.locator(f"tr[data-dead='{dead}']")
+            await entry.wait_for(timeout=5_000)
+            await shoot(page, "operations.png")
+            await entry.get_by_role("button", name="Replay").click()
+            dialog = page.locator("dialog.confirm")
+            await dialog.wait_for(state="visible", timeout=2_000)
+            await dialog.get_by_role("button", name="Replay").click()
+            await page.get_by_role("status").filter(has_text="Replayed 1").wait_for(timeout=5_000)
+            status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", dead)
+            assert status in ("queued", "processing", "completed"), status
+        finally:
+            await conn.close()
+
+        # 6. The other pages, for the documentation (each must render without an error).
+        enrolled = await client.post(
+            f"/v1/sequences/{sequence.json()['id']}/enrolments",
+            json={"lead_id": lead_id},
+            headers=h,
+        )
+        assert enrolled.status_code in (200, 201), enrolled.text
+        await page.goto(f"{url}/console/#/automation/sequences/{sequence.json()['id']}")
+        await page.locator(".steps .step").first.wait_for(timeout=5_000)
+        await page.locator("td", has_text="active").first.wait_for(timeout=5_000)
+        await shoot(page, "automation.png")
+        await page.goto(f"{url}/console/#/settings/channels")
+        await page.locator(".weblogin img").wait_for(timeout=5_000)
+        await shoot(page, "channels.png")
+        await page.goto(f"{url}/console/#/reports")
+        await page.locator("h1", has_text="Reports").wait_for(timeout=5_000)
+        await shoot(page, "reports.png")
+
+        # 7. Another company's data is refused, in the page and through the session.
+        refused = await page.evaluate(f"fetch('/v1/leads/{beta_lead['id']}').then(r => r.status)")
+        assert refused == 404
+        await page.goto(f"{url}/console/#/leads/{beta_lead['id']}")
+        await page.locator(".error", has_text="404").wait_for(timeout=5_000)
+        forged = await page.evaluate(
+            "fetch('/v1/leads', {method: 'POST', headers: {'Content-Type': 'application/json'},"
+            " body: JSON.stringify({phone: '+15550009'})}).then(r => r.status)"
+        )
+        assert forged == 403  # the cookie alone, without the CSRF token
+        beta_context = await browser.new_context(viewport={"width": 390, "height": 844})
+        beta_page = await beta_context.new_page()
+        await sign_in(beta_page, url, beta["email"])
+        await beta_page.locator(".convo").first.wait_for(timeout=5_000)
+        assert await beta_page.locator(".convo", has_text="Ana Lopez").count() == 0
+        assert await beta_page.evaluate(f"fetch('/v1/leads/{lead_id}').then(r => r.status)") == 404
+        await beta_context.close()
+
+        # 8. Phone width: the inbox and a conversation stay usable.
+        phone = await browser.new_context(viewport={"width": 390, "height": 844})
+        small = await phone.new_page()
+        await sign_in(small, url, acme["email"])
+        await small.goto(f"{url}/console/#/inbox/{lead_id}")
+        await small.locator(".msg.inbound", has_text=QUESTION).wait_for(timeout=5_000)
+        await shoot(small, "inbox-phone.png")
+        await phone.close()
+        await context.close()
+
+        # 9. The README's first run: `make up`'s admin of the default company signs in and
+        #    watches the original's anonymous curl message and the AI's reply arrive live.
+        assert await ensure_console_admin(db_url, DEFAULT_ADMIN_EMAIL, PASSWORD, "Default company")
+        first = await browser.new_context(viewport={"width": 1280, "height": 800})
+        start = await first.new_page()
+        start.on("pageerror", lambda err: errors.append(str(err)))
+        await sign_in(start, url, DEFAULT_ADMIN_EMAIL)
+        await start.locator("[data-live='live']").wait_for(timeout=10_000)
+        original = await client.post(
+            "/inbound-message",
+            json={
+                "phone_number": "+1234567890",
+                "contact_name": "Test User",
+                "message_text": "Hello",
+                "channel": "whatsapp_cloud",
+            },
+        )
+        assert original.status_code == 200, original.text
+        await start.locator(".convo", has_text="Test User").wait_for(timeout=1_000)
+        await start.locator(".convo", has_text="Test User").click()
+        await start.locator(".msg.outbound[data-status='logged']").wait_for(timeout=15_000)
+        await first.close()
+        assert errors == []
+
+
+async def test_a_stop_ends_open_live_streams_at_once(services):
+    """An ingest stopped with a console's live stream open says `bye` on the stream and exits
+    within seconds, instead of waiting for the stream to end."""
+    ingest = services.start("ingest", EMBEDDINGS_PROVIDER="none")
+    await ingest.wait_ready()
+    async with httpx.AsyncClient(base_url=services.url, timeout=10) as client:
+        made = await client.post(
+            "/v1/companies",
+            json={"name": "Stop"},
+            headers=bearer(services.base_env["ADMIN_TOKEN"]),
+        )
+        key = made.json()["admin_key"]["key"]
+        async with client.stream("GET", "/v1/stream", headers=bearer(key)) as stream:
+            lines = stream.aiter_lines()
+            opening = [await anext(lines) for _ in range(3)]
+            assert opening[0].startswith("retry:") and opening[2] == "event: hello", opening
+            started = time.monotonic()
+            ingest.proc.send_signal(signal.SIGTERM)
+            seen = [line async for line in lines]
+        assert "event: bye" in seen and '"restart"' in "".join(seen)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly.
+    assert ingest.proc.wait(10) in (0, -signal.SIGTERM)
+    assert time.monotonic() - started < 5
