@@ -15,6 +15,7 @@ from shvya_common.bus import Registration
 from shvya_common.knowledge import Embedder, open_embedder, retrieve
 from shvya_common.logging import configure_logging
 from shvya_common.runtime import HandlerFactory, Platform, run, run_worker
+from shvya_engage.gate import ModelGate
 from shvya_engage.handlers import Deps, Retrieved, Retriever, registry
 from shvya_engage.prompts import encoding
 from shvya_engage.repository import EngageRepository
@@ -38,8 +39,13 @@ async def build_responder(settings: EngageSettings, stack: AsyncExitStack) -> Re
         http_client=openai.DefaultAioHttpClient(),
     )
     stack.push_async_callback(client.close)
+    gate = ModelGate(settings.model_concurrency, per_company=settings.model_concurrency_per_company)
     return OpenAIResponder(
-        client, settings.default_model, summary_max_tokens=settings.summary_max_tokens
+        client,
+        settings.default_model,
+        summary_max_tokens=settings.summary_max_tokens,
+        gate=gate,
+        rate_limit_wait=settings.model_rate_limit_wait_seconds,
     )
 
 

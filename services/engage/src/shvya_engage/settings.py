@@ -3,7 +3,7 @@ knowledge-base retrieval, summaries and bump-ups."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shvya_common.knowledge.settings import KnowledgeSettings
 
@@ -11,6 +11,27 @@ from shvya_common.knowledge.settings import KnowledgeSettings
 class EngageSettings(KnowledgeSettings):
     """OPENAI_API_KEY and OPENAI_BASE_URL come from KnowledgeSettings: unset key = offline."""
 
+    # A model call is waiting, not work: engage holds hundreds of jobs at once (the other
+    # services keep small pools). The model gate, not this, bounds the calls in flight.
+    worker_concurrency: int = Field(
+        512, ge=1, le=4096, description="Jobs engage runs at once (most wait on the model)."
+    )
+    model_concurrency: int = Field(
+        384,
+        ge=1,
+        le=4096,
+        description="Most model calls in flight to the provider; halved by each burst of 429s, "
+        "then raised by one per answer back to this.",
+    )
+    model_concurrency_per_company: int = Field(
+        0, ge=0, description="Most model calls in flight for one company (0 = no share of its own)."
+    )
+    model_rate_limit_wait_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How long a call waits out the provider's 429s (Retry-After) within one "
+        "attempt before the job is retried on its schedule.",
+    )
     openai_timeout_seconds: float = Field(30.0, gt=0)
     default_model: str = Field("gpt-4o-mini", description="Model when a company sets none.")
     history_messages: int = Field(
@@ -62,3 +83,12 @@ class EngageSettings(KnowledgeSettings):
     reply_breaker_window_seconds: float = Field(
         3600.0, gt=0, description="Window the reply breaker counts automated replies in."
     )
+
+    @model_validator(mode="after")
+    def _gate_fits_worker(self) -> EngageSettings:
+        if self.model_concurrency > self.worker_concurrency:
+            raise ValueError(
+                f"MODEL_CONCURRENCY ({self.model_concurrency}) cannot exceed WORKER_CONCURRENCY"
+                f" ({self.worker_concurrency}): each model call runs in a job's slot"
+            )
+        return self
