@@ -1,6 +1,6 @@
 """Wires the scheduler: its tasks (the registry), and as background work the timer loop, the
-event feed's reactors, the sweeps, the outbox's relay and reconciler, and the platform-wide
-gauges (dead letters, paused channels)."""
+event feed's reactors, the sweeps, the outbox's relay and reconciler, the queue counters' fold
+and retention, and the platform-wide gauges (dead letters, paused channels)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from shvya_common.bus import Registration
 from shvya_common.bus.relay import Relay
 from shvya_common.logging import configure_logging
 from shvya_common.metrics import CHANNEL_PAUSED, DLQ_DEPTH
+from shvya_common.retention import RetentionConfig, compact_counters, retention_pass
 from shvya_common.runtime import Platform, run, run_worker
 from shvya_scheduler import tasks
 from shvya_scheduler.feed import feed_loop
@@ -55,6 +56,31 @@ async def gauges(plat: Platform, stopping: asyncio.Event) -> None:
             pass
 
 
+async def upkeep(
+    plat: Platform,
+    stopping: asyncio.Event,
+    counters_every: float,
+    retention_every: float,
+    config: RetentionConfig,
+) -> None:
+    """Fold the queue counters every `counters_every`; run retention every `retention_every`.
+    An outage only skips a round."""
+    last_retention = 0.0
+    loop = asyncio.get_running_loop()
+    while not stopping.is_set():
+        try:
+            await compact_counters(plat.pool)
+            if loop.time() - last_retention >= retention_every:
+                last_retention = loop.time()
+                await retention_pass(plat.pool, config)
+        except Exception as err:
+            log.warning("upkeep_failed", error=f"{type(err).__name__}: {err}"[:300])
+        try:
+            await asyncio.wait_for(stopping.wait(), counters_every)
+        except TimeoutError:
+            pass
+
+
 def main() -> None:
     settings = SchedulerSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
@@ -71,6 +97,13 @@ def main() -> None:
             sweep_loop(plat.bus, stopping, settings.sweep_config()),
             Relay(plat.bus, settings.relay_config()).run(stopping),
             gauges(plat, stopping),
+            upkeep(
+                plat,
+                stopping,
+                settings.counters_interval_seconds,
+                settings.retention_interval_seconds,
+                settings.retention_config(),
+            ),
         )
 
     run(lambda: run_worker(settings, SERVICE, METRICS_PORT, handlers, background))

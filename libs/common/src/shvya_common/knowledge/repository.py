@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from pgvector import Vector
@@ -34,8 +34,8 @@ def as_vector(vector: Sequence[float]) -> Vector:
         return vector
     if isinstance(vector, list):
         return Vector(vector)
-    if hasattr(vector, "ndim"):
-        return Vector(vector)
+    if hasattr(vector, "ndim"):  # a numpy array (the offline embedder's output)
+        return Vector(cast(Any, vector))
     return Vector([float(x) for x in vector])
 
 

@@ -192,9 +192,7 @@ async def retrieve(
             async with conn.transaction():
                 # Keep scanning the index until enough rows pass the company filter.
                 await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-                rows = await conn.fetch(
-                    _VECTOR, company_id, as_vector(query_vector), name, pool_k
-                )
+                rows = await conn.fetch(_VECTOR, company_id, as_vector(query_vector), name, pool_k)
             vector_hits = [(r["id"], float(r["similarity"])) for r in rows]
         ranked = fuse([vector_hits, keyword_hits], rrf_k)[:k]
         details = {
