@@ -124,14 +124,15 @@ async def test_prompt_carries_sources_history_and_lead_context(plat, base_env, s
 
 
 async def test_transient_model_failures_are_retried_then_succeed(plat, base_env, server):
-    """A 429, a 500 and a timeout are retried on the job schedule; the fourth try replies once."""
+    """A rate-limit 429 is waited out within its attempt (Retry-After); a 500 and a timeout are
+    retried on the job schedule; the third attempt replies, once."""
     settings = online(base_env, server)
     lead = await seed_lead(plat.pool)
     message = await add_message(plat.pool, lead, "inbound", "Do you install in Pune?")
-    server.script_chat(Fault(429, "Rate limit reached"), Fault(500), Delay(2.0))
+    server.script_chat(Fault(429, "Rate limit reached", retry_after=0.1), Fault(500), Delay(2.0))
     async with engage_worker(plat, settings):
         job = await finished_job(plat.pool, await enqueue_engage(plat, lead, message))
-    assert job["status"] == "completed" and job["attempts"] == 4
+    assert job["status"] == "completed" and job["attempts"] == 3
     assert [r.status for r in server.chat_requests()] == [429, 500, 0, 200]
     replies = await plat.pool.fetchval(
         "SELECT count(*) FROM messages WHERE direction = 'outbound' AND lead_id = $1",

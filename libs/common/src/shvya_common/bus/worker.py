@@ -20,8 +20,11 @@ fill the worker and make a lead wait.
 
 **Per job.** Parse the envelope (a malformed one is dead-lettered with its reason), claim the
 row (`ledgers`: counts the attempt and takes a lease), run the handler, record the outcome
-(fenced by the attempt), then ack. A delivery whose row a live run holds is nak'ed until that
-run ends, so a redelivery never runs a handler twice at once. Outcome writes are retried while
+(fenced by the attempt), then ack. Claims and completions of the jobs in hand are coalesced
+(`batching.Coalescer`): one statement per ledger for all those made while the previous one
+ran, so a busy worker pays about one round trip per batch, not per job. A delivery whose row
+a live run holds is nak'ed until that run ends, so a redelivery never runs a handler twice at
+once. Outcome writes are retried while
 the database is down, holding the job (its heartbeat keeps JetStream waiting) rather than
 dropping it.
 
@@ -56,8 +59,9 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
+from shvya_common.bus.batching import Coalescer
 from shvya_common.bus.jobs import JobBus
-from shvya_common.bus.ledgers import Claim, Ledger
+from shvya_common.bus.ledgers import Claim, Ledger, LedgerName
 from shvya_common.bus.registry import Handler, Registration, RetryPolicy, plain
 from shvya_common.bus.topology import TopologyKeeper, ensure_consumers
 from shvya_common.contracts.jobs import JobEnvelope
@@ -217,6 +221,24 @@ class Worker:
         self._healthy.set()
         self._outage_backoff = 1.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._claims: Coalescer[LedgerName, tuple[JobEnvelope, int], Claim] = Coalescer(
+            self._claim_batch
+        )
+        self._completes: Coalescer[
+            LedgerName, tuple[JobEnvelope, int, dict[str, Any] | None], bool
+        ] = Coalescer(self._complete_batch)
+
+    async def _claim_batch(
+        self, ledger: LedgerName, wanted: list[tuple[JobEnvelope, int]]
+    ) -> list[Claim]:
+        return await self.bus.ledgers[ledger].claim_many(
+            wanted, lease=self.ack_wait, worker=self.name
+        )
+
+    async def _complete_batch(
+        self, ledger: LedgerName, done: list[tuple[JobEnvelope, int, dict[str, Any] | None]]
+    ) -> list[bool]:
+        return await self.bus.ledgers[ledger].complete_many(done)
 
     # --- lifecycle ---
 
@@ -457,9 +479,7 @@ class Worker:
         delays = reg.retry.delays(self.retry_schedule)
         max_attempts = len(delays) + 1
         try:
-            claim = await ledger.claim(
-                env, max_attempts=max_attempts, lease=self.ack_wait, worker=self.name
-            )
+            claim = await self._claims.submit(reg.spec.ledger, (env, max_attempts))
         except Exception as err:
             self._degrade("claim", err)
             await _quietly(msg.nak(delay=self._backoff()))
@@ -546,7 +566,8 @@ class Worker:
         except Exception as err:
             await self._failed(msg, env, reg, ledger, job, delays, err)
             return
-        if await self._persist(lambda: ledger.complete(env, attempt, result)):
+        ledger_name = reg.spec.ledger
+        if await self._persist(lambda: self._completes.submit(ledger_name, (env, attempt, result))):
             await _quietly(msg.ack())
             JOBS.labels(self.service, task, "completed").inc()
             log.info("job_completed")
