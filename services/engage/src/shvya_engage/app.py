@@ -52,7 +52,14 @@ async def build_responder(settings: EngageSettings, stack: AsyncExitStack) -> Re
 def make_retriever(pool: asyncpg.Pool, embedder: Embedder | None) -> Retriever:
     """Hybrid retrieval over the company's knowledge base; keyword-only without an embedder."""
 
-    async def retrieve_chunks(company_id: uuid.UUID, query: str, k: int) -> Retrieved:
+    async def retrieve_chunks(
+        company_id: uuid.UUID, query: str, k: int, known_empty: bool = False
+    ) -> Retrieved:
+        if known_empty:
+            # What `retrieve` answers for an empty knowledge base, without asking again.
+            mode = "hybrid" if embedder is not None else "keyword"
+            note = "empty query" if not query.strip() else "this company's knowledge base is empty"
+            return Retrieved([], mode, note)
         found = await retrieve(pool, company_id, query, k=k, embedder=embedder)
         return Retrieved(list(found.chunks), found.mode, found.note)
 

@@ -26,8 +26,9 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel
 
 from shvya_common.bus.ledgers import Ledger, LedgerName, Outgoing, ledgers_for
-from shvya_common.bus.outbox import EnqueuedJob, Publisher, Unit, unit_of_work
+from shvya_common.bus.outbox import Along, EnqueuedJob, Publisher, Unit, insert_send, unit_of_work
 from shvya_common.bus.topology import TopologyKeeper
+from shvya_common.contracts.jobs import SendParams
 from shvya_common.contracts.subjects import Topology
 
 log = structlog.get_logger(__name__)
@@ -120,6 +121,26 @@ class JobBus:
                 lead_id=lead_id,
                 run_at=run_at,
             )
+
+    async def request_send(
+        self,
+        params: SendParams,
+        *,
+        priority: int,
+        job_id: uuid.UUID | None = None,
+        message_id: uuid.UUID | None = None,
+        along: Along | None = None,
+    ) -> tuple[uuid.UUID, bool]:
+        """A unit of work of one statement: the send row and `along`'s writes, committed by
+        themselves (one statement is atomic, so no BEGIN and COMMIT round trips), then
+        published. Same contract as `Unit.request_send`."""
+        outgoing, existing = await insert_send(
+            self.pool, params, priority=priority, job_id=job_id, message_id=message_id, along=along
+        )
+        if outgoing is None:
+            return existing, False
+        await self.publisher.publish([outgoing])
+        return outgoing.envelope.job_id, True
 
     async def replay(
         self,
