@@ -731,39 +731,36 @@ class SendLedger:
         provider_message_id: str,
         meta: dict[str, Any],
     ) -> bool:
-        """The provider took it: record its id, the lead's last outbound time and an event. A
-        late confirmation also turns an 'unknown' send into 'sent'."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "UPDATE messages SET status = $3, provider_message_id = $4, sent_at = now(),"
-                " last_error = NULL, meta = meta || $5, lease_until = NULL, updated_at = now()"
-                " WHERE id = $1 AND ((status = 'sending' AND attempts = $2) OR status = 'unknown')"
-                " RETURNING company_id, lead_id, channel",
-                message_id,
-                attempt,
-                status,
-                provider_message_id,
-                meta,
+        """The provider took it: record its id, the lead's last outbound time and an event, in
+        one statement. A late confirmation also turns an 'unknown' send into 'sent'."""
+        moved = await self.pool.fetchval(
+            """
+            WITH moved AS (
+                UPDATE messages SET status = $3, provider_message_id = $4, sent_at = now(),
+                       last_error = NULL, meta = meta || $5, lease_until = NULL,
+                       updated_at = now()
+                 WHERE id = $1 AND ((status = 'sending' AND attempts = $2) OR status = 'unknown')
+                RETURNING company_id, lead_id, channel
+            ), lead AS (
+                UPDATE leads SET last_outbound_at = now(), updated_at = now()
+                  FROM moved WHERE leads.id = moved.lead_id RETURNING 1
+            ), ev AS (
+                INSERT INTO events (company_id, lead_id, type, payload)
+                SELECT company_id, lead_id, $6,
+                       jsonb_build_object('message_id', $1::text, 'channel', channel,
+                                          'status', $3::text, 'provider_message_id', $4::text)
+                FROM moved RETURNING 1
             )
-            if row is None:
-                return False
-            await conn.execute(
-                "UPDATE leads SET last_outbound_at = now(), updated_at = now() WHERE id = $1",
-                row["lead_id"],
-            )
-            await record_event(
-                conn,
-                row["company_id"],
-                row["lead_id"],
-                EventType.MESSAGE_SENT,
-                {
-                    "message_id": str(message_id),
-                    "channel": row["channel"],
-                    "status": status,
-                    "provider_message_id": provider_message_id,
-                },
-            )
-        return True
+            SELECT count(*) FROM moved
+            """,
+            message_id,
+            attempt,
+            status,
+            provider_message_id,
+            meta,
+            EventType.MESSAGE_SENT.value,
+        )
+        return bool(moved)
 
     async def _record_unsent(
         self,
