@@ -106,7 +106,8 @@ async def end_to_end(stack: Stack, count: int, rate: float) -> Figures:
     created_at → reply sent_at, read from the database."""
     stack.start_all()
     marker = f"e2e {uuid.uuid4().hex[:6]}"
-    async with httpx.AsyncClient(base_url=stack.url, timeout=10) as client:
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30, limits=limits) as client:
         tasks = []
         started = time.monotonic()
         for i in range(count):

@@ -76,9 +76,18 @@ def step(text: str) -> None:
     print(f"[{datetime.now(UTC).strftime('%H:%M:%S')}] {text}", flush=True)
 
 
+class _Figures(dict):  # type: ignore[type-arg]
+    """The rows' figures, each printed as it is measured."""
+
+    def __setitem__(self, key: str, value: dict) -> None:  # type: ignore[override]
+        super().__setitem__(key, value)
+        shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in value.items()}
+        step(f"  {key}: {shown}")
+
+
 def measure(stack: Stack, args: argparse.Namespace, memory: MemoryWatch) -> dict[str, dict]:
     """Every row for the current code, on one stack."""
-    out: dict[str, dict] = {}
+    out: dict[str, dict] = _Figures()
     profiler = Profiler(stack.dir / "profiles") if args.profile else None
     stack.start_servers()
     memory.watch(stack.procs)

@@ -285,3 +285,25 @@ async def test_inbound_cancels_the_leads_pending_bumpup_timers(plat, base_env):
     assert job["status"] == "completed"
     status = await plat.pool.fetchval("SELECT status FROM timers WHERE id = $1", timer)
     assert status == "cancelled"
+
+
+async def test_a_provider_at_its_rate_limit_slows_replies_without_failing_them(
+    plat, base_env, server
+):
+    """Twelve replies against a provider that takes three calls at once and answers the rest
+    429 with Retry-After: every job completes in its first attempt, none is dead-lettered, and
+    the provider never has more than three calls."""
+    settings = online(base_env, server, openai_timeout_seconds=5, worker_concurrency=16)
+    server.latency = 0.5  # long enough that the twelve calls overlap
+    server.max_in_flight = 3
+    server.retry_after = 0.05
+    jobs = []
+    for i in range(12):
+        lead = await seed_lead(plat.pool, phone=f"+1555020{i:04d}")
+        message = await add_message(plat.pool, lead, "inbound", f"Question {i}?")
+        jobs.append(await enqueue_engage(plat, lead, message))
+    async with engage_worker(plat, settings, concurrency=12):
+        rows = [await finished_job(plat.pool, job) for job in jobs]
+    assert [(r["status"], r["attempts"]) for r in rows] == [("completed", 1)] * 12
+    assert server.refused > 0 and server.peak_in_flight <= 3
+    assert len(server.answered_chats()) == 12

@@ -3,7 +3,7 @@ knowledge-base retrieval, summaries and bump-ups."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from shvya_common.knowledge.settings import KnowledgeSettings
 
@@ -20,8 +20,8 @@ class EngageSettings(KnowledgeSettings):
         384,
         ge=1,
         le=4096,
-        description="Most model calls in flight to the provider; halved by each burst of 429s, "
-        "then raised by one per answer back to this.",
+        description="Most model calls in flight to the provider (never more than "
+        "WORKER_CONCURRENCY); halved by each burst of 429s, then raised by one per answer.",
     )
     model_concurrency_per_company: int = Field(
         0, ge=0, description="Most model calls in flight for one company (0 = no share of its own)."
@@ -83,12 +83,3 @@ class EngageSettings(KnowledgeSettings):
     reply_breaker_window_seconds: float = Field(
         3600.0, gt=0, description="Window the reply breaker counts automated replies in."
     )
-
-    @model_validator(mode="after")
-    def _gate_fits_worker(self) -> EngageSettings:
-        if self.model_concurrency > self.worker_concurrency:
-            raise ValueError(
-                f"MODEL_CONCURRENCY ({self.model_concurrency}) cannot exceed WORKER_CONCURRENCY"
-                f" ({self.worker_concurrency}): each model call runs in a job's slot"
-            )
-        return self
