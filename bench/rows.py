@@ -305,3 +305,39 @@ async def kb_search(db_url: str, company_id: str, queries: int = 200) -> Figures
     if "hybrid" not in modes:
         raise Refused(f"refused: the search row did not run hybrid searches ({modes})")
     return {"p50": statistics.median(values), "p99": pct(values, 0.99)}
+
+
+_EMBEDDER_RSS = """
+import asyncio, json
+from pathlib import Path
+
+def rss():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+import shvya_engage.app  # what engage imports before any job
+before = rss()
+from shvya_common.knowledge.embedders import LocalEmbedder
+asyncio.run(LocalEmbedder().embed(["how long is the warranty?"]))
+print(json.dumps({"before": before, "after": rss()}))
+"""
+
+
+def offline_embedder_cost() -> Figures | None:
+    """Resident memory the offline embedder adds to a process once it has embedded a text
+    (None when it is not installed: then it adds nothing)."""
+    import json
+    import subprocess
+    import sys
+
+    from shvya_common.knowledge.settings import offline_embedder_installed
+
+    if not offline_embedder_installed():
+        return None
+    out = subprocess.run(
+        [sys.executable, "-c", _EMBEDDER_RSS], capture_output=True, text=True, check=True
+    ).stdout
+    figures: Figures = json.loads(out.strip().splitlines()[-1])
+    return figures

@@ -132,6 +132,9 @@ def measure(stack: Stack, args: argparse.Namespace, memory: MemoryWatch) -> dict
         finally:
             model.close()
         out["rss"] = dict(memory.peak)
+        embedder = rows.offline_embedder_cost()
+        if embedder is not None:
+            out["offline_embedder"] = embedder
         reset(stack)
 
         step(f"GET /queue/stats with {JOB_ROWS:,} job rows")
@@ -287,6 +290,16 @@ def table(base: dict[str, float], cur: dict[str, dict], baseline: dict | None) -
         mb = cur["rss"].get(name, 0.0)
         out.append(
             Row(f"resident memory, {name}", f"{mb:.0f} MB", "≤ 150 MB", 0 < mb <= RSS_LIMIT_MB)
+        )
+    if "offline_embedder" in cur:
+        emb = cur["offline_embedder"]
+        out.append(
+            Row(
+                "  the offline embedder, once loaded (only where a search embeds)",
+                f"+{emb['after'] - emb['before']:.0f} MB on engage's {emb['before']:.0f} MB",
+                "",
+                None,
+            )
         )
     qs = cur["queue_stats"]
     out.append(
