@@ -54,7 +54,7 @@ test-fast: install
 
 # BENCH_BASELINE_REF=<git ref> also measures that version's ingest and end-to-end latency.
 bench: install
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 # The fault suite's long form (issue 7): 2,000 messages per scenario, a 3-minute PostgreSQL
 # outage, a 3-node NATS cluster. FAULTS_ARGS passes options, e.g. FAULTS_ARGS="--only poison".

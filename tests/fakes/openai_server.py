@@ -11,10 +11,17 @@ process pointed at `base_url`.
     async with FakeOpenAI(api_key="sk-test") as server:
         server.script_chat(Fault(429), Fault(500))   # the next two chat calls fail
         client = AsyncOpenAI(api_key="sk-test", base_url=server.base_url)
+
+Like a real provider it can be slow and have a rate limit: `latency` holds every chat answer
+back that long, and with `max_in_flight` a chat call beyond that many at once is refused with
+429 and a `Retry-After` header. It counts the chat calls in flight and their peak
+(`in_flight`, `peak_in_flight`), which `GET /_fake/stats` also reports. `make bench` runs it as
+its own process: `python -m tests.fakes.openai_server --port 8089 --latency 0.3`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import hashlib
@@ -48,6 +55,8 @@ class Fault:
     status: int
     message: str = ""
     retry_after: float | None = None
+    # OpenAI's error code, when not the status's usual one (429 "insufficient_quota").
+    code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,15 @@ class FakeOpenAI:
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # A provider's speed and rate limit (see the module docstring).
+        self.latency = 0.0
+        self.max_in_flight: int | None = None
+        self.retry_after = 1.0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.refused = 0
+        # Only the counters, not every request, when the bench sends thousands.
+        self.record_requests = True
 
     @property
     def base_url(self) -> str:
@@ -168,14 +186,27 @@ class FakeOpenAI:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_get("/_fake/stats", self._stats)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        # A deep backlog: a client opening hundreds of connections at once is not refused.
+        await web.TCPSite(self._runner, "127.0.0.1", port, backlog=4096).start()
         self.port = self._runner.addresses[0][1]
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+            "refused": self.refused,
+            "answered": len(self.answered_chats()) if self.record_requests else -1,
+        }
+
+    def reset_peak(self) -> None:
+        self.peak_in_flight = self.in_flight
 
     async def close(self) -> None:
         self._closing.set()
@@ -211,8 +242,11 @@ class FakeOpenAI:
         return request.headers.get("Authorization", "") == f"Bearer {self.api_key}"
 
     @staticmethod
-    def _error(status: int, message: str, retry_after: float | None = None) -> web.Response:
-        kind, code = _ERROR_TYPES.get(status, ("server_error", None))
+    def _error(
+        status: int, message: str, retry_after: float | None = None, code: str | None = None
+    ) -> web.Response:
+        kind, usual = _ERROR_TYPES.get(status, ("server_error", None))
+        code = code or usual
         headers = {"x-request-id": "req_fake"}
         if retry_after is not None:
             headers["retry-after"] = str(retry_after)
@@ -238,7 +272,7 @@ class FakeOpenAI:
         action = script.popleft()
         if isinstance(action, Fault):
             self._record(request, body, action.status)
-            return self._error(action.status, action.message, action.retry_after)
+            return self._error(action.status, action.message, action.retry_after, action.code)
         if isinstance(action, Disconnect):
             self._record(request, body, 0)
             assert request.transport is not None
@@ -262,12 +296,34 @@ class FakeOpenAI:
         usage: dict[str, int] | None = None,
         delayed: float = 0.0,
     ) -> None:
+        if not self.record_requests:
+            return
         recorded = RecordedRequest(
             request.method, request.path, dict(request.headers), body, status, usage or {}, delayed
         )
         self.requests.append(recorded)
 
+    async def _stats(self, request: web.Request) -> web.StreamResponse:
+        if request.query.get("reset_peak"):
+            self.reset_peak()
+        return web.json_response(self.stats())
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
+            self.refused += 1
+            body = await self._read(request)
+            self._record(request, body, 429)
+            return self._error(429, "Rate limit reached for requests", self.retry_after)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if self.latency > 0:
+                await asyncio.sleep(self.latency)
+            return await self._answer_chat(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer_chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._read(request)
         taken = await self._take(request, self._chat_script, body)
         if isinstance(taken, web.StreamResponse):
@@ -348,3 +404,32 @@ class FakeOpenAI:
         return web.json_response(
             {"object": "list", "data": data, "model": body.get("model", ""), "usage": usage}
         )
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    server = FakeOpenAI(api_key=args.api_key)
+    server.latency = args.latency
+    server.max_in_flight = args.max_in_flight
+    server.record_requests = False
+    await server.start(args.port)
+    print(f"fake OpenAI on {server.base_url}, {args.latency * 1000:.0f} ms a chat call", flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The fake OpenAI server, on its own (benches).")
+    parser.add_argument("--port", type=int, default=8089)
+    parser.add_argument("--latency", type=float, default=0.3, help="seconds per chat answer")
+    parser.add_argument("--max-in-flight", type=int, default=None)
+    parser.add_argument("--api-key", default="sk-bench")
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.run(_serve(args))
+    except ImportError:
+        asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()

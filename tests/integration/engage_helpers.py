@@ -177,7 +177,9 @@ async def finished_job(pool: asyncpg.Pool, job_id: uuid.UUID, wait: float = 30.0
 
 
 @asynccontextmanager
-async def engage_worker(plat: Platform, settings: EngageSettings) -> AsyncIterator[Worker]:
+async def engage_worker(
+    plat: Platform, settings: EngageSettings, *, concurrency: int = 4
+) -> AsyncIterator[Worker]:
     """Engage's handlers, built by its app's own factory, running in this process."""
     async with AsyncExitStack() as stack:
         handlers = await make_handlers(settings)(plat, stack)
@@ -187,7 +189,7 @@ async def engage_worker(plat: Platform, settings: EngageSettings) -> AsyncIterat
             nc=plat.nc,
             handlers=handlers,
             retry_schedule=settings.retry_schedule,
-            concurrency=4,
+            concurrency=concurrency,
             ack_wait=settings.ack_wait_seconds,
             poll_seconds=settings.worker_poll_seconds,
         )

@@ -3,6 +3,7 @@ server speaking the OpenAI wire format: requests, usage, error mapping, structur
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -12,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from shvya_common.errors import PermanentError, RetryableError
 from shvya_common.knowledge import OpenAIEmbedder
+from shvya_engage.gate import ModelGate
 from shvya_engage.prompts import build_reply_prompt, build_summary_prompt
 from shvya_engage.repository import AiConfig, Conversation, EngageContext, LeadFacts, Turn
 from shvya_engage.responders import OpenAIResponder
@@ -35,7 +37,8 @@ async def responder(server):
         max_retries=0,
         http_client=openai.DefaultAioHttpClient(),
     )
-    yield OpenAIResponder(client, "gpt-default", summary_max_tokens=700)
+    # No waiting out 429s here: these tests pin how each failure maps when it is not waited out.
+    yield OpenAIResponder(client, "gpt-default", summary_max_tokens=700, rate_limit_wait=0)
     await client.close()
 
 
@@ -101,6 +104,10 @@ async def test_company_without_a_model_uses_the_default(server, responder):
     ("action", "fragment"),
     [
         (Fault(429, "Rate limit reached for gpt-company"), "429: Rate limit reached"),
+        (
+            Fault(429, "You exceeded your current quota", code="insufficient_quota"),
+            "429: You exceeded your current quota",
+        ),
         (Fault(500, "The server had an error"), "500: The server had an error"),
         (Fault(503, "Overloaded"), "503"),
         (Delay(3.0), "timed out"),
@@ -207,3 +214,65 @@ async def test_fake_server_embeddings_work_with_the_real_sdk(server):
         return sum(x * y for x, y in zip(a, b, strict=True))
 
     assert cosine(panels, panels_again) > cosine(panels, other)
+
+
+@pytest.fixture
+async def gated(server):
+    """A client and a responder that waits out 429s, behind a gate of at most 4 calls."""
+    client = openai.AsyncOpenAI(
+        api_key=KEY,
+        base_url=server.base_url,
+        timeout=5,
+        max_retries=0,
+        http_client=openai.DefaultAioHttpClient(),
+    )
+    gate = ModelGate(4)
+    yield OpenAIResponder(client, "gpt-default", gate=gate, rate_limit_wait=60), gate
+    await client.close()
+
+
+async def test_a_rate_limit_is_waited_out_within_the_attempt(server, gated):
+    """A 429 with Retry-After closes the gate for that long and the call goes again: no error."""
+    responder, gate = gated
+    server.script_chat(Fault(429, "Rate limit reached", retry_after=0.2))
+    ctx = make_ctx()
+    generation = await responder.reply(ctx, prompt_for(ctx))
+    assert generation.text
+    assert [r.status for r in server.chat_requests()] == [429, 200]
+    assert gate.limit < 4  # halved by the 429, then raised by one answer
+
+
+async def test_an_exhausted_quota_is_not_waited_out(server, gated):
+    """A 429 that says the quota is spent fails the attempt (it will not pass in seconds)."""
+    responder, _ = gated
+    server.script_chat(Fault(429, "You exceeded your current quota", 0.1, "insufficient_quota"))
+    ctx = make_ctx()
+    with pytest.raises(RetryableError, match="quota"):
+        await responder.reply(ctx, prompt_for(ctx))
+    assert len(server.chat_requests()) == 1
+
+
+async def test_the_gate_bounds_calls_in_flight(server, gated):
+    """Twenty replies at once never have more than the gate's four calls at the provider."""
+    responder, gate = gated
+    server.latency = 0.05
+    ctx = make_ctx()
+    results = await asyncio.gather(*(responder.reply(ctx, prompt_for(ctx)) for _ in range(20)))
+    assert all(r.text for r in results)
+    assert server.peak_in_flight <= 4
+    assert gate.peak_in_flight <= 4 and gate.in_flight == 0
+
+
+async def test_a_provider_at_its_limit_pushes_back_without_failures(server, gated):
+    """A provider that takes two calls at once and answers the rest 429 + Retry-After: every
+    reply still succeeds, in one attempt each, and the gate comes down to what it takes."""
+    responder, _ = gated
+    server.latency = 0.05
+    server.max_in_flight = 2
+    server.retry_after = 0.05
+    ctx = make_ctx()
+    results = await asyncio.gather(*(responder.reply(ctx, prompt_for(ctx)) for _ in range(16)))
+    assert len(results) == 16 and all(r.text for r in results)
+    assert server.refused > 0
+    assert server.peak_in_flight <= 2
+    assert len(server.answered_chats()) == 16

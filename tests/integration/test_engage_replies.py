@@ -124,14 +124,15 @@ async def test_prompt_carries_sources_history_and_lead_context(plat, base_env, s
 
 
 async def test_transient_model_failures_are_retried_then_succeed(plat, base_env, server):
-    """A 429, a 500 and a timeout are retried on the job schedule; the fourth try replies once."""
+    """A rate-limit 429 is waited out within its attempt (Retry-After); a 500 and a timeout are
+    retried on the job schedule; the third attempt replies, once."""
     settings = online(base_env, server)
     lead = await seed_lead(plat.pool)
     message = await add_message(plat.pool, lead, "inbound", "Do you install in Pune?")
-    server.script_chat(Fault(429, "Rate limit reached"), Fault(500), Delay(2.0))
+    server.script_chat(Fault(429, "Rate limit reached", retry_after=0.1), Fault(500), Delay(2.0))
     async with engage_worker(plat, settings):
         job = await finished_job(plat.pool, await enqueue_engage(plat, lead, message))
-    assert job["status"] == "completed" and job["attempts"] == 4
+    assert job["status"] == "completed" and job["attempts"] == 3
     assert [r.status for r in server.chat_requests()] == [429, 500, 0, 200]
     replies = await plat.pool.fetchval(
         "SELECT count(*) FROM messages WHERE direction = 'outbound' AND lead_id = $1",
@@ -284,3 +285,25 @@ async def test_inbound_cancels_the_leads_pending_bumpup_timers(plat, base_env):
     assert job["status"] == "completed"
     status = await plat.pool.fetchval("SELECT status FROM timers WHERE id = $1", timer)
     assert status == "cancelled"
+
+
+async def test_a_provider_at_its_rate_limit_slows_replies_without_failing_them(
+    plat, base_env, server
+):
+    """Twelve replies against a provider that takes three calls at once and answers the rest
+    429 with Retry-After: every job completes in its first attempt, none is dead-lettered, and
+    the provider never has more than three calls."""
+    settings = online(base_env, server, openai_timeout_seconds=5, worker_concurrency=16)
+    server.latency = 0.5  # long enough that the twelve calls overlap
+    server.max_in_flight = 3
+    server.retry_after = 0.05
+    jobs = []
+    for i in range(12):
+        lead = await seed_lead(plat.pool, phone=f"+1555020{i:04d}")
+        message = await add_message(plat.pool, lead, "inbound", f"Question {i}?")
+        jobs.append(await enqueue_engage(plat, lead, message))
+    async with engage_worker(plat, settings, concurrency=12):
+        rows = [await finished_job(plat.pool, job) for job in jobs]
+    assert [(r["status"], r["attempts"]) for r in rows] == [("completed", 1)] * 12
+    assert server.refused > 0 and server.peak_in_flight <= 3
+    assert len(server.answered_chats()) == 12

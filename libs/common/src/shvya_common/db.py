@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+from pgvector.asyncpg import register_vector
 
 log = structlog.get_logger(__name__)
 
@@ -22,15 +23,34 @@ _MIGRATION_LOCK = 0x5348_5659_41
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # pgvector's binary form: a 384-dimension vector is 1.5 KB of floats instead of ~7 KB of
+    # text that both sides must print and parse. A database without the extension (an admin
+    # connection, a database not migrated yet) simply has no vector codec.
+    try:
+        await register_vector(conn)
+    except ValueError as err:
+        if "unknown type" not in str(err):
+            raise
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release. asyncpg's default sends `pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL` on every release, one more round trip for each `pool.fetch(...)`.
+    SHVYA's code leaves no session state on a pooled connection (settings are `SET LOCAL`,
+    advisory locks transaction-scoped; the one session lock, the IMAP readers', lives on a
+    connection held apart), so there is nothing to reset. An open transaction is still rolled
+    back by asyncpg before this runs."""
 
 
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 16) -> asyncpg.Pool:
-    """Open the pool with JSON codecs installed; the caller owns and closes it."""
+    """Open the pool with JSON and vector codecs installed; the caller owns and closes it.
+    Pooled connections must not keep session state (see `_keep_session`)."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min(min_size, max_size),
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         command_timeout=30,
     )
     assert pool is not None

@@ -277,8 +277,24 @@ class PolicyEngine:
         )
 
     async def evaluate(self, params: SendParams, message_id: uuid.UUID | None = None) -> Verdict:
-        """Apply suppression, pause, window and quiet hours; raises DeferJob to wait."""
-        ctx = await self.store.send_context(params.company_id, params.lead_id)
+        """Apply suppression, pause, window and quiet hours; raises DeferJob to wait. Every
+        input comes from one statement (`PolicyRepository.send_state`)."""
+        try:
+            fingerprint = await self.fingerprint_for(params.company_id, params.channel)
+            unusable: Exception | None = None
+        except Exception as err:  # raised where the pause is checked, as before
+            fingerprint, unusable = None, err
+        scopes = ["all", "marketing"] if params.purpose in MARKETING_PURPOSES else ["all"]
+        ctx = await self.store.send_state(
+            params.company_id,
+            params.lead_id,
+            channels=suppression_channels(params.channel),
+            address=params.to,
+            scopes=scopes,
+            channel=params.channel,
+            fingerprint=fingerprint,
+            with_pause=unusable is None,
+        )
         if ctx is None:
             raise PermanentError(f"lead {params.lead_id} of company {params.company_id} not found")
         now: datetime = ctx["now"]
@@ -291,7 +307,7 @@ class PolicyEngine:
         ) -> Verdict:
             return Verdict(action, policy, company_zone.key, reason)
 
-        suppressed = await self._suppression(params, now)
+        suppressed = self._suppressed(params, now, ctx)
         if suppressed:
             return verdict("suppress", suppressed)
 
@@ -301,15 +317,12 @@ class PolicyEngine:
                 params.not_before, f"not before {params.not_before.isoformat(timespec='seconds')}"
             )
 
-        pause = await self.store.active_pause(
-            params.company_id,
-            params.channel,
-            await self.fingerprint_for(params.company_id, params.channel),
-        )
-        if pause is not None:
+        if unusable is not None:
+            raise unusable
+        if ctx["pause_started"] is not None:
             raise DeferJob(
-                self._recheck_at(now, pause["paused_until"]),
-                f"channel {params.channel} paused for this company: {pause['reason']}",
+                self._recheck_at(now, ctx["paused_until"]),
+                f"channel {params.channel} paused for this company: {ctx['pause_reason']}",
             )
 
         if params.channel == "whatsapp_web" and self.web is not None:
@@ -338,19 +351,18 @@ class PolicyEngine:
                 )
         return converted or verdict("send")
 
-    async def _suppression(self, params: SendParams, now: datetime) -> str | None:
+    def _suppressed(self, params: SendParams, now: datetime, ctx: Mapping[str, Any]) -> str | None:
         """Why the recipient must not get this send, or None."""
-        scopes = ["all", "marketing"] if params.purpose in MARKETING_PURPOSES else ["all"]
-        row = await self.store.find_suppression(
-            params.company_id, suppression_channels(params.channel), params.to, scopes
-        )
-        if row is None:
+        if ctx["suppressed_at"] is None:
             return None
-        if params.purpose == "optout_confirmation" and now - row["created_at"] <= timedelta(
+        if params.purpose == "optout_confirmation" and now - ctx["suppressed_at"] <= timedelta(
             seconds=self.optout_grace_seconds
         ):
             return None
-        return f"recipient suppressed on {row['channel']} (scope {row['scope']}): {row['reason']}"
+        return (
+            f"recipient suppressed on {ctx['suppressed_channel']} (scope"
+            f" {ctx['suppressed_scope']}): {ctx['suppressed_reason']}"
+        )
 
     @staticmethod
     def _outside_window_reason(last_inbound_at: datetime | None, hours: float) -> str:

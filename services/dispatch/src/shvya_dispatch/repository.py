@@ -146,12 +146,62 @@ WHERE company_id = $1 AND channel = $2 AND resumed_at IS NULL
 """
 
 
+# A send's policy inputs in one round trip: the database clock, the lead's window and zone,
+# the company's zone and settings, the newest suppression binding the recipient, and the
+# company's pause in force on the channel (for the credentials it sends with now, $7).
+_SEND_STATE = """
+SELECT now() AS now, l.last_inbound_at, l.timezone AS lead_timezone,
+       c.timezone AS company_timezone, c.settings AS company_settings,
+       s.channel AS suppressed_channel, s.scope AS suppressed_scope,
+       s.reason AS suppressed_reason, s.created_at AS suppressed_at,
+       p.reason AS pause_reason, p.paused_until, p.paused_at AS pause_started
+FROM leads l JOIN companies c ON c.id = l.company_id
+LEFT JOIN LATERAL (
+    SELECT channel, scope, reason, created_at FROM suppressions
+    WHERE company_id = $1 AND channel = ANY($3::text[])
+      AND lower(address) = lower($4) AND scope = ANY($5::text[])
+    ORDER BY created_at DESC LIMIT 1) s ON true
+LEFT JOIN LATERAL (
+    SELECT reason, paused_at, paused_until FROM channel_pauses
+    WHERE company_id = $1 AND channel = $6 AND resumed_at IS NULL
+      AND (paused_until IS NULL OR paused_until > now())
+      AND (credential_fingerprint IS NULL OR credential_fingerprint = $7)
+    LIMIT 1) p ON $8
+WHERE l.id = $2 AND l.company_id = $1
+"""
+
+
 class PolicyRepository:
     """The policy engine's reads and writes: send context, suppressions, pauses, pacing slots,
     and the templates a send may use."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+
+    async def send_state(
+        self,
+        company_id: uuid.UUID,
+        lead_id: uuid.UUID,
+        *,
+        channels: list[str],
+        address: str,
+        scopes: list[str],
+        channel: str,
+        fingerprint: str | None,
+        with_pause: bool = True,
+    ) -> asyncpg.Record | None:
+        """`send_context`, `find_suppression` and `active_pause` in one statement."""
+        return await self.pool.fetchrow(
+            _SEND_STATE,
+            company_id,
+            lead_id,
+            channels,
+            address.strip(),
+            scopes,
+            channel,
+            fingerprint,
+            with_pause,
+        )
 
     async def send_context(
         self, company_id: uuid.UUID, lead_id: uuid.UUID

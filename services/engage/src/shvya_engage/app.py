@@ -15,6 +15,7 @@ from shvya_common.bus import Registration
 from shvya_common.knowledge import Embedder, open_embedder, retrieve
 from shvya_common.logging import configure_logging
 from shvya_common.runtime import HandlerFactory, Platform, run, run_worker
+from shvya_engage.gate import ModelGate
 from shvya_engage.handlers import Deps, Retrieved, Retriever, registry
 from shvya_engage.prompts import encoding
 from shvya_engage.repository import EngageRepository
@@ -38,15 +39,27 @@ async def build_responder(settings: EngageSettings, stack: AsyncExitStack) -> Re
         http_client=openai.DefaultAioHttpClient(),
     )
     stack.push_async_callback(client.close)
+    gate = ModelGate(settings.model_concurrency, per_company=settings.model_concurrency_per_company)
     return OpenAIResponder(
-        client, settings.default_model, summary_max_tokens=settings.summary_max_tokens
+        client,
+        settings.default_model,
+        summary_max_tokens=settings.summary_max_tokens,
+        gate=gate,
+        rate_limit_wait=settings.model_rate_limit_wait_seconds,
     )
 
 
 def make_retriever(pool: asyncpg.Pool, embedder: Embedder | None) -> Retriever:
     """Hybrid retrieval over the company's knowledge base; keyword-only without an embedder."""
 
-    async def retrieve_chunks(company_id: uuid.UUID, query: str, k: int) -> Retrieved:
+    async def retrieve_chunks(
+        company_id: uuid.UUID, query: str, k: int, known_empty: bool = False
+    ) -> Retrieved:
+        if known_empty:
+            # What `retrieve` answers for an empty knowledge base, without asking again.
+            mode = "hybrid" if embedder is not None else "keyword"
+            note = "empty query" if not query.strip() else "this company's knowledge base is empty"
+            return Retrieved([], mode, note)
         found = await retrieve(pool, company_id, query, k=k, embedder=embedder)
         return Retrieved(list(found.chunks), found.mode, found.note)
 

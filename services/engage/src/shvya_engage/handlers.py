@@ -55,8 +55,9 @@ class Retrieved:
     note: str | None = None
 
 
-# (company_id, query, k) -> the best chunks; the knowledge base behind it is wired in app.py.
-Retriever = Callable[[uuid.UUID, str, int], Awaitable[Retrieved]]
+# (company_id, query, k, known_empty) -> the best chunks; the knowledge base behind it is wired
+# in app.py. `known_empty`: the caller has just seen the company has no chunks (no search).
+Retriever = Callable[[uuid.UUID, str, int, bool], Awaitable[Retrieved]]
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,14 @@ async def handle_engage(params: EngageParams, job: JobContext, deps: Deps) -> di
     if params.revision is not None:
         # The customer edited a message already answered, and the company answers edits.
         send_key += f":edit:{params.revision}"
-    if await deps.repo.reply_exists(send_key):
+    breaker_window = settings.reply_breaker_window_seconds if settings.reply_breaker_max else 0.0
+    loaded = await deps.repo.load_reply(
+        params.lead_id, params.message_id, settings.history_messages, send_key, breaker_window
+    )
+    if loaded.answered:
         log.info("engage_already_answered")
         return {"skipped": "already answered"}
-    ctx = await deps.repo.load_context(params.lead_id, params.message_id, settings.history_messages)
+    ctx = loaded.context
     if ctx is None:
         raise PermanentError(f"lead {params.lead_id} or message {params.message_id} not found")
     if ctx.lead.handoff_by is not None:
@@ -98,12 +103,13 @@ async def handle_engage(params: EngageParams, job: JobContext, deps: Deps) -> di
         to = ctx.lead.wa_user_id  # a username user: answered by business-scoped user id
     if not to:
         raise PermanentError(f"lead has no address for channel {ctx.channel}")
-    if await reply_breaker_open(deps.bus.pool, ctx, settings):
-        return {"skipped": "reply breaker open: too many automated replies to this lead"}
-    # The lead is talking: any bump-up waiting on a timer is moot.
-    await deps.repo.cancel_followups(deps.bus.pool, ctx.lead_id)
+    # The count came with the load; only a lead at the limit pays for the breaker's statement
+    # (which counts again and raises its event once per window).
+    if settings.reply_breaker_max and loaded.recent_replies >= settings.reply_breaker_max:
+        if await reply_breaker_open(deps.bus.pool, ctx, settings):
+            return {"skipped": "reply breaker open: too many automated replies to this lead"}
     found = (
-        await deps.retrieve(ctx.company_id, ctx.message_text, settings.kb_top_k)
+        await deps.retrieve(ctx.company_id, ctx.message_text, settings.kb_top_k, not loaded.has_kb)
         if settings.kb_top_k
         else Retrieved([], "none")
     )
@@ -146,20 +152,23 @@ async def handle_engage(params: EngageParams, job: JobContext, deps: Deps) -> di
         "prompt_tokens_estimate": prompt.tokens,
         "guards": list(guarded.actions),
     }
-    async with deps.bus.unit() as unit:
-        message_id, created = await unit.request_send(
-            send, priority=job.priority, job_id=job.job_id
-        )
-        if created:
-            await deps.repo.record_reply(
-                unit.conn,
-                ctx,
-                job_id=job.job_id,
-                reply_message_id=message_id,
-                payload=payload,
-                prompt_tokens=reply.prompt_tokens,
-                completion_tokens=reply.completion_tokens,
-            )
+    # One statement: the send row, the ai.reply_generated event and the AI session together,
+    # committed by itself, then published.
+    reply_id = uuid.uuid4()
+    message_id, _ = await deps.bus.request_send(
+        send,
+        priority=job.priority,
+        job_id=job.job_id,
+        message_id=reply_id,
+        along=deps.repo.reply_record(
+            ctx,
+            job_id=job.job_id,
+            reply_message_id=reply_id,
+            payload=payload,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+        ),
+    )
     log.info(
         "engage_replied",
         responder=reply.responder,

@@ -1,4 +1,5 @@
-"""Engage's Prometheus metrics: model tokens spent per company, and model calls by outcome.
+"""Engage's Prometheus metrics: model tokens spent per company, model calls by outcome, and the
+model gate (calls in flight, calls waiting, the provider's current limit).
 
 Tokens are counted when the model answers, whether or not the job then commits, because that
 is when they are billed. The offline responder spends none and is counted under its own label.
@@ -6,7 +7,7 @@ is when they are billed. The offline responder spends none and is counted under 
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 AI_TOKENS = Counter(
     "shvya_ai_tokens_total",
@@ -17,6 +18,15 @@ AI_CALLS = Counter(
     "shvya_ai_calls_total",
     "Generations by task, responder and outcome (ok, retryable, permanent, invalid_output).",
     ["task", "responder", "outcome"],
+)
+
+MODEL_IN_FLIGHT = Gauge("shvya_model_calls_in_flight", "Model calls in flight now.")
+MODEL_WAITING = Gauge("shvya_model_calls_waiting", "Model calls waiting at the gate for room.")
+MODEL_GATE_LIMIT = Gauge(
+    "shvya_model_gate_limit", "Model calls the gate admits at once now (halved by 429s)."
+)
+MODEL_RATE_LIMITED = Counter(
+    "shvya_model_rate_limited_total", "429 answers from the model provider, waited out."
 )
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import asyncpg
 
+from shvya_common.bus import Along
+
 # Messages that never reached the lead are not part of the conversation.
 _DEAD_STATUSES = ("dlq", "suppressed", "failed", "cancelled")
 WHATSAPP = ("whatsapp_cloud", "whatsapp_web")
@@ -70,6 +72,18 @@ class EngageContext:
 
 
 @dataclass(frozen=True)
+class ReplyContext:
+    """What ai.engage reads in its one statement: whether the message is answered already,
+    its context (None: lead or message gone), the automated replies in the breaker's window,
+    and whether the company has a knowledge base to search."""
+
+    answered: bool
+    context: EngageContext | None
+    recent_replies: int
+    has_kb: bool
+
+
+@dataclass(frozen=True)
 class Conversation:
     """A lead's recent conversation, for a summary."""
 
@@ -105,6 +119,25 @@ _LEAD_JOINS = """
     LEFT JOIN stages s ON s.id = l.stage_id
     LEFT JOIN ai_models a ON a.company_id = l.company_id
 """
+
+
+def _session_context(
+    ctx: EngageContext,
+    reply_message_id: uuid.UUID,
+    payload: dict[str, Any],
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> dict[str, Any]:
+    return {
+        "last_message_id": str(ctx.message_id),
+        "last_reply_message_id": str(reply_message_id),
+        "responder": payload.get("responder"),
+        "model": payload.get("model"),
+        "retrieval_mode": payload.get("retrieval_mode"),
+        "last_sources": [s["doc_id"] for s in payload.get("sources", [])],
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+    }
 
 
 def _lead(row: asyncpg.Record, lead_id: uuid.UUID) -> LeadFacts:
@@ -152,32 +185,80 @@ async def _recent_turns(
     return [Turn(r["direction"], r["body"]) for r in rows]
 
 
+# ai.engage's one read: the reply's send key taken yet, the lead, the message, the company's
+# model settings, the history before the message, the automated replies in the breaker's
+# window ($6 seconds; 0 = not counted), whether the company has knowledge-base chunks; and it
+# cancels the lead's pending bump-ups (the lead is talking: a bump-up would be moot, and its
+# handler re-checks that anyway). The CTE runs whatever the answer.
+_LOAD_REPLY = f"""
+WITH cancelled AS (
+    UPDATE timers SET status = 'cancelled', reason = 'lead replied'
+    WHERE lead_id = $1 AND status = 'pending' AND task_name = 'followup.bumpup'
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM messages r WHERE r.send_key = $4) AS answered,
+       (SELECT count(*) FROM cancelled) AS cancelled,
+       found.*
+FROM (SELECT 1) one
+LEFT JOIN LATERAL (
+    SELECT {_LEAD_COLUMNS}, m.body, m.channel, m.created_at,
+           m.meta->>'group_id' AS group_id, m.provider_message_id,
+           h.directions, h.bodies,
+           CASE WHEN $6::float8 > 0 THEN (
+               SELECT count(*) FROM messages b
+               WHERE b.lead_id = l.id AND b.direction = 'outbound'
+                 AND b.meta->>'purpose' IN ('reply', 'followup')
+                 AND b.status NOT IN ('dlq', 'suppressed', 'failed', 'cancelled', 'held')
+                 AND b.created_at > now() - make_interval(secs => $6::float8))
+           ELSE 0 END AS recent_replies,
+           EXISTS (SELECT 1 FROM ai_kb_docs k WHERE k.company_id = l.company_id) AS has_kb
+    FROM leads l
+    JOIN messages m ON m.id = $2 AND m.lead_id = l.id
+    {_LEAD_JOINS}
+    LEFT JOIN LATERAL (
+        SELECT array_agg(direction ORDER BY created_at, id) AS directions,
+               array_agg(body ORDER BY created_at, id) AS bodies
+        FROM (SELECT direction, body, created_at, id FROM messages
+              WHERE lead_id = $1 AND created_at < m.created_at AND id <> $2
+                AND status <> ALL($3::text[])
+              ORDER BY created_at DESC, id DESC LIMIT $5) recent
+    ) h ON true
+    WHERE l.id = $1
+) found ON true
+"""
+
+
 class EngageRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
     # --- ai.engage ---
 
-    async def load_context(
-        self, lead_id: uuid.UUID, message_id: uuid.UUID, history: int
-    ) -> EngageContext | None:
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                f"""
-                SELECT {_LEAD_COLUMNS}, m.body, m.channel, m.created_at,
-                       m.meta->>'group_id' AS group_id, m.provider_message_id
-                FROM leads l
-                JOIN messages m ON m.id = $2 AND m.lead_id = l.id
-                {_LEAD_JOINS}
-                WHERE l.id = $1
-                """,
-                lead_id,
-                message_id,
-            )
-            if row is None:
-                return None
-            turns = await _recent_turns(conn, lead_id, history, row["created_at"], message_id)
-        return EngageContext(
+    async def load_reply(
+        self,
+        lead_id: uuid.UUID,
+        message_id: uuid.UUID,
+        history: int,
+        send_key: str,
+        breaker_window: float,
+    ) -> ReplyContext:
+        """Everything ai.engage reads before the model call, in one round trip."""
+        row = await self.pool.fetchrow(
+            _LOAD_REPLY,
+            lead_id,
+            message_id,
+            list(_DEAD_STATUSES),
+            send_key,
+            history,
+            breaker_window,
+        )
+        assert row is not None
+        if row["company_id"] is None:
+            return ReplyContext(bool(row["answered"]), None, 0, False)
+        turns = [
+            Turn(d, b) for d, b in zip(row["directions"] or [], row["bodies"] or [], strict=True)
+        ]
+        ctx = EngageContext(
             lead=_lead(row, lead_id),
             message_id=message_id,
             message_text=row["body"],
@@ -187,15 +268,12 @@ class EngageRepository:
             group_id=row["group_id"],
             provider_message_id=row["provider_message_id"],
         )
-
-    async def reply_exists(self, send_key: str) -> bool:
-        return bool(
-            await self.pool.fetchval("SELECT 1 FROM messages WHERE send_key = $1", send_key)
+        return ReplyContext(
+            bool(row["answered"]), ctx, int(row["recent_replies"] or 0), bool(row["has_kb"])
         )
 
     @staticmethod
-    async def record_reply(
-        conn: asyncpg.Connection,
+    def reply_record(
         ctx: EngageContext,
         *,
         job_id: uuid.UUID,
@@ -203,8 +281,10 @@ class EngageRepository:
         payload: dict[str, Any],
         prompt_tokens: int,
         completion_tokens: int,
-    ) -> None:
-        """The ai.reply_generated event and the AI session's running context, in one go."""
+    ) -> Along:
+        """`record_reply`'s writes as CTEs that go in the reply's own insert statement (the
+        bus's `request_send(along=...)`), so a reply is one round trip, written only when the
+        send row is created."""
         event = {
             "job_id": str(job_id),
             "message_id": str(ctx.message_id),
@@ -213,36 +293,32 @@ class EngageRepository:
             "completion_tokens": completion_tokens,
             **payload,
         }
-        await conn.execute(
+        return Along(
             """
-            WITH ev AS (
+            ev AS (
                 INSERT INTO events (company_id, lead_id, type, payload)
-                VALUES ($1, $2, 'ai.reply_generated', $3))
-            INSERT INTO ai_sessions (company_id, lead_id, turns, context)
-            VALUES ($1, $2, 1, $4)
-            ON CONFLICT (lead_id) DO UPDATE
-               SET turns = ai_sessions.turns + 1, updated_at = now(),
-                   context = ai_sessions.context || EXCLUDED.context || jsonb_build_object(
-                       'prompt_tokens',
-                       coalesce((ai_sessions.context->>'prompt_tokens')::bigint, 0) + $5,
-                       'completion_tokens',
-                       coalesce((ai_sessions.context->>'completion_tokens')::bigint, 0) + $6)
+                SELECT $A1, $A2, 'ai.reply_generated', $A3::jsonb FROM sent),
+            sess AS (
+                INSERT INTO ai_sessions (company_id, lead_id, turns, context)
+                SELECT $A1, $A2, 1, $A4::jsonb FROM sent
+                ON CONFLICT (lead_id) DO UPDATE
+                   SET turns = ai_sessions.turns + 1, updated_at = now(),
+                       context = ai_sessions.context || EXCLUDED.context || jsonb_build_object(
+                           'prompt_tokens',
+                           coalesce((ai_sessions.context->>'prompt_tokens')::bigint, 0)
+                           + $A5::bigint,
+                           'completion_tokens',
+                           coalesce((ai_sessions.context->>'completion_tokens')::bigint, 0)
+                           + $A6::bigint))
             """,
-            ctx.company_id,
-            ctx.lead_id,
-            event,
-            {
-                "last_message_id": str(ctx.message_id),
-                "last_reply_message_id": str(reply_message_id),
-                "responder": payload.get("responder"),
-                "model": payload.get("model"),
-                "retrieval_mode": payload.get("retrieval_mode"),
-                "last_sources": [s["doc_id"] for s in payload.get("sources", [])],
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-            },
-            prompt_tokens,
-            completion_tokens,
+            (
+                ctx.company_id,
+                ctx.lead_id,
+                event,
+                _session_context(ctx, reply_message_id, payload, prompt_tokens, completion_tokens),
+                prompt_tokens,
+                completion_tokens,
+            ),
         )
 
     @staticmethod

@@ -15,10 +15,16 @@ OpenAI errors are mapped here, at the boundary:
 
 A summary whose JSON does not validate is a RetryableError too: the next attempt may pass, and
 after the retry schedule the job is dead-lettered with the validation error as its reason.
+
+Every call goes through the model gate (`gate.py`). A 429 that is a rate limit (not an
+exhausted quota) is not an error of the job: the gate closes for the provider's Retry-After,
+and the call waits and goes again within the same attempt, for up to
+`MODEL_RATE_LIMIT_WAIT_SECONDS`; only then does it become a RetryableError.
 """
 
 from __future__ import annotations
 
+import email.utils
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,7 +40,8 @@ from shvya_common import tracing
 from shvya_common.errors import PermanentError, RetryableError, ShvyaError
 from shvya_common.metrics import LLM_SECONDS
 from shvya_engage.followups import template_bumpup
-from shvya_engage.metrics import AI_CALLS, record_tokens
+from shvya_engage.gate import ModelGate
+from shvya_engage.metrics import AI_CALLS, MODEL_RATE_LIMITED, record_tokens
 from shvya_engage.prompts import Prompt
 from shvya_engage.repository import BumpupState, Conversation, EngageContext
 from shvya_engage.summaries import (
@@ -107,6 +114,29 @@ def map_api_error(err: Exception) -> ShvyaError:
     return RetryableError(f"model API error {type(err).__name__}: {err}")
 
 
+def retry_after_seconds(err: openai.APIStatusError) -> float | None:
+    """The provider's Retry-After (OpenAI's `retry-after-ms`, or seconds, or an HTTP date)."""
+    headers = err.response.headers
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(when.timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None
+
+
+def is_rate_limit(err: openai.OpenAIError) -> bool:
+    """A 429 that says "slow down", not "your quota is spent" (that one does not pass soon)."""
+    return isinstance(err, openai.RateLimitError) and err.code != "insufficient_quota"
+
+
 class OfflineResponder:
     """Deterministic text for when no model is configured; never mistaken for a model."""
 
@@ -153,16 +183,19 @@ class OpenAIResponder:
         *,
         summary_max_tokens: int = 800,
         bumpup_max_tokens: int = 150,
+        gate: ModelGate | None = None,
+        rate_limit_wait: float = 300.0,
     ) -> None:
         self.client = client
         self.default_model = default_model
         self.summary_max_tokens = summary_max_tokens
         self.bumpup_max_tokens = bumpup_max_tokens
+        self.gate = gate or ModelGate(512)
+        self.rate_limit_wait = rate_limit_wait
 
     async def _complete(
         self, task: str, company_id: uuid.UUID, **request: Any
     ) -> tuple[ChatCompletion, str, int, int]:
-        started = time.perf_counter()
         attributes = {
             "gen_ai.operation.name": "chat",
             "gen_ai.system": "openai",
@@ -172,15 +205,32 @@ class OpenAIResponder:
         with tracing.span(
             f"chat {request['model']}", kind=SpanKind.CLIENT, attributes=attributes
         ) as span:
-            try:
-                completion = await self.client.chat.completions.create(**request)
-            except openai.OpenAIError as err:
-                mapped = map_api_error(err)
-                outcome = "permanent" if isinstance(mapped, PermanentError) else "retryable"
-                AI_CALLS.labels(task, self.name, outcome).inc()
-                LLM_SECONDS.labels(task, outcome).observe(time.perf_counter() - started)
-                log.warning("model_call_failed", task=task, error=str(mapped))
-                raise mapped from err
+            give_up_waiting = time.monotonic() + self.rate_limit_wait
+            while True:
+                started = time.perf_counter()
+                try:
+                    async with self.gate.slot(company_id):
+                        started = time.perf_counter()
+                        completion = await self.client.chat.completions.create(**request)
+                except openai.OpenAIError as err:
+                    if is_rate_limit(err) and time.monotonic() < give_up_waiting:
+                        assert isinstance(err, openai.RateLimitError)
+                        MODEL_RATE_LIMITED.inc()
+                        LLM_SECONDS.labels(task, "rate_limited").observe(
+                            time.perf_counter() - started
+                        )
+                        self.gate.rate_limited(retry_after_seconds(err))
+                        continue  # waits at the gate until the provider's Retry-After passed
+                    if isinstance(err, openai.APITimeoutError):
+                        self.gate.slowed()
+                    mapped = map_api_error(err)
+                    outcome = "permanent" if isinstance(mapped, PermanentError) else "retryable"
+                    AI_CALLS.labels(task, self.name, outcome).inc()
+                    LLM_SECONDS.labels(task, outcome).observe(time.perf_counter() - started)
+                    log.warning("model_call_failed", task=task, error=str(mapped))
+                    raise mapped from err
+                break
+            self.gate.succeeded()
             LLM_SECONDS.labels(task, "ok").observe(time.perf_counter() - started)
             model = completion.model or request["model"]
             usage = completion.usage

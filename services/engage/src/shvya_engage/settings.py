@@ -11,6 +11,27 @@ from shvya_common.knowledge.settings import KnowledgeSettings
 class EngageSettings(KnowledgeSettings):
     """OPENAI_API_KEY and OPENAI_BASE_URL come from KnowledgeSettings: unset key = offline."""
 
+    # A model call is waiting, not work: engage holds hundreds of jobs at once (the other
+    # services keep small pools). The model gate, not this, bounds the calls in flight.
+    worker_concurrency: int = Field(
+        512, ge=1, le=4096, description="Jobs engage runs at once (most wait on the model)."
+    )
+    model_concurrency: int = Field(
+        384,
+        ge=1,
+        le=4096,
+        description="Most model calls in flight to the provider (never more than "
+        "WORKER_CONCURRENCY); halved by each burst of 429s, then raised by one per answer.",
+    )
+    model_concurrency_per_company: int = Field(
+        0, ge=0, description="Most model calls in flight for one company (0 = no share of its own)."
+    )
+    model_rate_limit_wait_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How long a call waits out the provider's 429s (Retry-After) within one "
+        "attempt before the job is retried on its schedule.",
+    )
     openai_timeout_seconds: float = Field(30.0, gt=0)
     default_model: str = Field("gpt-4o-mini", description="Model when a company sets none.")
     history_messages: int = Field(

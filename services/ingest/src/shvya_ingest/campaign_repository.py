@@ -52,7 +52,7 @@ LEFT JOIN LATERAL (
            bool_or(ev.type = 'email.clicked' AND NOT ev.machine) AS clicked,
            bool_or(ev.type = 'email.clicked' AND ev.machine) AS machine_clicked
     FROM (SELECT type, coalesce((payload->>'machine')::boolean, false) AS machine
-          FROM events
+          FROM events_all
           WHERE r.message_id IS NOT NULL AND payload->>'message_id' = r.message_id::text
             AND type IN ('email.opened', 'email.clicked')) ev
 ) e ON true

@@ -269,8 +269,12 @@ class MailboxReaders:
         conn, self._lock_conn = self._lock_conn, None
         if conn is None:
             return
-        with contextlib.suppress(Exception):
+        try:
             await conn.execute("SELECT pg_advisory_unlock($1)", _READERS_LOCK)
+        except Exception:
+            # The pool does not reset session state on release: a connection that may still
+            # hold the lock is closed, never handed back.
+            conn.terminate()
         with contextlib.suppress(Exception):
             await self.ingest.plat.pool.release(conn)
 

@@ -6,6 +6,12 @@ PostgreSQL, so `PostgresStorage` implements `limits.aio.storage.Storage` over th
 `rate_counters` table (one upsert per hit, or one for several keys at once with `hit_many`,
 which the inbound path uses to count the key and the sender together). A limit over its amount
 answers 429 with `Retry-After` (the seconds until the window resets).
+
+Concurrent requests' hits are coalesced (`shvya_common.bus.batching.Coalescer`): one upsert
+for all the hits made while the previous one ran, each key counted once with the sum of its
+hits. Each request is then given the count it would have seen had the hits been made one after
+another in arrival order, so the limit is exactly as strict as one statement per hit, while a
+burst from one key no longer queues on that key's row lock request by request.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ from dataclasses import dataclass
 import asyncpg
 from limits import RateLimitItem, parse
 from limits.aio.storage import Storage
+
+from shvya_common.bus.batching import Coalescer
+
+Hits = list[tuple[str, int, float]]
 
 _INCR = """
 INSERT INTO rate_counters AS c (key, value, expires_at)
@@ -37,17 +47,42 @@ class PostgresStorage(Storage):
     def __init__(self, pool: asyncpg.Pool) -> None:
         super().__init__()
         self.pool = pool
+        self._batches: Coalescer[None, Hits, dict[str, tuple[int, float]]] = Coalescer(
+            self._incr_batch, max_batch=512
+        )
 
     @property
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
         return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
-    async def incr_many(self, hits: list[tuple[str, int, float]]) -> dict[str, tuple[int, float]]:
+    async def incr_many(self, hits: Hits) -> dict[str, tuple[int, float]]:
         """Add `amount` to each (key, amount, expiry); returns key → (count, expires at)."""
+        return await self._batches.submit(None, hits)
+
+    async def _incr_batch(self, _: None, calls: list[Hits]) -> list[dict[str, tuple[int, float]]]:
+        merged: dict[str, list[float]] = {}
+        for hits in calls:
+            for key, amount, expiry in hits:
+                entry = merged.setdefault(key, [0, float(expiry)])
+                entry[0] += amount
         rows = await self.pool.fetch(
-            _INCR, [h[0] for h in hits], [h[1] for h in hits], [float(h[2]) for h in hits]
+            _INCR,
+            list(merged),
+            [int(v[0]) for v in merged.values()],
+            [v[1] for v in merged.values()],
         )
-        return {r["key"]: (r["value"], float(r["expires"])) for r in rows}
+        totals = {r["key"]: (int(r["value"]), float(r["expires"])) for r in rows}
+        # Hand out the counts in arrival order: the first call sees the count before the
+        # others' hits, as if each had been its own statement.
+        seen = {key: totals[key][0] - int(v[0]) for key, v in merged.items()}
+        out = []
+        for hits in calls:
+            mine: dict[str, tuple[int, float]] = {}
+            for key, amount, _expiry in hits:
+                seen[key] += amount
+                mine[key] = (seen[key], totals[key][1])
+            out.append(mine)
+        return out
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         return (await self.incr_many([(key, amount, expiry)]))[key][0]

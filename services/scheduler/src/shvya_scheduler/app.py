@@ -1,6 +1,7 @@
 """Wires the scheduler: its tasks (the registry), and as background work the timer loop, the
-event feed's reactors, the sweeps, the outbox's relay and reconciler, the platform-wide
-gauges (dead letters, paused channels) and the recurring schedules."""
+event feed's reactors, the sweeps, the outbox's relay and reconciler, the queue counters' fold
+and retention, the platform-wide gauges (dead letters, paused channels) and the recurring
+schedules."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from shvya_common.bus import Registration
 from shvya_common.bus.relay import Relay
 from shvya_common.logging import configure_logging
 from shvya_common.metrics import CHANNEL_PAUSED, DLQ_DEPTH
+from shvya_common.retention import RetentionConfig, compact_counters, retention_pass
 from shvya_common.runtime import Platform, run, run_worker
 from shvya_scheduler import tasks
 from shvya_scheduler.feed import feed_loop
@@ -56,6 +58,31 @@ async def gauges(plat: Platform, stopping: asyncio.Event) -> None:
             pass
 
 
+async def upkeep(
+    plat: Platform,
+    stopping: asyncio.Event,
+    counters_every: float,
+    retention_every: float,
+    config: RetentionConfig,
+) -> None:
+    """Fold the queue counters every `counters_every`; run retention every `retention_every`.
+    An outage only skips a round."""
+    last_retention = 0.0
+    loop = asyncio.get_running_loop()
+    while not stopping.is_set():
+        try:
+            await compact_counters(plat.pool)
+            if loop.time() - last_retention >= retention_every:
+                last_retention = loop.time()
+                await retention_pass(plat.pool, config)
+        except Exception as err:
+            log.warning("upkeep_failed", error=f"{type(err).__name__}: {err}"[:300])
+        try:
+            await asyncio.wait_for(stopping.wait(), counters_every)
+        except TimeoutError:
+            pass
+
+
 def main() -> None:
     settings = SchedulerSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
@@ -73,6 +100,13 @@ def main() -> None:
             Relay(plat.bus, settings.relay_config()).run(stopping),
             gauges(plat, stopping),
             schedule_loop(plat.bus, stopping, settings.schedule_config()),
+            upkeep(
+                plat,
+                stopping,
+                settings.counters_interval_seconds,
+                settings.retention_interval_seconds,
+                settings.retention_config(),
+            ),
         )
 
     run(lambda: run_worker(settings, SERVICE, METRICS_PORT, handlers, background))

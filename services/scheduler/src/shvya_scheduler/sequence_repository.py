@@ -29,11 +29,11 @@ WHERE lead_id = $1
   AND NOT (direction = 'inbound' AND meta ? 'auto_reply')
 """
 
-# email.opened / email.clicked on a message this enrolment's steps sent.
+# email.opened / email.clicked on a message this enrolment's steps sent (hot or archived).
 _ENGAGED = """
 SELECT EXISTS (
     SELECT 1 FROM sequence_history h
-    JOIN events ev ON ev.lead_id = $2 AND ev.type = $3
+    JOIN events_all ev ON ev.lead_id = $2 AND ev.type = $3
                   AND ev.payload->>'message_id' = h.message_id::text
     WHERE h.enrolment_id = $1 AND h.message_id IS NOT NULL
       AND ($4 OR NOT coalesce((ev.payload->>'machine')::boolean, false)))

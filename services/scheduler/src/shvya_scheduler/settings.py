@@ -1,6 +1,7 @@
 """Scheduler settings: how often due timers are looked for, and how many at a time; the sweeps
 that enqueue quiet-conversation summaries and bump-ups; the outbox's relay and reconciler; email
-campaigns' pace; and the loop that fires recurring schedules."""
+campaigns' pace; the loop that fires recurring schedules; and retention (queue counters folded,
+finished jobs and timers deleted, events archived by month)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import timedelta
 from pydantic import Field
 
 from shvya_common.bus.relay import RelayConfig
+from shvya_common.retention import RetentionConfig
 from shvya_common.settings import CommonSettings
 from shvya_scheduler.config import CampaignConfig, ScheduleConfig
 from shvya_scheduler.sweeps import SweepConfig
@@ -92,6 +94,42 @@ class SchedulerSettings(CommonSettings):
             batch=self.schedule_batch,
             summary_batch=self.schedule_summary_batch,
             summary_lookback=timedelta(hours=self.schedule_summary_lookback_hours),
+        )
+
+    counters_interval_seconds: float = Field(
+        1.0, gt=0, description="Pause between folds of the queue counters' deltas."
+    )
+    retention_interval_seconds: float = Field(
+        300.0, gt=0, description="Pause between retention passes."
+    )
+    retention_jobs_days: int = Field(
+        7, ge=0, description="Completed jobs are deleted after this many days (0 = kept)."
+    )
+    retention_timers_days: int = Field(
+        7,
+        ge=0,
+        description="Fired and cancelled timers are deleted after this many days (0 = kept).",
+    )
+    retention_events_hot_days: int = Field(
+        30,
+        ge=0,
+        description="Events move to the monthly archive (events_archive) after this many days"
+        " (0 = all stay in events).",
+    )
+    retention_events_archive_months: int = Field(
+        0, ge=0, description="Archive months older than this many are dropped (0 = kept)."
+    )
+    retention_batch: int = Field(
+        5000, ge=100, le=100_000, description="Rows per retention statement."
+    )
+
+    def retention_config(self) -> RetentionConfig:
+        return RetentionConfig(
+            jobs_days=self.retention_jobs_days,
+            timers_days=self.retention_timers_days,
+            events_hot_days=self.retention_events_hot_days,
+            events_archive_months=self.retention_events_archive_months,
+            batch=self.retention_batch,
         )
 
     def relay_config(self) -> RelayConfig:

@@ -3,13 +3,14 @@ and published after COMMIT; the relay and reconciler republish what a publish lo
 runs handlers with fenced claims, retries, dead letters and replay."""
 
 from shvya_common.bus.jobs import JobBus, QueueStats, Replayed, enqueue_job, install_bus
-from shvya_common.bus.outbox import EnqueuedJob, NewJob, Unit
+from shvya_common.bus.outbox import Along, EnqueuedJob, NewJob, Unit
 from shvya_common.bus.registry import Registration, Registry, RetryPolicy
 from shvya_common.bus.topology import ensure_consumers, ensure_streams
 from shvya_common.bus.worker import CURRENT_JOB, Handler, JobContext, Worker
 
 __all__ = [
     "CURRENT_JOB",
+    "Along",
     "EnqueuedJob",
     "Handler",
     "JobBus",

@@ -26,8 +26,9 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel
 
 from shvya_common.bus.ledgers import Ledger, LedgerName, Outgoing, ledgers_for
-from shvya_common.bus.outbox import EnqueuedJob, Publisher, Unit, unit_of_work
+from shvya_common.bus.outbox import Along, EnqueuedJob, Publisher, Unit, insert_send, unit_of_work
 from shvya_common.bus.topology import TopologyKeeper
+from shvya_common.contracts.jobs import SendParams
 from shvya_common.contracts.subjects import Topology
 
 log = structlog.get_logger(__name__)
@@ -121,6 +122,26 @@ class JobBus:
                 run_at=run_at,
             )
 
+    async def request_send(
+        self,
+        params: SendParams,
+        *,
+        priority: int,
+        job_id: uuid.UUID | None = None,
+        message_id: uuid.UUID | None = None,
+        along: Along | None = None,
+    ) -> tuple[uuid.UUID, bool]:
+        """A unit of work of one statement: the send row and `along`'s writes, committed by
+        themselves (one statement is atomic, so no BEGIN and COMMIT round trips), then
+        published. Same contract as `Unit.request_send`."""
+        outgoing, existing = await insert_send(
+            self.pool, params, priority=priority, job_id=job_id, message_id=message_id, along=along
+        )
+        if outgoing is None:
+            return existing, False
+        await self.publisher.publish([outgoing])
+        return outgoing.envelope.job_id, True
+
     async def replay(
         self,
         max_jobs: int,
@@ -163,24 +184,34 @@ class JobBus:
 
 
 async def queue_stats(db: asyncpg.Pool | asyncpg.Connection) -> QueueStats:
-    """Jobs by status and outbound sends by status: `GET /queue/stats` and `shvya stats`."""
-    row = await db.fetchrow(
-        """
-        SELECT count(*) FILTER (WHERE status IN ('queued', 'scheduled')) AS queued,
-               count(*) FILTER (WHERE status = 'processing') AS processing,
-               count(*) FILTER (WHERE status = 'completed') AS completed,
-               count(*) FILTER (WHERE status = 'failed') AS failed,
-               count(*) FILTER (WHERE status = 'dlq') AS dlq,
-               count(*) FILTER (WHERE status = 'orphaned') AS orphaned,
-               count(*) FILTER (WHERE status <> 'orphaned') AS total
-        FROM jobs
-        """
+    """Jobs by status and sends by status (`GET /queue/stats` and `shvya stats`), from the
+    maintained counters (migration 0016): the folded totals plus the deltas not folded yet,
+    read in one snapshot, so the figures equal a count of the tables at that moment without
+    scanning them."""
+    rows = await db.fetch(_COUNTS)
+    jobs: dict[str, int] = {}
+    sends: dict[str, int] = {}
+    for r in rows:
+        (jobs if r["ledger"] == "jobs" else sends)[r["status"]] = int(r["n"])
+    return QueueStats(
+        queued=jobs.get("queued", 0) + jobs.get("scheduled", 0),
+        processing=jobs.get("processing", 0),
+        completed=jobs.get("completed", 0),
+        failed=jobs.get("failed", 0),
+        dlq=jobs.get("dlq", 0),
+        total=sum(n for status, n in jobs.items() if status != "orphaned"),
+        orphaned=jobs.get("orphaned", 0),
+        sends={status: n for status, n in sends.items() if n},
     )
-    sends = await db.fetch(
-        "SELECT status, count(*) AS n FROM messages WHERE direction = 'outbound' GROUP BY status"
-    )
-    assert row is not None
-    return QueueStats(**dict(row), sends={r["status"]: r["n"] for r in sends})
+
+
+_COUNTS = """
+SELECT ledger, status, sum(n) AS n FROM (
+    SELECT ledger, status, n FROM queue_counts
+    UNION ALL
+    SELECT ledger, status, n FROM queue_count_deltas
+) c GROUP BY ledger, status
+"""
 
 
 _default_bus: JobBus | None = None

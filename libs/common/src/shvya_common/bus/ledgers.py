@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeAlias, TypeVar
@@ -119,9 +119,15 @@ class Ledger(Protocol):
     async def claim(
         self, env: JobEnvelope, *, max_attempts: int, lease: float, worker: str
     ) -> Claim: ...
+    async def claim_many(
+        self, wanted: list[tuple[JobEnvelope, int]], *, lease: float, worker: str
+    ) -> list[Claim]: ...
     async def complete(
         self, env: JobEnvelope, attempt: int, result: dict[str, Any] | None
     ) -> bool: ...
+    async def complete_many(
+        self, done: list[tuple[JobEnvelope, int, dict[str, Any] | None]]
+    ) -> list[bool]: ...
     async def retry(
         self, env: JobEnvelope, attempt: int, error: str, run_after: datetime
     ) -> bool: ...
@@ -200,24 +206,73 @@ def _remaining(record: asyncpg.Record) -> float:
 LAPSED_RETRY_SECONDS = 0.1
 
 
+def _claims(
+    wanted: list[tuple[JobEnvelope, int]],
+    claimed: dict[uuid.UUID, asyncpg.Record],
+    states: dict[uuid.UUID, asyncpg.Record],
+    sources: Collection[str],
+    prior: Callable[[asyncpg.Record], str | None],
+    lease: float,
+    resumable: str | None = None,
+) -> tuple[list[Claim], list[JobEnvelope]]:
+    """Each delivery's Claim, and the envelopes that have no row (orphans to record). A job
+    asked for twice in one batch runs once: the second copy is told it is busy. A row that
+    was not claimed although its lease has lapsed lost a race with the lease running out (the
+    claim saw it live, the state read a moment later saw it lapsed): with attempts left (or in
+    the `resumable` status, a send that may have left) it is to be tried again, not exhausted."""
+    out: list[Claim] = []
+    orphans: list[JobEnvelope] = []
+    seen: set[uuid.UUID] = set()
+    for env, max_attempts in wanted:
+        job_id = env.job_id
+        if job_id in seen:
+            out.append(Claim("busy", retry_in=lease))
+            continue
+        seen.add(job_id)
+        if job_id in claimed:
+            row = claimed[job_id]
+            out.append(Claim("run", row["attempts"], prior(row)))
+            continue
+        state = states.get(job_id)
+        if state is None:
+            orphans.append(env)
+            out.append(Claim("orphan"))
+        elif state["status"] not in sources:
+            out.append(Claim("finished", state["attempts"], state["status"]))
+        elif _remaining(state) > 0:
+            out.append(Claim("busy", state["attempts"], state["status"], _remaining(state)))
+        elif state["attempts"] < max_attempts or state["status"] == resumable:
+            out.append(Claim("busy", state["attempts"], state["status"], LAPSED_RETRY_SECONDS))
+        else:
+            out.append(Claim("exhausted", state["attempts"], state["status"]))
+    return out, orphans
+
+
+
 class JobLedger:
     """State in `jobs`: queued → processing → completed | failed (retry) | dlq | scheduled."""
 
     name: LedgerName = "jobs"
     columns = JOB_COLUMNS
 
+    # Rows are locked in id order first, so two multi-row writes of one worker (a claim batch,
+    # the heartbeat's renewal, a completion batch) never wait on each other in a cycle.
     _CLAIM = """
-    UPDATE jobs SET status = 'processing', attempts = attempts + 1, max_attempts = $4,
-           started_at = now(), updated_at = now(), claimed_by = $3,
-           lease_until = now() + make_interval(secs => $2::float8),
-           published_at = coalesce(published_at, now())
-     WHERE id = $1 AND status = ANY($5::text[]) AND attempts < $4
-       AND (lease_until IS NULL OR lease_until <= now())
-    RETURNING attempts
+    WITH want AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS w(id, max_attempts)),
+    locked AS (SELECT j.id FROM jobs j JOIN want USING (id) ORDER BY j.id FOR UPDATE OF j)
+    UPDATE jobs SET status = 'processing', attempts = jobs.attempts + 1,
+           max_attempts = want.max_attempts, started_at = now(), updated_at = now(),
+           claimed_by = $4, lease_until = now() + make_interval(secs => $3::float8),
+           published_at = coalesce(jobs.published_at, now())
+      FROM want, locked
+     WHERE jobs.id = want.id AND locked.id = jobs.id AND jobs.status = ANY($5::text[])
+       AND jobs.attempts < want.max_attempts
+       AND (jobs.lease_until IS NULL OR jobs.lease_until <= now())
+    RETURNING jobs.id, jobs.attempts
     """
     _STATE = """
-    SELECT status, attempts, extract(epoch FROM lease_until - now()) AS remaining
-    FROM jobs WHERE id = $1
+    SELECT id, status, attempts, extract(epoch FROM lease_until - now()) AS remaining
+    FROM jobs WHERE id = ANY($1::uuid[])
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -226,39 +281,52 @@ class JobLedger:
     async def claim(
         self, env: JobEnvelope, *, max_attempts: int, lease: float, worker: str
     ) -> Claim:
+        return (await self.claim_many([(env, max_attempts)], lease=lease, worker=worker))[0]
+
+    async def claim_many(
+        self, wanted: list[tuple[JobEnvelope, int]], *, lease: float, worker: str
+    ) -> list[Claim]:
+        """Claim many deliveries in one statement (a second one only for those not claimed)."""
         sources = job_sources(_J.PROCESSING)
-        attempt = await self.pool.fetchval(
-            self._CLAIM, env.job_id, lease, worker, max_attempts, sources
+        ids = [env.job_id for env, _ in wanted]
+        rows = await self.pool.fetch(
+            self._CLAIM, ids, [m for _, m in wanted], lease, worker, sources
         )
-        if attempt is not None:
-            return Claim("run", attempt)
-        row = await self.pool.fetchrow(self._STATE, env.job_id)
-        if row is None:
+        claimed = {r["id"]: r for r in rows}
+        missing = [i for i in dict.fromkeys(ids) if i not in claimed]
+        states = (
+            {r["id"]: r for r in await self.pool.fetch(self._STATE, missing)} if missing else {}
+        )
+        out, orphans = _claims(wanted, claimed, states, sources, lambda _: None, lease)
+        for env in orphans:
             await _orphan(self.pool, env, "orphan: a message for a job that has no row")
-            return Claim("orphan")
-        status = row["status"]
-        if status not in sources:
-            return Claim("finished", row["attempts"], status)
-        if _remaining(row) > 0:
-            return Claim("busy", row["attempts"], status, _remaining(row))
-        if row["attempts"] < max_attempts:
-            # The claim ran while the lease still held and the read after it found it lapsed:
-            # attempts are left, so this is a claim to try again, not an exhausted job.
-            return Claim("busy", row["attempts"], status, LAPSED_RETRY_SECONDS)
-        return Claim("exhausted", row["attempts"], status)
+        return out
 
     async def _move(self, sql: str, *args: Any) -> bool:
         return await self.pool.fetchval(sql, *args) is not None
 
     async def complete(self, env: JobEnvelope, attempt: int, result: dict[str, Any] | None) -> bool:
-        return await self._move(
-            "UPDATE jobs SET status = 'completed', completed_at = now(), last_error = NULL,"
-            " result = $3, lease_until = NULL, updated_at = now()"
-            " WHERE id = $1 AND attempts = $2 AND status = 'processing' RETURNING id",
-            env.job_id,
-            attempt,
-            result,
+        return (await self.complete_many([(env, attempt, result)]))[0]
+
+    async def complete_many(
+        self, done: list[tuple[JobEnvelope, int, dict[str, Any] | None]]
+    ) -> list[bool]:
+        """Complete many runs in one statement; each True if its run still owned the row."""
+        ids = [env.job_id for env, _, _ in done]
+        rows = await self.pool.fetch(
+            "WITH c AS (SELECT * FROM unnest($1::uuid[], $2::int[], $3::jsonb[])"
+            " AS c(id, attempts, result)),"
+            " locked AS (SELECT j.id FROM jobs j JOIN c USING (id) ORDER BY j.id FOR UPDATE OF j)"
+            " UPDATE jobs SET status = 'completed', completed_at = now(), last_error = NULL,"
+            " result = c.result, lease_until = NULL, updated_at = now()"
+            " FROM c, locked WHERE jobs.id = c.id AND locked.id = jobs.id"
+            " AND jobs.attempts = c.attempts AND jobs.status = 'processing' RETURNING jobs.id",
+            ids,
+            [attempt for _, attempt, _ in done],
+            [result for _, _, result in done],
         )
+        moved = {r["id"] for r in rows}
+        return [env.job_id in moved for env, _, _ in done]
 
     async def retry(self, env: JobEnvelope, attempt: int, error: str, run_after: datetime) -> bool:
         return await self._move(
@@ -313,10 +381,12 @@ class JobLedger:
     async def renew(self, held: list[tuple[uuid.UUID, int]], lease: float) -> None:
         if held:
             await self.pool.execute(
-                "UPDATE jobs SET lease_until = now() + make_interval(secs => $3::float8)"
-                " FROM unnest($1::uuid[], $2::int[]) AS h(id, attempts)"
-                " WHERE jobs.id = h.id AND jobs.attempts = h.attempts"
-                " AND jobs.status = 'processing'",
+                "WITH h AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS h(id, attempts)),"
+                " locked AS (SELECT j.id FROM jobs j JOIN h USING (id) ORDER BY j.id"
+                " FOR UPDATE OF j)"
+                " UPDATE jobs SET lease_until = now() + make_interval(secs => $3::float8)"
+                " FROM h, locked WHERE jobs.id = h.id AND locked.id = jobs.id"
+                " AND jobs.attempts = h.attempts AND jobs.status = 'processing'",
                 [h[0] for h in held],
                 [h[1] for h in held],
                 lease,
@@ -461,17 +531,21 @@ class SendLedger:
     columns = SEND_COLUMNS
 
     _CLAIM = """
-    UPDATE messages SET attempts = attempts + 1, updated_at = now(),
-           lease_until = now() + make_interval(secs => $2::float8),
-           published_at = coalesce(published_at, now())
-     WHERE id = $1 AND direction = 'outbound' AND status = ANY($4::text[])
-       AND (attempts < $3 OR status = 'sending')
-       AND (lease_until IS NULL OR lease_until <= now())
-    RETURNING attempts, status
+    WITH want AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS w(id, max_attempts)),
+    locked AS (SELECT m.id FROM messages m JOIN want USING (id) ORDER BY m.id FOR UPDATE OF m)
+    UPDATE messages SET attempts = messages.attempts + 1, updated_at = now(),
+           lease_until = now() + make_interval(secs => $3::float8),
+           published_at = coalesce(messages.published_at, now())
+      FROM want, locked
+     WHERE messages.id = want.id AND locked.id = messages.id
+       AND messages.direction = 'outbound' AND messages.status = ANY($4::text[])
+       AND (messages.attempts < want.max_attempts OR messages.status = 'sending')
+       AND (messages.lease_until IS NULL OR messages.lease_until <= now())
+    RETURNING messages.id, messages.attempts, messages.status
     """
     _STATE = """
-    SELECT status, attempts, extract(epoch FROM lease_until - now()) AS remaining
-    FROM messages WHERE id = $1 AND direction = 'outbound'
+    SELECT id, status, attempts, extract(epoch FROM lease_until - now()) AS remaining
+    FROM messages WHERE id = ANY($1::uuid[]) AND direction = 'outbound'
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -480,35 +554,48 @@ class SendLedger:
     async def claim(
         self, env: JobEnvelope, *, max_attempts: int, lease: float, worker: str
     ) -> Claim:
+        return (await self.claim_many([(env, max_attempts)], lease=lease, worker=worker))[0]
+
+    async def claim_many(
+        self, wanted: list[tuple[JobEnvelope, int]], *, lease: float, worker: str
+    ) -> list[Claim]:
         live = sorted(SEND_LIVE)
-        row = await self.pool.fetchrow(self._CLAIM, env.job_id, lease, max_attempts, live)
-        if row is not None:
-            return Claim("run", row["attempts"], row["status"])
-        state = await self.pool.fetchrow(self._STATE, env.job_id)
-        if state is None:
+        ids = [env.job_id for env, _ in wanted]
+        rows = await self.pool.fetch(self._CLAIM, ids, [m for _, m in wanted], lease, live)
+        claimed = {r["id"]: r for r in rows}
+        missing = [i for i in dict.fromkeys(ids) if i not in claimed]
+        states = (
+            {r["id"]: r for r in await self.pool.fetch(self._STATE, missing)} if missing else {}
+        )
+        out, orphans = _claims(
+            wanted, claimed, states, live, lambda r: r["status"], lease, resumable="sending"
+        )
+        for env in orphans:
             await _orphan(self.pool, env, "orphan: a send request whose message has no row")
-            return Claim("orphan")
-        status = state["status"]
-        if status not in live:
-            return Claim("finished", state["attempts"], status)
-        if _remaining(state) > 0:
-            return Claim("busy", state["attempts"], status, _remaining(state))
-        if state["attempts"] < max_attempts or status == "sending":
-            # The claim lost a race with the lease running out (see JobLedger.claim).
-            return Claim("busy", state["attempts"], status, LAPSED_RETRY_SECONDS)
-        return Claim("exhausted", state["attempts"], status)
+        return out
 
     async def _move(self, sql: str, *args: Any) -> bool:
         return await self.pool.fetchval(sql, *args) is not None
 
     async def complete(self, env: JobEnvelope, attempt: int, result: dict[str, Any] | None) -> bool:
-        # The handler recorded the send's own outcome (sent, suppressed, ...); free the lease.
+        return (await self.complete_many([(env, attempt, result)]))[0]
+
+    async def complete_many(
+        self, done: list[tuple[JobEnvelope, int, dict[str, Any] | None]]
+    ) -> list[bool]:
+        # The handler recorded the send's own outcome (sent, suppressed, ...), which freed the
+        # lease with it; a run that ended without one (not pending) frees it here.
         await self.pool.execute(
-            "UPDATE messages SET lease_until = NULL WHERE id = $1 AND attempts = $2",
-            env.job_id,
-            attempt,
+            "WITH c AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS c(id, attempts)),"
+            " locked AS (SELECT m.id FROM messages m JOIN c USING (id)"
+            " WHERE m.lease_until IS NOT NULL ORDER BY m.id FOR UPDATE OF m)"
+            " UPDATE messages SET lease_until = NULL FROM c, locked"
+            " WHERE messages.id = c.id AND locked.id = messages.id"
+            " AND messages.attempts = c.attempts",
+            [env.job_id for env, _, _ in done],
+            [attempt for _, attempt, _ in done],
         )
-        return True
+        return [True] * len(done)
 
     async def retry(self, env: JobEnvelope, attempt: int, error: str, run_after: datetime) -> bool:
         return await self._move(
@@ -582,10 +669,12 @@ class SendLedger:
     async def renew(self, held: list[tuple[uuid.UUID, int]], lease: float) -> None:
         if held:
             await self.pool.execute(
-                "UPDATE messages SET lease_until = now() + make_interval(secs => $3::float8)"
-                " FROM unnest($1::uuid[], $2::int[]) AS h(id, attempts)"
-                " WHERE messages.id = h.id AND messages.attempts = h.attempts"
-                " AND messages.status = ANY($4::text[])",
+                "WITH h AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS h(id, attempts)),"
+                " locked AS (SELECT m.id FROM messages m JOIN h USING (id) ORDER BY m.id"
+                " FOR UPDATE OF m)"
+                " UPDATE messages SET lease_until = now() + make_interval(secs => $3::float8)"
+                " FROM h, locked WHERE messages.id = h.id AND locked.id = messages.id"
+                " AND messages.attempts = h.attempts AND messages.status = ANY($4::text[])",
                 [h[0] for h in held],
                 [h[1] for h in held],
                 lease,
@@ -679,39 +768,36 @@ class SendLedger:
         provider_message_id: str,
         meta: dict[str, Any],
     ) -> bool:
-        """The provider took it: record its id, the lead's last outbound time and an event. A
-        late confirmation also turns an 'unknown' send into 'sent'."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "UPDATE messages SET status = $3, provider_message_id = $4, sent_at = now(),"
-                " last_error = NULL, meta = meta || $5, lease_until = NULL, updated_at = now()"
-                " WHERE id = $1 AND ((status = 'sending' AND attempts = $2) OR status = 'unknown')"
-                " RETURNING company_id, lead_id, channel",
-                message_id,
-                attempt,
-                status,
-                provider_message_id,
-                meta,
+        """The provider took it: record its id, the lead's last outbound time and an event, in
+        one statement. A late confirmation also turns an 'unknown' send into 'sent'."""
+        moved = await self.pool.fetchval(
+            """
+            WITH moved AS (
+                UPDATE messages SET status = $3, provider_message_id = $4, sent_at = now(),
+                       last_error = NULL, meta = meta || $5, lease_until = NULL,
+                       updated_at = now()
+                 WHERE id = $1 AND ((status = 'sending' AND attempts = $2) OR status = 'unknown')
+                RETURNING company_id, lead_id, channel
+            ), lead AS (
+                UPDATE leads SET last_outbound_at = now(), updated_at = now()
+                  FROM moved WHERE leads.id = moved.lead_id RETURNING 1
+            ), ev AS (
+                INSERT INTO events (company_id, lead_id, type, payload)
+                SELECT company_id, lead_id, $6,
+                       jsonb_build_object('message_id', $1::text, 'channel', channel,
+                                          'status', $3::text, 'provider_message_id', $4::text)
+                FROM moved RETURNING 1
             )
-            if row is None:
-                return False
-            await conn.execute(
-                "UPDATE leads SET last_outbound_at = now(), updated_at = now() WHERE id = $1",
-                row["lead_id"],
-            )
-            await record_event(
-                conn,
-                row["company_id"],
-                row["lead_id"],
-                EventType.MESSAGE_SENT,
-                {
-                    "message_id": str(message_id),
-                    "channel": row["channel"],
-                    "status": status,
-                    "provider_message_id": provider_message_id,
-                },
-            )
-        return True
+            SELECT count(*) FROM moved
+            """,
+            message_id,
+            attempt,
+            status,
+            provider_message_id,
+            meta,
+            EventType.MESSAGE_SENT.value,
+        )
+        return bool(moved)
 
     async def _record_unsent(
         self,

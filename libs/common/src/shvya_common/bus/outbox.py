@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,54 @@ VALUES ($1, $2, $3, 'outbound', $4, $5, 'queued', $6, $7, $8, $9, $10, $11, $12,
 ON CONFLICT (send_key) DO NOTHING
 RETURNING {SEND_COLUMNS}
 """
+
+
+@dataclass(frozen=True)
+class Along:
+    """Writes that go in the same statement as a send row, and only when it is created: CTEs
+    (`name AS (INSERT ... SELECT ... FROM sent)`, comma-separated) that may read `sent`, the new
+    row (SEND_COLUMNS), with their own parameters written `$A1`, `$A2`, ..."""
+
+    ctes: str
+    args: tuple[Any, ...] = ()
+
+
+_ALONG_PARAM = re.compile(r"\$A(\d+)")
+
+
+def _send_statement(along: Along | None) -> str:
+    if along is None:
+        return _INSERT_SEND
+    ctes = _ALONG_PARAM.sub(lambda m: f"${13 + int(m.group(1))}", along.ctes)
+    return f"WITH sent AS ({_INSERT_SEND}), {ctes} SELECT * FROM sent"
+
+
+def _send_args(
+    params: SendParams,
+    message_id: uuid.UUID,
+    priority: int,
+    job_id: uuid.UUID | None,
+    along: Along | None,
+) -> list[Any]:
+    meta: dict[str, Any] = {"purpose": params.purpose}
+    if params.ai is not None:
+        meta["ai"] = params.ai.model_dump(mode="json")
+    return [
+        message_id,
+        params.company_id,
+        params.lead_id,
+        params.channel,
+        params.text,
+        params.send_key,
+        job_id,
+        params.reply_to_message_id,
+        params.to,
+        priority,
+        meta,
+        params.model_dump(mode="json"),
+        tracing.current_traceparent(),
+        *(along.args if along is not None else ()),
+    ]
 
 
 @dataclass(frozen=True)
@@ -320,36 +369,41 @@ class Unit:
         *,
         priority: int,
         job_id: uuid.UUID | None = None,
+        message_id: uuid.UUID | None = None,
+        along: Along | None = None,
     ) -> tuple[uuid.UUID, bool]:
-        """Record an outbound message (status queued) and its send request. Idempotent by
-        `params.send_key`: returns (message_id, created)."""
-        message_id = uuid.uuid4()
-        meta: dict[str, Any] = {"purpose": params.purpose}
-        if params.ai is not None:
-            meta["ai"] = params.ai.model_dump(mode="json")
-        row = await self.conn.fetchrow(
-            _INSERT_SEND,
-            message_id,
-            params.company_id,
-            params.lead_id,
-            params.channel,
-            params.text,
-            params.send_key,
-            job_id,
-            params.reply_to_message_id,
-            params.to,
-            priority,
-            meta,
-            params.model_dump(mode="json"),
-            tracing.current_traceparent(),
+        """Record an outbound message (status queued) and its send request, with `along`'s
+        writes in the same statement. Idempotent by `params.send_key`: returns (message_id,
+        created); when not created, `along` wrote nothing."""
+        outgoing, existing = await insert_send(
+            self.conn, params, priority=priority, job_id=job_id, message_id=message_id, along=along
         )
-        if row is None:
-            existing = await self.conn.fetchval(
-                "SELECT id FROM messages WHERE send_key = $1", params.send_key
-            )
+        if outgoing is None:
             return existing, False
-        self.outgoing.append(outgoing_from_row("messages", row))
-        return message_id, True
+        self.outgoing.append(outgoing)
+        return outgoing.envelope.job_id, True
+
+
+async def insert_send(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    params: SendParams,
+    *,
+    priority: int,
+    job_id: uuid.UUID | None,
+    message_id: uuid.UUID | None,
+    along: Along | None,
+) -> tuple[Outgoing | None, uuid.UUID]:
+    """The send row's insert (one statement); (its Outgoing, id), or (None, the existing id)."""
+    message_id = message_id or uuid.uuid4()
+    row = await conn.fetchrow(
+        _send_statement(along), *_send_args(params, message_id, priority, job_id, along)
+    )
+    if row is None:
+        existing = await conn.fetchval(
+            "SELECT id FROM messages WHERE send_key = $1", params.send_key
+        )
+        return None, existing
+    return outgoing_from_row("messages", row), message_id
 
 
 @contextlib.asynccontextmanager

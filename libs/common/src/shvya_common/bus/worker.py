@@ -5,10 +5,16 @@ each task's schedule, dead letters, and outages that are not counted as attempts
 free the loop asks the levels in order, highest first, with `no_wait` pull requests for exactly
 as many jobs as it can start, so a waiting higher-priority job is always started before any
 lower one. When every level is empty it sleeps on a doorbell (a core NATS subscription to the
-same subjects) or a short poll interval. The raw `$JS.API.CONSUMER.MSG.NEXT` request is used
-instead of nats-py's `pull_subscribe(...).fetch()` on purpose: `fetch` sends `expires` with its
-first request whenever nothing is buffered, and the server then treats the `no_wait` probe as a
-lingering pull, so asking six empty levels in turn would wait out a timeout on each, and an
+same subjects), a freed slot (when a level was held back for lack of room), or a short poll
+interval. A level found empty is not asked again until its doorbell rings or the poll interval
+passes (retries and redeliveries reach it then), so a busy worker asks one level per round,
+not six. A ring whose message the stream has not stored yet (the doorbell can be first) is
+asked again after 1, 2, 4 and 8 ms rather than at the next poll.
+
+The raw `$JS.API.CONSUMER.MSG.NEXT` request is used instead of nats-py's
+`pull_subscribe(...).fetch()` on purpose: `fetch` sends `expires` with its first request
+whenever nothing is buffered, and the server then treats the `no_wait` probe as a lingering
+pull, so asking six empty levels in turn would wait out a timeout on each, and an
 abandoned lingering request can later capture a message meant for a newer one. Every request
 here gets its own inbox (a subscription of its own, since a pulled message arrives under its
 own subject); a message that arrives after its request was given up is nak'ed at once, and one
@@ -20,8 +26,11 @@ fill the worker and make a lead wait.
 
 **Per job.** Parse the envelope (a malformed one is dead-lettered with its reason), claim the
 row (`ledgers`: counts the attempt and takes a lease), run the handler, record the outcome
-(fenced by the attempt), then ack. A delivery whose row a live run holds is nak'ed until that
-run ends, so a redelivery never runs a handler twice at once. Outcome writes are retried while
+(fenced by the attempt), then ack. Claims and completions of the jobs in hand are coalesced
+(`batching.Coalescer`): one statement per ledger for all those made while the previous one
+ran, so a busy worker pays about one round trip per batch, not per job. A delivery whose row
+a live run holds is nak'ed until that run ends, so a redelivery never runs a handler twice at
+once. Outcome writes are retried while
 the database is down, holding the job (its heartbeat keeps JetStream waiting) rather than
 dropping it.
 
@@ -57,8 +66,9 @@ from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
 from shvya_common import tracing
+from shvya_common.bus.batching import Coalescer
 from shvya_common.bus.jobs import JobBus
-from shvya_common.bus.ledgers import Claim, Ledger
+from shvya_common.bus.ledgers import Claim, Ledger, LedgerName
 from shvya_common.bus.registry import Handler, Registration, RetryPolicy, plain
 from shvya_common.bus.topology import TopologyKeeper, ensure_consumers
 from shvya_common.contracts.jobs import JobEnvelope
@@ -212,12 +222,34 @@ class Worker:
         self._doorbells: list[Subscription] = []
         self._bell = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        # Levels that may have messages: set by their doorbell, cleared by a short pull.
+        self._maybe: dict[int, bool] = {}
+        self._rung: set[int] = set()
+        self._refreshed = 0.0
         self._inflight: dict[asyncio.Task[None], _InFlight] = {}
         self._stopping = asyncio.Event()
         self._healthy = asyncio.Event()
         self._healthy.set()
         self._outage_backoff = 1.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._claims: Coalescer[LedgerName, tuple[JobEnvelope, int], Claim] = Coalescer(
+            self._claim_batch
+        )
+        self._completes: Coalescer[
+            LedgerName, tuple[JobEnvelope, int, dict[str, Any] | None], bool
+        ] = Coalescer(self._complete_batch)
+
+    async def _claim_batch(
+        self, ledger: LedgerName, wanted: list[tuple[JobEnvelope, int]]
+    ) -> list[Claim]:
+        return await self.bus.ledgers[ledger].claim_many(
+            wanted, lease=self.ack_wait, worker=self.name
+        )
+
+    async def _complete_batch(
+        self, ledger: LedgerName, done: list[tuple[JobEnvelope, int, dict[str, Any] | None]]
+    ) -> list[bool]:
+        return await self.bus.ledgers[ledger].complete_many(done)
 
     # --- lifecycle ---
 
@@ -249,7 +281,13 @@ class Worker:
             reserved_p1=self.reserved_p1,
         )
 
-    async def _ring(self, _msg: Msg) -> None:
+    async def _ring(self, msg: Msg) -> None:
+        # <prefix>.jobs.p<level>.<task>.<id>: the prefix has no dots.
+        token = msg.subject.split(".", 3)[2] if msg.subject.count(".") >= 3 else ""
+        if token.startswith("p") and token[1:].isdigit():
+            self._rung.add(int(token[1:]))
+        else:
+            self._rung.update(self._maybe)
         self._bell.set()
 
     async def stop(self, timeout: float | None = None) -> None:
@@ -290,6 +328,9 @@ class Worker:
 
     async def _loop(self) -> None:
         assert self._puller is not None
+        loop = asyncio.get_running_loop()
+        self._maybe = {level: True for level, _ in self._levels}
+        retry_in = 0.0
         while not self._stopping.is_set():
             if not self._healthy.is_set():
                 await self._recover()
@@ -299,14 +340,30 @@ class Worker:
                 await self._slot_freed.wait()
                 continue
             self._bell.clear()
+            self._slot_freed.clear()
+            rung, self._rung = self._rung, set()
+            for level in rung:
+                self._maybe[level] = True
+            if loop.time() - self._refreshed >= self.poll_seconds:
+                # Retries (nak delays) and redeliveries ring no doorbell: look everywhere now
+                # and then, even while the hot levels keep the worker busy.
+                self._refreshed = loop.time()
+                self._maybe = dict.fromkeys(self._maybe, True)
             got: list[tuple[Msg, int]] = []
             taken_low = 0
+            held_back = False
             try:
                 for level, consumer in self._levels:
+                    if not self._maybe.get(level, True):
+                        continue
                     room = min(self._room(level, len(got), taken_low), MAX_PULL_BATCH)
                     if room <= 0:
+                        held_back = True
                         continue
-                    for msg in await self._puller.pull(consumer, room):
+                    msgs = await self._puller.pull(consumer, room)
+                    # A short answer means the level was drained at that moment.
+                    self._maybe[level] = len(msgs) >= room
+                    for msg in msgs:
                         got.append((msg, level))
                         if level < CONVERSATIONAL_PRIORITY:
                             taken_low += 1
@@ -318,9 +375,30 @@ class Worker:
                 task = asyncio.create_task(self._run(msg, level))
                 self._inflight[task] = _InFlight(msg, level)
                 task.add_done_callback(self._done)
-            if not got and self._healthy.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._bell.wait(), self.poll_seconds)
+            if got or not self._healthy.is_set():
+                retry_in = 0.0
+                continue
+            if rung and not self._rung:
+                # Rung, but nothing there yet: the doorbell beat the stream. Ask again soon.
+                retry_in = min(retry_in * 2 or 0.001, 0.016)
+                if retry_in < 0.016:
+                    self._rung |= rung
+                    await self._idle(retry_in, held_back)
+                    continue
+            retry_in = 0.0
+            await self._idle(self.poll_seconds, held_back)
+
+    async def _idle(self, seconds: float, held_back: bool) -> None:
+        """Sleep until a doorbell rings, a slot frees (if a level was held back for lack of
+        room), or `seconds` pass."""
+        waits = [asyncio.ensure_future(self._bell.wait())]
+        if held_back:
+            waits.append(asyncio.ensure_future(self._slot_freed.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
@@ -460,9 +538,7 @@ class Worker:
         delays = reg.retry.delays(self.retry_schedule)
         max_attempts = len(delays) + 1
         try:
-            claim = await ledger.claim(
-                env, max_attempts=max_attempts, lease=self.ack_wait, worker=self.name
-            )
+            claim = await self._claims.submit(reg.spec.ledger, (env, max_attempts))
         except Exception as err:
             self._degrade("claim", err)
             await _quietly(msg.nak(delay=self._backoff()))
@@ -549,7 +625,8 @@ class Worker:
         except Exception as err:
             await self._failed(msg, env, reg, ledger, job, delays, err)
             return
-        if await self._persist(lambda: ledger.complete(env, attempt, result)):
+        ledger_name = reg.spec.ledger
+        if await self._persist(lambda: self._completes.submit(ledger_name, (env, attempt, result))):
             await _quietly(msg.ack())
             JOBS.labels(self.service, task, "completed").inc()
             log.info("job_completed")

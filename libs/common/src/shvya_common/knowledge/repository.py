@@ -1,8 +1,9 @@
 """The knowledge base's SQL: documents, their chunks and vectors, and the vector column's size.
 
 One document is a row of ai_kb_documents; its chunks are rows of ai_kb_docs, written and
-replaced together in the caller's transaction. Vectors travel as pgvector's text form
-('[0.1,0.2,...]') cast to `vector` in SQL, so no client-side codec is needed.
+replaced together in the caller's transaction. Vectors travel in pgvector's binary form
+(`pgvector.asyncpg.register_vector`, installed on every pooled connection by
+`shvya_common.db.create_pool`): four bytes a dimension, with nothing to print or parse.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
+from pgvector import Vector
 
 from shvya_common.knowledge.chunking import Chunk
 
@@ -22,8 +24,19 @@ MAX_VECTOR_DIMENSIONS = 2000  # pgvector's limit for an HNSW index on `vector`
 
 
 def vector_literal(vector: Sequence[float]) -> str:
-    """pgvector's text form of a vector."""
+    """pgvector's text form of a vector (for SQL typed by hand; queries pass `as_vector`)."""
     return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+def as_vector(vector: Sequence[float]) -> Vector:
+    """A vector for the binary codec: any sequence of floats (or a numpy array)."""
+    if isinstance(vector, Vector):
+        return vector
+    if isinstance(vector, list):
+        return Vector(vector)
+    if hasattr(vector, "ndim"):  # a numpy array (the offline embedder's output)
+        return Vector(cast(Any, vector))
+    return Vector([float(x) for x in vector])
 
 
 @dataclass(frozen=True)
@@ -171,7 +184,7 @@ class KnowledgeRepository:
                 chunk.text,
                 chunk.index,
                 chunk.heading,
-                vector_literal(vectors[i]) if vectors is not None else None,
+                as_vector(vectors[i]) if vectors is not None else None,
                 embedding_model if vectors is not None else None,
                 ts_config,
             )
@@ -180,7 +193,7 @@ class KnowledgeRepository:
         await conn.executemany(
             "INSERT INTO ai_kb_docs (company_id, doc_id, title, source, content, chunk_index,"
             " heading, embedding, embedding_model, ts_config)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::vector, $9, $10::regconfig)",
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::regconfig)",
             rows,
         )
 
@@ -281,9 +294,9 @@ class KnowledgeRepository:
         embedding_model: str,
     ) -> None:
         await conn.executemany(
-            "UPDATE ai_kb_docs SET embedding = $2::vector, embedding_model = $3, updated_at = now()"
+            "UPDATE ai_kb_docs SET embedding = $2, embedding_model = $3, updated_at = now()"
             " WHERE id = $1",
-            [(chunk_id, vector_literal(vector), embedding_model) for chunk_id, vector in rows],
+            [(chunk_id, as_vector(vector), embedding_model) for chunk_id, vector in rows],
         )
 
     async def set_text_search_config(

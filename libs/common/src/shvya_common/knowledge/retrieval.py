@@ -26,7 +26,7 @@ import structlog
 
 from shvya_common.errors import ShvyaError
 from shvya_common.knowledge.embedders import Embedder
-from shvya_common.knowledge.repository import vector_literal
+from shvya_common.knowledge.repository import as_vector
 
 log = structlog.get_logger(__name__)
 
@@ -192,9 +192,7 @@ async def retrieve(
             async with conn.transaction():
                 # Keep scanning the index until enough rows pass the company filter.
                 await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-                rows = await conn.fetch(
-                    _VECTOR, company_id, vector_literal(query_vector), name, pool_k
-                )
+                rows = await conn.fetch(_VECTOR, company_id, as_vector(query_vector), name, pool_k)
             vector_hits = [(r["id"], float(r["similarity"])) for r in rows]
         ranked = fuse([vector_hits, keyword_hits], rrf_k)[:k]
         details = {

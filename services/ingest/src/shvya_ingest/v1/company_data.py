@@ -379,14 +379,15 @@ async def list_events(
     cursor: Cursor = None,
     limit: Limit = 100,
 ) -> Page[EventOut]:
-    """The audit trail, oldest first: every message, send, stage move, admin action, ..."""
+    """The audit trail, oldest first: every message, send, stage move, admin action, ...
+    (events past the hot period are read from the monthly archive, through `events_all`)."""
     limit = limit_param(request, limit)
     unknown = [t for t in type if t not in EventType._value2member_map_]
     if unknown:
         raise HTTPException(422, f"unknown event type(s): {', '.join(unknown)}")
     after = decode_cursor(cursor)
     rows = await ingest.plat.pool.fetch(
-        "SELECT id, type, lead_id, payload, created_at FROM events WHERE company_id = $1"
+        "SELECT id, type, lead_id, payload, created_at FROM events_all WHERE company_id = $1"
         " AND (cardinality($2::text[]) = 0 OR type = ANY($2::text[]))"
         " AND ($3::uuid IS NULL OR lead_id = $3) AND ($4::timestamptz IS NULL OR created_at >= $4)"
         " AND ($5::timestamptz IS NULL OR (created_at, id) > ($5, $6::uuid))"

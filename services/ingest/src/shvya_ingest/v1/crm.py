@@ -636,7 +636,7 @@ async def erase_lead(
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
         counts = await conn.fetchrow(
             "SELECT (SELECT count(*) FROM messages WHERE lead_id = $1) AS messages,"
-            " (SELECT count(*) FROM events WHERE lead_id = $1) AS events"
+            " (SELECT count(*) FROM events_all WHERE lead_id = $1) AS events"
             " FROM leads WHERE id = $1 AND company_id = $2 FOR UPDATE",
             lead_id,
             company_id,
