@@ -301,7 +301,8 @@ async def test_a_whatsapp_web_qr_is_served_to_its_own_company_only(base_env, adm
         # A replica holds it: the request is written for that replica to serve.
         assert await web_db.acquire_lease(plat.pool, profile, "dispatch:test", 60) is not None
         asked = await client.post(
-            url + "/link", json={"method": "code", "phone": "+919812345678"},
+            url + "/link",
+            json={"method": "code", "phone": "+919812345678"},
             headers=bearer(acme["admin"]),
         )
         assert asked.status_code == 202, asked.text

@@ -72,6 +72,7 @@ async def test_login_exits_5_when_the_profile_is_in_use(
     first = await _login(fake.url, tmp_path, "--timeout", "60")
     assert first.stdout is not None
     try:
+
         async def qr_saved() -> None:
             assert first.stdout is not None
             while line := (await first.stdout.readline()).decode():

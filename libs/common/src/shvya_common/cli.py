@@ -241,6 +241,7 @@ async def _rotate_secrets() -> int:
         print(line)
     return 1 if report.failed else 0
 
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="shvya",

@@ -248,7 +248,6 @@ def _claims(
     return out, orphans
 
 
-
 class JobLedger:
     """State in `jobs`: queued → processing → completed | failed (retry) | dlq | scheduled."""
 

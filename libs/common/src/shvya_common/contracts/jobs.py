@@ -163,6 +163,8 @@ class ReportParams(BaseModel):
     company_id: UUID
     reports: list[ReportName] = Field(default_factory=lambda: list(REPORTS))
     days: int = Field(30, ge=1, le=366)
+
+
 class WhatsAppWebInboundParams(BaseModel):
     """whatsapp_web.inbound: one thing a linked WhatsApp Web account saw, for ingest to file
     through the path every inbound message takes. `kind` is 'message' (text, caption, reply),

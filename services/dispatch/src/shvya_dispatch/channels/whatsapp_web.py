@@ -504,11 +504,6 @@ class WaSession:
                 await context.close()
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 class WhatsAppWebChannel:
     """Sends through one browser per WhatsApp Web account, one send at a time each.
 
@@ -831,8 +826,6 @@ async def link(
                 f"WhatsApp Web account {session.account!r} was not linked within {timeout:g} s"
             )
         await asyncio.sleep(POLL_SECONDS)
-
-
 
 
 async def login(
