@@ -1,5 +1,5 @@
--- The operator console: users' signed-in sessions, the "seen" mark of a conversation (its
--- unread count), and WhatsApp Web login QR codes kept where every process can read them.
+-- The operator console: users' signed-in sessions and the "seen" mark of a conversation (its
+-- unread count). WhatsApp Web login codes are in whatsapp_web_logins (0015).
 
 -- A session is a random token in an HTTP-only cookie; only its SHA-256 is stored. The CSRF
 -- token is derived from the session token (HMAC), so it needs no column.
@@ -22,13 +22,3 @@ CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
 ALTER TABLE leads ADD COLUMN agent_seen_at timestamptz;
 CREATE INDEX leads_company_activity ON leads
     (company_id, (greatest(last_inbound_at, last_outbound_at)) DESC NULLS LAST, id);
-
--- The QR code of a WhatsApp Web account being linked: written by the login flow (in whatever
--- process runs it), read by the API for the company whose channel account names the profile.
-CREATE TABLE whatsapp_web_logins (
-    account     text PRIMARY KEY,
-    status      text NOT NULL CHECK (status IN ('waiting', 'linked', 'timed_out', 'failed')),
-    qr_png      bytea,
-    detail      text,
-    updated_at  timestamptz NOT NULL DEFAULT now()
-);
