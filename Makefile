@@ -7,7 +7,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 SYNC := $(UV) sync --all-packages --extra embedded --group dev --frozen
 
 .PHONY: install offline-embedder up infra migrate test test-fast bench bench-campaign faults lint format clean \
-	canary-whatsapp-web console-vendor
+	canary-whatsapp-web console-vendor console-screenshots
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -86,6 +86,11 @@ format: install
 # shvya_ingest/console/static/vendor, checksum in VENDOR.json); this refreshes it. Running the
 # console needs neither Node.js nor the network.
 CONSOLE_VENDOR := services/ingest/src/shvya_ingest/console/static/vendor
+# The console's screenshots in docs/console/ (docs/console.md), taken by its browser test.
+console-screenshots: install
+	bash deploy/ensure-chromium.sh
+	CONSOLE_SCREENSHOTS_DIR=$(CURDIR)/docs/console $(VENV)/bin/pytest tests/e2e/test_console_browser.py
+
 console-vendor:
 	rm -rf .tools/console-vendor && mkdir -p .tools/console-vendor
 	cd .tools/console-vendor && npm pack --silent htm@3.1.1 preact@10.26.9 \

@@ -6,7 +6,7 @@ import uuid
 
 import asyncpg
 
-from shvya_ingest.auth import new_key
+from shvya_common.apikeys import new_key
 
 
 async def make_key(db: str | asyncpg.Pool, company_id: uuid.UUID, role: str = "admin") -> str:

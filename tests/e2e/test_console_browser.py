@@ -3,12 +3,15 @@ four services as separate processes on real NATS and PostgreSQL. A user signs in
 posted to the API appears in the inbox within a second without a reload, and the AI's reply
 after it; the agent takes over and replies through dispatch; a lead is dragged to another stage
 and the event is found; a dead letter is replayed after a confirmation; another company's data
-is refused. Each page's screenshot goes to docs/console/ (shown in docs/console.md)."""
+is refused. Each page is photographed into the test's folder, or into CONSOLE_SCREENSHOTS_DIR
+when it is set: `make console-screenshots` refreshes docs/console/ (shown in docs/console.md), so
+`make test` never writes into the checkout."""
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import signal
 import struct
 import time
@@ -32,7 +35,11 @@ from tests.keys import bearer
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = Path(os.environ.get("WHATSAPP_WEB_CHROMIUM_PATH", "/usr/bin/chromium"))
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+SHOTS = (
+    Path(os.environ["CONSOLE_SCREENSHOTS_DIR"])
+    if os.environ.get("CONSOLE_SCREENSHOTS_DIR")
+    else Path(tempfile.gettempdir()) / "shvya-console-screenshots"
+)
 ARGS = [
     "--disable-gpu",
     "--disable-quic",

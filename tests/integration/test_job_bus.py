@@ -494,7 +494,7 @@ class LapsesBeforeTheStateRead:
     async def fetchval(self, sql: str, *args: object) -> object:
         return await self.pool.fetchval(sql, *args)
 
-    async def fetchrow(self, sql: str, *args: object) -> object:
+    async def _lapse_before_the_state_read(self, sql: str) -> None:
         if "lease_until - now()" in sql:
             await eventually(
                 lambda: self.pool.fetchval(
@@ -503,7 +503,14 @@ class LapsesBeforeTheStateRead:
                 timeout=10,
                 interval=0.02,
             )
+
+    async def fetchrow(self, sql: str, *args: object) -> object:
+        await self._lapse_before_the_state_read(sql)
         return await self.pool.fetchrow(sql, *args)
+
+    async def fetch(self, sql: str, *args: object) -> object:
+        await self._lapse_before_the_state_read(sql)
+        return await self.pool.fetch(sql, *args)
 
 
 async def test_a_claim_racing_its_lease_running_out_waits_instead_of_dead_lettering(plat):

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from shvya_common.embedded import free_port
-from tests.integration.fake_whatsapp_web import FakeWhatsAppWeb
+from tests.integration.fake_whatsapp_web import FAKE_WPP, FakeWhatsAppWeb
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +37,7 @@ async def _login(url: str, tmp_path: Path, *extra: str) -> asyncio.subprocess.Pr
     env = {
         **os.environ,
         "WHATSAPP_WEB_URL": url,
+        "WHATSAPP_WEB_WA_JS_PATH": str(FAKE_WPP),
         "WHATSAPP_WEB_CHROMIUM_PATH": str(CHROMIUM),
         "WHATSAPP_WEB_PROFILE_DIR": str(tmp_path / "profiles"),
         "WHATSAPP_WEB_LOAD_TIMEOUT_SECONDS": "10",

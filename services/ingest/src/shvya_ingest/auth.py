@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -42,6 +41,7 @@ from typing import Annotated, Any, Literal
 import asyncpg
 from fastapi import Depends, HTTPException, Request
 
+from shvya_common.apikeys import hash_key, key_prefix
 from shvya_common.contracts.events import EventType
 from shvya_common.events import record_event
 
@@ -52,7 +52,6 @@ CallerRole = Literal["admin", "agent", "ingest", "viewer"]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSION_COOKIE = "shvya_session"
 CSRF_HEADER = "x-csrf-token"
-KEY_PREFIX = "shvya_"
 KEY_CACHE_SECONDS = 10.0
 _KEY_CACHE_MAX = 10_000
 
@@ -106,26 +105,6 @@ class Principal:
 
 OPERATOR = Principal("operator", None, None)
 ANONYMOUS = Principal("anonymous", None, None)
-
-
-def new_key() -> tuple[str, str, str]:
-    """A fresh key: (the key to show once, its prefix, its hash)."""
-    ident = secrets.token_hex(4)
-    key = f"{KEY_PREFIX}{ident}_{secrets.token_urlsafe(32)}"
-    return key, f"{KEY_PREFIX}{ident}", hash_key(key)
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def key_prefix(key: str) -> str | None:
-    if not key.startswith(KEY_PREFIX):
-        return None
-    ident, sep, rest = key[len(KEY_PREFIX) :].partition("_")
-    if not sep or not rest or len(ident) != 8:
-        return None
-    return f"{KEY_PREFIX}{ident}"
 
 
 class Authenticator:

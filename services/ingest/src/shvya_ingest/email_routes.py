@@ -28,10 +28,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shvya_common.apikeys import key_prefix
 from shvya_common.links import KIND_CLICK, KIND_OPEN
 from shvya_common.tokens import TokenError, verify
 from shvya_ingest.api import Ingest, IngestDep
-from shvya_ingest.auth import AuthError, key_prefix
+from shvya_ingest.auth import AuthError
 from shvya_ingest.mail import (
     EmailError,
     InboundEmail,

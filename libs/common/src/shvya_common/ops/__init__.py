@@ -1,6 +1,6 @@
 """The operator commands of `shvya`: what is queued, stuck or dead-lettered, and replaying it.
 
-`streams` and `consumers` read JetStream; `stats`, `jobs`, `dlq`, `companies` and `migrate`
+`streams` and `consumers` read JetStream; `stats`, `jobs`, `dlq`, `companies`, `keys` and `migrate`
 read PostgreSQL (`jobs show` reads both); `dlq replay` goes through the job bus
 (`JobBus.replay`), as `POST /admin/dlq/replay` does. Every command takes `--json`. A server that
 cannot be reached is named, with how to start it, instead of a traceback, and each exit code
@@ -152,6 +152,29 @@ def add_commands(sub: Any) -> None:
     )
     companies.add_argument("--default", action="store_true", help="only the default company")
     companies.add_argument("-q", "--quiet", action="store_true", help="print only the ids")
+    keys = group("keys", "a company's API keys: list, create (shown once), revoke")
+    for name, text in (
+        ("list", "the company's keys: prefix, name, role, last use (never the keys)"),
+        ("create", "a new key with a role, printed once (only its hash is kept)"),
+    ):
+        parser = child(keys, name, text, _handler("admin", f"keys_{name}"))
+        which = parser.add_mutually_exclusive_group()
+        which.add_argument("--company", type=uuid.UUID, help="the company's id")
+        which.add_argument("--default", action="store_true", help="the default company")
+        if name == "list":
+            parser.add_argument("--all", action="store_true", help="revoked keys too")
+        else:
+            parser.add_argument("--name", required=True, help="what the key is for")
+            parser.add_argument(
+                "--role", choices=("admin", "agent", "ingest"), default="agent", help="its role"
+            )
+    revoke = child(
+        keys,
+        "revoke",
+        "revoke a key by its prefix (shvya_xxxxxxxx) or id",
+        _handler("admin", "keys_revoke"),
+    )
+    revoke.add_argument("key", help="the key's prefix, id, or the key itself")
     asyncapi = command(
         "asyncapi",
         "print the AsyncAPI 3 document of the subjects and streams (also GET /asyncapi.json)",

@@ -26,6 +26,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shvya_common.apikeys import new_key
 from shvya_common.passwords import hash_password
 from shvya_ingest.auth import (
     AdminCompany,
@@ -35,7 +36,6 @@ from shvya_ingest.auth import (
     Role,
     audit,
     company_of,
-    new_key,
 )
 from shvya_ingest.repository import DEFAULT_STAGES
 from shvya_ingest.v1.common import ERRORS, V1, IngestDep, not_found

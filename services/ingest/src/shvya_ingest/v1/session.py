@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from shvya_common.apikeys import hash_key
 from shvya_common.passwords import check_password, dummy_hash
 from shvya_ingest.api import Ingest
 from shvya_ingest.auth import (
@@ -32,7 +33,6 @@ from shvya_ingest.auth import (
     Principal,
     audit,
     csrf_token,
-    hash_key,
     session_principal,
 )
 from shvya_ingest.ratelimit import Limited

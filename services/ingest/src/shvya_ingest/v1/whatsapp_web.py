@@ -110,14 +110,15 @@ async def web_login(
 )
 async def request_link(
     account_id: uuid.UUID,
-    body: LinkIn,
     company_id: AdminCompany,
     ingest: IngestDep,
     caller: PrincipalDep,
+    body: LinkIn | None = None,
 ) -> WebLoginOut:
     """Ask the dispatch replica that drives the account to link it; its QR code (or pairing
     code) then appears in GET .../whatsapp-web. 409 when no replica drives the account (is
     dispatch running with WHATSAPP_WEB_ENABLED?): run the login command instead."""
+    body = body or LinkIn()
     profile = await _profile(ingest, company_id, account_id)
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
         row = await db.read_account(conn, profile)
