@@ -306,8 +306,23 @@ async def test_the_console_end_to_end_in_chromium(platform, db_url):
         await page.goto(f"{url}/console/#/settings/channels")
         await page.locator(".weblogin img").wait_for(timeout=5_000)
         await shoot(page, "channels.png")
+        campaign = await client.post(
+            "/v1/campaigns",
+            json={
+                "name": "Spring offer",
+                "template": {"subject": "Spring", "text": "Hi {{ lead.first_name }}"},
+            },
+            headers=h,
+        )
+        assert campaign.status_code == 201, campaign.text
+        await page.goto(f"{url}/console/#/automation/campaigns")
+        await page.locator("td", has_text="Spring offer").wait_for(timeout=5_000)
         await page.goto(f"{url}/console/#/reports")
-        await page.locator("h1", has_text="Reports").wait_for(timeout=5_000)
+        # The reports API's funnel, drawn: the default pipeline's stages.
+        await page.locator("figcaption", has_text="Funnel").first.wait_for(timeout=5_000)
+        await page.locator("svg[aria-label^='Funnel'] text", has_text="Qualified").first.wait_for(
+            timeout=5_000
+        )
         await shoot(page, "reports.png")
 
         # 7. Another company's data is refused, in the page and through the session.

@@ -169,3 +169,43 @@ async def test_migrate_status_companies_and_asyncapi(plat, shvya, base_env):
     assert document == served
     expected = asyncapi_document(plat.topology.prefix, base_env["NATS_URL"])
     assert document == json.loads(json.dumps(expected))
+
+
+async def test_keys_create_list_and_revoke_a_company_key_that_ingest_honours(plat, shvya):
+    """`keys create` prints a key once that ingest's Authenticator accepts with its role;
+    `keys list` shows its prefix and never the key; `keys revoke` (by prefix) makes ingest refuse
+    it; each action is an audit event; a missing company or key exits 4, no company named 2."""
+    from shvya_ingest.auth import AuthError, Authenticator
+
+    company = await make_company(plat.pool)
+    code, _, err = await shvya("keys", "list")
+    assert code == 2 and "--company" in err
+    code, _, err = await shvya("keys", "list", "--company", str(uuid.uuid4()))
+    assert code == 4
+    made = await _json(
+        shvya, "keys", "create", "--company", str(company), "--name", "crm sync", "--role", "ingest"
+    )
+    key, prefix = made["key"], made["prefix"]
+    assert key.startswith(prefix + "_") and made["role"] == "ingest"
+    caller = await Authenticator(plat.pool, "operator-token-" + "x" * 32).authenticate(
+        f"Bearer {key}"
+    )
+    assert caller is not None and caller.company_id == company and caller.role == "ingest"
+    listed = await _json(shvya, "keys", "list", "--company", str(company))
+    assert [k["prefix"] for k in listed] == [prefix] and "key" not in listed[0]
+    code, out, _ = await shvya("keys", "list", "--company", str(company))
+    assert code == 0 and prefix in out and key not in out
+    code, out, _ = await shvya("keys", "revoke", prefix)
+    assert code == 0 and f"revoked {prefix}" in out
+    with pytest.raises(AuthError):
+        await Authenticator(plat.pool, "operator-token-" + "x" * 32).authenticate(f"Bearer {key}")
+    assert await _json(shvya, "keys", "list", "--company", str(company)) == []
+    assert len(await _json(shvya, "keys", "list", "--company", str(company), "--all")) == 1
+    code, _, _ = await shvya("keys", "revoke", "shvya_00000000")
+    assert code == 4
+    actions = await plat.pool.fetch(
+        "SELECT payload->>'action' AS action FROM events WHERE company_id = $1"
+        " AND type = 'audit.action' ORDER BY created_at",
+        company,
+    )
+    assert [a["action"] for a in actions] == ["api_key.created", "api_key.revoked"]
