@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import signal
 import struct
+import tempfile
 import time
 import uuid
 import zlib

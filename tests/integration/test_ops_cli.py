@@ -175,7 +175,7 @@ async def test_keys_create_list_and_revoke_a_company_key_that_ingest_honours(pla
     """`keys create` prints a key once that ingest's Authenticator accepts with its role;
     `keys list` shows its prefix and never the key; `keys revoke` (by prefix) makes ingest refuse
     it; each action is an audit event; a missing company or key exits 4, no company named 2."""
-    from shvya_ingest.auth import AuthError, Authenticator
+    from shvya_ingest.auth import Authenticator, AuthError
 
     company = await make_company(plat.pool)
     code, _, err = await shvya("keys", "list")
