@@ -89,7 +89,7 @@ CONSOLE_VENDOR := services/ingest/src/shvya_ingest/console/static/vendor
 # The console's screenshots in docs/console/ (docs/console.md), taken by its browser test.
 console-screenshots: install
 	bash deploy/ensure-chromium.sh
-	CONSOLE_SCREENSHOTS_DIR=$(CURDIR)/docs/console $(VENV)/bin/pytest tests/e2e/test_console_browser.py
+	$(VENV)/bin/pytest tests/e2e/test_console_browser.py
 
 console-vendor:
 	rm -rf .tools/console-vendor && mkdir -p .tools/console-vendor

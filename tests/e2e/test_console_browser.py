@@ -3,9 +3,8 @@ four services as separate processes on real NATS and PostgreSQL. A user signs in
 posted to the API appears in the inbox within a second without a reload, and the AI's reply
 after it; the agent takes over and replies through dispatch; a lead is dragged to another stage
 and the event is found; a dead letter is replayed after a confirmation; another company's data
-is refused. Each page is photographed into the test's folder, or into CONSOLE_SCREENSHOTS_DIR
-when it is set: `make console-screenshots` refreshes docs/console/ (shown in docs/console.md), so
-`make test` never writes into the checkout."""
+is refused. Each page's screenshot goes to docs/console/ (shown in docs/console.md), so the
+pictures stay current; CONSOLE_SCREENSHOTS_DIR sends them elsewhere."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import json
 import os
 import signal
 import struct
-import tempfile
 import time
 import uuid
 import zlib
@@ -38,7 +36,7 @@ CHROMIUM = Path(os.environ.get("WHATSAPP_WEB_CHROMIUM_PATH", "/usr/bin/chromium"
 SHOTS = (
     Path(os.environ["CONSOLE_SCREENSHOTS_DIR"])
     if os.environ.get("CONSOLE_SCREENSHOTS_DIR")
-    else Path(tempfile.gettempdir()) / "shvya-console-screenshots"
+    else Path(__file__).resolve().parents[2] / "docs" / "console"
 )
 ARGS = [
     "--disable-gpu",
