@@ -26,9 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests import tasks  # noqa: E402
 from tests.faults.accounting import Row, table  # noqa: E402
 from tests.faults.harness import Lab  # noqa: E402
 from tests.faults.scenarios import Budget, long_form  # noqa: E402
+
+# The poison scenario enqueues test.work, a task that exists only for tests (as in conftest).
+tasks.register()
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
