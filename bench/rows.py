@@ -10,6 +10,7 @@ import time
 import uuid
 from typing import Any
 
+import aiohttp
 import asyncpg
 import httpx
 
@@ -106,8 +107,19 @@ async def end_to_end(stack: Stack, count: int, rate: float) -> Figures:
     created_at → reply sent_at, read from the database."""
     stack.start_all()
     marker = f"e2e {uuid.uuid4().hex[:6]}"
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=stack.url, timeout=30, limits=limits) as client:
+    # aiohttp, not httpx, as the load generator: httpcore's pool re-scans every queued request
+    # on each completion, so once a few hundred wait the client spends its CPU there and stops
+    # sending bodies (ingest then waits for them); aiohttp's connector does not.
+    connector = aiohttp.TCPConnector(limit=512)
+    timeout = aiohttp.ClientTimeout(total=30)
+    statuses: list[int] = []
+    async with aiohttp.ClientSession(stack.url, connector=connector, timeout=timeout) as client:
+
+        async def post(body: dict[str, str]) -> None:
+            async with client.post("/inbound-message", json=body) as response:
+                await response.read()
+                statuses.append(response.status)
+
         tasks = []
         started = time.monotonic()
         for i in range(count):
@@ -117,13 +129,13 @@ async def end_to_end(stack: Stack, count: int, rate: float) -> Figures:
                 "message_text": f"{marker} ping {i}",
                 "channel": "log",
             }
-            tasks.append(asyncio.create_task(client.post("/inbound-message", json=body)))
+            tasks.append(asyncio.create_task(post(body)))
             # A steady rate: each request at its own moment, not bursts.
             delay = started + (i + 1) / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        responses = await asyncio.gather(*tasks)
-    if not all(r.status_code == 200 for r in responses):
+        await asyncio.gather(*tasks)
+    if len(statuses) != count or any(status != 200 for status in statuses):
         raise Refused("refused: some inbound messages were not accepted in the end-to-end run")
     conn = await asyncpg.connect(stack.pg.url)
     try:
