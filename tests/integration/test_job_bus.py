@@ -325,6 +325,43 @@ async def test_reserved_slots_keep_room_for_replies_behind_a_p2_and_summary_burs
         await worker.stop()
 
 
+async def test_low_priority_slots_cap_the_backlog_a_worker_holds(plat):
+    """With WORKER_LOW_PRIORITY_SLOTS=2 of 8 slots, a backlog of summaries and P2 jobs never has
+    more than 2 in hand, the free slots stay empty, and a reply starts at once beside them."""
+    release = asyncio.Event()
+    started: list[str] = []
+    reply_ran = asyncio.Event()
+
+    async def slow(params, job: JobContext):
+        started.append(job.task)
+        await release.wait()
+
+    async def reply(params, job: JobContext):
+        reply_ran.set()
+
+    handlers = {"test.work": slow, "ai.summary": slow, "ai.engage": reply}
+    worker = make_worker(plat, handlers, concurrency=8, reserved_p1=1, low_priority_slots=2)
+    assert worker.low_slots == 2
+    await worker.start()
+    try:
+        for _ in range(5):
+            await plat.bus.enqueue_job("test.work", {})
+            await plat.bus.enqueue_job("ai.summary", {"lead_id": str(uuid.uuid4())})
+        await eventually(lambda: asyncio.sleep(0, len(started)), lambda n: n == 2)
+        params = {"lead_id": str(uuid.uuid4()), "message_id": str(uuid.uuid4())}
+        await plat.bus.enqueue_job("ai.engage", params)
+        await asyncio.wait_for(reply_ran.wait(), 10)
+        queued = await plat.pool.fetchval(
+            "SELECT count(*) FROM jobs WHERE status = 'queued' AND task_name <> 'ai.engage'"
+        )
+        assert len(started) == 2 and queued == 8  # six free slots, and still only two taken
+    finally:
+        release.set()
+        await worker.stop()
+    # Unset, the low-priority jobs may use every slot that is not reserved.
+    assert make_worker(plat, handlers, concurrency=8, reserved_p1=1).low_slots == 7
+
+
 async def test_idempotency_key_returns_the_existing_job(plat):
     """enqueue_job with a key that exists returns that job instead of a second one."""
     first = await plat.bus.enqueue_job("ai.summary", {"lead_id": str(uuid.uuid4())}, "k-1")

@@ -175,6 +175,7 @@ async def run_worker(
                 retry_schedule=settings.retry_schedule,
                 concurrency=settings.worker_concurrency,
                 reserved_p1=settings.p1_reserved_slots,
+                low_priority_slots=settings.worker_low_priority_slots,
                 ack_wait=settings.ack_wait_seconds,
                 poll_seconds=settings.worker_poll_seconds,
                 keeper=plat.keeper,

@@ -76,6 +76,12 @@ class CommonSettings(BaseSettings):
         ge=0,
         description="Slots only replies and follow-ups (priority 95+) may use; default a quarter.",
     )
+    worker_low_priority_slots: int | None = Field(
+        None,
+        ge=1,
+        description="Most jobs below priority 95 (summaries, sequences, campaigns, webhooks) a"
+        " worker runs at once; default all the slots that are not reserved.",
+    )
     worker_poll_seconds: float = Field(
         0.25,
         gt=0,

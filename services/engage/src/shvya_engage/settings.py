@@ -16,6 +16,14 @@ class EngageSettings(KnowledgeSettings):
     worker_concurrency: int = Field(
         512, ge=1, le=4096, description="Jobs engage runs at once (most wait on the model)."
     )
+    # Summaries (priority 90, below the conversational 95) are background work: 32 at once keep
+    # engage's event loop free enough that a lead's reply starts within milliseconds behind a
+    # backlog of thousands (bench: p99 57 ms with 32, 821 ms with 384; docs/performance.md).
+    worker_low_priority_slots: int | None = Field(
+        32,
+        ge=1,
+        description="Most summaries and other jobs below priority 95 engage runs at once.",
+    )
     model_concurrency: int = Field(
         384,
         ge=1,

@@ -22,7 +22,10 @@ sent to a closed inbox is redelivered after `ack_wait`: never lost.
 
 **Capacity.** `P1_RESERVED_SLOTS` of the `WORKER_CONCURRENCY` slots only take conversational
 work (priority 95 and up: replies and follow-ups), so a burst of summaries or P2 jobs can never
-fill the worker and make a lead wait.
+fill the worker and make a lead wait. `WORKER_LOW_PRIORITY_SLOTS` caps the jobs below priority
+95 in hand at once, for a worker whose slots are cheap but whose event loop is not: engage holds
+512 jobs, and 384 summaries at once would keep its loop so busy that a lead's reply waits for
+CPU, not for a slot.
 
 **Per job.** Parse the envelope (a malformed one is dead-lettered with its reason), claim the
 row (`ledgers`: counts the attempt and takes a lease), run the handler, record the outcome
@@ -195,6 +198,7 @@ class Worker:
         retry_schedule: list[float],
         concurrency: int = 16,
         reserved_p1: int | None = None,
+        low_priority_slots: int | None = None,
         ack_wait: float = 30.0,
         poll_seconds: float = 0.25,
         keeper: TopologyKeeper | None = None,
@@ -213,6 +217,10 @@ class Worker:
         )
         if concurrency == 1:
             self.reserved_p1 = 0
+        # The most jobs below the conversational priority in hand at once.
+        self.low_slots = concurrency - self.reserved_p1
+        if low_priority_slots is not None:
+            self.low_slots = max(1, min(self.low_slots, low_priority_slots))
         self.ack_wait = ack_wait
         self.poll_seconds = poll_seconds
         self.keeper = keeper or bus.keeper
@@ -279,6 +287,7 @@ class Worker:
             tasks=sorted(tasks),
             concurrency=self.concurrency,
             reserved_p1=self.reserved_p1,
+            low_priority_slots=self.low_slots,
         )
 
     async def _ring(self, msg: Msg) -> None:
@@ -324,7 +333,7 @@ class Worker:
         if level >= CONVERSATIONAL_PRIORITY:
             return free
         low = sum(1 for f in self._inflight.values() if f.level < CONVERSATIONAL_PRIORITY)
-        return min(free, self.concurrency - self.reserved_p1 - low - taken_low)
+        return min(free, self.low_slots - low - taken_low)
 
     async def _loop(self) -> None:
         assert self._puller is not None
