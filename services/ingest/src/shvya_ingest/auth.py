@@ -41,9 +41,7 @@ from typing import Annotated, Any, Literal
 import asyncpg
 from fastapi import Depends, HTTPException, Request
 
-from shvya_common.apikeys import hash_key, key_prefix
-from shvya_common.contracts.events import EventType
-from shvya_common.events import record_event
+from shvya_common.apikeys import hash_key, key_prefix, record_audit
 
 Role = Literal["admin", "agent", "ingest"]
 ROLES: tuple[Role, ...] = ("admin", "agent", "ingest")
@@ -279,10 +277,4 @@ async def audit(
     target: dict[str, Any],
 ) -> None:
     """Record an admin action: who (the key's prefix or the operator), what, when."""
-    await record_event(
-        conn,
-        company_id,
-        None,
-        EventType.AUDIT,
-        {"actor": caller.actor, "action": action, "target": target},
-    )
+    await record_audit(conn, company_id, caller.actor, action, target)

@@ -13,6 +13,7 @@ import uuid
 from importlib.util import find_spec
 from typing import Any
 
+from shvya_common.apikeys import KEY_COLUMNS, insert_key, key_prefix, record_audit
 from shvya_common.ops.base import (
     EXIT_OK,
     EXIT_USAGE,
@@ -86,11 +87,6 @@ async def companies(args: argparse.Namespace, settings: CommonSettings) -> int:
     return EXIT_OK
 
 
-_KEY_COLUMNS = (
-    "id, company_id, name, role, prefix, created_by, created_at, last_used_at, revoked_at"
-)
-
-
 async def _company_id(pool: Any, args: argparse.Namespace) -> uuid.UUID:
     """The company named by --company, or the default company with --default."""
     if args.company is not None:
@@ -106,20 +102,15 @@ async def _company_id(pool: Any, args: argparse.Namespace) -> uuid.UUID:
     return uuid.UUID(str(found))
 
 
-async def _audit(pool: Any, company_id: uuid.UUID, action: str, target: dict[str, Any]) -> None:
-    from shvya_common.contracts.events import EventType
-    from shvya_common.events import record_event
-
-    actor = f"operator:cli@{socket.gethostname()}"
-    payload = {"actor": actor, "action": action, "target": target}
-    await record_event(pool, company_id, None, EventType.AUDIT, payload)
+def _actor() -> str:
+    return f"operator:cli@{socket.gethostname()}"
 
 
 async def keys_list(args: argparse.Namespace, settings: CommonSettings) -> int:
     async with database(settings) as pool:
         company_id = await _company_id(pool, args)
         records = await pool.fetch(
-            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE company_id = $1"
+            f"SELECT {KEY_COLUMNS} FROM api_keys WHERE company_id = $1"
             " AND ($2 OR revoked_at IS NULL) ORDER BY created_at",
             company_id,
             args.all,
@@ -134,48 +125,34 @@ async def keys_list(args: argparse.Namespace, settings: CommonSettings) -> int:
 
 
 async def keys_create(args: argparse.Namespace, settings: CommonSettings) -> int:
-    from shvya_common.apikeys import new_key
-
-    key, prefix, digest = new_key()
     async with database(settings) as pool, pool.acquire() as conn, conn.transaction():
         company_id = await _company_id(conn, args)
-        row = await conn.fetchrow(
-            "INSERT INTO api_keys (company_id, name, role, prefix, key_hash, created_by)"
-            f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_KEY_COLUMNS}",
-            company_id,
-            args.name,
-            args.role,
-            prefix,
-            digest,
-            f"operator:cli@{socket.gethostname()}",
-        )
-        await _audit(conn, company_id, "api_key.created", {"key": prefix, "role": args.role})
-    out = {**dict(row), "key": key}
+        key, row = await insert_key(conn, company_id, args.name, args.role, _actor())
     emit(
         args,
-        out,
-        f"{key}\n(a {args.role} key for company {company_id}, prefix {prefix}: shown this once,"
-        " only its hash is kept)",
+        {**dict(row), "key": key},
+        f"{key}\n(a {args.role} key for company {company_id}, prefix {row['prefix']}: shown"
+        " this once, only its hash is kept)",
     )
     return EXIT_OK
 
 
 async def keys_revoke(args: argparse.Namespace, settings: CommonSettings) -> int:
-    from shvya_common.apikeys import key_prefix
-
     given = args.key
-    prefix = key_prefix(given + "_x") if given.count("_") == 1 else key_prefix(given)
+    prefix = key_prefix(given) or given  # the key itself, or already its prefix
     async with database(settings) as pool, pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
             " WHERE prefix = $1 OR id::text = $2"
-            f" RETURNING {_KEY_COLUMNS}",
-            prefix or "",
+            f" RETURNING {KEY_COLUMNS}",
+            prefix,
             given,
         )
         if row is None:
             raise NotFound(f"no API key {given!r} (`shvya keys list` shows the prefixes)")
-        await _audit(conn, row["company_id"], "api_key.revoked", {"key": row["prefix"]})
+        await record_audit(
+            conn, row["company_id"], _actor(), "api_key.revoked", {"key": row["prefix"]}
+        )
     emit(
         args,
         dict(row),

@@ -26,7 +26,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shvya_common.apikeys import new_key
+from shvya_common.apikeys import insert_key
 from shvya_common.passwords import hash_password
 from shvya_ingest.auth import (
     AdminCompany,
@@ -176,19 +176,8 @@ async def create_key(
     role: Role,
     caller: Principal,
 ) -> NewKeyOut:
-    key, prefix, digest = new_key()
-    row = await conn.fetchrow(
-        f"INSERT INTO api_keys (company_id, name, role, prefix, key_hash, created_by)"
-        f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_KEY}",
-        company_id,
-        name,
-        role,
-        prefix,
-        digest,
-        caller.actor,
-    )
-    await audit(conn, caller, company_id, "api_key.created", {"key": prefix, "role": role})
-    return NewKeyOut(**dict(row), key=key)
+    key, row = await insert_key(conn, company_id, name, role, caller.actor)
+    return NewKeyOut(**{k: row[k] for k in NewKeyOut.model_fields if k != "key"}, key=key)
 
 
 async def _company(conn: asyncpg.Connection | asyncpg.Pool, company_id: uuid.UUID) -> CompanyOut:
