@@ -22,10 +22,14 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import structlog
+
 from shvya_common import ops
 from shvya_common.crypto import generate_key
 from shvya_common.embedded import EmbeddedNats, EmbeddedPostgres
+from shvya_common.logging import configure_logging
 
+LEVELS = ("debug", "info", "warning", "error")
 SERVICES = ("ingest", "engage", "dispatch", "scheduler")
 COLORS = {"ingest": "36", "engage": "35", "dispatch": "33", "scheduler": "32", "shvya": "1"}
 
@@ -271,6 +275,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     ops.add_commands(sub)  # streams, consumers, stats, jobs, dlq, migrate, companies, ...
     args = parser.parse_args(argv)
+    if not structlog.is_configured():
+        # What the libraries log goes to stderr, so stdout holds only the command's answer
+        # (`--json` output stays parseable when, say, a topology repair is logged).
+        configure_logging(
+            "shvya",
+            level=level
+            if (level := os.environ.get("LOG_LEVEL", "info").lower()) in LEVELS
+            else "info",
+            fmt=os.environ.get("LOG_FORMAT", "auto"),
+        )
     if getattr(args, "handler", None) is not None:
         sys.exit(args.handler(args))
     root = Path.cwd()

@@ -8,8 +8,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO, cast
 
 import structlog
+
+
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was configured: the
+    operator CLI configures logging in processes (tests among them) that swap stderr later."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def configure_logging(service: str, level: str = "info", fmt: str = "auto") -> None:
@@ -32,7 +44,7 @@ def configure_logging(service: str, level: str = "info", fmt: str = "auto") -> N
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _Stderr())),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.clear_contextvars()

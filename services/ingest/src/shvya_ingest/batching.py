@@ -14,12 +14,12 @@ gets the same error, and none of them was filed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
 from shvya_common.contracts.jobs import Channel
+from shvya_common.tasks import cancel_and_wait
 from shvya_ingest.inbound import Accepted, InboundFiler
 from shvya_ingest.repository import CompanyRoute, InboundRow
 
@@ -52,11 +52,7 @@ class FilingBatcher:
         return await future
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         while self._queue:
             pending = self._queue.popleft()
             if not pending.future.done():

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from shvya_common.contracts import Topology
 from shvya_common.contracts.live import LiveNotice
+from shvya_common.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -74,9 +75,7 @@ class LiveHub:
 
     async def close(self) -> None:
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await cancel_and_wait([self._watch])
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()  # type: ignore[attr-defined]

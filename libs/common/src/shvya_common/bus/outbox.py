@@ -46,6 +46,7 @@ from shvya_common.bus.topology import TopologyKeeper
 from shvya_common.contracts.jobs import SendParams, task_spec
 from shvya_common.contracts.subjects import Topology
 from shvya_common.metrics import JOBS_ENQUEUED, OUTBOX_PUBLISHED
+from shvya_common.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -198,9 +199,7 @@ class Publisher:
 
     async def close(self) -> None:
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await cancel_and_wait([self._flusher])
             self._flusher = None
         with contextlib.suppress(Exception):
             await self.flush()

@@ -79,6 +79,7 @@ from shvya_common.contracts.subjects import priority_level
 from shvya_common.db import is_outage
 from shvya_common.errors import DeferJob, PermanentError
 from shvya_common.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING, JOB_SECONDS, JOBS
+from shvya_common.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -309,14 +310,10 @@ class Worker:
             await self._tasks[0]
         if self._inflight:
             _, pending = await asyncio.wait(list(self._inflight), timeout=timeout or self.ack_wait)
-            for task in pending:  # redelivered after ack_wait; their leases lapse
-                task.cancel()
-            if pending:
+            if pending:  # redelivered after ack_wait; their leases lapse
                 log.warning("worker_stop_abandoned_jobs", count=len(pending))
-                await asyncio.gather(*pending, return_exceptions=True)
-        for task in self._tasks[1:]:
-            task.cancel()
-        await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+                await cancel_and_wait(pending)
+        await cancel_and_wait(self._tasks[1:])
         for sub in self._doorbells:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
