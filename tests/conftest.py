@@ -23,6 +23,7 @@ import pytest
 from shvya_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from shvya_common.settings import CommonSettings
 from tests import backends, tasks
+from tests.scratch import scratch
 
 tasks.register()
 # Hermetic: no settings object, here or in a service a test starts, reads the developer's .env.
@@ -39,7 +40,14 @@ def _with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's folder for server data (in RAM where possible: tests/scratch.py)."""
+    with scratch(tmp_path_factory.mktemp("servers")) as folder:
+        yield folder
+
+
+@pytest.fixture(scope="session")
+def nats_url(servers_dir: Path) -> Iterator[str]:
     if os.environ.get("NATS_URL"):
         yield os.environ["NATS_URL"]
         return
@@ -47,14 +55,14 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with backends.nats_url() as url:
             yield url
         return
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), free_port(), free_port())
+    server = EmbeddedNats(servers_dir / "nats", free_port(), free_port())
     server.start()
     yield server.url
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url(servers_dir: Path) -> Iterator[str]:
     if os.environ.get("DATABASE_URL"):
         yield os.environ["DATABASE_URL"]
         return
@@ -62,9 +70,13 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with backends.pg_admin_url() as url:
             yield url
         return
-    base = Path(os.environ.get("SHVYA_TEST_PGDATA", str(tmp_path_factory.mktemp("pg"))))
+    base = Path(os.environ.get("SHVYA_TEST_PGDATA", str(servers_dir / "pg")))
     server = EmbeddedPostgres(
-        base / "data", free_port(), database="postgres", password=secrets.token_urlsafe(18)
+        base / "data",
+        free_port(),
+        database="postgres",
+        password=secrets.token_urlsafe(18),
+        durable=False,
     )
     server.start()
     yield server.url
@@ -91,7 +103,7 @@ async def db_url(pg_admin_url: str, template_db: str) -> AsyncIterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(pg_admin_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}" STRATEGY FILE_COPY')
     finally:
         await admin.close()
     yield _with_database(pg_admin_url, name)

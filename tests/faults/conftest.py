@@ -4,6 +4,7 @@ independent of the session fixtures in tests/conftest.py, because these tests ki
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,6 @@ from tests.faults.harness import Lab
 
 
 @pytest.fixture(scope="session")
-async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lab]:
-    async with Lab(tmp_path_factory.mktemp("faults")) as running:
+async def lab(servers_dir: Path) -> AsyncIterator[Lab]:
+    async with Lab(servers_dir / "faults") as running:
         yield running

@@ -315,7 +315,7 @@ class Lab:
 
     def __init__(self, base_dir: Path) -> None:
         self.base_dir = base_dir
-        self.pg = EmbeddedPostgres(base_dir / "pg", free_port(), database="postgres")
+        self.pg = EmbeddedPostgres(base_dir / "pg", free_port(), database="postgres", durable=False)
 
     async def __aenter__(self) -> Lab:
         from shvya_common.db import migrate

@@ -110,7 +110,8 @@ async def clean(world: World) -> AsyncIterator[None]:
     world.rng.bounds.clear()
     world.channel._local_refusals.clear()
     for device in fake.devices.values():
-        device.timelocked = False
+        if device.timelocked:
+            await fake.timelock(device, on=False)  # the page learns it, as from WhatsApp
         if not device.linked or device.mode != "MAIN":
             await fake.link(device)
     for session in world.channel.sessions.values():

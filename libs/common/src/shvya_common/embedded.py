@@ -236,12 +236,19 @@ class NatsCluster:
 @dataclass
 class EmbeddedPostgres:
     """A PostgreSQL with pgvector listening on 127.0.0.1:`port`, data in `data_dir`, with
-    password authentication (scram-sha-256) for user `postgres` when `password` is given."""
+    password authentication (scram-sha-256) for user `postgres` when `password` is given.
+
+    `durable=False` (the tests' throwaway servers) turns off `fsync` and full-page writes: a
+    commit still writes its WAL to the operating system before it returns, so a killed server
+    (the fault tests kill it) loses nothing; only a crash of the machine itself could, and the
+    tests' databases do not outlive the run. It spares the thousand database clones and commits
+    of a test run waiting on the disk."""
 
     data_dir: Path
     port: int = 54320
     database: str = "shvya"
     password: str | None = None
+    durable: bool = True
 
     @property
     def url(self) -> str:
@@ -309,8 +316,9 @@ class EmbeddedPostgres:
                 )
             options = (
                 f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c max_connections=300"
-                " -c shared_buffers=256MB -c fsync=on"
+                " -c shared_buffers=256MB"
             )
+            options += " -c fsync=on" if self.durable else " -c fsync=off -c full_page_writes=off"
             subprocess.run(
                 [
                     self._bin("pg_ctl"),

@@ -31,7 +31,8 @@ CPU, not for a slot.
 row (`ledgers`: counts the attempt and takes a lease), run the handler, record the outcome
 (fenced by the attempt), then ack. Claims and completions of the jobs in hand are coalesced
 (`batching.Coalescer`): one statement per ledger for all those made while the previous one
-ran, so a busy worker pays about one round trip per batch, not per job. A delivery whose row
+ran, so a busy worker pays about one round trip per batch, not per job; conversational claims
+are batched apart, so a reply's claim never queues behind a batch of P2 claims. A delivery whose row
 a live run holds is nak'ed until that run ends, so a redelivery never runs a handler twice at
 once. Outcome writes are retried while
 the database is down, holding the job (its heartbeat keeps JetStream waiting) rather than
@@ -242,6 +243,11 @@ class Worker:
         self._outage_backoff = 1.0
         self._tasks: list[asyncio.Task[None]] = []
         self._claims: Coalescer[LedgerName, tuple[JobEnvelope, int], Claim] = Coalescer(
+            self._claim_batch
+        )
+        # Conversational claims have a coalescer (and so a round trip) of their own: a reply's
+        # claim never waits behind a batch of a hundred summaries' claims being written.
+        self._urgent_claims: Coalescer[LedgerName, tuple[JobEnvelope, int], Claim] = Coalescer(
             self._claim_batch
         )
         self._completes: Coalescer[
@@ -544,7 +550,10 @@ class Worker:
         delays = reg.retry.delays(self.retry_schedule)
         max_attempts = len(delays) + 1
         try:
-            claim = await self._claims.submit(reg.spec.ledger, (env, max_attempts))
+            claims = (
+                self._urgent_claims if env.priority >= CONVERSATIONAL_PRIORITY else self._claims
+            )
+            claim = await claims.submit(reg.spec.ledger, (env, max_attempts))
         except Exception as err:
             self._degrade("claim", err)
             await _quietly(msg.nak(delay=self._backoff()))
