@@ -7,7 +7,9 @@
 - keyword: PostgreSQL full text over a GIN index. Requiring every word of a question
   (`websearch_to_tsquery`) misses most natural questions, so a chunk matches on any of the
   question's lexemes, each weighed by its rarity (BM25's idf) and by `ts_rank_cd`, which favours
-  matches in titles and headings.
+  matches in titles and headings. The counts behind idf are kept by the writes (`ai_kb_counts`,
+  `ai_kb_terms`), and the chunks with every word are ranked first, so a search over a large
+  knowledge base reads its statistics and the chunks it ranks, not all of the company's rows.
 
 Each chunk's score is the sum of 1 / (rrf_k + rank) over the searches that found it. `mode` says
 which searches ran and `note` says why one did not (no embedder, chunks not yet embedded with
@@ -17,6 +19,7 @@ mistakes a keyword-only answer for a hybrid one.
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Literal
@@ -39,58 +42,132 @@ DEFAULT_RRF_K = 60
 # Alone, keyword search keeps every match (there is nothing better to rank by).
 HYBRID_MIN_COVERAGE = 0.25
 
+# The counts come from `ai_kb_counts`, which the chunks' writes keep (0019), not from the chunks.
 _STATS = """
-WITH mine AS (
-    SELECT embedding IS NOT NULL AND embedding_model = $2 AS ready, ts_config
-    FROM ai_kb_docs WHERE company_id = $1
-), configs AS (SELECT DISTINCT ts_config FROM mine)
+WITH mine AS (SELECT * FROM ai_kb_counts WHERE company_id = $1 AND chunks > 0)
 SELECT
-    (SELECT count(*) FROM mine)::int AS total,
-    (SELECT count(*) FROM mine WHERE ready)::int AS ready,
-    (SELECT coalesce(array_agg(ts_config::text), '{}') FROM configs) AS configs,
-    (SELECT coalesce(bool_or(length(to_tsvector(ts_config, $3)) > 0), false) FROM configs)
+    (SELECT coalesce(sum(chunks), 0) FROM mine)::int AS total,
+    (SELECT coalesce(sum(chunks), 0) FROM mine WHERE embedding_model = $2)::int AS ready,
+    (SELECT coalesce(array_agg(DISTINCT ts_config::text), '{}') FROM mine) AS configs,
+    (SELECT coalesce(bool_or(length(to_tsvector(ts_config, $3)) > 0), false) FROM mine)
         AS searchable,
     (SELECT atttypmod FROM pg_attribute
      WHERE attrelid = 'ai_kb_docs'::regclass AND attname = 'embedding') AS dimensions
 """
 
-# Every lexeme of the question is weighed by its rarity among the company's chunks (BM25's
-# idf, ln((N - df + 0.5) / (df + 0.5))): words in half the chunks or more weigh nothing, unless
-# no word is rarer (a tiny knowledge base), when each counts 1. A chunk scores the sum, over the
-# words it contains, of idf * (1 + ts_rank_cd), which favours title and heading matches. It is
-# kept only if its words carry at least $5 of the question's weight (words absent from the
-# knowledge base included). Lexemes are quoted for tsquery input: quotes and backslashes doubled.
-_KEYWORD = r"""
-WITH chunks AS (SELECT count(*)::float8 AS n FROM ai_kb_docs WHERE company_id = $1),
-terms AS (
-    SELECT DISTINCT cfg::regconfig AS cfg,
-           ('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''')::tsquery AS tq
-    FROM unnest($3::text[]) AS cfg,
-         unnest(tsvector_to_array(to_tsvector(cfg::regconfig, $2))) AS lexeme
-),
-counted AS (
-    SELECT t.cfg, t.tq, df.df, ln((chunks.n - df.df + 0.5) / (df.df + 0.5)) AS idf
-    FROM terms t CROSS JOIN chunks
-    CROSS JOIN LATERAL (SELECT count(*)::float8 AS df FROM ai_kb_docs c
-                        WHERE c.company_id = $1 AND c.ts_config = t.cfg AND c.tsv @@ t.tq) df
-),
-informative AS (SELECT bool_or(idf > 0 AND df > 0) AS any FROM counted),
-weighted AS (
-    SELECT cfg, tq, df, CASE WHEN informative.any THEN idf ELSE 1.0 END AS idf
-    FROM counted CROSS JOIN informative
-    WHERE idf > 0 OR NOT informative.any
-),
-mass AS (SELECT cfg, sum(idf) AS total FROM weighted GROUP BY cfg)
-SELECT c.id, sum(w.idf * (1 + ts_rank_cd(c.tsv, w.tq, 1))) AS rank
-FROM ai_kb_docs c
-JOIN weighted w ON w.cfg = c.ts_config AND w.df > 0 AND c.tsv @@ w.tq
-JOIN mass m ON m.cfg = c.ts_config
-WHERE c.company_id = $1
-GROUP BY c.id, c.title, c.chunk_index, m.total
-HAVING sum(w.idf) >= $5 * m.total
-ORDER BY rank DESC, c.title, c.chunk_index, c.id
-LIMIT $4
+# The question's lexemes in each configuration with their document frequency (`ai_kb_terms`,
+# kept by the writes) and the company's number of chunks.
+_TERMS = """
+SELECT q.cfg::text AS cfg, q.lexeme, coalesce(t.df, 0)::float8 AS df,
+       (SELECT coalesce(sum(chunks), 0) FROM ai_kb_counts WHERE company_id = $1)::float8 AS n
+FROM (SELECT DISTINCT cfg::regconfig AS cfg, lexeme
+      FROM unnest($2::text[]) AS cfg,
+           unnest(tsvector_to_array(to_tsvector(cfg::regconfig, $3))) AS lexeme) q
+LEFT JOIN ai_kb_terms t ON t.company_id = $1 AND t.ts_config = q.cfg AND t.lexeme = q.lexeme
+ORDER BY 1, 2
 """
+
+# A chunk that matches its configuration's filter (`f.q`: all of the question's words, or any)
+# scores the sum, over the words it contains, of idf * (1 + ts_rank_cd), the rank normalised into
+# [0, 1) (flag 32: rank / (rank + 1)); it favours title and heading matches. It is
+# kept only if its words carry at least $7 of the question's weight (words absent from the
+# knowledge base included). Lexemes are quoted for tsquery input: quotes and backslashes doubled.
+_RANK = r"""
+WITH w AS (
+    SELECT cfg::regconfig AS cfg, idf, df,
+           ('''' || replace(replace(lexeme, '\', '\\'), '''', '''''') || '''')::tsquery AS tq
+    FROM unnest($2::text[], $3::text[], $4::float8[], $5::float8[]) AS w(cfg, lexeme, idf, df)
+),
+mass AS (SELECT cfg, sum(idf) AS total FROM w GROUP BY cfg),
+f AS (
+    SELECT cfg::regconfig AS cfg, q::tsquery AS q
+    FROM unnest($8::text[], $9::text[]) AS f(cfg, q)
+)
+SELECT c.id, sum(w.idf * (1 + ts_rank_cd(c.tsv, w.tq, 32))) AS rank
+FROM f
+JOIN ai_kb_docs c ON c.company_id = $1 AND c.ts_config = f.cfg AND c.tsv @@ f.q
+JOIN w ON w.cfg = c.ts_config AND w.df > 0 AND c.tsv @@ w.tq
+JOIN mass m ON m.cfg = c.ts_config
+GROUP BY c.id, c.title, c.chunk_index, m.total
+HAVING sum(w.idf) >= $7 * m.total
+ORDER BY rank DESC, c.title, c.chunk_index, c.id
+LIMIT $6
+"""
+
+
+@dataclass(frozen=True)
+class _Term:
+    cfg: str
+    lexeme: str
+    df: float
+    idf: float
+
+
+def _weigh(rows: list[asyncpg.Record]) -> list[_Term]:
+    """Each lexeme of the question weighed by its rarity among the company's chunks (BM25's idf,
+    ln((N - df + 0.5) / (df + 0.5))): words in half the chunks or more weigh nothing, unless no
+    word is rarer (a tiny knowledge base), when each counts 1."""
+    terms = [
+        _Term(r["cfg"], r["lexeme"], r["df"], math.log((r["n"] - r["df"] + 0.5) / (r["df"] + 0.5)))
+        for r in rows
+    ]
+    if not any(t.idf > 0 and t.df > 0 for t in terms):
+        return [_Term(t.cfg, t.lexeme, t.df, 1.0) for t in terms]
+    return [t for t in terms if t.idf > 0]
+
+
+def _tsquery(lexemes: list[str], op: str) -> str:
+    """tsquery input joining the lexemes with `op`, each quoted."""
+    quoted = ("'" + x.replace("\\", "\\\\").replace("'", "''") + "'" for x in lexemes)
+    return f" {op} ".join(quoted)
+
+
+async def _keyword(
+    conn: asyncpg.Connection,
+    company_id: uuid.UUID,
+    query: str,
+    configs: list[str],
+    limit: int,
+    coverage: float,
+) -> list[tuple[uuid.UUID, float]]:
+    """The `limit` best keyword matches, best first.
+
+    Ranking every chunk that has any of the question's words is what a search over a large
+    knowledge base costs (a common word is in thousands of chunks), so the chunks that have all
+    of them are ranked first. A chunk with all the words scores at least the sum P of their idf;
+    one missing a word scores less than 2 * the idf of those it has (each word's 1 + rank is
+    below 2), so at most 2 * (P - the smallest idf). If the `limit`-th chunk of the first pass
+    scores at least that, no chunk missing a word can rank above it and the first pass is the
+    answer; otherwise every chunk with any of the words is ranked."""
+    terms = _weigh(await conn.fetch(_TERMS, company_id, configs, query))
+    present = [t for t in terms if t.df > 0]
+    if not present:
+        return []
+    lexemes: dict[str, list[str]] = {}
+    for t in present:
+        lexemes.setdefault(t.cfg, []).append(t.lexeme)
+    args = (
+        company_id,
+        [t.cfg for t in terms],
+        [t.lexeme for t in terms],
+        [t.idf for t in terms],
+        [t.df for t in terms],
+        limit,
+        coverage,
+        list(lexemes),
+    )
+
+    async def ranked(op: str) -> list[tuple[uuid.UUID, float]]:
+        filters = [_tsquery(words, op) for words in lexemes.values()]
+        return [(r["id"], float(r["rank"])) for r in await conn.fetch(_RANK, *args, filters)]
+
+    if len(lexemes) == 1 and len(present) > 1:
+        first = await ranked("&")
+        bound = 2 * (sum(t.idf for t in present) - min(t.idf for t in present))
+        if len(first) >= limit and first[-1][1] >= bound:
+            return first
+    return await ranked("|")
+
 
 # Materialised so the iterative HNSW scan may return rows slightly out of order, then sorted.
 _VECTOR = """
@@ -186,8 +263,7 @@ async def retrieve(
         keyword_hits: list[tuple[uuid.UUID, float]] = []
         if stats.searchable:
             coverage = HYBRID_MIN_COVERAGE if use_vectors else 0.0
-            rows = await conn.fetch(_KEYWORD, company_id, query, stats.configs, pool_k, coverage)
-            keyword_hits = [(r["id"], float(r["rank"])) for r in rows]
+            keyword_hits = await _keyword(conn, company_id, query, stats.configs, pool_k, coverage)
         if use_vectors:
             async with conn.transaction():
                 # Keep scanning the index until enough rows pass the company filter.
