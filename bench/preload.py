@@ -125,9 +125,10 @@ async def big_database(db_url: str, leads: int, messages: int) -> None:
                        CASE WHEN g % 2 = 0 THEN 'inbound' ELSE 'outbound' END, 'log',
                        'history message ' || g,
                        CASE WHEN g % 2 = 0 THEN 'received' ELSE 'logged' END,
-                       now() - make_interval(days => 100 + (g % 90)),
-                       now() - make_interval(days => 100 + (g % 90)),
-                       CASE WHEN g % 2 = 1 THEN now() - make_interval(days => 100 + (g % 90)) END
+                       now() - make_interval(days => (100 + g % 90)::int),
+                       now() - make_interval(days => (100 + g % 90)::int),
+                       CASE WHEN g % 2 = 1
+                            THEN now() - make_interval(days => (100 + g % 90)::int) END
                 FROM generate_series($2::bigint, $3::bigint) g
                 JOIN l ON l.n = (g / $4) % $5
                 """,

@@ -67,11 +67,12 @@ LEFT JOIN ai_kb_terms t ON t.company_id = $1 AND t.ts_config = q.cfg AND t.lexem
 ORDER BY 1, 2
 """
 
-# A chunk that matches its configuration's filter (`f.q`: all of the question's words, or any)
-# scores the sum, over the words it contains, of idf * (1 + ts_rank_cd), the rank normalised into
-# [0, 1) (flag 32: rank / (rank + 1)); it favours title and heading matches. It is
-# kept only if its words carry at least $7 of the question's weight (words absent from the
-# knowledge base included). Lexemes are quoted for tsquery input: quotes and backslashes doubled.
+# A chunk that matches its configuration's filter (`f.q`: all of the question's words, or any;
+# found by one index scan) scores the sum, over the words it contains, of idf * (1 + ts_rank_cd),
+# the rank normalised into [0, 1) (flag 32: rank / (rank + 1)); it favours title and heading
+# matches. It is kept only if its words carry at least $7 of the question's weight (words absent
+# from the knowledge base included). Lexemes are quoted for tsquery input: quotes and
+# backslashes doubled.
 _RANK = r"""
 WITH w AS (
     SELECT cfg::regconfig AS cfg, idf, df,
@@ -83,14 +84,16 @@ f AS (
     SELECT cfg::regconfig AS cfg, q::tsquery AS q
     FROM unnest($8::text[], $9::text[]) AS f(cfg, q)
 )
-SELECT c.id, sum(w.idf * (1 + ts_rank_cd(c.tsv, w.tq, 32))) AS rank
+SELECT c.id, s.rank
 FROM f
 JOIN ai_kb_docs c ON c.company_id = $1 AND c.ts_config = f.cfg AND c.tsv @@ f.q
-JOIN w ON w.cfg = c.ts_config AND w.df > 0 AND c.tsv @@ w.tq
 JOIN mass m ON m.cfg = c.ts_config
-GROUP BY c.id, c.title, c.chunk_index, m.total
-HAVING sum(w.idf) >= $7 * m.total
-ORDER BY rank DESC, c.title, c.chunk_index, c.id
+CROSS JOIN LATERAL (
+    SELECT sum(w.idf * (1 + ts_rank_cd(c.tsv, w.tq, 32))) AS rank, sum(w.idf) AS carried
+    FROM w WHERE w.cfg = c.ts_config AND w.df > 0 AND c.tsv @@ w.tq
+) s
+WHERE s.carried >= $7 * m.total
+ORDER BY s.rank DESC, c.title, c.chunk_index, c.id
 LIMIT $6
 """
 
