@@ -294,9 +294,10 @@ async def test_a_late_high_priority_job_overtakes_waiting_low_ones(plat):
     assert order == ["low", "high", "low", "low", "low", "low"]
 
 
-async def test_reserved_slots_keep_room_for_replies_behind_a_p2_and_summary_burst(plat):
-    """With every unreserved slot held by slow summaries and P2 jobs, a reply still starts at
-    once in a reserved slot, and no more low-priority jobs are started meanwhile."""
+async def _reply_behind_a_backlog(plat, backlog, held, **worker_kw) -> tuple[Worker, int, int]:
+    """A worker whose slow summaries and P2 jobs (`backlog` of each) fill `held` slots, then a
+    reply. Once the reply ran: the worker, how many low-priority jobs had started, and how many
+    were still queued (the slow jobs are then released and the worker stopped)."""
     release = asyncio.Event()
     started: list[str] = []
     reply_ran = asyncio.Event()
@@ -309,57 +310,43 @@ async def test_reserved_slots_keep_room_for_replies_behind_a_p2_and_summary_burs
         reply_ran.set()
 
     handlers = {"test.work": slow, "ai.summary": slow, "ai.engage": reply}
-    worker = make_worker(plat, handlers, concurrency=4, reserved_p1=1)
+    worker = make_worker(plat, handlers, **worker_kw)
     await worker.start()
     try:
-        for _ in range(6):
+        for _ in range(backlog):
             await plat.bus.enqueue_job("test.work", {})
             await plat.bus.enqueue_job("ai.summary", {"lead_id": str(uuid.uuid4())})
-        await eventually(lambda: asyncio.sleep(0, len(started)), lambda n: n == 3)
+        await eventually(lambda: asyncio.sleep(0, len(started)), lambda n: n == held)
         params = {"lead_id": str(uuid.uuid4()), "message_id": str(uuid.uuid4())}
         await plat.bus.enqueue_job("ai.engage", params)
         await asyncio.wait_for(reply_ran.wait(), 10)
-        assert len(started) == 3  # the reserved slot was never given to the backlog
+        started_then = len(started)
+        queued = await plat.pool.fetchval(
+            "SELECT count(*) FROM jobs WHERE status = 'queued' AND task_name <> 'ai.engage'"
+        )
     finally:
         release.set()
         await worker.stop()
+    return worker, started_then, queued
+
+
+async def test_reserved_slots_keep_room_for_replies_behind_a_p2_and_summary_burst(plat):
+    """With every unreserved slot held by slow summaries and P2 jobs, a reply still starts at
+    once in a reserved slot, and no more low-priority jobs are started meanwhile."""
+    _, started, _ = await _reply_behind_a_backlog(plat, 6, 3, concurrency=4, reserved_p1=1)
+    assert started == 3  # the reserved slot was never given to the backlog
 
 
 async def test_low_priority_slots_cap_the_backlog_a_worker_holds(plat):
     """With WORKER_LOW_PRIORITY_SLOTS=2 of 8 slots, a backlog of summaries and P2 jobs never has
     more than 2 in hand, the free slots stay empty, and a reply starts at once beside them."""
-    release = asyncio.Event()
-    started: list[str] = []
-    reply_ran = asyncio.Event()
-
-    async def slow(params, job: JobContext):
-        started.append(job.task)
-        await release.wait()
-
-    async def reply(params, job: JobContext):
-        reply_ran.set()
-
-    handlers = {"test.work": slow, "ai.summary": slow, "ai.engage": reply}
-    worker = make_worker(plat, handlers, concurrency=8, reserved_p1=1, low_priority_slots=2)
+    worker, started, queued = await _reply_behind_a_backlog(
+        plat, 5, 2, concurrency=8, reserved_p1=1, low_priority_slots=2
+    )
     assert worker.low_slots == 2
-    await worker.start()
-    try:
-        for _ in range(5):
-            await plat.bus.enqueue_job("test.work", {})
-            await plat.bus.enqueue_job("ai.summary", {"lead_id": str(uuid.uuid4())})
-        await eventually(lambda: asyncio.sleep(0, len(started)), lambda n: n == 2)
-        params = {"lead_id": str(uuid.uuid4()), "message_id": str(uuid.uuid4())}
-        await plat.bus.enqueue_job("ai.engage", params)
-        await asyncio.wait_for(reply_ran.wait(), 10)
-        queued = await plat.pool.fetchval(
-            "SELECT count(*) FROM jobs WHERE status = 'queued' AND task_name <> 'ai.engage'"
-        )
-        assert len(started) == 2 and queued == 8  # six free slots, and still only two taken
-    finally:
-        release.set()
-        await worker.stop()
+    assert started == 2 and queued == 8  # six free slots, and still only two taken
     # Unset, the low-priority jobs may use every slot that is not reserved.
-    assert make_worker(plat, handlers, concurrency=8, reserved_p1=1).low_slots == 7
+    assert make_worker(plat, {}, concurrency=8, reserved_p1=1).low_slots == 7
 
 
 async def test_idempotency_key_returns_the_existing_job(plat):

@@ -103,21 +103,8 @@ async def _rank(
 ) -> list[tuple[uuid.UUID, float]]:
     """The chunks with any (`|`) or all (`&`) of the question's words, ranked."""
     async with pool.acquire() as conn:
-        terms = retrieval._weigh(await conn.fetch(retrieval._TERMS, company, ["english"], query))
-        present = [t for t in terms if t.df > 0]
-        rows = await conn.fetch(
-            retrieval._RANK,
-            company,
-            [t.cfg for t in terms],
-            [t.lexeme for t in terms],
-            [t.idf for t in terms],
-            [t.df for t in terms],
-            limit,
-            0.0,
-            ["english"],
-            [retrieval._tsquery([t.lexeme for t in present], op)],
-        )
-    return [(r["id"], float(r["rank"])) for r in rows]
+        terms = await retrieval._terms(conn, company, ["english"], query)
+        return await retrieval._ranked(conn, company, terms, op, limit, 0.0)
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,6 @@ from shvya_common.crypto import generate_key
 from shvya_common.embedded import EmbeddedNats, EmbeddedPostgres
 from shvya_common.logging import configure_logging
 
-LEVELS = ("debug", "info", "warning", "error")
 SERVICES = ("ingest", "engage", "dispatch", "scheduler")
 COLORS = {"ingest": "36", "engage": "35", "dispatch": "33", "scheduler": "32", "shvya": "1"}
 
@@ -280,9 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         # (`--json` output stays parseable when, say, a topology repair is logged).
         configure_logging(
             "shvya",
-            level=level
-            if (level := os.environ.get("LOG_LEVEL", "info").lower()) in LEVELS
-            else "info",
+            level=os.environ.get("LOG_LEVEL", "info"),
             fmt=os.environ.get("LOG_FORMAT", "auto"),
         )
     if getattr(args, "handler", None) is not None:

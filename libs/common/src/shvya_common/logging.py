@@ -25,7 +25,8 @@ class _Stderr:
 
 
 def configure_logging(service: str, level: str = "info", fmt: str = "auto") -> None:
-    """Configure structlog and the stdlib root logger once per process."""
+    """Configure structlog and the stdlib root logger once per process (an unknown level name,
+    as the CLI may read from the environment, means info)."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
@@ -42,7 +43,7 @@ def configure_logging(service: str, level: str = "info", fmt: str = "auto") -> N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
         logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _Stderr())),
         cache_logger_on_first_use=True,

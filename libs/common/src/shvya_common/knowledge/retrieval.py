@@ -142,14 +142,40 @@ async def _keyword(
     below 2), so at most 2 * (P - the smallest idf). If the `limit`-th chunk of the first pass
     scores at least that, no chunk missing a word can rank above it and the first pass is the
     answer; otherwise every chunk with any of the words is ranked."""
-    terms = _weigh(await conn.fetch(_TERMS, company_id, configs, query))
+    terms = await _terms(conn, company_id, configs, query)
     present = [t for t in terms if t.df > 0]
     if not present:
         return []
+    if len({t.cfg for t in present}) == 1 and len(present) > 1:
+        first = await _ranked(conn, company_id, terms, "&", limit, coverage)
+        bound = 2 * (sum(t.idf for t in present) - min(t.idf for t in present))
+        if len(first) >= limit and first[-1][1] >= bound:
+            return first
+    return await _ranked(conn, company_id, terms, "|", limit, coverage)
+
+
+async def _terms(
+    conn: asyncpg.Connection, company_id: uuid.UUID, configs: list[str], query: str
+) -> list[_Term]:
+    return _weigh(await conn.fetch(_TERMS, company_id, configs, query))
+
+
+async def _ranked(
+    conn: asyncpg.Connection,
+    company_id: uuid.UUID,
+    terms: list[_Term],
+    op: str,
+    limit: int,
+    coverage: float,
+) -> list[tuple[uuid.UUID, float]]:
+    """The `limit` best chunks with all (`&`) or any (`|`) of the terms that are in the
+    knowledge base, in each configuration, with their rank."""
     lexemes: dict[str, list[str]] = {}
-    for t in present:
-        lexemes.setdefault(t.cfg, []).append(t.lexeme)
-    args = (
+    for t in terms:
+        if t.df > 0:
+            lexemes.setdefault(t.cfg, []).append(t.lexeme)
+    rows = await conn.fetch(
+        _RANK,
         company_id,
         [t.cfg for t in terms],
         [t.lexeme for t in terms],
@@ -158,18 +184,9 @@ async def _keyword(
         limit,
         coverage,
         list(lexemes),
+        [_tsquery(words, op) for words in lexemes.values()],
     )
-
-    async def ranked(op: str) -> list[tuple[uuid.UUID, float]]:
-        filters = [_tsquery(words, op) for words in lexemes.values()]
-        return [(r["id"], float(r["rank"])) for r in await conn.fetch(_RANK, *args, filters)]
-
-    if len(lexemes) == 1 and len(present) > 1:
-        first = await ranked("&")
-        bound = 2 * (sum(t.idf for t in present) - min(t.idf for t in present))
-        if len(first) >= limit and first[-1][1] >= bound:
-            return first
-    return await ranked("|")
+    return [(r["id"], float(r["rank"])) for r in rows]
 
 
 # Materialised so the iterative HNSW scan may return rows slightly out of order, then sorted.

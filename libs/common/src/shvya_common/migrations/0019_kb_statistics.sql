@@ -32,6 +32,9 @@ CREATE FUNCTION ai_kb_statistics_add(
     companies uuid[], configs regconfig[], models text[], vectors tsvector[], signs int[]
 ) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
+    IF companies IS NULL THEN
+        RETURN;  -- the statement touched no row
+    END IF;
     PERFORM pg_advisory_xact_lock(hashtextextended('ai_kb:' || c::text, 0))
     FROM (SELECT DISTINCT c FROM unnest(companies) AS c ORDER BY c) AS touched;
 
@@ -55,40 +58,31 @@ BEGIN
     END IF;
 END $$;
 
+-- The model a chunk's statistics count it under: '' while it has no vector.
+CREATE FUNCTION ai_kb_vector_model(embedding vector, embedding_model text) RETURNS text
+    LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN embedding IS NULL THEN '' ELSE coalesce(embedding_model, '') END
+$$;
+
 -- Each branch names only the transition tables its event has (plpgsql plans a statement when it
 -- first runs it, so the others are never looked up).
 CREATE FUNCTION ai_kb_statistics_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    companies uuid[];
-    configs regconfig[];
-    models text[];
-    vectors tsvector[];
-    signs int[];
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(company_id), array_agg(ts_config), array_agg(model), array_agg(tsv),
-               array_agg(1)
-        INTO companies, configs, models, vectors, signs
-        FROM (SELECT company_id, ts_config, tsv, CASE WHEN embedding IS NULL THEN ''
-                     ELSE coalesce(embedding_model, '') END AS model FROM new_rows) AS r;
+        PERFORM ai_kb_statistics_add(array_agg(company_id), array_agg(ts_config),
+                                     array_agg(ai_kb_vector_model(embedding, embedding_model)),
+                                     array_agg(tsv), array_agg(1))
+        FROM new_rows;
     ELSIF TG_OP = 'DELETE' THEN
-        SELECT array_agg(company_id), array_agg(ts_config), array_agg(model), array_agg(tsv),
-               array_agg(-1)
-        INTO companies, configs, models, vectors, signs
-        FROM (SELECT company_id, ts_config, tsv, CASE WHEN embedding IS NULL THEN ''
-                     ELSE coalesce(embedding_model, '') END AS model FROM old_rows) AS r;
+        PERFORM ai_kb_statistics_add(array_agg(company_id), array_agg(ts_config),
+                                     array_agg(ai_kb_vector_model(embedding, embedding_model)),
+                                     array_agg(tsv), array_agg(-1))
+        FROM old_rows;
     ELSE
-        SELECT array_agg(company_id), array_agg(ts_config), array_agg(model), array_agg(tsv),
-               array_agg(sign)
-        INTO companies, configs, models, vectors, signs
-        FROM (SELECT company_id, ts_config, tsv, CASE WHEN embedding IS NULL THEN ''
-                     ELSE coalesce(embedding_model, '') END AS model, 1 AS sign FROM new_rows
-              UNION ALL
-              SELECT company_id, ts_config, tsv, CASE WHEN embedding IS NULL THEN ''
-                     ELSE coalesce(embedding_model, '') END, -1 FROM old_rows) AS r;
-    END IF;
-    IF companies IS NOT NULL THEN
-        PERFORM ai_kb_statistics_add(companies, configs, models, vectors, signs);
+        PERFORM ai_kb_statistics_add(array_agg(company_id), array_agg(ts_config),
+                                     array_agg(ai_kb_vector_model(embedding, embedding_model)),
+                                     array_agg(tsv), array_agg(sign))
+        FROM (SELECT *, 1 AS sign FROM new_rows UNION ALL SELECT *, -1 FROM old_rows) AS r;
     END IF;
     RETURN NULL;
 END $$;
@@ -105,8 +99,7 @@ CREATE TRIGGER ai_kb_docs_statistics_delete AFTER DELETE ON ai_kb_docs
 
 -- What is already there.
 INSERT INTO ai_kb_counts (company_id, ts_config, embedding_model, chunks)
-SELECT company_id, ts_config,
-       CASE WHEN embedding IS NULL THEN '' ELSE coalesce(embedding_model, '') END, count(*)
+SELECT company_id, ts_config, ai_kb_vector_model(embedding, embedding_model), count(*)
 FROM ai_kb_docs GROUP BY 1, 2, 3;
 
 INSERT INTO ai_kb_terms (company_id, ts_config, lexeme, df)
