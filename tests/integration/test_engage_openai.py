@@ -177,6 +177,24 @@ async def test_summary_request_uses_strict_json_schema(server, responder):
     assert result.prompt_tokens == request.usage["prompt_tokens"]
 
 
+async def test_requests_are_what_the_sdks_create_sends(server, responder):
+    """The responder posts to /chat/completions itself (skipping `create`'s transform); the
+    body and the headers that matter equal what `chat.completions.create` sends for it."""
+    ctx = make_ctx()
+    await responder.reply(ctx, prompt_for(ctx))
+    conv = conversation()
+    await responder.summarize(conv, build_summary_prompt(conv.lead, conv.turns, budget=500))
+    ours = server.chat_requests()
+    assert [r.body.get("response_format", {}).get("type") for r in ours] == [None, "json_schema"]
+    for request in ours:
+        await responder.client.chat.completions.create(**request.body)
+    theirs = server.chat_requests()[len(ours) :]
+    assert [r.body for r in ours] == [r.body for r in theirs]
+    for mine, sdk in zip(ours, theirs, strict=True):
+        for header in ("Authorization", "Content-Type", "User-Agent"):
+            assert mine.headers[header] == sdk.headers[header]
+
+
 @pytest.mark.parametrize(
     "content",
     [

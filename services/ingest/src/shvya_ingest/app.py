@@ -13,7 +13,7 @@ from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from shvya_common.bus import Worker
 from shvya_common.logging import configure_logging
 from shvya_common.metrics import start_metrics_server
-from shvya_common.runtime import platform
+from shvya_common.runtime import platform, settle_heap
 from shvya_ingest import (
     asyncapi_route,
     campaigns_api,
@@ -70,6 +70,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
                 keeper=plat.keeper,
             )
             await worker.start()
+            settle_heap()
             try:
                 yield
             finally:

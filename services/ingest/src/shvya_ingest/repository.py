@@ -130,10 +130,19 @@ SELECT i.message_id AS requested_id, COALESCE(msg.id, old.id) AS message_id,
        msg.id IS NOT NULL AS created
 FROM input i
 LEFT JOIN msg ON msg.id = i.message_id
-LEFT JOIN messages old
-       ON msg.id IS NULL AND old.company_id = $1 AND old.channel = $13
-      AND old.provider_message_id = i.provider_message_id
-LEFT JOIN jobs old_job ON old_job.idempotency_key = $14 || ':' || old.id
+-- Laterals, looked up per input row by the whole unique key: a plain join let the generic plan
+-- read every message of the company's channel (the index by company and channel alone) and
+-- each one's job, in every batch, so filing slowed as the company's history grew.
+LEFT JOIN LATERAL (
+    SELECT m.id, m.lead_id FROM messages m
+    WHERE msg.id IS NULL AND m.company_id = $1 AND m.channel = $13
+      AND m.provider_message_id = i.provider_message_id
+    LIMIT 1  -- the key is unique; LIMIT keeps the planner from flattening it into a join
+) old ON true
+LEFT JOIN LATERAL (
+    SELECT j.id FROM jobs j WHERE old.id IS NOT NULL AND j.idempotency_key = $14 || ':' || old.id
+    LIMIT 1
+) old_job ON true
 """
 
 
@@ -146,6 +155,31 @@ SELECT m.provider_message_id, m.id AS message_id, m.lead_id, j.id AS job_id
 FROM messages m LEFT JOIN jobs j ON j.idempotency_key = $4 || ':' || m.id
 WHERE m.company_id = $1 AND m.channel = $2 AND m.provider_message_id = ANY($3::text[])
 """
+
+
+def file_args(
+    route: CompanyRoute, rows: Sequence[InboundRow], channel: str, task: str
+) -> tuple[list[uuid.UUID], list[Any]]:
+    """FILE_SQL's arguments for `rows`: the new message ids (in order), and the arguments."""
+    message_ids = [uuid.uuid4() for _ in rows]
+    job_ids = [None if row.optout or not row.engage else uuid.uuid4() for row in rows]
+    now = datetime.now(UTC)
+    return message_ids, [
+        route.company_id,
+        route.pipeline_id,
+        route.new_stage_id,
+        [r.address for r in rows],
+        [r.contact_name for r in rows],
+        message_ids,
+        [r.text for r in rows],
+        [r.provider_message_id for r in rows],
+        job_ids,
+        [r.received_at or now for r in rows],
+        [r.meta for r in rows],
+        [r.optout for r in rows],
+        channel,
+        task,
+    ]
 
 
 class IngestRepository:
@@ -211,26 +245,8 @@ class IngestRepository:
         A provider message id seen before returns the first filing with `created` False. The
         rows must not repeat a provider message id among themselves.
         """
-        message_ids = [uuid.uuid4() for _ in rows]
-        job_ids = [None if row.optout or not row.engage else uuid.uuid4() for row in rows]
-        now = datetime.now(UTC)
-        records = await conn.fetch(
-            FILE_SQL[identity],
-            route.company_id,
-            route.pipeline_id,
-            route.new_stage_id,
-            [r.address for r in rows],
-            [r.contact_name for r in rows],
-            message_ids,
-            [r.text for r in rows],
-            [r.provider_message_id for r in rows],
-            job_ids,
-            [r.received_at or now for r in rows],
-            [r.meta for r in rows],
-            [r.optout for r in rows],
-            channel,
-            task,
-        )
+        message_ids, args = file_args(route, rows, channel, task)
+        records = await conn.fetch(FILE_SQL[identity], *args)
         by_request = {rec["requested_id"]: rec for rec in records}
         raced = [
             row.provider_message_id

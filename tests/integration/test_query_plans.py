@@ -1,0 +1,127 @@
+"""The hot path's statements read the rows they work on, not the company's history: run on a
+database with history, each plan node over `messages` or `jobs` returns a handful of rows.
+
+A plan that joins on part of a key reads every row sharing that part: filing a batch once read
+every message of the company's channel (and each one's job), so ingest slowed as the history
+grew, and a database of 5,000,000 messages timed requests out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from shvya_common.db import create_pool
+from shvya_ingest.repository import (
+    FILE_SQL,
+    InboundRow,
+    IngestRepository,
+    file_args,
+)
+
+HISTORY = 400
+
+
+def scans(plan: dict[str, Any], tables: set[str]) -> list[tuple[str, str, float]]:
+    """(table, node type, rows it returned in all its loops) for each node reading `tables`."""
+    found = []
+    if plan.get("Relation Name") in tables:
+        rows = plan["Actual Rows"] * plan["Actual Loops"]
+        found.append((plan["Relation Name"], plan["Node Type"], rows))
+    for child in plan.get("Plans", []):
+        found.extend(scans(child, tables))
+    return found
+
+
+@pytest.fixture
+async def history(db_url: str):
+    """A company whose WhatsApp channel has HISTORY messages with provider ids, and their jobs."""
+    pool = await create_pool(db_url, 1, 2)
+    repo = IngestRepository(pool)
+    company = await repo.ensure_default_company("Plans")
+    route = await repo.ensure_company_route(company)
+    assert route is not None
+    async with pool.acquire() as conn:
+        lead = await conn.fetchval(
+            "INSERT INTO leads (company_id, pipeline_id, stage_id, phone_e164)"
+            " VALUES ($1, $2, $3, '+15550100000') RETURNING id",
+            company,
+            route.pipeline_id,
+            route.new_stage_id,
+        )
+        await conn.execute(
+            """
+            WITH m AS (
+                INSERT INTO messages (company_id, lead_id, direction, channel, body, status,
+                                      provider_message_id)
+                SELECT $1, $2, CASE WHEN g % 2 = 0 THEN 'inbound' ELSE 'outbound' END,
+                       'whatsapp_cloud', 'old ' || g, 'received', 'wamid.old' || g
+                FROM generate_series(1, $3) g RETURNING id
+            )
+            INSERT INTO jobs (id, task_name, task_params, priority, idempotency_key, status)
+            SELECT gen_random_uuid(), 'ai.engage', '{}', 100, 'ai.engage:' || id, 'completed'
+            FROM m
+            """,
+            company,
+            lead,
+            HISTORY,
+        )
+        await conn.execute("ANALYZE messages; ANALYZE jobs")
+    yield pool, route
+    await pool.close()
+
+
+@pytest.mark.parametrize("plan_mode", ["auto", "force_generic_plan"])
+async def test_filing_reads_only_the_batch_it_files(history, plan_mode):
+    """A batch of new messages (two without a provider id, three with) and one that repeats a
+    filed provider id: every node over messages or jobs returns at most the batch's rows."""
+    pool, route = history
+    rows = [
+        InboundRow(address=f"+1555020000{i}", text=f"new {i}", provider_message_id=pid)
+        for i, pid in enumerate([None, None, "wamid.new1", "wamid.new2", "wamid.new3"])
+    ]
+    rows.append(InboundRow(address="+15550100000", text="again", provider_message_id="wamid.old7"))
+    _, args = file_args(route, rows, "whatsapp_cloud", "ai.engage")
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.execute(f"SET LOCAL plan_cache_mode = {plan_mode}")
+            explained = await conn.fetchval(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + FILE_SQL["phone"], *args
+            )
+        finally:
+            await tx.rollback()
+    plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
+    read = scans(plan, {"messages", "jobs"})
+    assert read, "the plan reads messages and jobs"
+    assert all(n <= len(rows) for _, _, n in read), read
+
+
+async def test_filing_still_finds_a_repeated_provider_id(history):
+    """The lookup the plan now makes per row still answers a repeat with the first filing."""
+    pool, route = history
+    async with pool.acquire() as conn:
+        first = await conn.fetchrow(
+            "SELECT m.id, m.lead_id, j.id AS job_id FROM messages m"
+            " JOIN jobs j ON j.idempotency_key = 'ai.engage:' || m.id"
+            " WHERE m.provider_message_id = 'wamid.old8'"
+        )
+        async with conn.transaction():
+            [filed] = await IngestRepository.file_inbound(
+                conn,
+                route,
+                identity="phone",
+                channel="whatsapp_cloud",
+                rows=[
+                    InboundRow(address="+15550100000", text="dup", provider_message_id="wamid.old8")
+                ],
+                task="ai.engage",
+            )
+    assert (filed.message_id, filed.lead_id, filed.job_id, filed.created) == (
+        first["id"],
+        first["lead_id"],
+        first["job_id"],
+        False,
+    )
