@@ -340,6 +340,12 @@ class Lab:
     async def start_pg(self) -> None:
         await asyncio.to_thread(self.pg.start)
 
+    async def crash_pg(self) -> None:
+        """PostgreSQL's processes aborted as in a crash (what was not yet written is gone), then
+        started again on the same data: crash recovery."""
+        await asyncio.to_thread(self.pg.stop, "immediate")
+        await asyncio.to_thread(self.pg.start)
+
     async def _create_db(self, name: str) -> str:
         admin = await asyncpg.connect(self.pg.url)
         try:

@@ -266,6 +266,22 @@ async def pg_outage(
     )
 
 
+async def pg_crash(lab: Lab, *, messages: int = 200, budget: Budget = Budget()) -> Row:
+    """PostgreSQL crashes (every process aborted, nothing more written) at a third of the load
+    and recovers on the same data. The job bus's bookkeeping commits asynchronously, so the
+    crash takes back the last claims and completions: held means that costs reruns only, no
+    accepted message lost and no reply sent twice."""
+
+    async def inject(sc: Scenario, load: LoadGenerator, seen: dict[str, Any]) -> None:
+        await load.reached(messages // 3)
+        await lab.crash_pg()
+        seen["notes"].append(f"PostgreSQL crashed at {len(load.accepted)} accepted")
+
+    return await run_load(
+        lab, "PostgreSQL crashed (immediate stop)", messages=messages, budget=budget, inject=inject
+    )
+
+
 async def cluster_leader(
     lab: Lab, *, messages: int = 200, budget: Budget = Budget(), nats_url_style: str = "list"
 ) -> Row:
@@ -465,6 +481,7 @@ def long_form(messages: int, pg_seconds: float) -> dict[str, Entry]:
             "nats-wipe": Entry(nats_wipe),
             "pg-outage-10s": Entry(pg_outage, {"seconds": 10.0}),
             f"pg-outage-{pg_seconds:.0f}s": Entry(pg_outage, {"seconds": pg_seconds}),
+            "pg-crash": Entry(pg_crash),
             "cluster-leader": Entry(cluster_leader),
             "cluster-leader-seed": Entry(cluster_leader, {"nats_url_style": "seed"}),
             "commit-delay": Entry(commit_delay),

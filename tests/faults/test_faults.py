@@ -47,6 +47,12 @@ async def test_postgres_down_10s_gives_503_and_loses_nothing(lab: Lab) -> None:
     held(await scenarios.pg_outage(lab, seconds=10.0, messages=150, budget=BUDGET))
 
 
+async def test_postgres_crash_mid_load_loses_and_repeats_nothing(lab: Lab) -> None:
+    """PostgreSQL crashing mid-load (its processes aborted) and recovering loses no accepted
+    message and sends no reply twice, although the bus's bookkeeping commits asynchronously."""
+    held(await scenarios.pg_crash(lab, messages=150, budget=BUDGET))
+
+
 async def test_cluster_stream_leader_killed_loses_nothing(lab: Lab) -> None:
     """On a 3-node cluster with R3 streams, killing the jobs stream's leader mid-load loses no
     accepted message."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from shvya_common.bus.ledgers import JobLedger, SendLedger
 from shvya_common.db import create_pool
 from shvya_ingest.repository import (
     FILE_SQL,
@@ -20,7 +21,7 @@ from shvya_ingest.repository import (
     file_args,
 )
 
-HISTORY = 400
+HISTORY = 5000
 
 
 def scans(plan: dict[str, Any], tables: set[str]) -> list[tuple[str, str, float]]:
@@ -125,3 +126,52 @@ async def test_filing_still_finds_a_repeated_provider_id(history):
         first["job_id"],
         False,
     )
+
+
+async def rows_read(conn, sql: str, *args) -> dict[str, int]:
+    """Rows of messages and jobs that one run of `sql` read (index fetches and sequential
+    reads), from the transaction's own statistics; the statement's writes are rolled back."""
+    query = (
+        "SELECT relname, seq_tup_read + coalesce(idx_tup_fetch, 0) AS n"
+        " FROM pg_stat_xact_user_tables WHERE relname IN ('messages', 'jobs')"
+    )
+    async with conn.transaction():
+        before = {r["relname"]: r["n"] for r in await conn.fetch(query)}
+        savepoint = conn.transaction()
+        await savepoint.start()
+        await conn.fetch(sql, *args)
+        after = {r["relname"]: r["n"] for r in await conn.fetch(query)}
+        await savepoint.rollback()
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+async def test_claiming_sends_reads_only_the_claimed_rows_behind_a_backlog(history):
+    """A claim of 5 sends and the renewal of their leases, with HISTORY queued sends waiting
+    that the statistics do not know of: each reads a few rows per send, not the backlog (the
+    claim read all of it through the status index before)."""
+    pool, _ = history
+    async with pool.acquire() as conn:
+        # The backlog built up after the statistics were taken (as it does): they still say
+        # that hardly any send is queued.
+        await conn.execute(
+            "UPDATE messages SET direction = 'outbound', status = 'queued', attempts = 0"
+        )
+        ids = [r["id"] for r in await conn.fetch("SELECT id FROM messages ORDER BY id LIMIT 5")]
+        claim = await rows_read(conn, SendLedger._CLAIM, ids, [6] * 5, 30.0, ["queued"])
+        renew = await rows_read(conn, SendLedger._RENEW, ids, [0] * 5, 30.0, ["queued"])
+    assert 0 < claim["messages"] <= 3 * len(ids), claim
+    assert 0 < renew["messages"] <= 3 * len(ids), renew
+
+
+async def test_claiming_jobs_reads_only_the_claimed_rows_behind_a_backlog(history):
+    """The same for jobs: 5 claimed (and completed) out of HISTORY queued that the statistics
+    do not know of."""
+    pool, _ = history
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE jobs SET status = 'queued'")
+        ids = [r["id"] for r in await conn.fetch("SELECT id FROM jobs ORDER BY id LIMIT 5")]
+        claim = await rows_read(conn, JobLedger._CLAIM, ids, [6] * 5, 30.0, "w", ["queued"])
+        await conn.execute("UPDATE jobs SET status = 'processing', attempts = 1")
+        done = await rows_read(conn, JobLedger._COMPLETE, ids, [1] * 5, [None] * 5)
+    assert 0 < claim["jobs"] <= 3 * len(ids), claim
+    assert 0 < done["jobs"] <= 3 * len(ids), done

@@ -42,9 +42,18 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     back by asyncpg before this runs."""
 
 
-async def create_pool(dsn: str, min_size: int = 2, max_size: int = 16) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, min_size: int = 2, max_size: int = 16, *, synchronous_commit: bool = True
+) -> asyncpg.Pool:
     """Open the pool with JSON and vector codecs installed; the caller owns and closes it.
-    Pooled connections must not keep session state (see `_keep_session`)."""
+    Pooled connections must not keep session state (see `_keep_session`).
+
+    `synchronous_commit=False` opens the connections with PostgreSQL's `synchronous_commit`
+    off (in the start-up packet: no round trip): a commit returns before its WAL is flushed,
+    and a crash of the server can lose the last ~0.6 s of such commits, never half of one and
+    never one that a later synchronous commit (of any connection) already returned from. Only
+    the job bus's bookkeeping runs there (see `shvya_common.bus.ledgers`)."""
+    settings = {} if synchronous_commit else {"synchronous_commit": "off"}
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min(min_size, max_size),
@@ -52,6 +61,7 @@ async def create_pool(dsn: str, min_size: int = 2, max_size: int = 16) -> asyncp
         init=_init_connection,
         reset=_keep_session,
         command_timeout=30,
+        server_settings=settings,
     )
     assert pool is not None
     return pool

@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 
@@ -414,10 +414,12 @@ class EmbeddedPostgres:
         )
         return result.returncode == 0
 
-    def stop(self) -> None:
+    def stop(self, mode: Literal["fast", "immediate"] = "fast") -> None:
+        """Stop the server; `immediate` aborts every process as a crash would (nothing more is
+        written, so the next start runs crash recovery)."""
         if (self.data_dir / "postmaster.pid").exists():
             subprocess.run(
-                [self._bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-m", "fast", "stop"],
+                [self._bin("pg_ctl"), "-D", str(self.data_dir), "-w", "-m", mode, "stop"],
                 user=self._system_user(),
                 capture_output=True,
             )

@@ -40,6 +40,9 @@ class Platform:
     """The shared resources of one process."""
 
     pool: asyncpg.Pool
+    # The job bus's claims, renewals, completions and publish confirmations, committed
+    # asynchronously (see shvya_common.bus.ledgers for why that is safe).
+    bookkeeping: asyncpg.Pool
     nc: NATS
     js: JetStreamContext
     bus: JobBus
@@ -97,6 +100,10 @@ async def platform(settings: CommonSettings, service: str) -> AsyncIterator[Plat
         await _retry_until("PostgreSQL", lambda: migrate(settings.database_url))
         pool = await create_pool(settings.database_url, settings.db_pool_min, settings.db_pool_max)
         stack.push_async_callback(pool.close)
+        bookkeeping = await create_pool(
+            settings.database_url, 1, settings.db_bookkeeping_pool_max, synchronous_commit=False
+        )
+        stack.push_async_callback(bookkeeping.close)
 
         async def _connect() -> NATS:
             return await nats.connect(
@@ -130,12 +137,13 @@ async def platform(settings: CommonSettings, service: str) -> AsyncIterator[Plat
             service=service,
             max_attempts=settings.max_attempts,
             keeper=keeper,
+            bookkeeping=bookkeeping,
         )
         bus.start()
         stack.push_async_callback(bus.close)  # confirmations flushed before NATS and the pool
         install_bus(bus)
         stack.callback(install_bus, None)
-        yield Platform(pool, nc, js, bus, topology, keeper)
+        yield Platform(pool, bookkeeping, nc, js, bus, topology, keeper)
 
 
 def settle_heap() -> None:

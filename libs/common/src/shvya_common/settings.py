@@ -92,6 +92,8 @@ class CommonSettings(BaseSettings):
     )
     db_pool_min: int = Field(2, ge=1)
     db_pool_max: int = Field(16, ge=1)
+    # The job bus's claims, lease renewals, completions and publish confirmations.
+    db_bookkeeping_pool_max: int = Field(6, ge=1)
     public_base_url: str = Field(
         "http://127.0.0.1:8000",
         description="Public URL of ingest, used in unsubscribe, open and click links.",

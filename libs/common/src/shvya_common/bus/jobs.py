@@ -70,16 +70,20 @@ class JobBus:
         service: str,
         max_attempts: int = 6,
         keeper: TopologyKeeper | None = None,
+        bookkeeping: asyncpg.Pool | None = None,
     ) -> None:
         self.pool = pool
+        # Claims, lease renewals, completions and publish confirmations; asynchronous commits
+        # when the platform opens it (see shvya_common.bus.ledgers).
+        self.bookkeeping = bookkeeping or pool
         self.nc = nc
         self.js = js
         self.topology = topology
         self.service = service
         self.max_attempts = max_attempts
         self.keeper = keeper
-        self.publisher = Publisher(pool, nc, js, topology, keeper, service=service)
-        self.ledgers: dict[LedgerName, Ledger] = ledgers_for(pool)
+        self.publisher = Publisher(self.bookkeeping, nc, js, topology, keeper, service=service)
+        self.ledgers: dict[LedgerName, Ledger] = ledgers_for(pool, self.bookkeeping)
 
     def start(self) -> None:
         self.publisher.start()

@@ -10,6 +10,18 @@ A claim counts the attempt in the row, not in JetStream: a delivery that could n
 because the database was down is not an attempt, and a lease (renewed by the worker's heartbeat)
 makes a second delivery of a job that is still running wait instead of running it again.
 
+Claims, lease renewals and completions go through the `bookkeeping` pool, which the platform
+opens with asynchronous commits (`shvya_common.db.create_pool`): they record progress that a
+crash of PostgreSQL may take back, and taking it back is harmless. A lost claim or renewal
+leaves the row claimable (the lease it took is gone with it); a lost completion leaves the row
+`processing` with a lease that runs out, so the reconciler runs the job again, and what the run
+wrote with a synchronous commit (a reply's send row by its send key, a send's outcome) makes the
+rerun find the work done. Everything a customer or another system sees waits on a synchronous
+commit first: ingest files with one before it answers, dispatch commits `sending` with one
+before it calls a provider, and a synchronous commit flushes every commit before it, of any
+connection. So a job whose progress was lost may run twice; a message is still sent at most
+once and nothing accepted is lost.
+
 Each ledger also knows how to find its rows for the outbox: rows whose publish JetStream has not
 confirmed (the relay), rows stuck past a horizon (the reconciler), parked rows a timer puts back,
 and dead letters an operator replays. `envelope_from_row` is the one place a job's message is
@@ -256,26 +268,57 @@ class JobLedger:
 
     # Rows are locked in id order first, so two multi-row writes of one worker (a claim batch,
     # the heartbeat's renewal, a completion batch) never wait on each other in a cycle.
+    # As for sends (see SendLedger._CLAIM): each row looked up by its id alone and locked, in
+    # id order, then tested, so no status index is taken for a multi-row write.
     _CLAIM = """
-    WITH want AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS w(id, max_attempts)),
-    locked AS (SELECT j.id FROM jobs j JOIN want USING (id) ORDER BY j.id FOR UPDATE OF j)
+    WITH want AS (
+        SELECT * FROM unnest($1::uuid[], $2::int[]) AS w(id, max_attempts) ORDER BY id
+    ), locked AS (
+        SELECT j.id, want.max_attempts FROM want CROSS JOIN LATERAL (
+            SELECT id, status, attempts, lease_until FROM jobs
+             WHERE id = want.id LIMIT 1 FOR UPDATE) j
+         WHERE j.status = ANY($5::text[]) AND j.attempts < want.max_attempts
+           AND (j.lease_until IS NULL OR j.lease_until <= now())
+    )
     UPDATE jobs SET status = 'processing', attempts = jobs.attempts + 1,
-           max_attempts = want.max_attempts, started_at = now(), updated_at = now(),
+           max_attempts = locked.max_attempts, started_at = now(), updated_at = now(),
            claimed_by = $4, lease_until = now() + make_interval(secs => $3::float8),
            published_at = coalesce(jobs.published_at, now())
-      FROM want, locked
-     WHERE jobs.id = want.id AND locked.id = jobs.id AND jobs.status = ANY($5::text[])
-       AND jobs.attempts < want.max_attempts
-       AND (jobs.lease_until IS NULL OR jobs.lease_until <= now())
+      FROM locked WHERE jobs.id = locked.id
     RETURNING jobs.id, jobs.attempts
+    """
+    _COMPLETE = """
+    WITH c AS (
+        SELECT * FROM unnest($1::uuid[], $2::int[], $3::jsonb[]) AS c(id, attempts, result)
+        ORDER BY id
+    ), locked AS (
+        SELECT j.id, c.result FROM c CROSS JOIN LATERAL (
+            SELECT id, status, attempts FROM jobs WHERE id = c.id LIMIT 1 FOR UPDATE) j
+         WHERE j.attempts = c.attempts AND j.status = 'processing'
+    )
+    UPDATE jobs SET status = 'completed', completed_at = now(), last_error = NULL,
+           result = locked.result, lease_until = NULL, updated_at = now()
+      FROM locked WHERE jobs.id = locked.id
+    RETURNING jobs.id
+    """
+    _RENEW = """
+    WITH h AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS h(id, attempts) ORDER BY id),
+    locked AS (
+        SELECT j.id FROM h CROSS JOIN LATERAL (
+            SELECT id, status, attempts FROM jobs WHERE id = h.id LIMIT 1 FOR UPDATE) j
+         WHERE j.attempts = h.attempts AND j.status = 'processing'
+    )
+    UPDATE jobs SET lease_until = now() + make_interval(secs => $3::float8)
+      FROM locked WHERE jobs.id = locked.id
     """
     _STATE = """
     SELECT id, status, attempts, extract(epoch FROM lease_until - now()) AS remaining
     FROM jobs WHERE id = ANY($1::uuid[])
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, bookkeeping: asyncpg.Pool | None = None) -> None:
         self.pool = pool
+        self.bookkeeping = bookkeeping or pool
 
     async def claim(
         self, env: JobEnvelope, *, max_attempts: int, lease: float, worker: str
@@ -288,7 +331,7 @@ class JobLedger:
         """Claim many deliveries in one statement (a second one only for those not claimed)."""
         sources = job_sources(_J.PROCESSING)
         ids = [env.job_id for env, _ in wanted]
-        rows = await self.pool.fetch(
+        rows = await self.bookkeeping.fetch(
             self._CLAIM, ids, [m for _, m in wanted], lease, worker, sources
         )
         claimed = {r["id"]: r for r in rows}
@@ -312,14 +355,8 @@ class JobLedger:
     ) -> list[bool]:
         """Complete many runs in one statement; each True if its run still owned the row."""
         ids = [env.job_id for env, _, _ in done]
-        rows = await self.pool.fetch(
-            "WITH c AS (SELECT * FROM unnest($1::uuid[], $2::int[], $3::jsonb[])"
-            " AS c(id, attempts, result)),"
-            " locked AS (SELECT j.id FROM jobs j JOIN c USING (id) ORDER BY j.id FOR UPDATE OF j)"
-            " UPDATE jobs SET status = 'completed', completed_at = now(), last_error = NULL,"
-            " result = c.result, lease_until = NULL, updated_at = now()"
-            " FROM c, locked WHERE jobs.id = c.id AND locked.id = jobs.id"
-            " AND jobs.attempts = c.attempts AND jobs.status = 'processing' RETURNING jobs.id",
+        rows = await self.bookkeeping.fetch(
+            self._COMPLETE,
             ids,
             [attempt for _, attempt, _ in done],
             [result for _, _, result in done],
@@ -379,13 +416,8 @@ class JobLedger:
 
     async def renew(self, held: list[tuple[uuid.UUID, int]], lease: float) -> None:
         if held:
-            await self.pool.execute(
-                "WITH h AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS h(id, attempts)),"
-                " locked AS (SELECT j.id FROM jobs j JOIN h USING (id) ORDER BY j.id"
-                " FOR UPDATE OF j)"
-                " UPDATE jobs SET lease_until = now() + make_interval(secs => $3::float8)"
-                " FROM h, locked WHERE jobs.id = h.id AND locked.id = jobs.id"
-                " AND jobs.attempts = h.attempts AND jobs.status = 'processing'",
+            await self.bookkeeping.execute(
+                self._RENEW,
                 [h[0] for h in held],
                 [h[1] for h in held],
                 lease,
@@ -529,26 +561,46 @@ class SendLedger:
     name: LedgerName = "messages"
     columns = SEND_COLUMNS
 
+    # Each wanted row is looked up by its id alone and locked, in id order; whether it may be
+    # claimed is decided on the locked row, and the UPDATE joins on those ids. With the status
+    # test beside the id the planner could take the status index, and when the statistics say
+    # hardly any send is queued (taken before a backlog built up) it did, even per id: every
+    # claim then read the whole backlog.
     _CLAIM = """
-    WITH want AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS w(id, max_attempts)),
-    locked AS (SELECT m.id FROM messages m JOIN want USING (id) ORDER BY m.id FOR UPDATE OF m)
+    WITH want AS (
+        SELECT * FROM unnest($1::uuid[], $2::int[]) AS w(id, max_attempts) ORDER BY id
+    ), locked AS (
+        SELECT m.id FROM want CROSS JOIN LATERAL (
+            SELECT id, direction, status, attempts, lease_until FROM messages
+             WHERE id = want.id LIMIT 1 FOR UPDATE) m
+         WHERE m.direction = 'outbound' AND m.status = ANY($4::text[])
+           AND (m.attempts < want.max_attempts OR m.status = 'sending')
+           AND (m.lease_until IS NULL OR m.lease_until <= now())
+    )
     UPDATE messages SET attempts = messages.attempts + 1, updated_at = now(),
            lease_until = now() + make_interval(secs => $3::float8),
            published_at = coalesce(messages.published_at, now())
-      FROM want, locked
-     WHERE messages.id = want.id AND locked.id = messages.id
-       AND messages.direction = 'outbound' AND messages.status = ANY($4::text[])
-       AND (messages.attempts < want.max_attempts OR messages.status = 'sending')
-       AND (messages.lease_until IS NULL OR messages.lease_until <= now())
+      FROM locked WHERE messages.id = locked.id
     RETURNING messages.id, messages.attempts, messages.status
+    """
+    _RENEW = """
+    WITH h AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS h(id, attempts) ORDER BY id),
+    locked AS (
+        SELECT m.id FROM h CROSS JOIN LATERAL (
+            SELECT id, status, attempts FROM messages WHERE id = h.id LIMIT 1 FOR UPDATE) m
+         WHERE m.attempts = h.attempts AND m.status = ANY($4::text[])
+    )
+    UPDATE messages SET lease_until = now() + make_interval(secs => $3::float8)
+      FROM locked WHERE messages.id = locked.id
     """
     _STATE = """
     SELECT id, status, attempts, extract(epoch FROM lease_until - now()) AS remaining
     FROM messages WHERE id = ANY($1::uuid[]) AND direction = 'outbound'
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, bookkeeping: asyncpg.Pool | None = None) -> None:
         self.pool = pool
+        self.bookkeeping = bookkeeping or pool
 
     async def claim(
         self, env: JobEnvelope, *, max_attempts: int, lease: float, worker: str
@@ -560,7 +612,7 @@ class SendLedger:
     ) -> list[Claim]:
         live = sorted(SEND_LIVE)
         ids = [env.job_id for env, _ in wanted]
-        rows = await self.pool.fetch(self._CLAIM, ids, [m for _, m in wanted], lease, live)
+        rows = await self.bookkeeping.fetch(self._CLAIM, ids, [m for _, m in wanted], lease, live)
         claimed = {r["id"]: r for r in rows}
         missing = [i for i in dict.fromkeys(ids) if i not in claimed]
         states = (
@@ -584,7 +636,7 @@ class SendLedger:
     ) -> list[bool]:
         # The handler recorded the send's own outcome (sent, suppressed, ...), which freed the
         # lease with it; a run that ended without one (not pending) frees it here.
-        await self.pool.execute(
+        await self.bookkeeping.execute(
             "WITH c AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS c(id, attempts)),"
             " locked AS (SELECT m.id FROM messages m JOIN c USING (id)"
             " WHERE m.lease_until IS NOT NULL ORDER BY m.id FOR UPDATE OF m)"
@@ -667,13 +719,8 @@ class SendLedger:
 
     async def renew(self, held: list[tuple[uuid.UUID, int]], lease: float) -> None:
         if held:
-            await self.pool.execute(
-                "WITH h AS (SELECT * FROM unnest($1::uuid[], $2::int[]) AS h(id, attempts)),"
-                " locked AS (SELECT m.id FROM messages m JOIN h USING (id) ORDER BY m.id"
-                " FOR UPDATE OF m)"
-                " UPDATE messages SET lease_until = now() + make_interval(secs => $3::float8)"
-                " FROM h, locked WHERE messages.id = h.id AND locked.id = messages.id"
-                " AND messages.attempts = h.attempts AND messages.status = ANY($4::text[])",
+            await self.bookkeeping.execute(
+                self._RENEW,
                 [h[0] for h in held],
                 [h[1] for h in held],
                 lease,
@@ -958,5 +1005,7 @@ class SendLedger:
         return await _bump(pool, "messages", SEND_COLUMNS, row)
 
 
-def ledgers_for(pool: asyncpg.Pool) -> dict[LedgerName, Ledger]:
-    return {"jobs": JobLedger(pool), "messages": SendLedger(pool)}
+def ledgers_for(
+    pool: asyncpg.Pool, bookkeeping: asyncpg.Pool | None = None
+) -> dict[LedgerName, Ledger]:
+    return {"jobs": JobLedger(pool, bookkeeping), "messages": SendLedger(pool, bookkeeping)}
