@@ -73,8 +73,7 @@ async def history(db_url: str):
     await pool.close()
 
 
-@pytest.mark.parametrize("plan_mode", ["auto", "force_generic_plan"])
-async def test_filing_reads_only_the_batch_it_files(history, plan_mode):
+async def test_filing_reads_only_the_batch_it_files(history):
     """A batch of new messages (two without a provider id, three with) and one that repeats a
     filed provider id: every node over messages or jobs returns at most the batch's rows."""
     pool, route = history
@@ -88,7 +87,6 @@ async def test_filing_reads_only_the_batch_it_files(history, plan_mode):
         tx = conn.transaction()
         await tx.start()
         try:
-            await conn.execute(f"SET LOCAL plan_cache_mode = {plan_mode}")
             explained = await conn.fetchval(
                 "EXPLAIN (ANALYZE, FORMAT JSON) " + FILE_SQL["phone"], *args
             )

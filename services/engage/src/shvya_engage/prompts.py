@@ -219,17 +219,23 @@ def fit_history(turns: Sequence[Turn], budget: int) -> list[dict[str, str]]:
         else {"role": "assistant", "content": turn.body}
         for turn in turns
     ]
-    if sum(most_tokens(m["content"]) + MESSAGE_OVERHEAD_TOKENS for m in messages) <= budget:
-        return messages
-    kept: list[dict[str, str]] = []
-    left = budget
-    for message in reversed(messages):
-        cost = count_tokens(message["content"]) + MESSAGE_OVERHEAD_TOKENS
+    kept = _newest_fitting([m["content"] for m in messages], budget, MESSAGE_OVERHEAD_TOKENS)
+    return messages[len(messages) - kept :]
+
+
+def _newest_fitting(texts: Sequence[str], budget: int, overhead: int) -> int:
+    """How many of the last `texts` fit in `budget` tokens, each costing its tokens plus
+    `overhead`, counted from the newest. When the byte bounds of all of them fit, all do,
+    without counting."""
+    if sum(most_tokens(t) + overhead for t in texts) <= budget:
+        return len(texts)
+    left, kept = budget, 0
+    for text in reversed(texts):
+        cost = count_tokens(text) + overhead
         if cost > left:
             break
         left -= cost
-        kept.append(message)
-    kept.reverse()
+        kept += 1
     return kept
 
 
@@ -268,18 +274,7 @@ def transcript(turns: Sequence[Turn], budget: int, lead_label: str = "lead") -> 
         f"[{lead_label if turn.direction == 'inbound' else 'us'}] {' '.join(turn.body.split())}"
         for turn in turns
     ]
-    if sum(most_tokens(line) + 1 for line in every) <= budget:
-        lines = every
-    else:
-        lines = []
-        left = budget
-        for line in reversed(every):
-            cost = count_tokens(line) + 1
-            if cost > left:
-                break
-            left -= cost
-            lines.append(line)
-        lines.reverse()
+    lines = every[len(every) - _newest_fitting(every, budget, 1) :]
     body = defuse("\n".join(lines), "conversation", CUSTOMER_TAG)
     return f"<conversation>\n{body}\n</conversation>", len(lines)
 
