@@ -35,6 +35,7 @@ import asyncpg
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.rows import Since
 from bench.run import YARDSTICK_DRIFT, Stack, yardstick
 from shvya_ingest.auth import new_key
 
@@ -105,6 +106,7 @@ async def p1_latency(
     base: str, db_url: str, tag: str, count: int = P1_MESSAGES
 ) -> dict[str, float]:
     """`count` inbound messages at P1_RATE/s; inbound → reply `sent_at`, in ms."""
+    since = await Since.now(db_url)
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         tasks = []
         for i in range(count):
@@ -121,15 +123,10 @@ async def p1_latency(
         raise SystemExit(f"{tag}: some inbound messages were not accepted")
     conn = await asyncpg.connect(db_url)
     try:
-        query = (
-            "SELECT extract(epoch FROM (o.sent_at - i.created_at)) * 1000 AS ms,"
-            " o.sent_at FROM messages o JOIN messages i ON i.id = o.reply_to_id"
-            " WHERE o.direction = 'outbound' AND o.sent_at IS NOT NULL AND i.body LIKE $1"
-        )
         deadline = time.monotonic() + 180
         rows: list[Any] = []
         while time.monotonic() < deadline:
-            rows = await conn.fetch(query, f"{tag} %")
+            rows = await since.replies(conn, f"{tag} ")
             if len(rows) >= count:
                 break
             await asyncio.sleep(0.2)
@@ -142,7 +139,7 @@ async def p1_latency(
         "count": len(values),
         "p50": statistics.median(values),
         "p99": values[min(len(values) - 1, int(len(values) * 0.99))],
-        "last_reply_at": max(r["sent_at"] for r in rows).timestamp(),
+        "last_reply_at": float(max(r["t"] for r in rows)),
     }
 
 

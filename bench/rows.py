@@ -44,18 +44,54 @@ async def post_many(base: str, count: int, prefix: str, text: str, limit: int = 
         await asyncio.gather(*(one(i) for i in range(count)))
 
 
-async def replies_recorded(db_url: str, marker: str) -> list[float]:
+# Replies to the inbound messages posted since `start` whose body starts with a marker, with
+# when each was recorded and how long after its inbound. Bounded by company and creation time
+# (messages_company_created, then messages_lead_created per lead): a bare `body LIKE` scans
+# every message, which with the --big preload's 5,000,000 cost the database a second per poll
+# and slowed the very rows it polled for.
+REPLIES = """
+    SELECT extract(epoch FROM o.sent_at) AS t,
+           extract(epoch FROM (o.sent_at - i.created_at)) * 1000 AS ms
+    FROM messages i
+    JOIN messages o ON o.lead_id = i.lead_id AND o.created_at >= $2 AND o.reply_to_id = i.id
+    WHERE i.company_id = $1 AND i.created_at >= $2 AND i.direction = 'inbound'
+      AND i.body LIKE $3 AND o.direction = 'outbound' AND o.sent_at IS NOT NULL
+"""
+
+
+class Since:
+    """The default company and the database's clock, taken before a row posts anything: what
+    the row's polls are bounded by."""
+
+    def __init__(self, company_id: uuid.UUID, start: Any) -> None:
+        self.company_id = company_id
+        self.start = start
+
+    @classmethod
+    async def now(cls, db_url: str) -> Since:
+        conn = await asyncpg.connect(db_url)
+        try:
+            row = await conn.fetchrow(
+                "SELECT (SELECT id FROM companies ORDER BY created_at LIMIT 1) AS company,"
+                " now() AS start"
+            )
+        finally:
+            await conn.close()
+        return cls(row["company"], row["start"])
+
+    async def replies(self, conn: asyncpg.Connection, marker: str) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await conn.fetch(
+            REPLIES, self.company_id, self.start, marker + "%"
+        )
+        return rows
+
+
+async def replies_recorded(db_url: str, since: Since, marker: str) -> list[float]:
     """Epoch seconds at which each reply to messages whose body starts with `marker` was
     recorded."""
     conn = await asyncpg.connect(db_url)
     try:
-        rows = await conn.fetch(
-            "SELECT extract(epoch FROM o.sent_at) AS t FROM messages o"
-            " JOIN messages i ON i.id = o.reply_to_id"
-            " WHERE o.direction = 'outbound' AND o.sent_at IS NOT NULL AND i.body LIKE $1",
-            marker + "%",
-        )
-        return [float(r["t"]) for r in rows]
+        return [float(r["t"]) for r in await since.replies(conn, marker)]
     finally:
         await conn.close()
 
@@ -85,17 +121,19 @@ async def pipeline(stack: Stack, model: FakeModel, messages: int, tag: str) -> F
         stack.start("scheduler")
     marker = f"pipeline {tag}:"
     prefix = {"300ms": "+140455", "1000ms": "+140456"}.get(tag, "+140457")
+    since = await Since.now(stack.pg.url)
     await post_many(stack.url, messages, prefix, f"{marker} blue one?")
     model.stats(reset_peak=True)
     stack.start("engage", model.env())
     stack.start("dispatch")
     await wait_until(
-        lambda: replies_recorded(stack.pg.url, marker),
+        lambda: replies_recorded(stack.pg.url, since, marker),
         lambda done: len(done) >= messages,
         600,
         f"{messages} replies ({tag})",
+        every=1.0,
     )
-    times = sorted(await replies_recorded(stack.pg.url, marker))
+    times = sorted(await replies_recorded(stack.pg.url, since, marker))
     first, last = pct(times, 0.05), pct(times, 0.95)
     middle = sum(1 for t in times if first <= t <= last)
     rate = middle / max(last - first, 1e-6)
@@ -107,6 +145,7 @@ async def end_to_end(stack: Stack, count: int, rate: float) -> Figures:
     created_at → reply sent_at, read from the database."""
     stack.start_all()
     marker = f"e2e {uuid.uuid4().hex[:6]}"
+    since = await Since.now(stack.pg.url)
     # aiohttp, not httpx, as the load generator: httpcore's pool re-scans every queued request
     # on each completion, so once a few hundred wait the client spends its CPU there and stops
     # sending bodies (ingest then waits for them); aiohttp's connector does not.
@@ -141,15 +180,11 @@ async def end_to_end(stack: Stack, count: int, rate: float) -> Figures:
     try:
 
         async def latencies() -> list[float]:
-            rows = await conn.fetch(
-                "SELECT extract(epoch FROM (o.sent_at - i.created_at)) * 1000 AS ms"
-                " FROM messages o JOIN messages i ON i.id = o.reply_to_id"
-                " WHERE o.direction = 'outbound' AND o.sent_at IS NOT NULL AND i.body LIKE $1",
-                marker + "%",
-            )
-            return [float(r["ms"]) for r in rows]
+            return [float(r["ms"]) for r in await since.replies(conn, marker)]
 
-        values = await wait_until(latencies, lambda v: len(v) >= count, 120, "e2e replies")
+        values = await wait_until(
+            latencies, lambda v: len(v) >= count, 120, "e2e replies", every=1.0
+        )
     finally:
         await conn.close()
     return {
@@ -196,6 +231,7 @@ async def priority_probe(
     stack.start("engage", model.env())
     stack.start("dispatch")
     marker = f"probe {uuid.uuid4().hex[:6]}"
+    since = await Since.now(stack.pg.url)
     async with httpx.AsyncClient(base_url=stack.url, timeout=10) as client:
         for i in range(probes):
             response = await client.post(
@@ -215,13 +251,16 @@ async def priority_probe(
         async def waits() -> list[asyncpg.Record]:
             rows: list[asyncpg.Record] = await conn.fetch(
                 "SELECT extract(epoch FROM (j.started_at - j.created_at)) * 1000 AS ms"
-                " FROM jobs j JOIN messages m ON m.job_id = j.id"
-                " WHERE m.body LIKE $1 AND j.started_at IS NOT NULL",
+                " FROM messages m JOIN jobs j ON j.id = m.job_id"
+                " WHERE m.company_id = $1 AND m.created_at >= $2 AND m.body LIKE $3"
+                " AND j.started_at IS NOT NULL",
+                since.company_id,
+                since.start,
                 marker + "%",
             )
             return rows
 
-        rows = await wait_until(waits, lambda r: len(r) >= probes, 120, "probe claims")
+        rows = await wait_until(waits, lambda r: len(r) >= probes, 120, "probe claims", every=1.0)
         left = await conn.fetchval(
             "SELECT count(*) FROM jobs WHERE task_name = 'ai.summary' AND status = 'queued'"
         )

@@ -14,6 +14,7 @@ import pytest
 
 from shvya_common.bus.ledgers import JobLedger, SendLedger
 from shvya_common.db import create_pool
+from shvya_engage.repository import _LOAD_REPLY
 from shvya_ingest.repository import (
     FILE_SQL,
     InboundRow,
@@ -126,19 +127,21 @@ async def test_filing_still_finds_a_repeated_provider_id(history):
     )
 
 
-async def rows_read(conn, sql: str, *args) -> dict[str, int]:
-    """Rows of messages and jobs that one run of `sql` read (index fetches and sequential
-    reads), from the transaction's own statistics; the statement's writes are rolled back."""
+async def rows_read(
+    conn, sql: str, *args, tables: tuple[str, ...] = ("messages", "jobs")
+) -> dict[str, int]:
+    """Rows of `tables` that one run of `sql` read (index fetches and sequential reads), from
+    the transaction's own statistics; the statement's writes are rolled back."""
     query = (
         "SELECT relname, seq_tup_read + coalesce(idx_tup_fetch, 0) AS n"
-        " FROM pg_stat_xact_user_tables WHERE relname IN ('messages', 'jobs')"
+        " FROM pg_stat_xact_user_tables WHERE relname = ANY($1::text[])"
     )
     async with conn.transaction():
-        before = {r["relname"]: r["n"] for r in await conn.fetch(query)}
+        before = {r["relname"]: r["n"] for r in await conn.fetch(query, list(tables))}
         savepoint = conn.transaction()
         await savepoint.start()
         await conn.fetch(sql, *args)
-        after = {r["relname"]: r["n"] for r in await conn.fetch(query)}
+        after = {r["relname"]: r["n"] for r in await conn.fetch(query, list(tables))}
         await savepoint.rollback()
     return {k: after[k] - before.get(k, 0) for k in after}
 
@@ -173,3 +176,54 @@ async def test_claiming_jobs_reads_only_the_claimed_rows_behind_a_backlog(histor
         done = await rows_read(conn, JobLedger._COMPLETE, ids, [1] * 5, [None] * 5)
     assert 0 < claim["jobs"] <= 3 * len(ids), claim
     assert 0 < done["jobs"] <= 3 * len(ids), done
+
+
+async def test_loading_a_reply_reads_no_knowledge_base_chunks(history):
+    """ai.engage's one read asks whether the lead's company has a knowledge base: it reads the
+    kept counts, not the chunks. It once tested the chunks themselves, which the planner ran as
+    a scan of every company's chunks: one company's 100,000 chunks cost every other company's
+    reply 300 ms of the database's CPU (the bench's pipeline fell from 290 to 70 msg/s)."""
+    pool, route = history
+    async with pool.acquire() as conn:
+        other = await conn.fetchval(
+            "INSERT INTO companies (name) VALUES ('Catalogue') RETURNING id"
+        )
+        document = await conn.fetchval(
+            "INSERT INTO ai_kb_documents (company_id, title, format, content, content_sha256)"
+            " VALUES ($1, 'Catalogue', 'text', 'catalogue', 'catalogue') RETURNING id",
+            other,
+        )
+        await conn.execute(
+            "INSERT INTO ai_kb_docs (company_id, doc_id, title, content, chunk_index)"
+            " SELECT $1, $2, 'Item ' || g, 'solar panel details for item ' || g, g"
+            " FROM generate_series(1, $3) g",
+            other,
+            document,
+            HISTORY,
+        )
+        await conn.execute("ANALYZE ai_kb_docs")
+        lead, message = await conn.fetchrow(
+            "SELECT lead_id, id FROM messages WHERE company_id = $1 ORDER BY created_at DESC"
+            " LIMIT 1",
+            route.company_id,
+        )
+        args = (lead, message, ["dlq"], "reply:none", 20, 0.0)
+        read = await rows_read(conn, _LOAD_REPLY, *args, tables=("ai_kb_docs",))
+        row = await conn.fetchrow(_LOAD_REPLY, *args)
+        assert row["has_kb"] is False
+        other_lead = await conn.fetchval(
+            "INSERT INTO leads (company_id, phone_e164) VALUES ($1, '+15550100001')"
+            " RETURNING id",
+            other,
+        )
+        other_message = await conn.fetchval(
+            "INSERT INTO messages (company_id, lead_id, direction, channel, body, status)"
+            " VALUES ($1, $2, 'inbound', 'log', 'hello', 'received') RETURNING id",
+            other,
+            other_lead,
+        )
+        row = await conn.fetchrow(
+            _LOAD_REPLY, other_lead, other_message, ["dlq"], "reply:other", 20, 0.0
+        )
+        assert row["has_kb"] is True
+    assert read == {"ai_kb_docs": 0}, read

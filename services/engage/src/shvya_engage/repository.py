@@ -211,7 +211,8 @@ LEFT JOIN LATERAL (
                  AND b.status NOT IN ('dlq', 'suppressed', 'failed', 'cancelled', 'held')
                  AND b.created_at > now() - make_interval(secs => $6::float8))
            ELSE 0 END AS recent_replies,
-           EXISTS (SELECT 1 FROM ai_kb_docs k WHERE k.company_id = l.company_id) AS has_kb
+           EXISTS (SELECT 1 FROM ai_kb_counts k WHERE k.company_id = l.company_id AND k.chunks > 0)
+               AS has_kb
     FROM leads l
     JOIN messages m ON m.id = $2 AND m.lead_id = l.id
     {_LEAD_JOINS}
