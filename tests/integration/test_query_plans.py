@@ -212,8 +212,7 @@ async def test_loading_a_reply_reads_no_knowledge_base_chunks(history):
         row = await conn.fetchrow(_LOAD_REPLY, *args)
         assert row["has_kb"] is False
         other_lead = await conn.fetchval(
-            "INSERT INTO leads (company_id, phone_e164) VALUES ($1, '+15550100001')"
-            " RETURNING id",
+            "INSERT INTO leads (company_id, phone_e164) VALUES ($1, '+15550100001') RETURNING id",
             other,
         )
         other_message = await conn.fetchval(

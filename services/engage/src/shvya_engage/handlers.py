@@ -26,6 +26,7 @@ from shvya_common.bus import JobBus, JobContext, Registry
 from shvya_common.contracts import BumpupParams, EngageParams, SendParams, SummaryParams
 from shvya_common.contracts.jobs import AiMeta
 from shvya_common.errors import PermanentError
+from shvya_common.ids import new_id
 from shvya_engage.breaker import reply_breaker_open
 from shvya_engage.followups import template_bumpup
 from shvya_engage.guards import ChannelLimits, guard_text
@@ -153,7 +154,7 @@ async def handle_engage(params: EngageParams, job: JobContext, deps: Deps) -> di
     }
     # One statement: the send row, the ai.reply_generated event and the AI session together,
     # committed by itself, then published.
-    reply_id = uuid.uuid4()
+    reply_id = new_id()
     message_id, _ = await deps.bus.request_send(
         send,
         priority=job.priority,

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import asyncpg
 
 from shvya_common import tracing
+from shvya_common.ids import new_id
 
 DEFAULT_STAGES = ["New", "Contacted", "Qualified", "Proposal", "Closed"]
 # An opt-out's confirmation is the send keyed "optout:<inbound message id>".
@@ -161,8 +162,8 @@ def file_args(
     route: CompanyRoute, rows: Sequence[InboundRow], channel: str, task: str
 ) -> tuple[list[uuid.UUID], list[Any]]:
     """FILE_SQL's arguments for `rows`: the new message ids (in order), and the arguments."""
-    message_ids = [uuid.uuid4() for _ in rows]
-    job_ids = [None if row.optout or not row.engage else uuid.uuid4() for row in rows]
+    message_ids = [new_id() for _ in rows]
+    job_ids = [None if row.optout or not row.engage else new_id() for row in rows]
     now = datetime.now(UTC)
     return message_ids, [
         route.company_id,

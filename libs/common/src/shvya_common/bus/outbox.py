@@ -45,6 +45,7 @@ from shvya_common.bus.ledgers import (
 from shvya_common.bus.topology import TopologyKeeper
 from shvya_common.contracts.jobs import SendParams, task_spec
 from shvya_common.contracts.subjects import Topology
+from shvya_common.ids import new_id
 from shvya_common.metrics import JOBS_ENQUEUED, OUTBOX_PUBLISHED
 from shvya_common.tasks import cancel_and_wait
 
@@ -160,7 +161,7 @@ class NewJob:
     priority: int | None = None
     company_id: uuid.UUID | None = None
     lead_id: uuid.UUID | None = None
-    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    id: uuid.UUID = field(default_factory=new_id)
     # The trace the job continues: by default the active span's where the job is described.
     traceparent: str | None = field(default_factory=tracing.current_traceparent)
 
@@ -393,7 +394,7 @@ async def insert_send(
     along: Along | None,
 ) -> tuple[Outgoing | None, uuid.UUID]:
     """The send row's insert (one statement); (its Outgoing, id), or (None, the existing id)."""
-    message_id = message_id or uuid.uuid4()
+    message_id = message_id or new_id()
     row = await conn.fetchrow(
         _send_statement(along), *_send_args(params, message_id, priority, job_id, along)
     )
