@@ -8,6 +8,8 @@ import random
 import statistics
 import time
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -59,13 +61,13 @@ REPLIES = """
 """
 
 
+@dataclass(frozen=True)
 class Since:
     """The default company and the database's clock, taken before a row posts anything: what
     the row's polls are bounded by."""
 
-    def __init__(self, company_id: uuid.UUID, start: Any) -> None:
-        self.company_id = company_id
-        self.start = start
+    company_id: uuid.UUID
+    start: datetime
 
     @classmethod
     async def now(cls, db_url: str) -> Since:

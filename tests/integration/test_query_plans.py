@@ -182,7 +182,7 @@ async def test_loading_a_reply_reads_no_knowledge_base_chunks(history):
     """ai.engage's one read asks whether the lead's company has a knowledge base: it reads the
     kept counts, not the chunks. It once tested the chunks themselves, which the planner ran as
     a scan of every company's chunks: one company's 100,000 chunks cost every other company's
-    reply 300 ms of the database's CPU (the bench's pipeline fell from 290 to 70 msg/s)."""
+    reply 300 ms of the database's CPU (by hand, the pipeline fell from 230 to 72 msg/s)."""
     pool, route = history
     async with pool.acquire() as conn:
         other = await conn.fetchval(
