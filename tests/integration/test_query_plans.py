@@ -226,3 +226,63 @@ async def test_loading_a_reply_reads_no_knowledge_base_chunks(history):
         )
         assert row["has_kb"] is True
     assert read == {"ai_kb_docs": 0}, read
+
+
+def index_reads(plan: dict[str, Any], prefix: str) -> list[tuple[str, float]]:
+    """(index, entries it returned in all its loops) for each bitmap index scan of an index
+    whose name starts with `prefix`: what a bitmap reads before the table is visited."""
+    found = []
+    if plan.get("Node Type") == "Bitmap Index Scan" and plan["Index Name"].startswith(prefix):
+        found.append((plan["Index Name"], plan["Actual Rows"] * plan["Actual Loops"]))
+    for child in plan.get("Plans", []):
+        found.extend(index_reads(child, prefix))
+    return found
+
+
+async def test_counting_a_leads_recent_replies_reads_only_that_leads_messages(history):
+    """The reply breaker's count in ai.engage's read (the lead's automated replies in the
+    window) reads the lead's messages, not every outbound message: with the statistics taken
+    before a backlog of sends built up, the planner combined the lead's index with the partial
+    index over all outbound messages, and every reply read every send of every company (by
+    hand, ~3,000 index entries a reply during a 3,000-message drain)."""
+    pool, route = history
+    async with pool.acquire() as conn:
+        lead = await conn.fetchval(
+            "INSERT INTO leads (company_id, phone_e164) VALUES ($1, '+15550100002') RETURNING id",
+            route.company_id,
+        )
+        message = await conn.fetchval(
+            "INSERT INTO messages (company_id, lead_id, direction, channel, body, status)"
+            " VALUES ($1, $2, 'inbound', 'log', 'hello', 'received') RETURNING id",
+            route.company_id,
+            lead,
+        )
+        await conn.execute(
+            "INSERT INTO messages (company_id, lead_id, direction, channel, body, status, meta)"
+            " VALUES ($1, $2, 'outbound', 'log', 'earlier answer', 'sent',"
+            ' \'{"purpose": "reply"}\')',
+            route.company_id,
+            lead,
+        )
+        # Other leads' queued replies, sent after the statistics were taken.
+        await conn.execute(
+            "INSERT INTO messages (company_id, lead_id, direction, channel, body, status, meta)"
+            " SELECT $1, $2, 'outbound', 'log', 'queued answer ' || g, 'queued',"
+            ' \'{"purpose": "reply"}\' FROM generate_series(1, $3) g',
+            route.company_id,
+            (await conn.fetchval("SELECT lead_id FROM messages LIMIT 1")),
+            HISTORY,
+        )
+        args = (lead, message, ["dlq"], "reply:none", 20, 3600.0)
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            explained = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + _LOAD_REPLY, *args)
+        finally:
+            await tx.rollback()
+        row = await conn.fetchrow(_LOAD_REPLY, *args)
+    plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
+    assert row["recent_replies"] == 1
+    read = index_reads(plan, "messages_")
+    assert all(n <= 5 for _, n in read), read
+    assert all(n <= 5 for _, _, n in scans(plan, {"messages"})), scans(plan, {"messages"})

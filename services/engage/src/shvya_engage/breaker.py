@@ -18,11 +18,12 @@ from shvya_engage.settings import EngageSettings
 
 log = structlog.get_logger(__name__)
 
-# Outbound messages we count: AI replies and follow-ups that were (or will be) sent.
+# Outbound messages we count: AI replies and follow-ups that were (or will be) sent. Written
+# `direction <> 'inbound'` for the plan's sake, as the same count in the repository's _LOAD_REPLY.
 _COUNT_AND_RAISE = """
 WITH recent AS (
     SELECT count(*) AS replies FROM messages
-    WHERE lead_id = $1 AND direction = 'outbound'
+    WHERE lead_id = $1 AND direction <> 'inbound'
       AND meta->>'purpose' IN ('reply', 'followup')
       AND status NOT IN ('dlq', 'suppressed', 'failed', 'cancelled', 'held')
       AND created_at > now() - make_interval(secs => $2::float8)

@@ -190,6 +190,11 @@ async def _recent_turns(
 # window ($6 seconds; 0 = not counted), whether the company has knowledge-base chunks; and it
 # cancels the lead's pending bump-ups (the lead is talking: a bump-up would be moot, and its
 # handler re-checks that anyway). The CTE runs whatever the answer.
+#
+# The breaker's count says `direction <> 'inbound'` (the same rows: the column holds only the
+# two), not `= 'outbound'`: that form lets the planner use messages_outbound_status, the partial
+# index over every outbound message, and with statistics taken before a backlog of sends it
+# combined that index with the lead's, reading every company's sends for each reply.
 _LOAD_REPLY = f"""
 WITH cancelled AS (
     UPDATE timers SET status = 'cancelled', reason = 'lead replied'
@@ -206,7 +211,7 @@ LEFT JOIN LATERAL (
            h.directions, h.bodies,
            CASE WHEN $6::float8 > 0 THEN (
                SELECT count(*) FROM messages b
-               WHERE b.lead_id = l.id AND b.direction = 'outbound'
+               WHERE b.lead_id = l.id AND b.direction <> 'inbound'
                  AND b.meta->>'purpose' IN ('reply', 'followup')
                  AND b.status NOT IN ('dlq', 'suppressed', 'failed', 'cancelled', 'held')
                  AND b.created_at > now() - make_interval(secs => $6::float8))
