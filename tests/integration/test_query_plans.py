@@ -131,12 +131,15 @@ async def rows_read(
     conn, sql: str, *args, tables: tuple[str, ...] = ("messages", "jobs")
 ) -> dict[str, int]:
     """Rows of `tables` that one run of `sql` read (index fetches and sequential reads), from
-    the transaction's own statistics; the statement's writes are rolled back."""
+    the transaction's own statistics; the statement's writes are rolled back. The plan is the
+    generic one, which a prepared statement settles on after its first runs: it knows no
+    parameter's value (an array's length among them)."""
     query = (
         "SELECT relname, seq_tup_read + coalesce(idx_tup_fetch, 0) AS n"
         " FROM pg_stat_xact_user_tables WHERE relname = ANY($1::text[])"
     )
     async with conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         before = {r["relname"]: r["n"] for r in await conn.fetch(query, list(tables))}
         savepoint = conn.transaction()
         await savepoint.start()
@@ -226,6 +229,43 @@ async def test_loading_a_reply_reads_no_knowledge_base_chunks(history):
         )
         assert row["has_kb"] is True
     assert read == {"ai_kb_docs": 0}, read
+
+
+async def test_releasing_leases_reads_only_the_released_sends(db_url: str):
+    """The release of the leases of sends whose runs ended without an outcome reads those
+    sends, whatever the table's size: joined to the ids as a table, with the generic plan's
+    guess of 100 ids, it was a sequential scan of every message on a table of a few hundred
+    rows (and the costliest statement of the end-to-end row)."""
+    pool = await create_pool(db_url, 1, 2)
+    try:
+        repo = IngestRepository(pool)
+        company = await repo.ensure_default_company("Leases")
+        async with pool.acquire() as conn:
+            lead = await conn.fetchval(
+                "INSERT INTO leads (company_id, phone_e164) VALUES ($1, '+15550100003')"
+                " RETURNING id",
+                company,
+            )
+            await conn.execute(
+                "INSERT INTO messages (company_id, lead_id, direction, channel, body, status,"
+                " attempts, lease_until)"
+                " SELECT $1, $2, 'outbound', 'log', 'send ' || g, 'sending', 1,"
+                " now() + interval '30 s' FROM generate_series(1, 300) g",
+                company,
+                lead,
+            )
+            await conn.execute("ANALYZE messages")
+            ids = [r["id"] for r in await conn.fetch("SELECT id FROM messages LIMIT 5")]
+            read = await rows_read(conn, SendLedger._RELEASE, ids, [1] * 5)
+            await conn.execute(SendLedger._RELEASE, ids, [1, 1, 1, 1, 2])
+            held = await conn.fetch(
+                "SELECT id FROM messages WHERE lease_until IS NOT NULL AND id = ANY($1)", ids
+            )
+    finally:
+        await pool.close()
+    assert 0 < read["messages"] <= 3 * len(ids), read
+    # A run of another attempt keeps its lease.
+    assert [r["id"] for r in held] == [ids[4]]
 
 
 def index_reads(plan: dict[str, Any], prefix: str) -> list[tuple[str, float]]:
