@@ -8,12 +8,14 @@ grew, and a database of 5,000,000 messages timed requests out."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
 
 from shvya_common.bus.ledgers import JobLedger, SendLedger
 from shvya_common.db import create_pool
+from shvya_dispatch.repository import _SEND_STATE
 from shvya_engage.repository import _LOAD_REPLY
 from shvya_ingest.repository import (
     FILE_SQL,
@@ -326,3 +328,43 @@ async def test_counting_a_leads_recent_replies_reads_only_that_leads_messages(hi
     read = index_reads(plan, "messages_")
     assert all(n <= 5 for _, n in read), read
     assert all(n <= 5 for _, _, n in scans(plan, {"messages"})), scans(plan, {"messages"})
+
+
+def index_scans(plan: dict[str, Any], table: str) -> list[tuple[str, float]]:
+    """(index, rows it returned) for each index scan of `table`."""
+    found = []
+    if plan.get("Relation Name") == table and "Index Name" in plan:
+        found.append((plan["Index Name"], plan["Actual Rows"] * plan["Actual Loops"]))
+    for child in plan.get("Plans", []):
+        found.extend(index_scans(child, table))
+    return found
+
+
+async def test_a_sends_policy_read_looks_the_lead_up_by_its_key(history):
+    """dispatch's one policy read per send finds the lead by its primary key whatever the
+    statistics say: with the lead's id and company tested side by side, the generic plan took
+    leads_company_activity (the company first, the id last) and read every lead of the company
+    for each send (by hand, ~300 rows a message in the end-to-end row)."""
+    pool, route = history
+    async with pool.acquire() as conn:
+        await conn.execute("ANALYZE leads")  # one lead: what the statistics know
+        await conn.execute(
+            "INSERT INTO leads (company_id, pipeline_id, stage_id, phone_e164)"
+            " SELECT $1, $2, $3, '+1444' || lpad(g::text, 7, '0') FROM generate_series(1, $4) g",
+            route.company_id,
+            route.pipeline_id,
+            route.new_stage_id,
+            HISTORY,
+        )
+        lead = await conn.fetchval("SELECT id FROM leads ORDER BY created_at DESC LIMIT 1")
+        args = (route.company_id, lead, ["log"], "+14440000001", ["all"], "log", None, True)
+        async with conn.transaction():
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            statement = await conn.prepare("EXPLAIN (ANALYZE, FORMAT JSON) " + _SEND_STATE)
+            explained = await statement.fetchval(*args)
+        row = await conn.fetchrow(_SEND_STATE, *args)
+        other = await conn.fetchrow(_SEND_STATE, uuid.uuid4(), *args[1:])
+    plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
+    assert index_scans(plan, "leads") == [("leads_pkey", 1)], index_scans(plan, "leads")
+    assert row is not None and row["company_timezone"]
+    assert other is None  # another company's lead is not found
