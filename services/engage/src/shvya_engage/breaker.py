@@ -13,20 +13,15 @@ from __future__ import annotations
 import asyncpg
 import structlog
 
-from shvya_engage.repository import EngageContext
+from shvya_engage.repository import EngageContext, recent_replies
 from shvya_engage.settings import EngageSettings
 
 log = structlog.get_logger(__name__)
 
-# Outbound messages we count: AI replies and follow-ups that were (or will be) sent. Written
-# `direction <> 'inbound'` for the plan's sake, as the same count in the repository's _LOAD_REPLY.
-_COUNT_AND_RAISE = """
+# The same count as ai.engage's read (repository.recent_replies), and the event once a window.
+_COUNT_AND_RAISE = f"""
 WITH recent AS (
-    SELECT count(*) AS replies FROM messages
-    WHERE lead_id = $1 AND direction <> 'inbound'
-      AND meta->>'purpose' IN ('reply', 'followup')
-      AND status NOT IN ('dlq', 'suppressed', 'failed', 'cancelled', 'held')
-      AND created_at > now() - make_interval(secs => $2::float8)
+    SELECT ({recent_replies("$1", "$2")}) AS replies
 ), raised AS (
     INSERT INTO events (company_id, lead_id, type, payload)
     SELECT $3, $1, 'lead.reply_breaker_open',

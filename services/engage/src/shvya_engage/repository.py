@@ -185,16 +185,28 @@ async def _recent_turns(
     return [Turn(r["direction"], r["body"]) for r in rows]
 
 
+def recent_replies(lead: str, window: str) -> str:
+    """The count the reply breaker judges by: the lead's automated replies and follow-ups that
+    were (or will be) sent within `window` seconds (SQL expressions for the lead's id and the
+    window).
+
+    It says `direction <> 'inbound'` (the same rows: the column holds only the two), not
+    `= 'outbound'`: that form lets the planner use messages_outbound_status, the partial index
+    over every outbound message, and with statistics taken before a backlog of sends it combined
+    that index with the lead's, reading every company's sends for each reply."""
+    return f"""
+    SELECT count(*) FROM messages
+    WHERE lead_id = {lead} AND direction <> 'inbound'
+      AND meta->>'purpose' IN ('reply', 'followup')
+      AND status NOT IN ('dlq', 'suppressed', 'failed', 'cancelled', 'held')
+      AND created_at > now() - make_interval(secs => {window}::float8)"""
+
+
 # ai.engage's one read: the reply's send key taken yet, the lead, the message, the company's
 # model settings, the history before the message, the automated replies in the breaker's
 # window ($6 seconds; 0 = not counted), whether the company has knowledge-base chunks; and it
 # cancels the lead's pending bump-ups (the lead is talking: a bump-up would be moot, and its
 # handler re-checks that anyway). The CTE runs whatever the answer.
-#
-# The breaker's count says `direction <> 'inbound'` (the same rows: the column holds only the
-# two), not `= 'outbound'`: that form lets the planner use messages_outbound_status, the partial
-# index over every outbound message, and with statistics taken before a backlog of sends it
-# combined that index with the lead's, reading every company's sends for each reply.
 _LOAD_REPLY = f"""
 WITH cancelled AS (
     UPDATE timers SET status = 'cancelled', reason = 'lead replied'
@@ -209,12 +221,7 @@ LEFT JOIN LATERAL (
     SELECT {_LEAD_COLUMNS}, m.body, m.channel, m.created_at,
            m.meta->>'group_id' AS group_id, m.provider_message_id,
            h.directions, h.bodies,
-           CASE WHEN $6::float8 > 0 THEN (
-               SELECT count(*) FROM messages b
-               WHERE b.lead_id = l.id AND b.direction <> 'inbound'
-                 AND b.meta->>'purpose' IN ('reply', 'followup')
-                 AND b.status NOT IN ('dlq', 'suppressed', 'failed', 'cancelled', 'held')
-                 AND b.created_at > now() - make_interval(secs => $6::float8))
+           CASE WHEN $6::float8 > 0 THEN ({recent_replies("l.id", "$6")})
            ELSE 0 END AS recent_replies,
            EXISTS (SELECT 1 FROM ai_kb_counts k WHERE k.company_id = l.company_id AND k.chunks > 0)
                AS has_kb
