@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,15 +28,39 @@ from shvya_ingest.repository import (
 HISTORY = 5000
 
 
-def scans(plan: dict[str, Any], tables: set[str]) -> list[tuple[str, str, float]]:
-    """(table, node type, rows it returned in all its loops) for each node reading `tables`."""
-    found = []
-    if plan.get("Relation Name") in tables:
-        rows = plan["Actual Rows"] * plan["Actual Loops"]
-        found.append((plan["Relation Name"], plan["Node Type"], rows))
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of a plan, depth first."""
+    yield plan
     for child in plan.get("Plans", []):
-        found.extend(scans(child, tables))
-    return found
+        yield from nodes(child)
+
+
+def returned(node: dict[str, Any]) -> float:
+    """Rows (or index entries) a node returned in all its loops."""
+    return float(node["Actual Rows"] * node["Actual Loops"])
+
+
+def scans(plan: dict[str, Any], tables: set[str]) -> list[tuple[str, str, float]]:
+    """(table, node type, rows it returned) for each node reading `tables`."""
+    return [
+        (n["Relation Name"], n["Node Type"], returned(n))
+        for n in nodes(plan)
+        if n.get("Relation Name") in tables
+    ]
+
+
+async def explain(conn, sql: str, *args, generic: bool = False) -> dict[str, Any]:
+    """The plan of one run of `sql` as it ran (EXPLAIN ANALYZE; its writes rolled back); with
+    `generic`, the generic plan a prepared statement settles on after its first runs."""
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        if generic:
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        explained = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+    finally:
+        await tx.rollback()
+    return (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
 
 
 @pytest.fixture
@@ -87,15 +112,7 @@ async def test_filing_reads_only_the_batch_it_files(history):
     rows.append(InboundRow(address="+15550100000", text="again", provider_message_id="wamid.old7"))
     _, args = file_args(route, rows, "whatsapp_cloud", "ai.engage")
     async with pool.acquire() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            explained = await conn.fetchval(
-                "EXPLAIN (ANALYZE, FORMAT JSON) " + FILE_SQL["phone"], *args
-            )
-        finally:
-            await tx.rollback()
-    plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
+        plan = await explain(conn, FILE_SQL["phone"], *args)
     read = scans(plan, {"messages", "jobs"})
     assert read, "the plan reads messages and jobs"
     assert all(n <= len(rows) for _, _, n in read), read
@@ -270,17 +287,6 @@ async def test_releasing_leases_reads_only_the_released_sends(db_url: str):
     assert [r["id"] for r in held] == [ids[4]]
 
 
-def index_reads(plan: dict[str, Any], prefix: str) -> list[tuple[str, float]]:
-    """(index, entries it returned in all its loops) for each bitmap index scan of an index
-    whose name starts with `prefix`: what a bitmap reads before the table is visited."""
-    found = []
-    if plan.get("Node Type") == "Bitmap Index Scan" and plan["Index Name"].startswith(prefix):
-        found.append((plan["Index Name"], plan["Actual Rows"] * plan["Actual Loops"]))
-    for child in plan.get("Plans", []):
-        found.extend(index_reads(child, prefix))
-    return found
-
-
 async def test_counting_a_leads_recent_replies_reads_only_that_leads_messages(history):
     """The reply breaker's count in ai.engage's read (the lead's automated replies in the
     window) reads the lead's messages, not every outbound message: with the statistics taken
@@ -316,28 +322,17 @@ async def test_counting_a_leads_recent_replies_reads_only_that_leads_messages(hi
             HISTORY,
         )
         args = (lead, message, ["dlq"], "reply:none", 20, 3600.0)
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            explained = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + _LOAD_REPLY, *args)
-        finally:
-            await tx.rollback()
+        plan = await explain(conn, _LOAD_REPLY, *args)
         row = await conn.fetchrow(_LOAD_REPLY, *args)
-    plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
     assert row["recent_replies"] == 1
-    read = index_reads(plan, "messages_")
+    # What each bitmap read from an index of messages before the table was visited.
+    read = [
+        (n["Index Name"], returned(n))
+        for n in nodes(plan)
+        if n["Node Type"] == "Bitmap Index Scan" and n["Index Name"].startswith("messages_")
+    ]
     assert all(n <= 5 for _, n in read), read
     assert all(n <= 5 for _, _, n in scans(plan, {"messages"})), scans(plan, {"messages"})
-
-
-def index_scans(plan: dict[str, Any], table: str) -> list[tuple[str, float]]:
-    """(index, rows it returned) for each index scan of `table`."""
-    found = []
-    if plan.get("Relation Name") == table and "Index Name" in plan:
-        found.append((plan["Index Name"], plan["Actual Rows"] * plan["Actual Loops"]))
-    for child in plan.get("Plans", []):
-        found.extend(index_scans(child, table))
-    return found
 
 
 async def test_a_sends_policy_read_looks_the_lead_up_by_its_key(history):
@@ -358,13 +353,14 @@ async def test_a_sends_policy_read_looks_the_lead_up_by_its_key(history):
         )
         lead = await conn.fetchval("SELECT id FROM leads ORDER BY created_at DESC LIMIT 1")
         args = (route.company_id, lead, ["log"], "+14440000001", ["all"], "log", None, True)
-        async with conn.transaction():
-            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            statement = await conn.prepare("EXPLAIN (ANALYZE, FORMAT JSON) " + _SEND_STATE)
-            explained = await statement.fetchval(*args)
+        plan = await explain(conn, _SEND_STATE, *args, generic=True)
         row = await conn.fetchrow(_SEND_STATE, *args)
         other = await conn.fetchrow(_SEND_STATE, uuid.uuid4(), *args[1:])
-    plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
-    assert index_scans(plan, "leads") == [("leads_pkey", 1)], index_scans(plan, "leads")
+    leads = [
+        (n["Index Name"], returned(n))
+        for n in nodes(plan)
+        if n.get("Relation Name") == "leads" and "Index Name" in n
+    ]
+    assert leads == [("leads_pkey", 1)], leads
     assert row is not None and row["company_timezone"]
     assert other is None  # another company's lead is not found
