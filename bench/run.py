@@ -45,6 +45,7 @@ from bench.stack import (  # noqa: E402
     Profiler,
     Refused,
     Stack,
+    check_quiet,
     export_ref,
     yardstick,
 )
@@ -59,7 +60,6 @@ JOB_ROWS = int(os.environ.get("BENCH_JOB_ROWS", "5000000"))
 KB_CHUNKS = int(os.environ.get("BENCH_KB_CHUNKS", "100000"))
 BIG_LEADS = int(os.environ.get("BENCH_BIG_LEADS", "1000000"))
 BIG_MESSAGES = int(os.environ.get("BENCH_BIG_MESSAGES", "5000000"))
-YARDSTICK_DRIFT = 0.15
 RSS_LIMIT_MB = 150.0
 GROWTH_LIMIT = 0.15
 
@@ -408,6 +408,7 @@ def main() -> None:
     step(f"yardstick: minimal FastAPI handler, {DURATION} s")
     first = yardstick(DURATION)
     step(f"yardstick: {first['rps']:,.0f} req/s")
+    check_quiet(first)
     memory = MemoryWatch()
     baseline = None
     try:
@@ -420,14 +421,11 @@ def main() -> None:
         memory.close()
     step("yardstick again")
     last = yardstick(DURATION)
-    drift = abs(first["rps"] - last["rps"]) / max(first["rps"], last["rps"])
     minutes = (time.monotonic() - started) / 60
-    if drift > YARDSTICK_DRIFT:
-        raise Refused(
-            f"refused: the yardstick moved {drift:.0%} during the run ({first['rps']:,.0f} →"
-            f" {last['rps']:,.0f} req/s); the machine was busy, so no figure here is comparable"
-            f" (logs in {tmp})"
-        )
+    try:
+        drift = check_quiet(first, last)
+    except Refused as refused:
+        raise Refused(f"{refused} (logs in {tmp})") from None
     base = {k: (first[k] + last[k]) / 2 for k in ("rps", "p50", "p99")}
     result = table(base, current, baseline)
     text, md = render(result)

@@ -321,6 +321,36 @@ class Stack:
             await nc.close()
 
 
+# A quiet machine of this kind runs the yardstick at 6,900–9,400 req/s (../shared/MEASURED.md).
+# Far below that, something else holds the cores (another tenant of the host, a test suite):
+# figures in msg/s would measure that, so the run is refused before it starts. Another kind of
+# machine sets its own floor (0 turns the check off).
+YARDSTICK_DRIFT = 0.15
+YARDSTICK_FLOOR = float(os.environ.get("BENCH_MIN_YARDSTICK", "5000"))
+
+
+def check_quiet(first: dict[str, float], last: dict[str, float] | None = None) -> float:
+    """Refuse a run on a busy machine: a yardstick under the floor, or one that moved more than
+    15% between the start and the end of the run. Returns the movement (0 before the end)."""
+    for reading in (first, last or first):
+        if reading["rps"] < YARDSTICK_FLOOR:
+            raise Refused(
+                f"refused: the yardstick ran at {reading['rps']:,.0f} req/s, under the"
+                f" {YARDSTICK_FLOOR:,.0f} req/s this machine gives when it is quiet; something"
+                " else holds the cores, so no figure would be comparable"
+                " (BENCH_MIN_YARDSTICK sets the floor for another kind of machine)"
+            )
+    if last is None:
+        return 0.0
+    drift = abs(first["rps"] - last["rps"]) / max(first["rps"], last["rps"])
+    if drift > YARDSTICK_DRIFT:
+        raise Refused(
+            f"refused: the yardstick moved {drift:.0%} during the run ({first['rps']:,.0f} →"
+            f" {last['rps']:,.0f} req/s); the machine was busy, so no figure here is comparable"
+        )
+    return drift
+
+
 def yardstick(seconds: int) -> dict[str, float]:
     port = free_port()
     minimal = subprocess.Popen(
