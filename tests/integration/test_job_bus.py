@@ -471,6 +471,55 @@ async def test_the_reconciler_republishes_a_job_whose_message_was_lost(plat):
         await worker.stop()
 
 
+async def test_a_lost_failed_job_whose_republish_did_not_go_out_is_republished_later(plat):
+    """A job waiting out a retry ('failed') whose message JetStream lost is bumped; when that
+    republish does not go out (NATS unreachable: the publisher reports nothing acknowledged),
+    the row is left unconfirmed in a status the relay does not take. The next reconciler pass
+    still finds it, republishes it, and the job runs."""
+    job = await plat.bus.enqueue_job("test.work", {})
+    await eventually(lambda: job_row(plat, job.id), lambda r: r["published_at"] is not None)
+    subject = plat.topology.job_subject("test.work", 50, job.id)
+    await plat.js.purge_stream(plat.topology.jobs_stream, subject=subject)
+    await plat.pool.execute(
+        "UPDATE jobs SET status = 'failed', attempts = 1, last_error = 'boom',"
+        " updated_at = now() - interval '10 minutes' WHERE id = $1",
+        job.id,
+    )
+    publisher = plat.bus.publisher
+    real_publish = publisher.publish
+
+    async def unreachable(items, **kwargs):
+        return []  # what the publisher answers while NATS is disconnected
+
+    relay = Relay(plat.bus, RelayConfig(horizon=60.0))
+    publisher.publish = unreachable
+    try:
+        assert await relay.reconcile_once() == 1  # bumped, but nothing went out
+    finally:
+        publisher.publish = real_publish
+    row = await job_row(plat, job.id)
+    assert (row["status"], row["generation"], row["published_at"]) == ("failed", 1, None)
+    assert await relay.relay_once() == 0  # not the relay's: it takes queued rows only
+    await plat.pool.execute(
+        "UPDATE jobs SET updated_at = now() - interval '10 minutes' WHERE id = $1", job.id
+    )
+    assert await relay.reconcile_once() == 1
+    raw = await plat.js.get_last_msg(plat.topology.jobs_stream, subject)
+    assert raw.headers["Nats-Msg-Id"] == f"{job.id}:2"
+    runs: list[uuid.UUID] = []
+
+    async def record(params, job_: JobContext):
+        runs.append(job_.job_id)
+
+    worker = make_worker(plat, {"test.work": record})
+    await worker.start()
+    try:
+        await eventually(lambda: job_row(plat, job.id), lambda r: r["status"] == "completed")
+    finally:
+        await worker.stop()
+    assert runs == [job.id]
+
+
 async def test_two_reconcilers_republish_a_lost_row_once(plat):
     """Concurrent reconcilers agree: the generation bump is fenced, so one republish happens."""
     job = await plat.bus.enqueue_job("test.work", {})

@@ -514,12 +514,14 @@ async def _stale(
     after: Cursor | None,
     limit: int,
 ) -> list[asyncpg.Record]:
-    """Rows in a live status, published, untouched for `horizon` and with no live lease, in
-    (updated_at, id) order after `after`."""
+    """Rows in a live status, untouched for `horizon` and with no live lease, in (updated_at,
+    id) order after `after`. Unconfirmed rows are included: the relay republishes only
+    `queued` ones, so a `failed`, `processing`, `retrying` or `sending` row whose republish
+    after a bump did not go out (NATS down again) is this pass's to try again."""
     outbound = "AND direction = 'outbound'" if table == "messages" else ""
     rows: list[asyncpg.Record] = await pool.fetch(
         f"SELECT {columns}, status FROM {table}"
-        f" WHERE status = ANY($1::text[]) {outbound} AND published_at IS NOT NULL"
+        f" WHERE status = ANY($1::text[]) {outbound}"
         " AND updated_at <= now() - make_interval(secs => $2::float8)"
         " AND (lease_until IS NULL OR lease_until <= now())"
         " AND ($3::timestamptz IS NULL OR (updated_at, id) > ($3::timestamptz, $4::uuid))"

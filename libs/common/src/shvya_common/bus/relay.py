@@ -5,9 +5,10 @@
   with no `published_at` older than a short grace (the writer's own publish usually wins),
   locked with SKIP LOCKED so replicas split the work, and republishes them under the same
   `Nats-Msg-Id`: JetStream drops the copy if the first publish did land.
-- The **reconciler** finds rows that were published but have made no progress past a horizon:
-  `queued`, `failed` or `processing` jobs and `queued`, `retrying` or `sending` sends, untouched
-  for `RECONCILE_HORIZON_SECONDS` and with no live lease. For each it asks JetStream for the
+- The **reconciler** finds rows that have made no progress past a horizon: `queued`, `failed`
+  or `processing` jobs and `queued`, `retrying` or `sending` sends, untouched for
+  `RECONCILE_HORIZON_SECONDS` and with no live lease, confirmed or not (a row it bumped whose
+  republish did not go out is in a status the relay does not take, so the next pass retries it). For each it asks JetStream for the
   last message on the job's own subject; if there is none (NATS lost its data, a stream was
   purged), the row gets a new generation and is published again (Oban's Lifeline and River's
   rescuer do the same for their tables). The generation bump is fenced on the row being
