@@ -8,8 +8,8 @@
 - The **reconciler** finds rows that have made no progress past a horizon: `queued`, `failed`
   or `processing` jobs and `queued`, `retrying` or `sending` sends, untouched for
   `RECONCILE_HORIZON_SECONDS` and with no live lease, confirmed or not (a row it bumped whose
-  republish did not go out is in a status the relay does not take, so the next pass retries it). For each it asks JetStream for the
-  last message on the job's own subject; if there is none (NATS lost its data, a stream was
+  republish did not go out is in a status the relay does not take, so the next pass retries
+  it). For each it asks JetStream for the last message on the job's own subject; if there is none (NATS lost its data, a stream was
   purged), the row gets a new generation and is published again (Oban's Lifeline and River's
   rescuer do the same for their tables). The generation bump is fenced on the row being
   unchanged, so two reconcilers never both republish it; rows found present are remembered
