@@ -9,11 +9,12 @@
   or `processing` jobs and `queued`, `retrying` or `sending` sends, untouched for
   `RECONCILE_HORIZON_SECONDS` and with no live lease, confirmed or not (a row it bumped whose
   republish did not go out is in a status the relay does not take, so the next pass retries
-  it). For each it asks JetStream for the last message on the job's own subject; if there is none (NATS lost its data, a stream was
-  purged), the row gets a new generation and is published again (Oban's Lifeline and River's
-  rescuer do the same for their tables). The generation bump is fenced on the row being
-  unchanged, so two reconcilers never both republish it; rows found present are remembered
-  until the next horizon, so a long backlog is not looked up on every pass.
+  it). For each it asks JetStream for the last message on the job's own subject; if there is
+  none (NATS lost its data, a stream was purged), the row gets a new generation and is
+  published again (Oban's Lifeline and River's rescuer do the same for their tables). The
+  generation bump is fenced on the row being unchanged, so two reconcilers never both
+  republish it; rows found present are remembered until the next horizon, so a long backlog
+  is not looked up on every pass.
 
 Both run in the scheduler (any number of replicas) and never hold a row lock while waiting on
 the network longer than one publish batch.
