@@ -413,6 +413,40 @@ async def test_ecosystem_limit_failure_is_resent_no_sooner_than_a_day_later(
     assert not_before == datetime.fromtimestamp(samples.TS + 60, UTC) + timedelta(hours=24)
 
 
+@pytest.mark.parametrize("together", [False, True], ids=["later", "same-delivery"])
+async def test_a_failed_status_after_delivered_or_read_sends_nothing_again(
+    client, db_url, together
+):
+    """Meta's statuses arrive out of order; a 131049 'failed' for a message the phone already
+    reported delivered and read (in an earlier delivery, or in the same one) is recorded, and
+    the message is not resent: the customer has it."""
+    await post(client, samples.messages([samples.text("wamid.d1", PHONE, "Hi")]))
+    async with database(db_url) as conn:
+        await outbound(conn, body="Our offer ends Friday")
+    seen = [
+        samples.status(OUT, "delivered", samples.TS + 10),
+        samples.status(OUT, "read", samples.TS + 20),
+    ]
+    failed = samples.failed(OUT, 131049, "This message was not delivered", ts=samples.TS + 30)
+    if together:
+        await post(client, samples.statuses([failed, *seen]))
+    else:
+        await post(client, samples.statuses(seen))
+        await post(client, samples.statuses([failed]))
+    async with database(db_url) as conn:
+        assert (
+            await conn.fetchval("SELECT count(*) FROM messages WHERE direction = 'outbound'") == 1
+        )
+        assert (
+            await conn.fetchval(
+                "SELECT delivery_status FROM messages WHERE provider_message_id = $1", OUT
+            )
+            == "read"
+        )
+        assert len(await events(conn, "message.delivery_failed")) == 1
+        assert await events(conn, "message.delivery_policy") == []
+
+
 async def test_undeliverable_failure_flags_the_lead_until_it_writes_again(client, db_url):
     """A failed status with 131026 flags the lead undeliverable; its next message clears it."""
     await post(client, samples.messages([samples.text("wamid.f1", PHONE, "Hi")]))

@@ -6,8 +6,9 @@ delivered < read, see `delivery_rank` in migration 0003) and writes one event. A
 message does not carry the provider id yet (the webhook beat dispatch's commit) is kept pending;
 the database trigger applies it when the id arrives. Both sides hold the same per-id advisory
 lock, so no status slips between the two. New failures of known messages are returned, for the
-status policy (`status_policy`) to act on; a failure applied late by the trigger is recorded but
-not acted on.
+status policy (`status_policy`) to act on, unless the message was already delivered or read (a
+late 'failed' acted on would send it twice); a failure applied late by the trigger is recorded
+but not acted on.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ WITH input AS (
                          $7::text[])
         AS s(pid, status, status_at, recipient, errors, error_text)
 ), target AS (
-    SELECT m.id, m.company_id, m.lead_id, m.provider_message_id
+    SELECT m.id, m.company_id, m.lead_id, m.provider_message_id, m.delivery_status
     FROM messages m
     WHERE m.direction = 'outbound' AND m.channel = $1
       AND m.provider_message_id IN (SELECT pid FROM input)
@@ -82,11 +83,19 @@ WITH input AS (
 SELECT (SELECT count(*) FROM fresh) AS new,
        (SELECT count(*) FROM fresh WHERE message_id IS NULL) AS pending,
        (SELECT count(*) FROM updated) AS messages,
-       -- New failures of known messages: the status policy acts on each, once.
+       -- New failures of known messages: the status policy acts on each, once. Not of a
+       -- message the phone already reported delivered or read (before or in this batch): a
+       -- late or out-of-order 'failed' is recorded, but a resend or a fallback template would
+       -- reach the customer a second time.
        (SELECT coalesce(jsonb_agg(jsonb_build_object('message_id', f.message_id,
                                                      'errors', f.errors,
                                                      'status_at', f.status_at)), '[]'::jsonb)
-        FROM fresh f WHERE f.status = 'failed' AND f.message_id IS NOT NULL) AS failures
+        FROM fresh f JOIN target t ON t.id = f.message_id
+        WHERE f.status = 'failed'
+          AND delivery_rank(t.delivery_status) < delivery_rank('delivered')
+          AND NOT EXISTS (SELECT 1 FROM fresh g WHERE g.message_id = f.message_id
+                                                  AND g.status IN ('delivered', 'read'))
+       ) AS failures
 """
 
 
