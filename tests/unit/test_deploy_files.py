@@ -3,6 +3,7 @@ health-gated start-up, Chromium only in dispatch's image, probes and budgets on 
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import re
 import stat
@@ -141,6 +142,40 @@ def test_the_build_context_keeps_secrets_and_data_out():
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".env", ".data/", ".venv/", ".tools/", ".git/", ".mypy_cache/", ".ruff_cache/"):
         assert entry in ignored
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore leaves `path` out of the build context: the last pattern that
+    matches it or one of its parents wins, and `!` brings a path back (Docker's rules)."""
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    out = False
+    for pattern in patterns:
+        keep = pattern.startswith("!")
+        glob = pattern.lstrip("!").strip("/")
+        if any(fnmatch.fnmatchcase(c, glob) for c in candidates):
+            out = not keep
+    return out
+
+
+def test_every_file_the_dockerfile_copies_is_in_the_build_context():
+    """A COPY from the context of a path .dockerignore leaves out fails the build: every source
+    exists and is sent (`deploy/` is ignored, its `wa-js/` brought back for dispatch's image)."""
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    sources = []
+    for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
+            sources += [w for w in words[1:-1] if not w.startswith("--")]
+    assert "deploy/wa-js" in sources and len(sources) > 10
+    for source in sources:
+        assert (ROOT / source).exists(), source
+        assert not _ignored(source, patterns), f"{source} is left out of the build context"
+    assert _ignored("deploy/k8s", patterns) and _ignored(".env", patterns)
 
 
 def test_every_kubernetes_deployment_has_probes_requests_a_budget_and_an_autoscaler():
