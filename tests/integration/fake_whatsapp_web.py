@@ -80,6 +80,7 @@ class FakeWhatsAppWeb:
         self.lids: dict[str, str] = {}
         # How sends to a number (digits) go; default "ok".
         self.behaviour: dict[str, Behaviour] = {}
+        self.lookups_fail = False
         self.sent: list[dict[str, Any]] = []
         self.attempts: list[dict[str, Any]] = []
         self.user_agents: list[str] = []
@@ -375,6 +376,9 @@ class FakeWhatsAppWeb:
         return self.held()
 
     async def _on_lookup(self, device: Device, body: dict[str, Any]) -> dict[str, Any]:
+        if self.lookups_fail:
+            # The page's store could not be read (WhatsApp Web mid-reload): says nothing.
+            return {"error": "Cannot read properties of undefined (reading 'msgs')", "code": None}
         for messages in device.chats.values():
             for msg in messages:
                 if msg["id"] == body["id"]:

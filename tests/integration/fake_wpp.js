@@ -169,7 +169,16 @@
       },
       getMessageById: async (id) => {
         const r = await api('lookup', {id: typeof id === 'string' ? id : id._serialized});
-        return r.msg ? msgModel(r.msg) : undefined;
+        if (r.error) {
+          const err = new Error(r.error);
+          err.code = r.code || null;
+          throw err;
+        }
+        if (r.msg) return msgModel(r.msg);
+        // As wa-js: WPPError('msg_not_found', `Message ${id} not found`).
+        const err = new Error('Message ' + (typeof id === 'string' ? id : id._serialized) + ' not found');
+        err.code = 'msg_not_found';
+        throw err;
       },
       list: async (options) => (await api('chats', {options})).chats.map((c) => ({
         id: wid(c.id), t: c.t, unreadCount: c.unreadCount,

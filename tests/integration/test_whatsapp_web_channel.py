@@ -210,6 +210,16 @@ async def test_an_error_before_the_message_exists_is_retryable_after_it_unknown(
         await send(world.channel, params("+15550002005", "queued, then the socket went"))
 
 
+async def test_a_lookup_that_fails_proves_nothing_and_the_send_is_unknown(world: World) -> None:
+    """After a send that threw, only wa-js's own "message not found" means it never left: a
+    lookup that fails for another reason (the page's store unreadable) is no proof, so the
+    send is unknown and not repeated, instead of retried into a second copy."""
+    world.fake.behaviour["15550002006"] = "throw"
+    world.fake.lookups_fail = True
+    with pytest.raises(SendOutcomeUnknown, match="may have left"):
+        await send(world.channel, params("+15550002006", "sent or not?"))
+
+
 async def test_refusals_fail_the_message_and_pause_the_account_after_three(
     world: World,
 ) -> None:

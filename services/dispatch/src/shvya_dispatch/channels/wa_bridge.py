@@ -159,7 +159,12 @@ BRIDGE_JS = r"""
       try {
         const m = await WPP.chat.getMessageById(id);
         return m ? {found: true, ack: m.ack} : {found: false};
-      } catch (e) { return {found: false}; }
+      } catch (e) {
+        // Only wa-js's own "no such message" proves the send never left; any other failure
+        // of the lookup says nothing, and must not make the message be sent again.
+        if (e && e.code === 'msg_not_found') return {found: false};
+        return {error: {code: (e && e.code) || null, message: String((e && e.message) || e)}};
+      }
     },
     async authCode() {
       const code = await WPP.conn.getAuthCode();
