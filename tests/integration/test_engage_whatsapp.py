@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from shvya_common.contracts import EngageParams
+from shvya_engage.repository import EngageRepository
 from tests.integration.engage_helpers import (
     Lead,
     add_message,
@@ -34,6 +35,35 @@ async def test_group_message_is_never_answered_privately(plat, base_env):
     assert (
         await plat.pool.fetchval("SELECT count(*) FROM messages WHERE direction = 'outbound'") == 0
     )
+
+
+async def test_a_message_deleted_before_its_reply_ran_is_not_answered(plat, base_env):
+    """The customer deletes a message while its ai.engage waits: the job completes without a
+    reply (the AI never answers the deletion's placeholder), and a deleted earlier message is
+    left out of the next reply's history."""
+    lead = await seed_lead(plat.pool)
+    gone = await add_message(plat.pool, lead, "inbound", "my card number is 4111 1111")
+    await plat.pool.execute(
+        "UPDATE messages SET deleted_at = now(), body = '[Message deleted by the customer]'"
+        " WHERE id = $1",
+        gone,
+    )
+    async with engage_worker(plat, engage_settings(base_env)):
+        job = await finished_job(plat.pool, await enqueue_engage(plat, lead, gone))
+        assert job["status"] == "completed" and job["result"] == {
+            "skipped": "deleted by the customer"
+        }
+        assert (
+            await plat.pool.fetchval("SELECT count(*) FROM messages WHERE direction = 'outbound'")
+            == 0
+        )
+        asked = await add_message(plat.pool, lead, "inbound", "Do you ship to Lisbon?")
+        job = await finished_job(plat.pool, await enqueue_engage(plat, lead, asked))
+    assert job["status"] == "completed", job["last_error"]
+    repo = EngageRepository(plat.pool)
+    loaded = await repo.load_reply(lead.lead_id, asked, 20, "reply:none", 0.0)
+    assert loaded.context is not None
+    assert [t.body for t in loaded.context.history] == []
 
 
 async def test_username_lead_is_answered_by_business_scoped_user_id(plat, base_env):

@@ -95,6 +95,11 @@ async def handle_engage(params: EngageParams, job: JobContext, deps: Deps) -> di
     if ctx.lead.handoff_by is not None:
         log.info("engage_skipped_handoff", by=ctx.lead.handoff_by)
         return {"skipped": f"handed off to an agent ({ctx.lead.handoff_by})"}
+    if ctx.deleted:
+        # Deleted by the customer before the reply ran (its body is now the deletion's
+        # placeholder): neither the AI nor the inbox shows its text again.
+        log.info("engage_skipped_deleted_message")
+        return {"skipped": "deleted by the customer"}
     if ctx.group_id is not None:
         # A group conversation is not the bot's to answer, and never in private.
         log.info("engage_skipped_group_message")

@@ -61,6 +61,8 @@ class EngageContext:
     # A message from a WhatsApp group: the bot never answers it privately.
     group_id: str | None = None
     provider_message_id: str | None = None
+    # The customer deleted the message before it was answered: nothing to answer.
+    deleted: bool = False
 
     @property
     def company_id(self) -> uuid.UUID:
@@ -220,7 +222,7 @@ FROM (SELECT 1) one
 LEFT JOIN LATERAL (
     SELECT {_LEAD_COLUMNS}, m.body, m.channel, m.created_at,
            m.meta->>'group_id' AS group_id, m.provider_message_id,
-           h.directions, h.bodies,
+           m.deleted_at IS NOT NULL AS deleted, h.directions, h.bodies,
            CASE WHEN $6::float8 > 0 THEN ({recent_replies("l.id", "$6")})
            ELSE 0 END AS recent_replies,
            EXISTS (SELECT 1 FROM ai_kb_counts k WHERE k.company_id = l.company_id AND k.chunks > 0)
@@ -233,7 +235,7 @@ LEFT JOIN LATERAL (
                array_agg(body ORDER BY created_at, id) AS bodies
         FROM (SELECT direction, body, created_at, id FROM messages
               WHERE lead_id = $1 AND created_at < m.created_at AND id <> $2
-                AND status <> ALL($3::text[])
+                AND status <> ALL($3::text[]) AND deleted_at IS NULL
               ORDER BY created_at DESC, id DESC LIMIT $5) recent
     ) h ON true
     WHERE l.id = $1
@@ -280,6 +282,7 @@ class EngageRepository:
             history=turns,
             group_id=row["group_id"],
             provider_message_id=row["provider_message_id"],
+            deleted=bool(row["deleted"]),
         )
         return ReplyContext(
             bool(row["answered"]), ctx, int(row["recent_replies"] or 0), bool(row["has_kb"])
