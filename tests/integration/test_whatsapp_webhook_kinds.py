@@ -261,6 +261,27 @@ async def test_ad_referral_is_kept_on_the_lead_and_group_messages_keep_their_gro
     assert group == "G7"
 
 
+async def test_stop_typed_in_a_group_is_no_opt_out_and_gets_no_private_answer(client, db_url):
+    """A member writes STOP in a WhatsApp group the business is in: the message is filed with
+    its group, the member is not suppressed and gets no opt-out confirmation in private; the
+    same word in the private chat is an opt-out."""
+    await post(client, samples.messages([samples.text("wamid.gs", PHONE, "STOP", group_id="G7")]))
+    async with database(db_url) as conn:
+        assert (
+            await conn.fetchval(
+                "SELECT meta->>'group_id' FROM messages WHERE provider_message_id = 'wamid.gs'"
+            )
+            == "G7"
+        )
+        assert await conn.fetchval("SELECT count(*) FROM suppressions") == 0
+        assert (
+            await conn.fetchval("SELECT count(*) FROM messages WHERE direction = 'outbound'") == 0
+        )
+    await post(client, samples.messages([samples.text("wamid.ps", PHONE, "STOP")]))
+    async with database(db_url) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM suppressions") >= 1
+
+
 async def test_a_person_known_by_bsuid_and_by_phone_keeps_one_lead(client, db_url):
     """A username user first seen by BSUID, later with a phone number too, is one lead; two
     leads found to be the same person are merged with their messages."""

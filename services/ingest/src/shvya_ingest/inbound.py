@@ -108,7 +108,9 @@ class InboundFiler:
             if pid is not None:
                 first_of[pid] = len(unique)
             position.append(len(unique))
-            optout = self.optout.matches(row.text)
+            # "STOP" typed in a WhatsApp group is said to the group, not to the business: not
+            # an opt-out, and never answered in private with a confirmation.
+            optout = self.optout.matches(row.text) and not row.meta.get("group_id")
             unique.append(replace(row, text=clip_body(row.text), optout=optout))
         if not unique:
             return []
