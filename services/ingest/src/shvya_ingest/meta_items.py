@@ -23,6 +23,7 @@ Senders are phone numbers (`from`, `wa_id`) and/or business-scoped user ids (`fr
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -267,6 +268,16 @@ def _why(err: ValidationError) -> str:
     return f"{where or 'object'}: {errors[0].get('msg', 'invalid')}"[:300]
 
 
+def _unreadable(err: Exception) -> str:
+    """Why an object could not be read: a model's first complaint, or the error itself (a shape
+    no model foresaw, e.g. a number where a list belongs)."""
+    if isinstance(err, ValidationError):
+        return _why(err)
+    if isinstance(err, ValueError):
+        return str(err)[:300]
+    return f"unreadable: {type(err).__name__}: {err}"[:300]
+
+
 def _model(cls: type[BaseModel], raw: Any) -> BaseModel:
     if not isinstance(raw, dict):
         raise ValueError(f"expected an object, got {type(raw).__name__}")
@@ -298,7 +309,7 @@ def _parse_change(parsed: Parsed, change: Any, waba_id: str | None, now: datetim
     number = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
     where = Where(str(number) if number else None, waba_id)
     if fieldname in ("message_template_status_update", "message_template_quality_update"):
-        parsed.items.append(_template_event(where, fieldname, value))
+        parsed.items.append(_guarded(where, fieldname, value, _template_event, fieldname))
         return
     if fieldname in ACCOUNT_FIELDS:
         parsed.items.append(Recorded(where, fieldname, "account notification", clip_raw(value)))
@@ -307,22 +318,22 @@ def _parse_change(parsed: Parsed, change: Any, waba_id: str | None, now: datetim
         parsed.items.append(Recorded(where, fieldname, "field not handled", clip_raw(value)))
         return
     contacts = _contacts(parsed, where, value.get("contacts"))
+    # Each item is read on its own, and whatever goes wrong reading it (a model's refusal, or a
+    # shape nothing foresaw) makes that one item Invalid, never the batch.
     for raw in _list(value.get("messages")):
         try:
             message = _model(WaMessage, raw)
             assert isinstance(message, WaMessage)
             parsed.items.append(_message(where, message, contacts, raw))
-        except (ValidationError, ValueError) as err:
-            reason = _why(err) if isinstance(err, ValidationError) else str(err)
-            parsed.items.append(Invalid(where, "message", reason, clip_raw(raw)))
+        except Exception as err:
+            parsed.items.append(Invalid(where, "message", _unreadable(err), clip_raw(raw)))
     for raw in _list(value.get("statuses")):
         try:
             status = _model(WaStatus, raw)
             assert isinstance(status, WaStatus)
             report = status_report(status, now)
-        except (ValidationError, ValueError) as err:
-            reason = _why(err) if isinstance(err, ValidationError) else str(err)
-            parsed.items.append(Invalid(where, "status", reason, clip_raw(raw)))
+        except Exception as err:
+            parsed.items.append(Invalid(where, "status", _unreadable(err), clip_raw(raw)))
             continue
         if report is None:
             parsed.items.append(
@@ -336,9 +347,18 @@ def _parse_change(parsed: Parsed, change: Any, waba_id: str | None, now: datetim
             reason = f"{raw.get('code')}: {raw.get('title') or raw.get('message') or 'error'}"
         parsed.items.append(Recorded(where, "error", reason[:300], clip_raw(raw)))
     for raw in _list(value.get("user_preferences")):
-        parsed.items.append(_preference(where, raw, contacts))
+        parsed.items.append(_guarded(where, "user_preferences", raw, _preference, contacts))
     if "user_id_update" in value:
-        parsed.items.append(_user_id_update(where, value["user_id_update"]))
+        raw = value["user_id_update"]
+        parsed.items.append(_guarded(where, "user_id_update", raw, _user_id_update))
+
+
+def _guarded(where: Where, kind: str, raw: Any, read: Callable[..., Item], *args: Any) -> Item:
+    """`read(where, raw, *args)`, or the item Invalid when reading it fails in any way."""
+    try:
+        return read(where, raw, *args)
+    except Exception as err:
+        return Invalid(where, kind, _unreadable(err), clip_raw(raw))
 
 
 def _list(value: Any) -> list[Any]:
@@ -368,11 +388,10 @@ def _contacts(parsed: Parsed, where: Where, raw: Any) -> _Contacts:
     for item in _list(raw):
         try:
             contact = _model(Contact, item)
-        except (ValidationError, ValueError):
+            assert isinstance(contact, Contact)
+            found.add(contact)
+        except Exception:
             parsed.items.append(Invalid(where, "contact", "unreadable contact", clip_raw(item)))
-            continue
-        assert isinstance(contact, Contact)
-        found.add(contact)
     return found
 
 
@@ -516,7 +535,7 @@ def _user_id_update(where: Where, raw: Any) -> Item:
     )
 
 
-def _template_event(where: Where, fieldname: str, value: dict[str, Any]) -> Item:
+def _template_event(where: Where, value: dict[str, Any], fieldname: str) -> Item:
     try:
         update = _model(TemplateUpdate, value)
     except (ValidationError, ValueError):
@@ -609,16 +628,18 @@ def describe(msg: WaMessage) -> tuple[str, dict[str, Any], MediaRef | None]:
 
 
 def _card(card: dict[str, Any]) -> str:
+    """A contact card's name, phones and emails; a part of another shape than Meta documents
+    (`"phones": 5`, `"emails": true`) is left out, the rest of the card still read."""
     raw_name = card.get("name")
     name: dict[str, Any] = raw_name if isinstance(raw_name, dict) else {}
     label = str(name.get("formatted_name") or name.get("first_name") or "contact")
     phones = [
         str(p.get("phone") or p.get("wa_id"))
-        for p in card.get("phones") or []
+        for p in _list(card.get("phones"))
         if isinstance(p, dict) and (p.get("phone") or p.get("wa_id"))
     ]
     emails = [
-        str(e["email"]) for e in card.get("emails") or [] if isinstance(e, dict) and e.get("email")
+        str(e["email"]) for e in _list(card.get("emails")) if isinstance(e, dict) and e.get("email")
     ]
     return ", ".join([label, *phones, *emails])
 

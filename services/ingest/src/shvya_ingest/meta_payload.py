@@ -163,7 +163,8 @@ class WaMessage(_Lenient):
     from_user_id: str | None = None
     from_parent_user_id: str | None = None
     group_id: str | None = None
-    timestamp: str | None = None
+    # Unix seconds: a string in Meta's examples, a number from some senders; both are read.
+    timestamp: str | int | None = None
     type: str = "text"
     text: Text | None = None
     image: Media | None = None
@@ -189,7 +190,7 @@ class WaMessage(_Lenient):
 class WaStatus(_Lenient):
     id: str
     status: str
-    timestamp: str | None = None
+    timestamp: str | int | None = None
     recipient_id: str | None = None
     recipient_user_id: str | None = None
     errors: list[WaError] = Field(default_factory=list)

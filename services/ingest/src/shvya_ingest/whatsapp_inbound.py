@@ -5,16 +5,19 @@ as /inbound-message (one statement per company and identity; if that statement f
 reason that is not an outage, each message is filed on its own and the one that still fails is
 recorded). Edits, deletions, reactions, identity changes, preferences and template events are
 applied one by one, each in its own transaction; statuses are applied together and their
-failures drive the status policy. Whatever is not acted on (unknown future kinds, webhook
-errors, account fields, objects that cannot be read, items that failed) is kept as an event and
-counted in `shvya_webhook_items_total`; the answer is 200 all the same. Only an outage of the
-database or the queue answers 503, so that Meta retries the batch, which then changes nothing
-twice.
+failures drive the status policy (if that transaction fails for a reason that is not an outage,
+each status is applied on its own and the one that still fails is recorded). Whatever is not
+acted on (unknown future kinds, webhook errors, account fields, objects that cannot be read,
+items that failed) is kept as an event and counted in `shvya_webhook_items_total`; an event the
+database will not store as it is is kept as text instead, and one that cannot be stored at all is
+logged. The answer is 200 all the same. Only an outage of the database or the queue answers 503,
+so that Meta retries the batch, which then changes nothing twice.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
@@ -35,6 +38,7 @@ from shvya_common.whatsapp.templates import (
 from shvya_ingest.api import OUTAGE_ERRORS, Ingest
 from shvya_ingest.inbound import Accepted
 from shvya_ingest.meta_items import (
+    RAW_CHARS,
     Edit,
     IdentityChange,
     Inbound,
@@ -52,7 +56,7 @@ from shvya_ingest.meta_items import (
 )
 from shvya_ingest.repository import CompanyRoute, Identity, InboundRow
 from shvya_ingest.status_policy import StatusPolicyConfig, apply_failure_policy
-from shvya_ingest.statuses import apply_statuses
+from shvya_ingest.statuses import StatusOutcome, apply_statuses
 from shvya_ingest.whatsapp_accounts import Routed
 from shvya_ingest.whatsapp_repository import (
     Changed,
@@ -70,6 +74,9 @@ from shvya_ingest.whatsapp_repository import (
 log = structlog.get_logger(__name__)
 
 CHANNEL: Final = "whatsapp_cloud"
+# When statuses are applied one by one: a message's later states first, so that a `failed`
+# sent in the same delivery as its `delivered` or `read` finds the message as the batch would.
+_STATUS_ORDER: Final = {"read": 0, "delivered": 1, "failed": 2, "sent": 3}
 
 
 class Notification:
@@ -228,6 +235,15 @@ class Notification:
                 address=item.sender.address,
                 text=item.text,
                 meta=item.meta,
+            )
+        elif isinstance(item, Status):
+            report = item.report
+            payload.update(
+                wamid=report.provider_message_id[:300],
+                status=report.status,
+                status_at=report.status_at.isoformat(),
+                recipient=report.recipient,
+                errors=report.errors,
             )
         self.count(kind, "failed")
         self.keep(route, "whatsapp.item_failed", payload)
@@ -394,17 +410,35 @@ class Notification:
             block_pause_seconds=settings.whatsapp_status_block_pause_seconds,
         )
         try:
-            async with self.ingest.plat.bus.unit(acquire_timeout=5) as unit:
-                outcome = await apply_statuses(unit.conn, CHANNEL, [s.report for s in statuses])
-                taken = await apply_failure_policy(unit.conn, unit, config, outcome.failures)
+            outcome, taken = await self._status_unit(config, statuses)
         except OUTAGE_ERRORS:
             raise
         except Exception as err:
             if isinstance(err, asyncpg.PostgresError) and is_outage(err):
                 raise
-            route = await self.route(statuses[0].where)
-            self._step_failed(route, "status", err)
-            return 0
+            # One status the database or the policy refuses must not cost the others: each is
+            # applied on its own, and the one that still fails is kept with its reason.
+            log.warning(
+                "whatsapp_status_batch_failed", error=type(err).__name__, statuses=len(statuses)
+            )
+            outcome, taken = StatusOutcome(0, 0, 0, 0), Counter()
+            for status in sorted(statuses, key=lambda s: _STATUS_ORDER[s.report.status]):
+                try:
+                    one, one_taken = await self._status_unit(config, [status])
+                except OUTAGE_ERRORS:
+                    raise
+                except Exception as single:
+                    if isinstance(single, asyncpg.PostgresError) and is_outage(single):
+                        raise
+                    self._failed(await self.route(status.where), status, single)
+                    continue
+                outcome = StatusOutcome(
+                    outcome.received + one.received,
+                    outcome.new + one.new,
+                    outcome.pending + one.pending,
+                    outcome.messages + one.messages,
+                )
+                taken += one_taken
         self.count("status", "applied", outcome.new)
         self.count("status", "duplicate", outcome.received - outcome.new)
         log.info(
@@ -417,21 +451,79 @@ class Notification:
         )
         return outcome.new
 
+    async def _status_unit(
+        self, config: StatusPolicyConfig, statuses: list[Status]
+    ) -> tuple[StatusOutcome, Counter[str]]:
+        """`statuses` and the policy for their new failures, in one unit of work."""
+        async with self.ingest.plat.bus.unit(acquire_timeout=5) as unit:
+            outcome = await apply_statuses(unit.conn, CHANNEL, [s.report for s in statuses])
+            taken = await apply_failure_policy(unit.conn, unit, config, outcome.failures)
+        return outcome, taken
+
     async def _write_kept(self) -> None:
+        """Every kept event, in one transaction; if the database refuses it for a reason that is
+        not an outage, each event on its own: one it will not store is kept as text (`_as_text`),
+        and one that cannot be stored even so is logged, never the others lost."""
         if not self.kept:
             return
         grouped: dict[tuple[uuid.UUID, str], list[dict[str, Any]]] = defaultdict(list)
         for company_id, kind, payload in self.kept:
             grouped[(company_id, kind)].append(payload)
-        async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+        async with self.pool.acquire(timeout=5) as conn:
+            try:
+                async with conn.transaction():
+                    for (company_id, kind), payloads in grouped.items():
+                        await _insert_events(conn, company_id, kind, payloads)
+                return
+            except asyncpg.PostgresError as err:
+                if is_outage(err):
+                    raise
+                log.warning("whatsapp_kept_batch_failed", error=type(err).__name__)
             for (company_id, kind), payloads in grouped.items():
-                await conn.execute(
-                    "INSERT INTO events (company_id, type, payload)"
-                    " SELECT $1, $2, p FROM unnest($3::jsonb[]) AS p",
-                    company_id,
-                    kind,
-                    payloads,
-                )
+                for payload in payloads:
+                    await self._write_one(conn, company_id, kind, payload)
+
+    async def _write_one(
+        self, conn: asyncpg.Connection, company_id: uuid.UUID, kind: str, payload: dict[str, Any]
+    ) -> None:
+        try:
+            await _insert_events(conn, company_id, kind, [payload])
+            return
+        except asyncpg.PostgresError as err:
+            if is_outage(err):
+                raise
+            error: BaseException = err
+        try:
+            await _insert_events(conn, company_id, kind, [_as_text(payload, error)])
+        except asyncpg.PostgresError as err:
+            if is_outage(err):
+                raise
+            self.count(str(payload.get("kind") or kind), "lost")
+            log.error("whatsapp_kept_event_lost", type=kind, error=type(err).__name__)
+
+
+async def _insert_events(
+    conn: asyncpg.Connection, company_id: uuid.UUID, kind: str, payloads: list[dict[str, Any]]
+) -> None:
+    await conn.execute(
+        "INSERT INTO events (company_id, type, payload)"
+        " SELECT $1, $2, p FROM unnest($3::jsonb[]) AS p",
+        company_id,
+        kind,
+        payloads,
+    )
+
+
+def _as_text(payload: dict[str, Any], err: BaseException) -> dict[str, Any]:
+    """A kept event the database would not store (a value JSON cannot carry, such as a number
+    too large for a double, read as infinity): its kind and reason, and the rest as text."""
+    text = json.dumps(payload, default=str, ensure_ascii=False)
+    return {
+        "kind": str(payload.get("kind"))[:300],
+        "reason": str(payload.get("reason"))[:500],
+        "unstorable": f"{type(err).__name__}: {err}"[:300],
+        "item": text[: RAW_CHARS * 4],
+    }
 
 
 async def _link_in(unit: Unit, *, route: CompanyRoute, senders: list[Sender]) -> None:
