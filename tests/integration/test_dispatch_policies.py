@@ -222,6 +222,36 @@ async def test_first_message_to_a_lead_who_never_wrote_is_held_without_a_templat
     assert graph.requests == []
 
 
+async def test_a_lead_flagged_undeliverable_is_not_sent_to_until_it_writes(
+    dispatcher, graph, pool, company
+):
+    """After Meta's 131026 flagged the lead, a campaign template to it is held with the flag's
+    reason and never reaches Graph; once the lead writes again (the flag cleared) it is sent."""
+    template = await make_template(pool, company, "welcome", "Welcome!", [])
+    lead = await make_lead(pool, company, last_inbound_at=None)
+    await pool.execute(
+        "UPDATE leads SET whatsapp_undeliverable_at = now(),"
+        " whatsapp_undeliverable_reason = '131026: Message undeliverable' WHERE id = $1",
+        lead,
+    )
+    message_id, params = await queue_send(
+        pool, company, lead, template_id=template, purpose="marketing"
+    )
+    result = await dispatcher.send(message_id, params)
+    row = await message_row(pool, message_id)
+    assert result["status"] == row["status"] == "held"
+    assert "undeliverable" in row["last_error"] and "131026" in row["last_error"]
+    assert graph.requests == []
+    await pool.execute(
+        "UPDATE leads SET whatsapp_undeliverable_at = NULL, whatsapp_undeliverable_reason = NULL,"
+        " last_inbound_at = now() WHERE id = $1",
+        lead,
+    )
+    message_id, params = await queue_send(pool, company, lead, template_id=template)
+    assert (await dispatcher.send(message_id, params))["status"] == "sent"
+    assert len(graph.requests) == 1
+
+
 async def test_approved_template_goes_out_whatever_the_window(dispatcher, graph, pool, company):
     """An explicit approved template is sent to a lead who never wrote."""
     template = await make_template(pool, company, "welcome", "Welcome!", [])

@@ -12,6 +12,8 @@ Before a send reaches its channel, `handle_send` asks the engine, in this order:
    attempt, and they flow again on their own once the pause ends. A pause is the company's
    alone, and one bound to refused credentials ends when the company's account (or, without
    one, the platform) sends with other credentials.
+   A lead WhatsApp reported undeliverable (131026 and friends) is not sent to on WhatsApp
+   Cloud until it writes again: the send is held ('held', with the flag's reason).
 3. Customer-service window (WhatsApp Cloud). Free text is allowed only within N hours of the
    lead's last inbound message. Outside it, only an approved template may go, and that includes
    a first message to a lead who never wrote. Free text outside the window becomes the
@@ -323,6 +325,18 @@ class PolicyEngine:
             raise DeferJob(
                 self._recheck_at(now, ctx["paused_until"]),
                 f"channel {params.channel} paused for this company: {ctx['pause_reason']}",
+            )
+
+        if params.channel == "whatsapp_cloud" and ctx["undeliverable_at"] is not None:
+            # Meta said the number cannot get WhatsApp messages (131026 and friends: not on
+            # WhatsApp, terms not accepted, an old app); resending does not help, and each try
+            # is paid for and counts against the number's quality. The flag ends when the lead
+            # writes again.
+            flagged = ctx["undeliverable_at"].isoformat(timespec="seconds")
+            return verdict(
+                "hold",
+                f"the lead is undeliverable on WhatsApp since {flagged}"
+                f" ({ctx['undeliverable_reason']}) and has not written since",
             )
 
         if params.channel == "whatsapp_web" and self.web is not None:

@@ -148,11 +148,14 @@ FROM send_pacing WHERE company_id = $1 AND channel = $2 AND pacing_key = $3
 # for each send.
 _SEND_STATE = """
 SELECT now() AS now, l.last_inbound_at, l.timezone AS lead_timezone,
+       l.whatsapp_undeliverable_at AS undeliverable_at,
+       l.whatsapp_undeliverable_reason AS undeliverable_reason,
        c.timezone AS company_timezone, c.settings AS company_settings,
        s.channel AS suppressed_channel, s.scope AS suppressed_scope,
        s.reason AS suppressed_reason, s.created_at AS suppressed_at,
        p.reason AS pause_reason, p.paused_until, p.paused_at AS pause_started
-FROM (SELECT company_id, last_inbound_at, timezone FROM leads WHERE id = $2 LIMIT 1) l
+FROM (SELECT company_id, last_inbound_at, timezone, whatsapp_undeliverable_at,
+             whatsapp_undeliverable_reason FROM leads WHERE id = $2 LIMIT 1) l
 JOIN companies c ON c.id = l.company_id
 LEFT JOIN LATERAL (
     SELECT channel, scope, reason, created_at FROM suppressions
@@ -188,7 +191,8 @@ class PolicyRepository:
         fingerprint: str | None,
         with_pause: bool = True,
     ) -> asyncpg.Record | None:
-        """The lead's window and zone, the company's zone and settings, the suppression binding
+        """The lead's window, zone and WhatsApp undeliverable flag, the company's zone and
+        settings, the suppression binding
         `address` on `channels` (newest first) and, with `with_pause`, the pause in force."""
         return await self.pool.fetchrow(
             _SEND_STATE,
