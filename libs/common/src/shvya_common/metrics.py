@@ -74,7 +74,8 @@ POLICY_DEFERRALS = Counter(
 )
 CHANNEL_PAUSED = Gauge(
     "shvya_channel_paused",
-    "1 while a channel is paused for at least one company (provider refused the sender).",
+    "1 while a channel is paused for at least one company (provider refused the sender;"
+    " whatsapp_web: an account restricted, timelocked, banned or logged out).",
     ["channel"],
 )
 WEBHOOK_ITEMS = Counter(

@@ -33,16 +33,20 @@ log = structlog.get_logger(__name__)
 
 
 def _set_all(gauge: Gauge, values: dict[str, int], seen: set[str]) -> None:
+    """Set each label's value; a label seen before and absent now goes back to 0."""
     for label in seen - values.keys():
         gauge.labels(label).set(0)
     for label, n in values.items():
         gauge.labels(label).set(n)
-    seen |= values.keys()
+    # In place: `seen |= values.keys()` would bind a new set here and the caller's never grew.
+    seen.update(values)
 
 
 async def gauges(plat: Platform, stopping: asyncio.Event) -> None:
     """Keep `shvya_dlq_depth{task}` and `shvya_channel_paused{channel}` current for dashboards
-    and alerts (one process computes them for the whole platform)."""
+    and alerts (one process computes them for the whole platform). A channel is paused while a
+    company's pause is in force (`channel_pauses`) or, for whatsapp_web, while one of its
+    accounts is (`whatsapp_web_accounts`)."""
     dead: set[str] = set()
     paused: set[str] = set()
     while not stopping.is_set():

@@ -26,10 +26,21 @@ SELECT 'dispatch.send', count(*) FROM messages WHERE status = 'dlq' AND directio
 """
 
 
+# Pauses in force, per channel: a company's channel (`channel_pauses`, written by WhatsApp
+# Cloud), and a WhatsApp Web account's (`whatsapp_web_accounts`: a restriction, a timelock, a
+# ban or a logout; lifted by setting `paused_until` to now). A channel account's profile
+# (`ca-<id>`) counts while the account exists, so a deleted account cannot hold the gauge up.
 PAUSED_CHANNELS = """
 SELECT channel, count(*) AS n FROM channel_pauses
 WHERE resumed_at IS NULL AND (paused_until IS NULL OR paused_until > now())
 GROUP BY channel
+UNION ALL
+SELECT 'whatsapp_web', count(*) FROM whatsapp_web_accounts w
+WHERE w.paused_at IS NOT NULL AND (w.paused_until IS NULL OR w.paused_until > now())
+  AND (w.account NOT LIKE 'ca-%' OR EXISTS (
+      SELECT 1 FROM channel_accounts c
+      WHERE c.channel = 'whatsapp_web' AND 'ca-' || c.id::text = w.account))
+GROUP BY 1
 """
 
 
@@ -59,7 +70,11 @@ class TimerRepository:
 
     @staticmethod
     async def paused_channels(pool: asyncpg.Pool) -> dict[str, int]:
-        return {r["channel"]: r["n"] for r in await pool.fetch(PAUSED_CHANNELS)}
+        """Pauses in force per channel (WhatsApp Web: paused accounts)."""
+        paused: dict[str, int] = {}
+        for r in await pool.fetch(PAUSED_CHANNELS):
+            paused[r["channel"]] = paused.get(r["channel"], 0) + r["n"]
+        return paused
 
     @staticmethod
     async def dlq_depth(pool: asyncpg.Pool) -> dict[str, int]:
