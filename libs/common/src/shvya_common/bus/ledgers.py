@@ -52,6 +52,7 @@ from shvya_common.contracts.states import (
 )
 from shvya_common.db import is_outage
 from shvya_common.events import record_event
+from shvya_common.metrics import SENDS
 
 LedgerName = Literal["jobs", "messages"]
 Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
@@ -658,16 +659,22 @@ class SendLedger:
         )
         return [True] * len(done)
 
+    # A send's attempt that ends in a retry or a dead letter ends here, not in the handler (the
+    # worker decides which from the error): `shvya_sends_total` counts it once the row moved.
     async def retry(self, env: JobEnvelope, attempt: int, error: str, run_after: datetime) -> bool:
-        return await self._move(
+        channel = await self.pool.fetchval(
             "UPDATE messages SET status = 'retrying', last_error = $3, lease_until = NULL,"
             " updated_at = now() WHERE id = $1 AND attempts = $2 AND status = ANY($4::text[])"
-            " RETURNING id",
+            " RETURNING channel",
             env.job_id,
             attempt,
             error,
             send_sources(_S.RETRYING),
         )
+        if channel is None:
+            return False
+        SENDS.labels(channel, "retried").inc()
+        return True
 
     async def dead(self, env: JobEnvelope, attempt: int, error: str) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -689,6 +696,7 @@ class SendLedger:
                 EventType.MESSAGE_DEAD_LETTERED,
                 {"message_id": str(env.job_id), "channel": moved["channel"], "error": error},
             )
+        SENDS.labels(moved["channel"], "dead_lettered").inc()
         return True
 
     async def defer(self, env: JobEnvelope, attempt: int, until: datetime, reason: str) -> bool:
