@@ -244,6 +244,45 @@ async def test_the_console_end_to_end_in_chromium(platform, db_url):
             ("logged", f"user:{acme['email']}")
         ]
 
+        # 3b. A long conversation opens at its end; earlier messages load on request.
+        long_talk = await client.post(
+            "/inbound-message",
+            json={
+                "phone_number": "+4915199990000",
+                "contact_name": "Long Talk",
+                "message_text": "the latest question",
+                "channel": "log",
+            },
+            headers=h,
+        )
+        assert long_talk.status_code == 200, long_talk.text
+        conn = await asyncpg.connect(db_url)
+        try:
+            long_lead = str(
+                await conn.fetchval(
+                    "SELECT lead_id FROM messages WHERE id = $1",
+                    uuid.UUID(long_talk.json()["message_id"]),
+                )
+            )
+            await conn.execute(
+                "INSERT INTO messages (company_id, lead_id, direction, channel, body, status,"
+                " created_at) SELECT company_id, lead_id, 'inbound', 'log',"
+                " 'old message ' || lpad(i::text, 3, '0'), status,"
+                " now() - make_interval(mins => 300 - i)"
+                " FROM messages, generate_series(0, 249) AS i WHERE lead_id = $1"
+                " AND direction = 'inbound'",
+                uuid.UUID(long_lead),
+            )
+        finally:
+            await conn.close()
+        await page.goto(f"{url}/console/#/inbox/{long_lead}")
+        await page.locator(".msg.inbound", has_text="the latest question").wait_for(timeout=5_000)
+        assert await page.locator(".msg", has_text="old message 000").count() == 0
+        await page.get_by_role("button", name="Earlier messages").click()
+        await page.locator(".msg", has_text="old message 000").wait_for(timeout=5_000)
+        assert await page.get_by_role("button", name="Earlier messages").count() == 0
+        assert await page.locator(".msg", has_text="old message").count() == 250
+
         # 4. Drag the lead to another stage; the event is on the lead's timeline.
         await page.goto(f"{url}/console/#/board")
         card = page.locator(f".card[data-lead='{lead_id}']")

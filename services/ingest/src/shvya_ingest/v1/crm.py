@@ -739,8 +739,12 @@ async def conversation(
     ingest: IngestDep,
     cursor: Cursor = None,
     limit: Limit = 100,
+    order: Annotated[
+        Literal["oldest", "newest"],
+        Query(description="`newest` pages back from the latest message (a long thread's end)."),
+    ] = "oldest",
 ) -> Page[MessageOut]:
-    """The lead's messages oldest first, with send and delivery statuses."""
+    """The lead's messages oldest first (or newest first), with send and delivery statuses."""
     limit = limit_param(request, limit)
     after = decode_cursor(cursor)
     pool = ingest.plat.pool
@@ -748,12 +752,13 @@ async def conversation(
         "SELECT 1 FROM leads WHERE id = $1 AND company_id = $2", lead_id, company_id
     ):
         raise not_found("lead", lead_id)
+    beyond, direction = (">", "") if order == "oldest" else ("<", " DESC")
     rows = await pool.fetch(
         "SELECT id, direction, channel, body, status, delivery_status, delivery_error,"
         " last_error, meta, created_at, sent_at, delivered_at, read_at FROM messages"
         " WHERE lead_id = $1 AND company_id = $2"
-        " AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid))"
-        " ORDER BY created_at, id LIMIT $5",
+        f" AND ($3::timestamptz IS NULL OR (created_at, id) {beyond} ($3, $4::uuid))"
+        f" ORDER BY created_at{direction}, id{direction} LIMIT $5",
         lead_id,
         company_id,
         after[0] if after else None,

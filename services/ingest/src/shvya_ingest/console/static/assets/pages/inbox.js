@@ -135,7 +135,10 @@ function Composer({ leadId, composer, onSent }) {
 
 function Thread({ leadId, ctx }) {
   const lead = useData(() => get(`/v1/leads/${leadId}`), [leadId]);
-  const thread = useData(() => get(`/v1/leads/${leadId}/messages?limit=200`), [leadId]);
+  // The latest 200, newest first from the API, shown oldest first; earlier pages on request,
+  // so a long conversation still shows its end and every live message.
+  const thread = useData(() => get(`/v1/leads/${leadId}/messages?limit=200&order=newest`), [leadId]);
+  const [older, setOlder] = useState({ items: [], cursor: undefined, busy: false });
   const composer = useData(() => get(`/v1/leads/${leadId}/composer`), [leadId]);
   const [error, setError] = useState(null);
   const end = useRef(null);
@@ -147,7 +150,16 @@ function Thread({ leadId, ctx }) {
   if (lead.error) return html`<${ErrorNote} error=${lead.error} />`;
   if (!lead.data) return html`<p>Loading…</p>`;
   const l = lead.data;
-  const messages = (thread.data && thread.data.items) || [];
+  const latest = ((thread.data && thread.data.items) || []).slice().reverse();
+  const messages = [...older.items, ...latest.filter((m) => !older.items.some((o) => o.id === m.id))];
+  const earlier = older.cursor === undefined ? thread.data && thread.data.next_cursor : older.cursor;
+  async function loadEarlier() {
+    setOlder((o) => ({ ...o, busy: true }));
+    try {
+      const page = await get(`/v1/leads/${leadId}/messages?limit=200&order=newest&cursor=${encodeURIComponent(earlier)}`);
+      setOlder((o) => ({ items: [...page.items.slice().reverse(), ...o.items], cursor: page.next_cursor || null, busy: false }));
+    } catch (err) { setOlder((o) => ({ ...o, busy: false })); setError(err); }
+  }
   async function handoff(on) {
     setError(null);
     try { await (on ? post(`/v1/leads/${leadId}/handoff`) : del(`/v1/leads/${leadId}/handoff`)); reloadAll(); }
@@ -170,6 +182,7 @@ function Thread({ leadId, ctx }) {
     <${ErrorNote} error=${error || thread.error} />
     <div class="thread-body">
       <ol class="messages" aria-live="polite" data-testid="messages">
+        ${earlier && html`<li class="earlier"><button type="button" disabled=${older.busy} onClick=${loadEarlier}>Earlier messages</button></li>`}
         ${messages.map((m) => html`<${Message} key=${m.id} m=${m} />`)}
         <li ref=${end} class="end" aria-hidden="true"></li>
       </ol>
