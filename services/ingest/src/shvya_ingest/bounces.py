@@ -112,7 +112,10 @@ def _body_text(msg: Message) -> str:
             payload = part.get_payload(decode=True)
             if isinstance(payload, bytes):
                 charset = part.get_content_charset() or "utf-8"
-                parts.append(payload.decode(charset, "replace"))
+                try:
+                    parts.append(payload.decode(charset, "replace"))
+                except (LookupError, ValueError):  # unknown-8bit, a misspelt charset: UTF-8
+                    parts.append(payload.decode("utf-8", "replace"))
     return "\n".join(parts)
 
 
@@ -123,8 +126,11 @@ def original_message_id(msg: Message, body: str) -> str | None:
         if ctype in ("message/rfc822", "message/global"):
             payload = part.get_payload()
             inner = payload[0] if isinstance(payload, list) and payload else None
-            if isinstance(inner, Message) and inner.get("message-id"):
-                return bare_message_id(str(inner["message-id"]))
+            if isinstance(inner, Message):
+                # Read raw: the standard library's parser raises on some malformed Message-IDs.
+                raw_id = next((v for k, v in inner.raw_items() if k.lower() == "message-id"), None)
+                if bare_message_id(raw_id):
+                    return bare_message_id(raw_id)
         elif ctype in ("text/rfc822-headers", "text/global-headers"):
             raw = part.get_payload(decode=True)
             text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)

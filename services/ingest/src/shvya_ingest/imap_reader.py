@@ -9,10 +9,13 @@ marked filed — fetches each message without setting \\Seen (`BODY.PEEK[]`), fi
 it: a `$ShvyaFiled` keyword where the server keeps keywords (else \\Seen), or a move to the filed
 folder (MOVE, else COPY + \\Deleted + EXPUNGE). A mail is marked only after it is committed, so a
 crash or a database outage files it on the next sweep (its Message-ID makes that a no-op if it
-was already filed). Between sweeps the task waits in IDLE (RFC 2177) where the server has it, so
-new mail is filed within a second or two; elsewhere it polls every IMAP_POLL_SECONDS. A failure
-is written to the mailbox's `last_error` and retried with backoff; the list of mailboxes is
-re-read every IMAP_REFRESH_SECONDS, so one added through the admin API starts on its own.
+was already filed). A mail that can never be filed (no sender or content, or bytes that are no
+readable message) is marked too, so the next mail is filed after it: a warning is logged, and
+`last_error` names it (UID and reason) until later mail is filed. Between sweeps the task waits
+in IDLE (RFC 2177) where the server has it, so new mail is filed within a second or two;
+elsewhere it polls every IMAP_POLL_SECONDS. A failure is written to the mailbox's `last_error`
+and retried with backoff; the list of mailboxes is re-read every IMAP_REFRESH_SECONDS, so one
+added through the admin API starts on its own.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import asyncio
 import contextlib
 import ssl
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aioimaplib
 import asyncpg
@@ -61,6 +64,11 @@ def _ok(response: aioimaplib.Response, what: str) -> aioimaplib.Response:
 class Sweep:
     filed: int = 0
     skipped: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def note(self) -> str:
+        """The mail this sweep skipped and why, for the mailbox's `last_error`."""
+        return f"skipped {self.skipped} mail that cannot be filed: " + "; ".join(self.reasons)
 
 
 class MailboxReader:
@@ -74,6 +82,8 @@ class MailboxReader:
         self.repo = MailRepository(ingest.plat.pool)
         self.keywords = False
         self.filed_total = 0
+        # The last skipped mail, kept in `last_error` until later mail is filed or a failure.
+        self.skip_note: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 1.0
@@ -88,6 +98,7 @@ class MailboxReader:
             except Exception as err:  # any failure: record it, back off, reconnect
                 reason = f"{type(err).__name__}: {err}"[:500]
                 log.warning("imap_mailbox_failed", mailbox_id=str(self.mailbox.id), error=reason)
+                self.skip_note = None
                 with contextlib.suppress(Exception):
                     await self.repo.mailbox_checked(self.mailbox.id, filed=0, error=reason)
                 with contextlib.suppress(TimeoutError):
@@ -125,7 +136,11 @@ class MailboxReader:
     async def _serve(self, client: aioimaplib.IMAP4, stop: asyncio.Event) -> None:
         while not stop.is_set():
             done = await self.sweep(client)
-            await self.repo.mailbox_checked(self.mailbox.id, filed=done.filed, error=None)
+            if done.skipped:
+                self.skip_note = done.note()
+            elif done.filed:
+                self.skip_note = None
+            await self.repo.mailbox_checked(self.mailbox.id, filed=done.filed, error=self.skip_note)
             if client.has_capability("IDLE"):
                 await self._idle(client, stop)
             else:
@@ -166,13 +181,17 @@ class MailboxReader:
             raw = next((bytes(x) for x in fetched.lines if isinstance(x, bytearray)), None)
             if raw is None:
                 continue
-            email = parse_mime(raw, None, None, source="imap")
             try:
+                email = parse_mime(raw, None, None, source="imap")
                 outcome = await file_email(self.ingest, email, self.mailbox.company_id)
             except EmailError as err:
-                # Never fileable: marked like the rest, so it is not fetched forever.
-                log.info("imap_mail_skipped", mailbox_id=str(self.mailbox.id), reason=str(err))
+                # Never fileable (no sender or content, or no readable message): marked like
+                # the rest, so it is not fetched first forever and the next mail is filed.
+                log.warning(
+                    "imap_mail_skipped", mailbox_id=str(self.mailbox.id), uid=uid, reason=str(err)
+                )
                 result.skipped += 1
+                result.reasons.append(f"UID {uid}: {err}")
             else:
                 result.filed += 1
                 log.info("imap_mail_filed", mailbox_id=str(self.mailbox.id), kind=outcome.kind)

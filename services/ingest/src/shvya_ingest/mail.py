@@ -17,10 +17,17 @@ Each door produces an `InboundEmail`; `file_email` decides what it is and files 
 The Message-ID is the provider id, so a redelivered mail is filed once; its threading headers
 and subject are kept in meta for dispatch to answer in the same thread. Addresses are accepted
 in every RFC 5322 form (`Name <addr>`, quoted names, encoded-word names).
+
+Text is filed as well as it can be read: a part in an unknown or invalid charset
+(`unknown-8bit`, a misspelt name) is read as UTF-8, else windows-1252; undecodable header bytes
+likewise; NUL characters are dropped (PostgreSQL stores none). A message that still cannot be
+parsed raises `UnparseableEmail`, an `EmailError`, which every door answers as mail that can
+never be filed, so one bad mail never holds up the next.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from dataclasses import dataclass, field
@@ -43,6 +50,7 @@ from shvya_ingest.mail_repository import MailRepository, ThreadMatch
 from shvya_ingest.phone import AddressError, normalise_email
 from shvya_ingest.replies import new_part
 from shvya_ingest.repository import InboundRow
+from shvya_ingest.webhooks import without_nul
 
 CHANNEL: Final = "email"
 MAX_ATTACHMENTS = 20
@@ -53,6 +61,10 @@ log = structlog.get_logger(__name__)
 
 class EmailError(ValueError):
     """The mail cannot be filed: no sender address, or nothing in it."""
+
+
+class UnparseableEmail(EmailError):
+    """The bytes cannot be read as a message at all (`parse_mime`)."""
 
 
 @dataclass(frozen=True)
@@ -172,8 +184,101 @@ def first_message_id(value: str | None) -> str | None:
     return ids[0] if ids else None
 
 
+def storable(text: str) -> str:
+    """`text` as PostgreSQL can store it: without NUL (`without_nul`), and without the lone
+    surrogates the parser leaves for header bytes it could not decode (those bytes are read as
+    UTF-8, else windows-1252)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            text = _decoded_bytes(text.encode("utf-8", "surrogateescape"), None)
+        except UnicodeEncodeError:  # a surrogate that stands for no byte
+            text = text.encode("utf-8", "replace").decode("utf-8")
+    return str(without_nul(text))
+
+
+def _optional(text: str | None) -> str | None:
+    return None if text is None else storable(text)
+
+
+def storable_email(email: InboundEmail) -> InboundEmail:
+    """The email with every text field `storable`, whichever door it came in by."""
+    return dataclasses.replace(
+        email,
+        sender=storable(email.sender),
+        text=storable(email.text),
+        message_id=_optional(email.message_id),
+        sender_name=_optional(email.sender_name),
+        to=[storable(a) for a in email.to],
+        subject=_optional(email.subject),
+        html=_optional(email.html),
+        in_reply_to=_optional(email.in_reply_to),
+        references=[storable(r) for r in email.references],
+        headers=[(storable(n), storable(v)) for n, v in email.headers],
+        attachments=[
+            dataclasses.replace(
+                a, filename=_optional(a.filename), content_type=storable(a.content_type)
+            )
+            for a in email.attachments
+        ],
+        envelope_from=_optional(email.envelope_from),
+    )
+
+
+def _decoded_bytes(data: bytes, charset: str | None) -> str:
+    """`data` read in `charset`; an unknown or invalid charset (`unknown-8bit`, a misspelt or
+    empty name, a codec that is no text encoding) or none is read as UTF-8, else as
+    windows-1252, so no byte stops the mail being filed."""
+    if charset and charset not in ("us-ascii", "ascii"):
+        try:
+            return data.decode(charset, errors="replace")
+        except (LookupError, ValueError, TypeError):
+            pass  # charset names no text codec we have
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("windows-1252", errors="replace")
+
+
+def part_text(part: Message) -> str:
+    """The decoded text of a text/* part (its transfer encoding undone, then its charset)."""
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes):
+        return ""
+    try:
+        charset = part.get_content_charset()
+    except Exception:  # a charset parameter the parser cannot read
+        charset = None
+    return storable(_decoded_bytes(data, charset))
+
+
+def _header_value(message: Message, name: str, raw: str) -> str:
+    """A header's decoded value; its raw text when the parser fails on it (the standard
+    library's header parser raises IndexError on some malformed Message-IDs)."""
+    try:
+        return str(message.policy.header_fetch_parse(name, raw))
+    except Exception:
+        return storable(raw)
+
+
+def _header(message: Message, name: str) -> str | None:
+    """The first `name` header's value, or None."""
+    for key, raw in message.raw_items():
+        if key.lower() == name:
+            return _header_value(message, key, raw)
+    return None
+
+
+def _addresses(message: Message, name: str) -> tuple[Address, ...]:
+    try:
+        return tuple(getattr(message[name], "addresses", ()) or ())
+    except Exception:  # an address header the parser fails on: no address from it
+        return ()
+
+
 def header_pairs(message: Message) -> list[tuple[str, str]]:
-    return [(name, str(value)) for name, value in message.items()]
+    return [(name, _header_value(message, name, raw)) for name, raw in message.raw_items()]
 
 
 def _attachments(message: EmailMessage) -> list[Attachment]:
@@ -185,7 +290,11 @@ def _attachments(message: EmailMessage) -> list[Attachment]:
             continue
         data = part.get_payload(decode=True)
         if isinstance(data, bytes) and data:
-            found.append(Attachment(part.get_filename(), part.get_content_type(), data))
+            try:
+                filename = part.get_filename()
+            except Exception:  # a filename parameter the parser cannot read: kept unnamed
+                filename = None
+            found.append(Attachment(filename, part.get_content_type(), data))
     return found
 
 
@@ -195,22 +304,35 @@ def parse_mime(
     rcpt_tos: list[str] | None = None,
     source: str = "smtp",
 ) -> InboundEmail:
-    """An RFC 5322 message as received over SMTP or read from a mailbox."""
+    """An RFC 5322 message as received over SMTP or read from a mailbox. Text in an unknown
+    charset is decoded as well as it can be; raises `UnparseableEmail` when the message still
+    cannot be read."""
+    try:
+        return storable_email(_parse_mime(raw, envelope_from, rcpt_tos, source))
+    except EmailError:
+        raise
+    except Exception as err:
+        reason = f"the message cannot be parsed: {type(err).__name__}: {err}"
+        raise UnparseableEmail(reason[:300]) from err
+
+
+def _parse_mime(
+    raw: bytes, envelope_from: str | None, rcpt_tos: list[str] | None, source: str
+) -> InboundEmail:
     message = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(message, EmailMessage)
     sender, name = envelope_from or "", None
-    from_header = message["from"]
-    addresses: tuple[Address, ...] = getattr(from_header, "addresses", ()) if from_header else ()
+    addresses = _addresses(message, "from")
     if addresses and addresses[0].addr_spec and "@" in addresses[0].addr_spec:
         sender, name = addresses[0].addr_spec, addresses[0].display_name or None
-    to = [a.addr_spec for a in getattr(message["to"], "addresses", ()) if a.addr_spec]
+    to = [a.addr_spec for a in _addresses(message, "to") if a.addr_spec]
     text, html = "", None
     if message.get_content_maintype() in ("text", "multipart"):
         text_part = message.get_body(preferencelist=("plain",))
         html_part = message.get_body(preferencelist=("html",))
-        text = str(text_part.get_content()) if text_part is not None else ""
-        html = str(html_part.get_content()) if html_part is not None else None
-    message_id = clean_message_id(str(message["message-id"] or "")) or (
+        text = part_text(text_part) if text_part is not None else ""
+        html = part_text(html_part) if html_part is not None else None
+    message_id = clean_message_id(_header(message, "message-id") or "") or (
         # No Message-ID: a digest of the bytes still makes a redelivery a duplicate.
         "sha256:" + hashlib.sha256(raw).hexdigest()
     )
@@ -218,12 +340,12 @@ def parse_mime(
         sender=sender,
         sender_name=name,
         to=to + [r for r in rcpt_tos or [] if r not in to],
-        subject=str(message["subject"]) if message["subject"] is not None else None,
+        subject=_header(message, "subject"),
         text=text,
         html=html,
         message_id=message_id,
-        in_reply_to=first_message_id(str(message["in-reply-to"] or "")),
-        references=message_ids(str(message["references"] or "")),
+        in_reply_to=first_message_id(_header(message, "in-reply-to") or ""),
+        references=message_ids(_header(message, "references") or ""),
         headers=header_pairs(message),
         attachments=_attachments(message),
         envelope_from=envelope_from,
@@ -279,9 +401,13 @@ async def file_email(
     ingest: Ingest, email: InboundEmail, company_id: uuid.UUID | None = None
 ) -> MailOutcome:
     """File one inbound email; raises EmailError when it has no usable sender or content."""
+    email = storable_email(email)
     repo = MailRepository(ingest.plat.pool)
     sender = email.sender.strip()
-    bounce = parse_bounce(as_message(email), sender=sender, envelope_from=email.envelope_from)
+    try:
+        bounce = parse_bounce(as_message(email), sender=sender, envelope_from=email.envelope_from)
+    except Exception as err:  # a report too malformed to read: a bad item, never a retry loop
+        raise UnparseableEmail(f"the delivery report cannot be read: {type(err).__name__}") from err
     if bounce is not None:
         recorded = await _record_bounce(ingest, repo, email, bounce, company_id)
         return MailOutcome("bounce", bounce=bounce, bounces_recorded=recorded)
@@ -400,9 +526,17 @@ async def _record_bounce(
     company_id: uuid.UUID | None,
 ) -> int:
     dsn_id = clean_message_id(email.message_id) or "unknown"
+    original = _optional(bounce.original_message_id)
     recorded = 0
-    for recipient in bounce.recipients:
-        target = await repo.bounce_target(bounce.original_message_id, recipient.address, company_id)
+    for found in bounce.recipients:
+        # What the report says is read from its parts as written: storable before it is stored.
+        recipient = dataclasses.replace(
+            found,
+            address=storable(found.address),
+            status=_optional(found.status),
+            diagnostic=_optional(found.diagnostic),
+        )
+        target = await repo.bounce_target(original, recipient.address, company_id)
         if target is None:
             log.info("email_bounce_unmatched", kind=recipient.kind, status=recipient.status)
             continue

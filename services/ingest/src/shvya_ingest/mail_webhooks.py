@@ -14,8 +14,9 @@ signs it, then filed like every other email (`mail.file_email`):
   _PASSWORD), compared in constant time.
 
 Each refuses a request it cannot verify before reading it (401/403) and answers 503 while its
-secret is unset. Mail that can never be filed gets the answer that stops the provider's retries:
-406 for Mailgun, 403 for Postmark, 400 for SendGrid.
+secret is unset. Mail that can never be filed (no sender or content, or raw MIME that cannot be
+parsed) gets the answer that stops the provider's retries, with the reason in `detail`: 406 for
+Mailgun, 403 for Postmark, 400 for SendGrid.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import secrets
 import time
 from collections import OrderedDict
 from email import policy
-from email.parser import HeaderParser
+from email.parser import BytesParser, HeaderParser
 from typing import Any
 
 import structlog
@@ -133,6 +134,48 @@ async def _file(ingest: Ingest, email: InboundEmail, refuse_status: int) -> JSON
     return JSONResponse(_response(outcome))
 
 
+async def _file_mime(
+    ingest: Ingest,
+    data: bytes,
+    envelope_from: str | None,
+    rcpt: list[str],
+    source: str,
+    refuse_status: int,
+) -> JSONResponse:
+    """File a raw MIME message; one that cannot be parsed gets `refuse_status` with the
+    reason, like any mail that can never be filed."""
+    try:
+        email = parse_mime(data, envelope_from, rcpt, source=source)
+    except EmailError as err:
+        log.info("email_webhook_unparseable", source=source, reason=str(err))
+        return JSONResponse({"detail": str(err)}, status_code=refuse_status)
+    return await _file(ingest, email, refuse_status)
+
+
+async def _mime_field(form: FormData, name: str, body: bytes, content_type: str) -> bytes | None:
+    """The raw MIME message posted in form field `name`, as the bytes that were sent. Starlette
+    hands a text field over decoded (UTF-8, else latin-1), which cannot tell which 8-bit bytes
+    the message had, so a non-ASCII one is read again from the body."""
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return await value.read()
+    if value.isascii():
+        return value.encode("ascii")
+    head = b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n"
+    try:
+        posted = BytesParser(policy=policy.HTTP).parsebytes(head + body)
+        for part in posted.iter_parts():
+            if part.get_param("name", header="content-disposition") == name:
+                data = part.get_payload(decode=True)
+                if isinstance(data, bytes):
+                    return data
+    except Exception as err:  # the text Starlette read is still there
+        log.info("email_webhook_mime_field_unread", error=type(err).__name__)
+    return value.encode("utf-8", "surrogateescape")
+
+
 async def _files(form: FormData, names: list[str], info: dict[str, Any]) -> list[Attachment]:
     found: list[Attachment] = []
     for name in names[:MAX_FORM_FILES]:
@@ -188,21 +231,19 @@ async def sendgrid_inbound(request: Request, ingest: IngestDep) -> JSONResponse:
         max_files=MAX_FORM_FILES + 5, max_part_size=ingest.settings.email_webhook_max_bytes
     )
     try:
-        return await _sendgrid(ingest, form)
+        return await _sendgrid(ingest, form, body, request.headers.get("content-type", ""))
     finally:
         await form.close()
 
 
-async def _sendgrid(ingest: Ingest, form: FormData) -> JSONResponse:
+async def _sendgrid(ingest: Ingest, form: FormData, body: bytes, content_type: str) -> JSONResponse:
     envelope = _json(_text(form, "envelope")) or {}
     envelope_from = envelope.get("from") if isinstance(envelope, dict) else None
     envelope_to = envelope.get("to") if isinstance(envelope, dict) else None
     rcpt = [str(r) for r in envelope_to] if isinstance(envelope_to, list) else []
-    raw = form.get("email")
-    if raw is not None:
-        data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else await raw.read()
-        email = parse_mime(data, envelope_from, rcpt, source="sendgrid")
-        return await _file(ingest, email, 400)
+    data = await _mime_field(form, "email", body, content_type)
+    if data is not None:
+        return await _file_mime(ingest, data, envelope_from, rcpt, "sendgrid", 400)
     headers = HeaderParser(policy=policy.compat32).parsestr(_text(form, "headers"))
     try:
         sender, name = parse_address(_text(form, "from"))
@@ -261,16 +302,20 @@ async def mailgun_inbound(request: Request, ingest: IngestDep) -> JSONResponse:
         raise HTTPException(
             503, "Mailgun inbound is not configured: set MAILGUN_WEBHOOK_SIGNING_KEY"
         )
+    body = await request.body()  # kept: a raw MIME field is read from it (`_mime_field`)
     form = await request.form(
         max_files=MAX_FORM_FILES + 5, max_part_size=ingest.settings.email_webhook_max_bytes
     )
     try:
-        return await _mailgun(ingest, form, key.get_secret_value().encode())
+        content_type = request.headers.get("content-type", "")
+        return await _mailgun(ingest, form, key.get_secret_value().encode(), body, content_type)
     finally:
         await form.close()
 
 
-async def _mailgun(ingest: Ingest, form: FormData, key: bytes) -> JSONResponse:
+async def _mailgun(
+    ingest: Ingest, form: FormData, key: bytes, body: bytes, content_type: str
+) -> JSONResponse:
     timestamp, token = _text(form, "timestamp"), _text(form, "token")
     signature = _text(form, "signature")
     if not timestamp or not token or not signature:
@@ -284,10 +329,9 @@ async def _mailgun(ingest: Ingest, form: FormData, key: bytes) -> JSONResponse:
         raise HTTPException(403, "this Mailgun token was already used")
     envelope_from = _text(form, "sender") or None
     recipient = [a for a, _ in parse_addresses(_text(form, "recipient"))]
-    raw = form.get("body-mime")
-    if raw is not None:
-        data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else await raw.read()
-        return await _file(ingest, parse_mime(data, envelope_from, recipient, "mailgun"), 406)
+    data = await _mime_field(form, "body-mime", body, content_type)
+    if data is not None:
+        return await _file_mime(ingest, data, envelope_from, recipient, "mailgun", 406)
     pairs = _json(_text(form, "message-headers")) or []
     headers = [(str(p[0]), str(p[1])) for p in pairs if isinstance(p, list) and len(p) == 2]
     first = {k.lower(): v for k, v in reversed(headers)}
@@ -354,13 +398,14 @@ async def postmark_inbound(request: Request, ingest: IngestDep) -> JSONResponse:
     if not isinstance(payload, dict):
         raise HTTPException(400, "not a Postmark inbound JSON document")
     if isinstance(payload.get("RawEmail"), str) and payload["RawEmail"]:
-        email = parse_mime(
+        return await _file_mime(
+            ingest,
             payload["RawEmail"].encode("utf-8", "surrogateescape"),
             None,
             [r.get("Email", "") for r in payload.get("ToFull") or [] if isinstance(r, dict)],
             "postmark",
+            403,
         )
-        return await _file(ingest, email, 403)
     headers = [
         (str(h.get("Name")), str(h.get("Value")))
         for h in payload.get("Headers") or []

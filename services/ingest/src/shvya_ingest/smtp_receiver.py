@@ -4,7 +4,8 @@ at it, and every received mail is filed as an inbound email through the common p
 It runs on ingest's own event loop, started and stopped by the FastAPI lifespan when
 SMTP_RECEIVER_ENABLED is set. It only receives; it never relays. The SMTP reply tells the sending
 server what to do: 250 when filed (or already filed), 451 (try later) when the database or queue
-is down, 550 when the mail has no sender or content to file.
+is down, 550 when the mail has no sender or content to file or cannot be parsed at all (a
+permanent refusal, so the sending server bounces it instead of retrying it for days).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class InboundMailHandler:
             outcome = await file_email(self.ingest, email)
         except EmailError as err:
             log.info("smtp_mail_refused", reason=str(err))
-            return f"550 5.6.0 Cannot file this message: {err}"
+            # One reply line: no CR/LF from the reason may end it early.
+            return f"550 5.6.0 Cannot file this message: {' '.join(str(err).split())[:400]}"
         except OUTAGE_ERRORS as err:
             log.warning("smtp_mail_deferred", error=type(err).__name__)
             return "451 4.3.0 Temporarily unable to accept the message; try again later"
