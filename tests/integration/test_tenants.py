@@ -4,6 +4,7 @@ found, roles are enforced on every route, and limits and secrets behave."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -397,6 +398,72 @@ async def test_revoked_keys_stop_working_and_secrets_never_come_back(base_env, a
     finally:
         await conn.close()
     assert "hunter2" not in row and row.count("v1.kt1.") == 1
+
+
+async def test_every_admin_change_is_on_the_audit_trail_once(base_env, admin_token, db_url):
+    """An admin's change without an audit event of its own (a template, a stage, a webhook
+    endpoint, a sequence) is recorded as `<METHOD> <route>` with its ids and no body; one that
+    records its own (revoking a key) is recorded once; an agent's send, a refused change and a
+    read are not admin changes."""
+    async with api(base_env) as client:
+        acme = await new_company(client, admin_token, "Acme")
+        h = bearer(acme["admin"])
+        agent = await key(client, acme["admin"], "agent")
+        template = await client.post(
+            "/v1/templates",
+            json={"name": "t1", "channel": "email", "subject": "S", "body": "secret body"},
+            headers=h,
+        )
+        assert template.status_code == 201, template.text
+        pipeline = (await client.get("/v1/pipelines", headers=h)).json()[0]
+        stage = pipeline["stages"][1]["id"]
+        renamed = await client.patch(f"/v1/stages/{stage}", json={"name": "Talking"}, headers=h)
+        assert renamed.status_code == 200, renamed.text
+        endpoint = await client.post(
+            "/v1/webhooks/endpoints",
+            json={"url": "https://hooks.example.org/shvya", "event_types": ["lead.created"]},
+            headers=h,
+        )
+        assert endpoint.status_code == 201, endpoint.text
+        sequence = await client.post(
+            "/v1/sequences",
+            json={"name": "S", "channel": "log", "steps": [{"kind": "send", "text": "Hi"}]},
+            headers=h,
+        )
+        assert sequence.status_code == 201, sequence.text
+        refused = await client.patch(f"/v1/stages/{stage}", json={"name": ""}, headers=h)
+        assert refused.status_code == 422
+        assert (await client.get("/v1/templates", headers=h)).status_code == 200
+        assert (
+            await client.post("/v1/templates", json={"name": "t2"}, headers=bearer(agent))
+        ).status_code == 403
+        keys = (await client.get("/v1/api-keys", headers=h)).json()
+        agent_id = next(k["id"] for k in keys if k["role"] == "agent")
+        assert (await client.delete(f"/v1/api-keys/{agent_id}", headers=h)).status_code == 204
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT payload FROM events WHERE type = 'audit.action' AND company_id = $1"
+            " ORDER BY created_at, id",
+            uuid.UUID(acme["id"]),
+        )
+    finally:
+        await conn.close()
+    rows = [{"payload": json.loads(r["payload"])} for r in rows]
+    actions = [r["payload"]["action"] for r in rows]
+    prefix = acme["admin"][: len("shvya_") + 8]
+    generic = [r["payload"] for r in rows if " /v1/" in r["payload"]["action"]]
+    assert len(generic) == 4 and all(p["actor"] == f"key:{prefix}" for p in generic), generic
+    assert actions.count("POST /v1/templates") == 1
+    assert actions.count("PATCH /v1/stages/{stage_id}") == 1
+    assert actions.count("POST /v1/webhooks/endpoints") == 1
+    assert actions.count("POST /v1/sequences") == 1
+    assert actions.count("api_key.revoked") == 1
+    assert not any(a.startswith("DELETE /v1/api-keys") for a in actions)
+    assert actions.count("api_key.created") == 2  # the first admin key and the agent's
+    stage_event = next(r for r in rows if r["payload"]["action"].startswith("PATCH"))
+    assert stage_event["payload"]["target"] == {"params": {"stage_id": stage}}
+    assert "secret body" not in str([r["payload"] for r in rows])
 
 
 async def test_the_embedded_postgresql_refuses_a_login_without_its_password(pg_admin_url):

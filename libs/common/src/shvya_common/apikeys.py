@@ -5,6 +5,7 @@ with `insert_key` and revoke them, each with an audit event (`record_audit`)."""
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import secrets
 import uuid
@@ -40,6 +41,13 @@ def key_prefix(key: str) -> str | None:
     return f"{KEY_PREFIX}{ident}"
 
 
+# Set per HTTP request by ingest's audit trail middleware (a mutable flag, so a handler's write
+# is seen by the middleware): whether the request recorded an audit event of its own.
+AUDIT_WRITTEN: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
+    "audit_written", default=None
+)
+
+
 async def record_audit(
     conn: asyncpg.Connection | asyncpg.Pool,
     company_id: uuid.UUID | None,
@@ -50,6 +58,9 @@ async def record_audit(
     """An admin action for the audit trail: who, what, when (an `audit.action` event)."""
     payload = {"actor": actor, "action": action, "target": target}
     await record_event(conn, company_id, None, EventType.AUDIT, payload)
+    flag = AUDIT_WRITTEN.get()
+    if flag is not None:
+        flag[0] = True  # ingest's AuditTrail: this request's change has its own event
 
 
 async def insert_key(

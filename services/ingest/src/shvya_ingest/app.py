@@ -30,6 +30,7 @@ from shvya_ingest import (
     webhooks,
 )
 from shvya_ingest.api import Ingest, admin, install_error_handlers, router
+from shvya_ingest.audit_trail import AuditTrail
 from shvya_ingest.fastpath import InboundFastPath
 from shvya_ingest.imap_reader import MailboxReaders
 from shvya_ingest.middleware import EdgeMiddleware
@@ -111,6 +112,8 @@ def create_app(settings: IngestSettings) -> FastAPI:
     install_error_handlers(app)
     # Added first, so it runs inside the edge middleware: body limits, the deadline and metrics
     # apply to it too (Starlette wraps later middleware around earlier ones).
+    # Innermost: it sees the route FastAPI matched and the caller the handler authenticated.
+    app.add_middleware(AuditTrail, fastapi_app=app)
     if settings.fast_path:
         app.add_middleware(InboundFastPath, fastapi_app=app)
     app.add_middleware(
