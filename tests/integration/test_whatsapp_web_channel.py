@@ -258,7 +258,7 @@ async def test_a_logged_out_session_raises_with_whatsapps_reason(world: World) -
     with pytest.raises(WhatsAppWebLoggedOut) as info:
         await send(world.channel, params("+15550005001", "hi"))
     assert info.value.logout_reason == "md_opt_out"
-    assert "whatsapp-web-login --account default" in str(info.value)
+    assert "shvya whatsapp-web login --account default" in str(info.value)
     assert len(world.fake.attempts) == attempts
 
 

@@ -100,7 +100,7 @@ class WhatsAppWebLoggedOut(AccountPausedError):
             "logged_out",
             0,
             f"WhatsApp Web session logged out for account {account!r}{why}; run "
-            f"`python -m shvya_dispatch whatsapp-web-login --account {account}`",
+            f"`.venv/bin/shvya whatsapp-web login --account {account}`",
             pause_seconds=None,
         )
         self.logout_reason = reason

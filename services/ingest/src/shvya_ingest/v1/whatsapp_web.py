@@ -94,7 +94,7 @@ async def _state(ingest: IngestDep, account_id: uuid.UUID, profile: str) -> WebL
         health=row.state if row else None,
         paused=bool(row and row.pause_in_force),
         pause_reason=row.pause_reason if row and row.pause_in_force else None,
-        login_command=f"python -m shvya_dispatch whatsapp-web-login --account {profile}",
+        login_command=f".venv/bin/shvya whatsapp-web login --account {profile}",
     )
 
 
@@ -126,7 +126,7 @@ async def request_link(
             raise HTTPException(
                 409,
                 "no dispatch replica drives this account yet (WHATSAPP_WEB_ENABLED on dispatch);"
-                f" link it from a shell: python -m shvya_dispatch whatsapp-web-login"
+                f" link it from a shell: .venv/bin/shvya whatsapp-web login"
                 f" --account {profile}",
             )
         await db.request_login(conn, profile, body.method, body.phone, LINK_REQUEST_SECONDS)
