@@ -4,11 +4,13 @@ Round trips, not SQL, dominate ingest's cost: a message filed alone costs BEGIN,
 statement and COMMIT, plus its JetStream publish. Under load many requests wait at once, so
 each flusher takes everything queued while the previous batch was in flight (up to `max_batch`)
 and files it with `InboundFiler.file`: one transaction and one statement per company, channel
-and identity, with the publishes gathered before COMMIT. At low load a batch is a single
-request and nothing waits on a timer, so latency is unchanged.
+and identity; the jobs' publishes are gathered after COMMIT (the job bus's outbox: what a
+publish could lose, the relay republishes). At low load a batch is a single request and nothing
+waits on a timer, so latency is unchanged.
 
-A batch shares its fate: if its transaction fails (database or NATS down), every request in it
-gets the same error, and none of them was filed.
+A batch shares its fate: if its transaction fails (the database down), every request in it gets
+the same error, and none of them was filed. NATS being down does not fail it: the rows are
+committed and the relay publishes them when NATS is back.
 """
 
 from __future__ import annotations
