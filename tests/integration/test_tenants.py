@@ -17,7 +17,17 @@ import pytest
 from pydantic import ValidationError
 
 from shvya_common.crypto import generate_key
-from shvya_ingest import kb_api, mailbox_api, v1
+from shvya_common.webhooks.repository import WebhookRepository
+from shvya_ingest import (
+    campaigns_api,
+    kb_api,
+    mailbox_api,
+    outbound_api,
+    reports_api,
+    schedules_api,
+    sequences_api,
+    v1,
+)
 from shvya_ingest.app import create_app
 from shvya_ingest.settings import IngestSettings
 from tests.keys import bearer
@@ -150,7 +160,16 @@ def test_anonymous_inbound_is_refused_off_loopback_and_a_weak_link_secret_stops_
 def v1_routes() -> list[tuple[str, str, Any]]:
     """(method, path, route) of every company-scoped API route."""
     found = []
-    for router in [*v1.routers(), kb_api.router, mailbox_api.router]:
+    for router in [
+        *v1.routers(),
+        kb_api.router,
+        mailbox_api.router,
+        sequences_api.router,
+        outbound_api.router,
+        campaigns_api.router,
+        schedules_api.router,
+        reports_api.router,
+    ]:
         for route in router.routes:
             for method in sorted(route.methods - {"HEAD"}):
                 found.append((method, route.path, route))
@@ -186,8 +205,23 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/v1/templates/{template_id}"): {"body": "Z"},
     ("PATCH", "/v1/channel-accounts/{account_id}"): {"config": {}},
     ("PUT", "/v1/kb/documents/{doc_id}"): {"content": "Z"},
+    ("PATCH", "/v1/sequences/{sequence_id}"): {"name": "Z"},
+    ("PUT", "/v1/sequences/{sequence_id}/steps"): {"steps": [{"kind": "send", "text": "Z"}]},
+    ("PATCH", "/v1/sequences/{sequence_id}/steps/{step_id}"): {"text": "Z"},
+    ("POST", "/v1/sequences/{sequence_id}/preview"): {"lead_id": str(uuid.uuid4())},
+    ("POST", "/v1/sequences/{sequence_id}/enrolments"): {"lead_id": str(uuid.uuid4())},
+    ("PATCH", "/v1/webhooks/endpoints/{endpoint_id}"): {"description": "Z"},
+    ("POST", "/v1/webhooks/endpoints/{endpoint_id}/rotate-secret"): {"overlap_seconds": 0},
+    ("PATCH", "/v1/reminders/{reminder_id}"): {"title": "Z"},
+    ("PATCH", "/v1/campaigns/{campaign_id}"): {"name": "Z"},
+    ("POST", "/v1/campaigns/{campaign_id}/preview"): {"lead_id": str(uuid.uuid4())},
+    ("POST", "/v1/campaigns/{campaign_id}/send"): {},
+    ("PATCH", "/v1/schedules/{schedule_id}"): {"name": "Z"},
 }
 QUERIES = {("DELETE", "/v1/suppressions/{suppression_id}"): {"reason": "test"}}
+# Company-scoped routes whose path parameter names no row of a company: every company reads
+# its own report of that name, so there is no other company's id to try.
+NOT_AN_ID = {"/v1/reports/{name}"}
 
 
 async def populate(client: httpx.AsyncClient, admin: str, db_url: str) -> dict[str, str]:
@@ -245,6 +279,61 @@ async def populate(client: httpx.AsyncClient, admin: str, db_url: str) -> dict[s
     assert doc.status_code == 201, doc.text
     ids["doc_id"] = doc.json()["id"]
     ids["mailbox_id"] = str(uuid.uuid4())  # none exists; another company's id must 404 too
+    sequence = await client.post(
+        "/v1/sequences",
+        json={"name": "S", "channel": "log", "steps": [{"kind": "send", "text": "Hi"}]},
+        headers=h,
+    )
+    assert sequence.status_code == 201, sequence.text
+    ids["sequence_id"] = sequence.json()["id"]
+    ids["step_id"] = sequence.json()["steps"][0]["id"]
+    enrolled = await client.post(
+        f"/v1/sequences/{ids['sequence_id']}/enrolments",
+        json={"lead_id": ids["lead_id"]},
+        headers=h,
+    )
+    assert enrolled.status_code == 201, enrolled.text
+    ids["enrolment_id"] = enrolled.json()["enrolments"][0]["enrolment_id"]
+    endpoint = await client.post(
+        "/v1/webhooks/endpoints",
+        json={"url": "https://hooks.example.org/shvya", "event_types": ["lead.created"]},
+        headers=h,
+    )
+    assert endpoint.status_code == 201, endpoint.text
+    ids["endpoint_id"] = endpoint.json()["id"]
+    reminder = await client.post(
+        "/v1/reminders",
+        json={"remind_at": "2099-01-01T09:00:00+00:00", "title": "Call", "lead_id": ids["lead_id"]},
+        headers=h,
+    )
+    assert reminder.status_code == 201, reminder.text
+    ids["reminder_id"] = reminder.json()["id"]
+    campaign = await client.post(
+        "/v1/campaigns",
+        json={"name": "C", "template": {"subject": "S", "text": "Hi"}},
+        headers=h,
+    )
+    assert campaign.status_code == 201, campaign.text
+    ids["campaign_id"] = campaign.json()["id"]
+    schedule = await client.post(
+        "/v1/schedules",
+        json={"name": "R", "kind": "reports", "cron": "0 9 * * 1"},
+        headers=h,
+    )
+    assert schedule.status_code == 201, schedule.text
+    ids["schedule_id"] = schedule.json()["id"]
+    # Deliveries are written by the scheduler's fan-out, which this test does not run.
+    conn = await asyncpg.connect(db_url)
+    try:
+        company_id, event_id = await conn.fetchrow(
+            "SELECT company_id, id FROM events WHERE lead_id = $1 AND type = 'lead.created'",
+            uuid.UUID(ids["lead_id"]),
+        )
+        fanned = await WebhookRepository.fan_out(conn, company_id, event_id, "lead.created")
+    finally:
+        await conn.close()
+    assert len(fanned) == 1
+    ids["delivery_id"] = str(fanned[0][0])
     return ids
 
 
@@ -264,7 +353,19 @@ SELECT
   WHERE company_id = $1) AS keys,
  (SELECT jsonb_agg(to_jsonb(a) ORDER BY id) FROM channel_accounts a
   WHERE company_id = $1) AS accounts,
- (SELECT count(*) FROM ai_kb_docs WHERE company_id = $1) AS docs
+ (SELECT count(*) FROM ai_kb_docs WHERE company_id = $1) AS docs,
+ (SELECT jsonb_agg(to_jsonb(s) ORDER BY id) FROM sequences s WHERE company_id = $1) AS sequences,
+ (SELECT jsonb_agg(to_jsonb(st) ORDER BY st.id) FROM sequence_steps st
+  JOIN sequences s ON s.id = st.sequence_id WHERE s.company_id = $1) AS steps,
+ (SELECT jsonb_agg(to_jsonb(e) ORDER BY id) FROM sequence_enrolments e
+  WHERE company_id = $1) AS enrolments,
+ (SELECT jsonb_agg(to_jsonb(w) ORDER BY id) FROM webhook_endpoints w
+  WHERE company_id = $1) AS endpoints,
+ (SELECT jsonb_agg(to_jsonb(d) ORDER BY id) FROM webhook_deliveries d
+  WHERE company_id = $1) AS deliveries,
+ (SELECT jsonb_agg(to_jsonb(r) ORDER BY id) FROM reminders r WHERE company_id = $1) AS reminders,
+ (SELECT jsonb_agg(to_jsonb(c) ORDER BY id) FROM campaigns c WHERE company_id = $1) AS campaigns,
+ (SELECT jsonb_agg(to_jsonb(s) ORDER BY id) FROM schedules s WHERE company_id = $1) AS schedules
 """
 
 
@@ -282,7 +383,7 @@ async def test_no_route_reads_or_writes_another_companys_data(base_env, admin_to
             tried = []
             for method, path, _ in v1_routes():
                 params = re.findall(r"{(\w+)}", path)
-                if not params or path.startswith("/v1/companies"):
+                if not params or path.startswith("/v1/companies") or path in NOT_AN_ID:
                     continue
                 url = path.format(**{p: ids[p] for p in params})
                 response = await client.request(
@@ -298,20 +399,30 @@ async def test_no_route_reads_or_writes_another_companys_data(base_env, admin_to
         finally:
             await conn.close()
         assert dict(after) == dict(before)
-        assert len(tried) >= 25
-        for listing in (
-            "/v1/leads",
-            "/v1/templates",
-            "/v1/suppressions",
-            "/v1/users",
-            "/v1/channel-accounts",
-            "/v1/kb/documents",
-            "/v1/events",
+        assert len(tried) >= 70
+        for listing, key_ in (
+            ("/v1/leads", "items"),
+            ("/v1/templates", "items"),
+            ("/v1/suppressions", "items"),
+            ("/v1/users", "items"),
+            ("/v1/channel-accounts", "items"),
+            ("/v1/kb/documents", "documents"),
+            ("/v1/events", "items"),
+            ("/v1/sequences", "sequences"),
+            ("/v1/webhooks/endpoints", "endpoints"),
+            ("/v1/reminders", "reminders"),
+            ("/v1/campaigns", "campaigns"),
+            ("/v1/schedules", None),
         ):
-            seen = (await client.get(listing, headers=bearer(beta["admin"]))).json()
-            items = seen.get("items", seen.get("documents")) if isinstance(seen, dict) else seen
+            answer = await client.get(listing, headers=bearer(beta["admin"]))
+            assert answer.status_code == 200, (listing, answer.text)
+            seen = answer.json()
+            items = seen.get(key_, []) if isinstance(seen, dict) else seen
             ours = {str(i) for i in ids.values()}
             assert not [i for i in items if str(i.get("id")) in ours], listing
+        report = await client.get("/v1/reports/funnel", headers=bearer(beta["admin"]))
+        assert report.status_code == 200, report.text
+        assert report.json()["company_id"] == beta["id"]
 
 
 async def test_every_route_refuses_missing_credentials_and_wrong_roles(base_env, admin_token):
