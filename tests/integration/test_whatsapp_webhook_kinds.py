@@ -468,6 +468,40 @@ async def test_a_failed_status_after_delivered_or_read_sends_nothing_again(
         assert await events(conn, "message.delivery_policy") == []
 
 
+async def test_a_resend_is_the_send_as_it_was_asked_for(client, db_url, nats_url, prefix):
+    """A 131049 resend of a template send carries its template parameters and the message it
+    quoted, as the first send was asked for, not only its body and template."""
+    await post(client, samples.messages([samples.text("wamid.rs", PHONE, "Hi")]))
+    template_id = uuid.uuid4()
+    async with database(db_url) as conn:
+        message_id = await outbound(conn, body="Hi Ana, 20% off until Friday")
+        company, lead = await conn.fetchrow("SELECT company_id, lead_id FROM messages LIMIT 1")
+        await conn.execute(
+            "UPDATE messages SET send_params = $2 WHERE id = $1",
+            message_id,
+            {
+                "company_id": str(company),
+                "lead_id": str(lead),
+                "channel": "whatsapp_cloud",
+                "to": E164,
+                "text": "Hi Ana, 20% off until Friday",
+                "template_id": str(template_id),
+                "template_params": ["Ana", "20%"],
+                "send_key": f"campaign:{message_id}",
+                "purpose": "marketing",
+                "context_message_id": "wamid.rs",
+            },
+        )
+    failed = samples.failed(OUT, 131049, "This message was not delivered", ts=samples.TS + 60)
+    await post(client, samples.statuses([failed]))
+    (params,) = await _send_params(nats_url, prefix)
+    assert params["send_key"] == f"resend:1:{message_id}"
+    assert params["template_id"] == str(template_id)
+    assert params["template_params"] == ["Ana", "20%"]
+    assert (params["purpose"], params["context_message_id"]) == ("marketing", "wamid.rs")
+    assert params["not_before"] is not None
+
+
 async def test_undeliverable_failure_flags_the_lead_until_it_writes_again(client, db_url):
     """A failed status with 131026 flags the lead undeliverable; its next message clears it."""
     await post(client, samples.messages([samples.text("wamid.f1", PHONE, "Hi")]))

@@ -78,7 +78,7 @@ async def apply_failure_policy(
     for failure in failures:
         message = await conn.fetchrow(
             "SELECT id, company_id, lead_id, channel, body, recipient, send_key, reply_to_id,"
-            " priority, meta FROM messages WHERE id = $1 AND direction = 'outbound'",
+            " priority, meta, send_params FROM messages WHERE id = $1 AND direction = 'outbound'",
             failure.message_id,
         )
         if message is None:
@@ -219,18 +219,26 @@ async def _resend(
         depth = int(n) if n.isdigit() else config.resend_max
     if depth >= config.resend_max:
         return "resend_exhausted"
-    params = SendParams(
-        company_id=message["company_id"],
-        lead_id=message["lead_id"],
-        channel=message["channel"],
-        to=message["recipient"],
-        text=message["body"],
-        template_id=_template_id(meta),
-        send_key=f"resend:{depth + 1}:{root}",
-        purpose=_send_purpose(meta),
-        reply_to_message_id=message["reply_to_id"],
-        not_before=failure.status_at + timedelta(seconds=delay),
-    )
+    resend = {
+        "send_key": f"resend:{depth + 1}:{root}",
+        "not_before": failure.status_at + timedelta(seconds=delay),
+    }
+    if message["send_params"]:
+        # The send exactly as it was asked for (template parameters, subject, the quoted
+        # message, the AI's metadata): dispatch's policies apply to it again as to the first.
+        params = SendParams.model_validate(message["send_params"]).model_copy(update=resend)
+    else:  # a row written before sends kept their parameters
+        params = SendParams(
+            company_id=message["company_id"],
+            lead_id=message["lead_id"],
+            channel=message["channel"],
+            to=message["recipient"],
+            text=message["body"],
+            template_id=_template_id(meta),
+            purpose=_send_purpose(meta),
+            reply_to_message_id=message["reply_to_id"],
+            **resend,
+        )
     _, created = await unit.request_send(params, priority=message["priority"] or 100)
     return "resend_requested" if created else "resend_exists"
 
