@@ -3,6 +3,9 @@ model gate (calls in flight, calls waiting, the provider's current limit).
 
 Tokens are counted when the model answers, whether or not the job then commits, because that
 is when they are billed. The offline responder spends none and is counted under its own label.
+The company label is bounded: the first `COMPANY_LABELS` companies a process sees get their own,
+the rest are counted as `other` (a platform with thousands of tenants would otherwise grow a
+series per company in Prometheus); every company's totals are in `ai_sessions`.
 """
 
 from __future__ import annotations
@@ -30,9 +33,24 @@ MODEL_RATE_LIMITED = Counter(
 )
 
 
+COMPANY_LABELS = 100
+_labelled: set[str] = set()
+
+
+def company_label(company_id: object) -> str:
+    """The company's own label while fewer than COMPANY_LABELS have one, else 'other'."""
+    key = str(company_id)
+    if key in _labelled:
+        return key
+    if len(_labelled) < COMPANY_LABELS:
+        _labelled.add(key)
+        return key
+    return "other"
+
+
 def record_tokens(
     company_id: object, task: str, responder: str, model: str | None, prompt: int, completion: int
 ) -> None:
-    labels = (str(company_id), task)
+    labels = (company_label(company_id), task)
     AI_TOKENS.labels(*labels, "prompt", responder, model or "").inc(prompt)
     AI_TOKENS.labels(*labels, "completion", responder, model or "").inc(completion)
