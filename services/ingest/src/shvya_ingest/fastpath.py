@@ -6,7 +6,7 @@ ingest's CPU under load. It reads the body, validates it with pydantic's JSON va
 calls the same `Ingest.accept`. A body that does not validate falls through to the FastAPI route
 untouched, so bad input gets exactly the same 422 answers. It authenticates with the same
 `Ingest.caller` as the route, and errors are answered with the same JSON bodies, statuses and
-headers as the app's exception handlers (`INGEST_FAST_PATH=false` turns it off; the API tests
+headers as the app's exception handlers (`FAST_PATH=false` turns it off; the API tests
 run both ways).
 """
 
