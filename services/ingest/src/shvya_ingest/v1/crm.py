@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
+import structlog
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +30,7 @@ from shvya_common.contracts import SendParams, SummaryParams
 from shvya_common.contracts.events import EventType
 from shvya_common.events import record_event
 from shvya_common.sequences import enrolments
+from shvya_common.storage import LocalMediaStore, MediaNotFound
 from shvya_ingest.auth import AdminCompany, AgentCompany, PrincipalDep, audit
 from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
 from shvya_ingest.v1.common import (
@@ -45,6 +47,7 @@ from shvya_ingest.v1.common import (
 )
 from shvya_ingest.v1.identity import create_pipeline
 
+log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/v1", dependencies=V1, tags=["CRM"], responses=ERRORS)
 
 Channel = Literal["whatsapp_cloud", "whatsapp_web", "email", "log"]
@@ -631,8 +634,11 @@ class ErasedOut(BaseModel):
 async def erase_lead(
     lead_id: uuid.UUID, company_id: AdminCompany, ingest: IngestDep, caller: PrincipalDep
 ) -> ErasedOut:
-    """GDPR erasure: delete the lead, its messages, contacts, events, jobs and suppressions of its
-    addresses' personal data; one `lead.erased` event keeps the ids and counts only."""
+    """GDPR erasure: delete the lead, its messages (with their revisions, reactions, statuses
+    and received media, the stored files included), contacts, events, jobs, timers, enrolments,
+    webhook deliveries and the bounces of its email addresses; one `lead.erased` event keeps
+    the ids and counts only. Suppressions of its addresses stay: they are what keeps a person
+    who opted out from being contacted again."""
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
         counts = await conn.fetchrow(
             "SELECT (SELECT count(*) FROM messages WHERE lead_id = $1) AS messages,"
@@ -643,8 +649,20 @@ async def erase_lead(
         )
         if counts is None:
             raise not_found("lead", lead_id)
-        # Media and timers of the lead go with it (foreign keys cascade).
+        files = await conn.fetchval(_LEAD_FILES, lead_id)
+        # A bounce keeps its row when its lead goes (lead_id SET NULL): erase it by address.
+        await conn.execute(
+            "DELETE FROM email_bounces WHERE company_id = $2 AND (lead_id = $1 OR lower(address)"
+            " IN (SELECT lower(email) FROM leads WHERE id = $1 AND email IS NOT NULL"
+            "     UNION SELECT lower(address) FROM lead_contacts"
+            "     WHERE lead_id = $1 AND channel = 'email'))",
+            lead_id,
+            company_id,
+        )
+        # Everything else of the lead goes with it (foreign keys cascade).
         await conn.execute("DELETE FROM leads WHERE id = $1", lead_id)
+        # Files are content-addressed per company: one another message still uses stays.
+        orphans = await conn.fetchval(_UNUSED_FILES, company_id, files) if files else []
         await record_event(
             conn,
             company_id,
@@ -658,7 +676,33 @@ async def erase_lead(
             },
         )
         await audit(conn, caller, company_id, "lead.erased", {"lead": str(lead_id)})
+    store = LocalMediaStore(ingest.settings.media_dir)
+    for key in orphans:  # after COMMIT: a rolled-back erasure keeps its files
+        try:
+            await store.delete(key)
+        except (OSError, MediaNotFound) as err:
+            log.warning("erased_lead_file_kept", error=type(err).__name__)
     return ErasedOut(lead_id=lead_id, messages=counts["messages"], events=counts["events"])
+
+
+# The stored files of a lead's messages: WhatsApp media, and email attachments (meta).
+_LEAD_FILES = """
+SELECT coalesce(array_agg(DISTINCT key), '{}') FROM (
+    SELECT i.storage_key AS key FROM inbound_media i JOIN messages m ON m.id = i.message_id
+    WHERE m.lead_id = $1 AND i.storage_key IS NOT NULL
+    UNION ALL
+    SELECT a->>'key' FROM messages m, jsonb_array_elements(
+        CASE WHEN jsonb_typeof(m.meta->'attachments') = 'array' THEN m.meta->'attachments'
+             ELSE '[]'::jsonb END) a
+    WHERE m.lead_id = $1 AND a->>'key' IS NOT NULL
+) k
+"""
+_UNUSED_FILES = """
+SELECT coalesce(array_agg(k), '{}') FROM unnest($2::text[]) AS k
+WHERE NOT EXISTS (SELECT 1 FROM inbound_media i WHERE i.company_id = $1 AND i.storage_key = k)
+  AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.company_id = $1
+                    AND m.meta->'attachments' @> jsonb_build_array(jsonb_build_object('key', k)))
+"""
 
 
 # --- conversations and hand-off ----------------------------------------------------------
