@@ -283,6 +283,39 @@ async def test_the_console_end_to_end_in_chromium(platform, db_url):
         assert await page.get_by_role("button", name="Earlier messages").count() == 0
         assert await page.locator(".msg", has_text="old message").count() == 250
 
+        # 3c. A column past 100 leads shows more on request; a lead's page shows its latest
+        # events even with a long history.
+        conn = await asyncpg.connect(db_url)
+        try:
+            await conn.execute(
+                "INSERT INTO leads (company_id, pipeline_id, stage_id, phone_e164, contact_name)"
+                " SELECT p.company_id, p.id, s.id, '+49170' || lpad(i::text, 6, '0'), 'Bulk ' || i"
+                " FROM pipelines p JOIN stages s ON s.pipeline_id = p.id AND s.name = 'Proposal',"
+                " generate_series(1, 130) AS i WHERE p.company_id = $1 AND p.is_default",
+                uuid.UUID(acme["id"]),
+            )
+            await conn.execute(
+                "INSERT INTO events (company_id, lead_id, type, payload, created_at)"
+                " SELECT company_id, id, 'lead.suppressed', '{}'::jsonb,"
+                " now() - make_interval(days => 1, secs => i)"
+                " FROM leads, generate_series(1, 210) AS i WHERE id = $1",
+                uuid.UUID(long_lead),
+            )
+        finally:
+            await conn.close()
+        await page.goto(f"{url}/console/#/board")
+        proposal = page.locator(".column[data-stage='Proposal']")
+        await proposal.locator(".count", has_text="100+").wait_for(timeout=5_000)
+        await proposal.get_by_role("button", name="Show more").click()
+        await proposal.locator(".count", has_text="130").wait_for(timeout=5_000)
+        assert await proposal.locator(".card").count() == 130
+        assert await proposal.get_by_role("button", name="Show more").count() == 0
+        await page.goto(f"{url}/console/#/leads/{long_lead}")
+        await page.locator(".timeline li[data-type='lead.suppressed']").first.wait_for(
+            timeout=5_000
+        )
+        assert await page.locator(".timeline li[data-type='message.received']").count() == 1
+
         # 4. Drag the lead to another stage; the event is on the lead's timeline.
         await page.goto(f"{url}/console/#/board")
         card = page.locator(f".card[data-lead='{lead_id}']")

@@ -10,7 +10,7 @@ import base64
 import json
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
@@ -103,6 +103,15 @@ def limit_param(request: Request, limit: int) -> int:
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page.")]
 Cursor = Annotated[str | None, Query(max_length=200, description="From `next_cursor`.")]
+Order = Annotated[
+    Literal["oldest", "newest"],
+    Query(description="`newest` pages back from the latest (a long history's end first)."),
+]
+
+
+def order_sql(order: str) -> tuple[str, str]:
+    """(the cursor's comparison, ORDER BY's direction) for a (created_at, id) page in `order`."""
+    return (">", "") if order == "oldest" else ("<", " DESC")
 
 
 def not_found(kind: str, ident: object) -> HTTPException:

@@ -26,10 +26,12 @@ from shvya_ingest.v1.common import (
     Cursor,
     IngestDep,
     Limit,
+    Order,
     Page,
     decode_cursor,
     limit_param,
     not_found,
+    order_sql,
     page_of,
 )
 
@@ -378,20 +380,22 @@ async def list_events(
     since: datetime | None = None,
     cursor: Cursor = None,
     limit: Limit = 100,
+    order: Order = "oldest",
 ) -> Page[EventOut]:
-    """The audit trail, oldest first: every message, send, stage move, admin action, ...
-    (events past the hot period are read from the monthly archive, through `events_all`)."""
+    """The audit trail, oldest first (or newest first): every message, send, stage move, admin
+    action, ... (events past the hot period are read from the monthly archive, `events_all`)."""
     limit = limit_param(request, limit)
     unknown = [t for t in type if t not in EventType._value2member_map_]
     if unknown:
         raise HTTPException(422, f"unknown event type(s): {', '.join(unknown)}")
     after = decode_cursor(cursor)
+    beyond, direction = order_sql(order)
     rows = await ingest.plat.pool.fetch(
         "SELECT id, type, lead_id, payload, created_at FROM events_all WHERE company_id = $1"
         " AND (cardinality($2::text[]) = 0 OR type = ANY($2::text[]))"
         " AND ($3::uuid IS NULL OR lead_id = $3) AND ($4::timestamptz IS NULL OR created_at >= $4)"
-        " AND ($5::timestamptz IS NULL OR (created_at, id) > ($5, $6::uuid))"
-        " ORDER BY created_at, id LIMIT $7",
+        f" AND ($5::timestamptz IS NULL OR (created_at, id) {beyond} ($5, $6::uuid))"
+        f" ORDER BY created_at{direction}, id{direction} LIMIT $7",
         company_id,
         type,
         lead_id,

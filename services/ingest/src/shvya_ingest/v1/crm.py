@@ -39,10 +39,12 @@ from shvya_ingest.v1.common import (
     Cursor,
     IngestDep,
     Limit,
+    Order,
     Page,
     decode_cursor,
     limit_param,
     not_found,
+    order_sql,
     page_of,
 )
 from shvya_ingest.v1.identity import create_pipeline
@@ -783,10 +785,7 @@ async def conversation(
     ingest: IngestDep,
     cursor: Cursor = None,
     limit: Limit = 100,
-    order: Annotated[
-        Literal["oldest", "newest"],
-        Query(description="`newest` pages back from the latest message (a long thread's end)."),
-    ] = "oldest",
+    order: Order = "oldest",
 ) -> Page[MessageOut]:
     """The lead's messages oldest first (or newest first), with send and delivery statuses."""
     limit = limit_param(request, limit)
@@ -796,7 +795,7 @@ async def conversation(
         "SELECT 1 FROM leads WHERE id = $1 AND company_id = $2", lead_id, company_id
     ):
         raise not_found("lead", lead_id)
-    beyond, direction = (">", "") if order == "oldest" else ("<", " DESC")
+    beyond, direction = order_sql(order)
     rows = await pool.fetch(
         "SELECT id, direction, channel, body, status, delivery_status, delivery_error,"
         " last_error, meta, created_at, sent_at, delivered_at, read_at FROM messages"

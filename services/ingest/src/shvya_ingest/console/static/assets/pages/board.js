@@ -10,7 +10,7 @@ async function loadBoard(pipelineId, q) {
   const pipeline = active.find((p) => p.id === pipelineId) || active.find((p) => p.is_default) || active[0];
   const stages = pipeline ? pipeline.stages.filter((s) => !s.archived) : [];
   const pages = await Promise.all(stages.map((s) => get(`/v1/leads${qs({ stage_id: s.id, q, limit: 100 })}`)));
-  return { pipelines: active, pipeline, columns: stages.map((s, i) => ({ stage: s, leads: pages[i].items, more: !!pages[i].next_cursor })) };
+  return { pipelines: active, pipeline, q, columns: stages.map((s, i) => ({ stage: s, leads: pages[i].items, cursor: pages[i].next_cursor || null })) };
 }
 
 export function Board({ ctx }) {
@@ -18,7 +18,16 @@ export function Board({ ctx }) {
   const [q, setQ] = useState("");
   const [error, setError] = useState(null);
   const [over, setOver] = useState(null);
-  const board = useData(() => loadBoard(pipelineId, q), [pipelineId, q]);
+  // Leads past a column's first 100, loaded on request: stage id -> { leads, cursor }.
+  const [extra, setExtra] = useState({});
+  const board = useData(async () => { const b = await loadBoard(pipelineId, q); setExtra({}); return b; }, [pipelineId, q]);
+  async function showMore(col) {
+    const cursor = extra[col.stage.id] ? extra[col.stage.id].cursor : col.cursor;
+    try {
+      const page = await get(`/v1/leads${qs({ stage_id: col.stage.id, q: board.data.q, limit: 100, cursor })}`);
+      setExtra((x) => ({ ...x, [col.stage.id]: { leads: [...((x[col.stage.id] || {}).leads || []), ...page.items], cursor: page.next_cursor || null } }));
+    } catch (err) { setError(err); }
+  }
   useLive(board.reload, (e) => ["lead.stage_changed", "lead.created", "lead.merged", "lead.erased"].includes(e.type), [board.reload]);
   async function move(leadId, stageId) {
     setError(null);
@@ -37,7 +46,7 @@ export function Board({ ctx }) {
     </div>
     <${ErrorNote} error=${error || board.error} />
     <div class="board" data-testid="board">
-      ${data && data.columns.map((col) => html`<section key=${col.stage.id}
+      ${data && data.columns.map((c) => ({ ...c, leads: [...c.leads, ...((extra[c.stage.id] || {}).leads || []).filter((l) => !c.leads.some((k) => k.id === l.id))], more: extra[c.stage.id] ? !!extra[c.stage.id].cursor : !!c.cursor })).map((col) => html`<section key=${col.stage.id}
           class=${`column ${over === col.stage.id ? "over" : ""}`} data-stage=${col.stage.name} aria-label=${col.stage.name}
           onDragOver=${(e) => { if (ctx.canWrite) { e.preventDefault(); setOver(col.stage.id); } }}
           onDragLeave=${() => setOver(null)}
@@ -54,6 +63,7 @@ export function Board({ ctx }) {
               </select></label>`}
           </li>`)}
         </ul>
+        ${col.more && html`<button type="button" class="more" onClick=${() => showMore(col)}>Show more</button>`}
       </section>`)}
     </div>
   </section>`;

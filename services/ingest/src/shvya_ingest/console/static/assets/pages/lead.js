@@ -6,7 +6,8 @@ import { useData, useLive, ErrorNote, Time, Badge, ChannelBadge } from "../ui.js
 async function loadLead(id) {
   const lead = await get(`/v1/leads/${id}`);
   const [events, enrolments] = await Promise.all([
-    get(`/v1/events${qs({ lead_id: id, limit: 200 })}`),
+    // Newest first: a lead with a long history shows its latest events, not its first 200.
+    get(`/v1/events${qs({ lead_id: id, limit: 200, order: "newest" })}`),
     get(`/v1/leads/${id}/enrolments`).catch(() => []),
   ]);
   const addresses = [["whatsapp_cloud", lead.phone_e164], ["whatsapp_web", lead.phone_e164], ["email", lead.email]].filter(([, a]) => a);
@@ -14,7 +15,7 @@ async function loadLead(id) {
     const found = await get(`/v1/suppressions${qs({ channel, address })}`);
     return { channel, address, suppressions: found.items };
   }));
-  return { lead, events: events.items.slice().reverse(), enrolments, optouts };
+  return { lead, events: events.items, enrolments, optouts };
 }
 
 function describe(e) {
