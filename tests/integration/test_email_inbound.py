@@ -262,3 +262,22 @@ async def test_smtp_receiver_files_a_real_smtp_message_once(base_env, db_url):
     assert rows[1]["provider_message_id"] == "20260601.42@example.org"
     assert {r["channel"] for r in rows} == {"email"}
     assert jobs == 2
+
+
+async def test_one_sender_writing_too_fast_gets_429_at_the_email_webhook(base_env, db_url):
+    """INBOUND_RATE_LIMIT applies per sender at the email webhook as at /inbound-message: past
+    it the sender's mail is answered 429 with Retry-After (the provider retries later, nothing
+    is filed), while another sender is still filed."""
+    async with ingest_client(base_env, INBOUND_RATE_LIMIT="2/minute") as client:
+        answers = []
+        for n in range(3):
+            mail = {**EMAIL, "message_id": f"<burst-{n}@mail.example.com>"}
+            answers.append(await client.post("/webhooks/email", json=mail, headers=EMAIL_AUTH))
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        assert int(answers[2].headers["Retry-After"]) > 0
+        other = {**EMAIL, "from": "bo@example.org", "message_id": "<other@mail.example.com>"}
+        assert (
+            await client.post("/webhooks/email", json=other, headers=EMAIL_AUTH)
+        ).status_code == 200
+    async with database(db_url) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM messages WHERE direction = 'inbound'") == 3

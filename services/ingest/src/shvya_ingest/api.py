@@ -184,6 +184,16 @@ class Ingest:
             raise AuthError(403, "company_id is not the company of this key")
         return caller.company_id
 
+    async def limit_sender(self, company_id: uuid.UUID | None, address: str) -> None:
+        """INBOUND_RATE_LIMIT per sender, at every HTTP door that files messages: 429 with
+        Retry-After (the provider retries) when one sender writes faster."""
+        try:
+            await self.limiter.hit(sender=f"{company_id or 'routed'}:{address.strip().lower()}")
+        except Limited as err:
+            raise HTTPException(
+                429, str(err), headers={"Retry-After": str(err.retry_after)}
+            ) from err
+
     async def accept(self, body: InboundMessage, caller: Principal) -> InboundAccepted:
         company_id = self.company_for(caller, body)
         try:

@@ -149,6 +149,7 @@ async def inbound_email(
         sender, name = parse_address(body.sender)
     except EmailError as err:
         raise HTTPException(422, str(err)) from err
+    await ingest.limit_sender(keyed or body.company_id, sender)
     headers = list(body.headers.items()) if isinstance(body.headers, dict) else body.headers
     references = body.references
     email = InboundEmail(

@@ -126,6 +126,7 @@ def _response(outcome: MailOutcome) -> dict[str, Any]:
 
 
 async def _file(ingest: Ingest, email: InboundEmail, refuse_status: int) -> JSONResponse:
+    await ingest.limit_sender(None, email.sender)
     try:
         outcome = await file_email(ingest, email)
     except EmailError as err:
