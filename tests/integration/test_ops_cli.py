@@ -141,6 +141,9 @@ async def test_usage_not_found_and_unreachable_servers_have_their_own_exit_codes
     )
     assert code == 3 and "cannot reach PostgreSQL" in err and "make up" in err
     assert "secret" not in err and "Traceback" not in err
+    for command in ("rotate-secrets", "reembed"):
+        code, _, err = await shvya(command)
+        assert code == 3 and "cannot reach PostgreSQL" in err and "Traceback" not in err, command
     code, _, err = await shvya("streams", NATS_URL=f"nats://127.0.0.1:{closed}")
     assert code == 3 and "cannot reach NATS" in err and "make infra" in err
 

@@ -294,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"k{secrets.token_hex(3)}:{generate_key()}")
     elif args.command == "rotate-secrets":
+        if code := ops.preflight_database():
+            sys.exit(code)
         sys.exit(asyncio.run(_rotate_secrets()))
     elif args.command == "reembed":
         from shvya_common.knowledge.command import run_reembed
