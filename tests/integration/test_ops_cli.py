@@ -16,6 +16,7 @@ from shvya_common import cli
 from shvya_common.asyncapi import asyncapi_document
 from shvya_common.bus.topology import ensure_consumers
 from shvya_common.embedded import free_port
+from shvya_dispatch import cli as dispatch_cli
 from shvya_ingest.app import create_app
 from shvya_ingest.settings import IngestSettings
 from tests.integration.dispatch_support import make_company, make_lead
@@ -144,6 +145,10 @@ async def test_usage_not_found_and_unreachable_servers_have_their_own_exit_codes
     for command in ("rotate-secrets", "reembed"):
         code, _, err = await shvya(command)
         assert code == 3 and "cannot reach PostgreSQL" in err and "Traceback" not in err, command
+    dkim = ["email-dkim-key", "--company", str(uuid.uuid4()), "--domain", "a.example"]
+    with pytest.raises(SystemExit) as exited:
+        await asyncio.to_thread(dispatch_cli.main, [*dkim, "--selector", "s1"])
+    assert exited.value.code == 3
     code, _, err = await shvya("streams", NATS_URL=f"nats://127.0.0.1:{closed}")
     assert code == 3 and "cannot reach NATS" in err and "make infra" in err
 

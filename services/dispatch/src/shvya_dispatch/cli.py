@@ -82,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_service()
         return
     if args.command == "email-dkim-key":
+        from shvya_common.ops import preflight_database
+
+        if code := preflight_database():  # PostgreSQL down: say so (exit 3), no traceback
+            sys.exit(code)
         sys.exit(email_dkim_key(args))
     from shvya_dispatch.web_cli import main_for
 
