@@ -281,3 +281,19 @@ async def test_one_sender_writing_too_fast_gets_429_at_the_email_webhook(base_en
         ).status_code == 200
     async with database(db_url) as conn:
         assert await conn.fetchval("SELECT count(*) FROM messages WHERE direction = 'inbound'") == 3
+
+
+async def test_inbound_message_takes_an_email_address_in_its_named_form(client, db_url):
+    """`/inbound-message` on the email channel takes `Name <addr>` as the mail doors do: the
+    lead is filed under the address."""
+    filed = await client.post(
+        "/inbound-message",
+        json={
+            "phone_number": "Ana Lead <Ana@Example.org>",
+            "message_text": "Do you ship to Porto?",
+            "channel": "email",
+        },
+    )
+    assert filed.status_code == 200, filed.text
+    async with database(db_url) as conn:
+        assert await conn.fetchval("SELECT email FROM leads") == "Ana@example.org"

@@ -1,7 +1,9 @@
-"""Contact addresses: phone numbers to E.164 with `phonenumbers`, email addresses lower-cased."""
+"""Contact addresses: phone numbers to E.164 with `phonenumbers`, email addresses with their
+domain lower-cased."""
 
 from __future__ import annotations
 
+from email import policy
 from functools import lru_cache
 
 import phonenumbers
@@ -33,7 +35,17 @@ def normalise_phone(raw: str, default_region: str | None = None) -> str:
 
 
 def normalise_email(raw: str) -> str:
+    """The address of `raw`, its domain lower-cased; RFC 5322 forms (`Name <addr>`, a quoted
+    name, an encoded-word name) are accepted wherever an address is, and give their address."""
     value = raw.strip()
+    if any(mark in value for mark in ("<", '"', "=?")):
+        try:
+            found = getattr(policy.default.header_factory("to", value), "addresses", ())
+        except (IndexError, ValueError, TypeError):
+            found = ()
+        if len(found) != 1 or not found[0].addr_spec:
+            raise AddressError(f"{raw!r} is not one email address")
+        value = found[0].addr_spec
     local, _, domain = value.rpartition("@")
     if not local or "." not in domain or " " in value or len(value) > 254:
         raise AddressError(f"{raw!r} is not an email address")
