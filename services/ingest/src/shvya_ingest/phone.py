@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from email import policy
 from functools import lru_cache
+from typing import Any
 
 import phonenumbers
 
@@ -39,8 +40,9 @@ def normalise_email(raw: str) -> str:
     name, an encoded-word name) are accepted wherever an address is, and give their address."""
     value = raw.strip()
     if any(mark in value for mark in ("<", '"', "=?")):
+        found: tuple[Any, ...]
         try:
-            found = getattr(policy.default.header_factory("to", value), "addresses", ())
+            found = tuple(getattr(policy.default.header_factory("to", value), "addresses", ()))
         except (IndexError, ValueError, TypeError):
             found = ()
         if len(found) != 1 or not found[0].addr_spec:
