@@ -310,6 +310,20 @@ async def test_the_console_end_to_end_in_chromium(platform, db_url):
         await proposal.locator(".count", has_text="130").wait_for(timeout=5_000)
         assert await proposal.locator(".card").count() == 130
         assert await proposal.get_by_role("button", name="Show more").count() == 0
+        # A live reload (a new lead) keeps what was opened.
+        newcomer = await client.post(
+            "/inbound-message",
+            json={
+                "phone_number": "+4915188887777",
+                "contact_name": "Newcomer",
+                "message_text": "hello",
+                "channel": "log",
+            },
+            headers=h,
+        )
+        assert newcomer.status_code == 200, newcomer.text
+        await page.locator(".card", has_text="Newcomer").wait_for(timeout=5_000)
+        assert await proposal.locator(".card").count() == 130
         await page.goto(f"{url}/console/#/leads/{long_lead}")
         await page.locator(".timeline li[data-type='lead.suppressed']").first.wait_for(
             timeout=5_000

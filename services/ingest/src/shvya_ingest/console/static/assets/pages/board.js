@@ -4,13 +4,25 @@ import { html, useState } from "../../vendor/htm-preact-standalone.module.js";
 import { get, post, qs } from "../api.js";
 import { useData, useLive, ErrorNote, ChannelBadge, Time } from "../ui.js";
 
-async function loadBoard(pipelineId, q) {
+// `pages`: stage id -> how many pages of 100 its column shows ("Show more" adds one); a live
+// reload fetches as many again, so what the user opened stays open.
+async function loadColumn(stageId, q, pages) {
+  let page = await get(`/v1/leads${qs({ stage_id: stageId, q, limit: 100 })}`);
+  const leads = [...page.items];
+  for (let n = 1; n < pages && page.next_cursor; n++) {
+    page = await get(`/v1/leads${qs({ stage_id: stageId, q, limit: 100, cursor: page.next_cursor })}`);
+    leads.push(...page.items.filter((l) => !leads.some((k) => k.id === l.id)));
+  }
+  return { items: leads, next_cursor: page.next_cursor };
+}
+
+async function loadBoard(pipelineId, q, pages) {
   const pipelines = await get("/v1/pipelines");
   const active = pipelines.filter((p) => !p.archived);
   const pipeline = active.find((p) => p.id === pipelineId) || active.find((p) => p.is_default) || active[0];
   const stages = pipeline ? pipeline.stages.filter((s) => !s.archived) : [];
-  const pages = await Promise.all(stages.map((s) => get(`/v1/leads${qs({ stage_id: s.id, q, limit: 100 })}`)));
-  return { pipelines: active, pipeline, q, columns: stages.map((s, i) => ({ stage: s, leads: pages[i].items, cursor: pages[i].next_cursor || null })) };
+  const loaded = await Promise.all(stages.map((s) => loadColumn(s.id, q, pages[s.id] || 1)));
+  return { pipelines: active, pipeline, columns: stages.map((s, i) => ({ stage: s, leads: loaded[i].items, more: !!loaded[i].next_cursor })) };
 }
 
 export function Board({ ctx }) {
@@ -18,16 +30,9 @@ export function Board({ ctx }) {
   const [q, setQ] = useState("");
   const [error, setError] = useState(null);
   const [over, setOver] = useState(null);
-  // Leads past a column's first 100, loaded on request: stage id -> { leads, cursor }.
-  const [extra, setExtra] = useState({});
-  const board = useData(async () => { const b = await loadBoard(pipelineId, q); setExtra({}); return b; }, [pipelineId, q]);
-  async function showMore(col) {
-    const cursor = extra[col.stage.id] ? extra[col.stage.id].cursor : col.cursor;
-    try {
-      const page = await get(`/v1/leads${qs({ stage_id: col.stage.id, q: board.data.q, limit: 100, cursor })}`);
-      setExtra((x) => ({ ...x, [col.stage.id]: { leads: [...((x[col.stage.id] || {}).leads || []), ...page.items], cursor: page.next_cursor || null } }));
-    } catch (err) { setError(err); }
-  }
+  const [pages, setPages] = useState({});
+  const board = useData(() => loadBoard(pipelineId, q, pages), [pipelineId, q, JSON.stringify(pages)]);
+  const showMore = (col) => setPages((p) => ({ ...p, [col.stage.id]: (p[col.stage.id] || 1) + 1 }));
   useLive(board.reload, (e) => ["lead.stage_changed", "lead.created", "lead.merged", "lead.erased"].includes(e.type), [board.reload]);
   async function move(leadId, stageId) {
     setError(null);
@@ -46,7 +51,7 @@ export function Board({ ctx }) {
     </div>
     <${ErrorNote} error=${error || board.error} />
     <div class="board" data-testid="board">
-      ${data && data.columns.map((c) => ({ ...c, leads: [...c.leads, ...((extra[c.stage.id] || {}).leads || []).filter((l) => !c.leads.some((k) => k.id === l.id))], more: extra[c.stage.id] ? !!extra[c.stage.id].cursor : !!c.cursor })).map((col) => html`<section key=${col.stage.id}
+      ${data && data.columns.map((col) => html`<section key=${col.stage.id}
           class=${`column ${over === col.stage.id ? "over" : ""}`} data-stage=${col.stage.name} aria-label=${col.stage.name}
           onDragOver=${(e) => { if (ctx.canWrite) { e.preventDefault(); setOver(col.stage.id); } }}
           onDragLeave=${() => setOver(null)}
