@@ -3,14 +3,16 @@ and the real dispatch wiring (`build_deps`) around a fake Graph server."""
 
 from __future__ import annotations
 
+import functools
 import uuid
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
-from shvya_common.bus import JobContext
+from shvya_common.bus import JobContext, Worker
 from shvya_common.contracts import JobEnvelope, SendParams
 from shvya_dispatch.app import build_deps
 from shvya_dispatch.handlers import Deps, handle_send
@@ -91,6 +93,27 @@ class Dispatcher:
                 "UPDATE messages SET lease_until = NULL WHERE id = $1", message_id
             )
             raise
+
+
+@asynccontextmanager
+async def send_worker(plat: Any, deps: Deps) -> AsyncIterator[Worker]:
+    """Dispatch's dispatch.send consumer loop on `plat`'s bus, retrying after 0.2 s then 0.4 s
+    (three attempts in all), one send at a time."""
+    worker = Worker(
+        service="dispatch",
+        bus=plat.bus,
+        nc=plat.nc,
+        handlers={"dispatch.send": functools.partial(handle_send, deps=deps)},
+        retry_schedule=[0.2, 0.4],
+        concurrency=1,
+        ack_wait=5.0,
+        poll_seconds=0.05,
+    )
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
 
 
 async def make_company(

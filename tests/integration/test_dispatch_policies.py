@@ -7,18 +7,15 @@ are not configured here, go to the log channel under the rules of their declared
 from __future__ import annotations
 
 import asyncio
-import functools
 import uuid
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from shvya_common.bus import Worker
 from shvya_common.contracts import SendParams
 from shvya_common.db import create_pool
 from shvya_common.errors import DeferJob
-from shvya_dispatch.handlers import handle_send
 from shvya_dispatch.pauses import run_command
 from tests.fakes.graph_server import FakeGraph, GraphFault
 from tests.integration.dispatch_support import (
@@ -32,6 +29,7 @@ from tests.integration.dispatch_support import (
     make_template,
     message_row,
     queue_send,
+    send_worker,
 )
 from tests.support import eventually
 
@@ -436,18 +434,7 @@ async def test_deferred_send_is_parked_without_spending_an_attempt(plat, db_url)
     lead = await make_lead(plat.pool, company, last_inbound_at=datetime.now(UTC))
     async with Dispatcher(plat.pool, dispatch_settings(db_url)) as d:
         assert d.deps is not None
-        worker = Worker(
-            service="dispatch",
-            bus=plat.bus,
-            nc=plat.nc,
-            handlers={"dispatch.send": functools.partial(handle_send, deps=d.deps)},
-            retry_schedule=[0.2, 0.4],
-            concurrency=1,
-            ack_wait=5.0,
-            poll_seconds=0.05,
-        )
-        await worker.start()
-        try:
+        async with send_worker(plat, d.deps):
             ids = []
             for n in range(2):
                 params = SendParams(
@@ -469,8 +456,6 @@ async def test_deferred_send_is_parked_without_spending_an_attempt(plat, db_url)
                 return sorted(r["status"] for r in rows)
 
             await eventually(statuses, lambda s: s == ["logged", "scheduled"])
-        finally:
-            await worker.stop()
     parked = await plat.pool.fetchrow(
         "SELECT m.id, m.attempts, m.meta, m.sent_at, t.due_at, t.reason, t.ledger"
         " FROM messages m JOIN timers t ON t.target_id = m.id"

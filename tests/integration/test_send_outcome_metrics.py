@@ -8,16 +8,13 @@ with the send's channel, as Prometheus scrapes them from prometheus_client's reg
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import REGISTRY
 
-from shvya_common.bus import Worker
 from shvya_common.contracts import SendParams
-from shvya_dispatch.handlers import handle_send
 from tests.fakes.graph_server import FakeGraph, GraphFault, ServerError
 from tests.integration.dispatch_support import (
     PHONE_ID,
@@ -26,6 +23,7 @@ from tests.integration.dispatch_support import (
     dispatch_settings,
     make_company,
     make_lead,
+    send_worker,
 )
 from tests.support import eventually
 
@@ -81,21 +79,8 @@ async def sends(plat, db_url) -> AsyncIterator[Sends]:
         settings = dispatch_settings(db_url, graph, policy_whatsapp_cloud_min_gap_seconds=0)
         async with Dispatcher(plat.pool, settings) as d:
             assert d.deps is not None
-            worker = Worker(
-                service="dispatch",
-                bus=plat.bus,
-                nc=plat.nc,
-                handlers={"dispatch.send": functools.partial(handle_send, deps=d.deps)},
-                retry_schedule=[0.2, 0.4],
-                concurrency=1,
-                ack_wait=5.0,
-                poll_seconds=0.05,
-            )
-            await worker.start()
-            try:
+            async with send_worker(plat, d.deps):
                 yield Sends(plat, graph)
-            finally:
-                await worker.stop()
 
 
 def grew(before: dict[str, float]) -> dict[str, float]:
@@ -103,32 +88,24 @@ def grew(before: dict[str, float]) -> dict[str, float]:
     return {outcome: after[outcome] - before[outcome] for outcome in OUTCOMES}
 
 
-async def test_a_rate_limited_send_is_counted_retried_then_sent(sends):
-    """Graph's 130429 (throughput limit) is retryable: the attempt counts `retried`, the
-    next one `sent`."""
+@pytest.mark.parametrize(
+    ("faults", "settles_as", "requests", "counted"),
+    [
+        # Graph's 130429 (throughput limit) is retryable: `retried`, then the next one `sent`.
+        ([GraphFault(130429)], "sent", 2, {"sent": 1, "retried": 1, "dead_lettered": 0}),
+        # 131026 (message undeliverable) is permanent: one attempt, `dead_lettered`.
+        ([GraphFault(131026)], "dlq", 1, {"sent": 0, "retried": 0, "dead_lettered": 1}),
+        # Three 502s: two attempts count `retried`, the last `dead_lettered`.
+        ([ServerError(502)] * 3, "dlq", 3, {"sent": 0, "retried": 2, "dead_lettered": 1}),
+    ],
+    ids=["rate-limited-then-sent", "refused-for-good", "retries-run-out"],
+)
+async def test_each_attempt_of_a_failing_send_is_counted_by_its_outcome(
+    sends, faults, settles_as, requests, counted
+):
     before = counts()
-    sends.graph.script(GraphFault(130429))
+    sends.graph.script(*faults)
     message_id = await sends.request()
-    await sends.settles(message_id, "sent")
-    assert len(sends.graph.requests) == 2
-    assert grew(before) == {"sent": 1, "retried": 1, "dead_lettered": 0}
-
-
-async def test_a_permanently_refused_send_is_counted_dead_lettered(sends):
-    """Graph's 131026 (message undeliverable) is permanent: one attempt, `dead_lettered`."""
-    before = counts()
-    sends.graph.script(GraphFault(131026))
-    message_id = await sends.request()
-    await sends.settles(message_id, "dlq")
-    assert len(sends.graph.requests) == 1
-    assert grew(before) == {"sent": 0, "retried": 0, "dead_lettered": 1}
-
-
-async def test_a_send_whose_retries_run_out_is_counted_each_time(sends):
-    """Three 502s: two attempts count `retried`, the last `dead_lettered`."""
-    before = counts()
-    sends.graph.script(ServerError(502), ServerError(502), ServerError(502))
-    message_id = await sends.request()
-    await sends.settles(message_id, "dlq")
-    assert len(sends.graph.requests) == 3
-    assert grew(before) == {"sent": 0, "retried": 2, "dead_lettered": 1}
+    await sends.settles(message_id, settles_as)
+    assert len(sends.graph.requests) == requests
+    assert grew(before) == counted

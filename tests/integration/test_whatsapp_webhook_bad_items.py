@@ -12,7 +12,13 @@ from datetime import UTC, datetime
 import pytest
 
 from tests import meta_samples as samples
-from tests.integration.webhook_support import database, ingest_client, post_signed, signature
+from tests.integration.webhook_support import (
+    database,
+    events,
+    ingest_client,
+    signature,
+)
+from tests.integration.webhook_support import post_accepted as post
 
 pytestmark = pytest.mark.integration
 
@@ -26,17 +32,6 @@ OUT2 = "wamid.HBgLMTY1MDU1NTEyMzQVAgARGBI5QjQ3RkI0RTg0NjI4NjM3QkEA"
 async def client(base_env):
     async with ingest_client(base_env) as c:
         yield c
-
-
-async def post(client, payload):
-    response = await post_signed(client, payload)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-async def events(conn, kind):
-    rows = await conn.fetch("SELECT payload FROM events WHERE type = $1 ORDER BY created_at", kind)
-    return [r["payload"] for r in rows]
 
 
 async def outbound(conn, wamid):

@@ -12,11 +12,12 @@ import pytest
 from tests import meta_samples as samples
 from tests.integration.webhook_support import (
     database,
+    events,
     ingest_client,
     job_subject_counts,
-    post_signed,
     signature,
 )
+from tests.integration.webhook_support import post_accepted as post
 
 pytestmark = pytest.mark.integration
 
@@ -29,17 +30,6 @@ OUT = "wamid.HBgLMTY1MDU1NTEyMzQVAgARGBI1RjQyNUE3NEYxMzAzMzQ5MkEA"
 async def client(base_env):
     async with ingest_client(base_env) as c:
         yield c
-
-
-async def post(client, payload):
-    response = await post_signed(client, payload)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-async def events(conn, kind):
-    rows = await conn.fetch("SELECT payload FROM events WHERE type = $1 ORDER BY created_at", kind)
-    return [r["payload"] for r in rows]
 
 
 async def outbound(conn, wamid=OUT, body="Yes, in blue.", **meta):

@@ -66,6 +66,19 @@ async def post_signed(client: httpx.AsyncClient, payload: dict[str, Any]) -> htt
     )
 
 
+async def post_accepted(client: httpx.AsyncClient, payload: dict[str, Any]) -> Any:
+    """POST a signed WhatsApp webhook delivery; it must be answered 200. Returns its JSON."""
+    response = await post_signed(client, payload)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def events(conn: asyncpg.Connection, kind: str) -> list[Any]:
+    """The payloads of the events of type `kind`, oldest first."""
+    rows = await conn.fetch("SELECT payload FROM events WHERE type = $1 ORDER BY created_at", kind)
+    return [r["payload"] for r in rows]
+
+
 def text_message(wamid: str, sender: str, body: str, timestamp: int = 1749416383) -> dict[str, Any]:
     return {
         "from": sender,

@@ -184,15 +184,19 @@ class Ingest:
             raise AuthError(403, "company_id is not the company of this key")
         return caller.company_id
 
-    async def limit_sender(self, company_id: uuid.UUID | None, address: str) -> None:
-        """INBOUND_RATE_LIMIT per sender, at every HTTP door that files messages: 429 with
-        Retry-After (the provider retries) when one sender writes faster."""
+    async def limit(self, **identities: str) -> None:
+        """Count a request against the limits of `identities` (key, sender); over one: 429 with
+        Retry-After (a provider retries)."""
         try:
-            await self.limiter.hit(sender=f"{company_id or 'routed'}:{address.strip().lower()}")
+            await self.limiter.hit(**identities)
         except Limited as err:
             raise HTTPException(
                 429, str(err), headers={"Retry-After": str(err.retry_after)}
             ) from err
+
+    async def limit_sender(self, company_id: uuid.UUID | None, address: str) -> None:
+        """INBOUND_RATE_LIMIT per sender, at every HTTP door that files messages."""
+        await self.limit(sender=f"{company_id or 'routed'}:{address.strip().lower()}")
 
     async def accept(self, body: InboundMessage, caller: Principal) -> InboundAccepted:
         company_id = self.company_for(caller, body)
@@ -205,14 +209,7 @@ class Ingest:
                 address = normalise_phone(body.phone_number, self.settings.default_phone_region)
         except AddressError as err:
             raise HTTPException(422, str(err)) from err
-        try:
-            await self.limiter.hit(
-                key=str(caller.key_id or "anonymous"), sender=f"{company_id}:{address}"
-            )
-        except Limited as err:
-            raise HTTPException(
-                429, str(err), headers={"Retry-After": str(err.retry_after)}
-            ) from err
+        await self.limit(key=str(caller.key_id or "anonymous"), sender=f"{company_id}:{address}")
         route = await self.route_for(company_id)
         row = InboundRow(
             address=address,

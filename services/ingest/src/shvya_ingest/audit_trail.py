@@ -12,18 +12,12 @@ can lose the event, never the change.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import structlog
 
 from shvya_common.apikeys import AUDIT_WRITTEN, record_audit
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from shvya_ingest.middleware import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger(__name__)
 
