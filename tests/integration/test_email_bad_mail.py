@@ -25,7 +25,6 @@ from tests.integration.mail_support import (
     mail_settings,
 )
 from tests.integration.webhook_support import database, ingest_client
-from tests.keys import bearer, make_key
 from tests.support import eventually
 from tests.unit.test_email_bad_mime import too_deep
 
@@ -81,20 +80,7 @@ async def test_a_mailbox_files_past_mail_it_cannot_read_or_decode(
         base_env, tmp_path, imap_enabled=True, imap_refresh_seconds=0.2, imap_poll_seconds=0.5
     )
     async with mail_app(settings) as (ingest, client):
-        company = (await ingest.route_for(None)).company_id
-        admin = bearer(await make_key(ingest.plat.pool, company))
-        created = await client.post(
-            "/v1/email/mailboxes",
-            headers=admin,
-            json={
-                "host": "127.0.0.1",
-                "port": imap_server,
-                "security": "none",
-                "username": imap.USER,
-                "password": imap.PASSWORD,
-            },
-        )
-        assert created.status_code == 201, created.text
+        admin, _ = await imap.connect_mailbox(ingest, client, imap_server)
         pool = ingest.plat.pool
         filed = await eventually(lambda: inbound(pool), lambda found: len(found) == 3)
         assert filed == {

@@ -99,6 +99,27 @@ async def deliver(port: int, raw: bytes, when: datetime | None = None) -> None:
         await client.logout()
 
 
+async def connect_mailbox(ingest, client, port: int, **extra):  # type: ignore[no-untyped-def]
+    """Connect the test server's mailbox through the admin API, as an admin of the default
+    company would: (the admin's headers, the created mailbox)."""
+    company = (await ingest.route_for(None)).company_id
+    admin = bearer(await make_key(ingest.plat.pool, company))
+    created = await client.post(
+        "/v1/email/mailboxes",
+        headers=admin,
+        json={
+            "host": "127.0.0.1",
+            "port": port,
+            "security": "none",
+            "username": USER,
+            "password": PASSWORD,
+            **extra,
+        },
+    )
+    assert created.status_code == 201, created.text
+    return admin, created.json()
+
+
 async def test_an_imap_mailbox_files_new_mail_as_leads_and_marks_it(
     base_env: dict[str, str], db_url: str, tmp_path: Path, imap_server: int
 ) -> None:
@@ -111,27 +132,14 @@ async def test_an_imap_mailbox_files_new_mail_as_leads_and_marks_it(
         base_env, tmp_path, imap_enabled=True, imap_refresh_seconds=0.2, imap_poll_seconds=0.5
     )
     async with mail_app(settings) as (ingest, client):
-        company = (await ingest.route_for(None)).company_id
-        admin = bearer(await make_key(ingest.plat.pool, company))
-        created = await client.post(
-            "/v1/email/mailboxes",
-            headers=admin,
-            json={
-                "host": "127.0.0.1",
-                "port": imap_server,
-                "security": "none",
-                "username": USER,
-                "password": PASSWORD,
-            },
-        )
-        assert created.status_code == 201, created.text
-        mailbox_id = created.json()["id"]
+        admin, mailbox = await connect_mailbox(ingest, client, imap_server)
+        mailbox_id = mailbox["id"]
         pool = ingest.plat.pool
         stored = await pool.fetchval("SELECT password FROM email_mailboxes")
         assert PASSWORD not in stored and stored.startswith("v1.")
         await eventually(
             lambda: pool.fetchval(
-                "SELECT last_checked_at FROM email_mailboxes WHERE id = $1", created.json()["id"]
+                "SELECT last_checked_at FROM email_mailboxes WHERE id = $1", mailbox_id
             ),
             lambda checked: checked is not None,
         )
@@ -187,22 +195,9 @@ async def test_move_mode_moves_filed_mail_to_its_folder(
         base_env, tmp_path, imap_enabled=True, imap_refresh_seconds=0.2, imap_poll_seconds=0.5
     )
     async with mail_app(settings) as (ingest, client):
-        company = (await ingest.route_for(None)).company_id
-        admin = bearer(await make_key(ingest.plat.pool, company))
-        created = await client.post(
-            "/v1/email/mailboxes",
-            headers=admin,
-            json={
-                "host": "127.0.0.1",
-                "port": imap_server,
-                "security": "none",
-                "username": USER,
-                "password": PASSWORD,
-                "after_filing": "move",
-                "filed_folder": "SHVYA-Filed",
-            },
+        await connect_mailbox(
+            ingest, client, imap_server, after_filing="move", filed_folder="SHVYA-Filed"
         )
-        assert created.status_code == 201, created.text
         await deliver(
             imap_server,
             lead_mail(
