@@ -485,3 +485,32 @@ async def test_a_stop_ends_open_live_streams_at_once(services):
     # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly.
     assert ingest.proc.wait(10) in (0, -signal.SIGTERM)
     assert time.monotonic() - started < 5
+
+
+async def test_a_revoked_key_ends_its_open_live_stream(services):
+    """A live stream opened with an API key ends with `bye` (`revoked`) once the key is revoked,
+    instead of running on for CONSOLE_STREAM_SECONDS with a dead credential."""
+    ingest = services.start("ingest", EMBEDDINGS_PROVIDER="none")
+    await ingest.wait_ready()
+    async with httpx.AsyncClient(base_url=services.url, timeout=30) as client:
+        made = await client.post(
+            "/v1/companies",
+            json={"name": "Revoke"},
+            headers=bearer(services.base_env["ADMIN_TOKEN"]),
+        )
+        admin = made.json()["admin_key"]["key"]
+        agent = await client.post(
+            "/v1/api-keys", json={"name": "wall screen", "role": "agent"}, headers=bearer(admin)
+        )
+        assert agent.status_code == 201, agent.text
+        async with client.stream("GET", "/v1/stream", headers=bearer(agent.json()["key"])) as sse:
+            lines = sse.aiter_lines()
+            opening = [await anext(lines) for _ in range(3)]
+            assert opening[2] == "event: hello", opening
+            revoked = await client.delete(
+                f"/v1/api-keys/{agent.json()['id']}", headers=bearer(admin)
+            )
+            assert revoked.status_code == 204, revoked.text
+            # The stream ends by itself (the client's 30 s read timeout is the deadline).
+            seen = [line async for line in lines if not line.startswith(":")]
+        assert seen[-3:-1] == ["event: bye", 'data: {"reason": "revoked"}'], seen

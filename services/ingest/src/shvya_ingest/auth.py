@@ -112,6 +112,8 @@ class Authenticator:
         self.pool = pool
         self._operator = operator_token.encode()
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        # Bumped by `forget`: open live streams re-check their credential when it moves.
+        self.generation = 0
 
     async def authenticate(self, authorization: str | None) -> Principal | None:
         """The principal for an `Authorization` header value; None when there is none.
@@ -186,6 +188,7 @@ class Authenticator:
         """Drop cached keys and sessions (a revocation made by this process takes effect at
         once here)."""
         self._cache.clear()
+        self.generation += 1
 
 
 def csrf_token(session_token: str) -> str:

@@ -6,14 +6,17 @@ admin or agent key), fed by the live hub (`shvya_ingest.live`).
     event: hello    data: {"company_id", "reconnect_ms"}    first, on every (re)connect
     event: events   data: LiveNotice                      events were written: re-read these
     event: resync   data: {"reason"}                      notices may be lost: re-read all
-    event: bye      data: {"reason"}                      the stream ends (signed out, time)
+    event: bye      data: {"reason"}                      the stream ends: signed_out, revoked,
+                                                           time, restart
     : keep-alive                                           a comment every KEEPALIVE_SECONDS
 
 A page re-reads what it shows on `hello` and `resync`, so a dropped connection, an ingest
 restart or a NATS outage never leaves it stale; it never reads data from the stream itself.
-The stream ends after CONSOLE_STREAM_SECONDS (the browser reconnects by itself), as soon as
-the session behind it is signed out or expires, and within a second of ingest being stopped (so
-a stop never waits on open consoles).
+The stream ends after CONSOLE_STREAM_SECONDS (the browser reconnects by itself), when the
+credential behind it stops being valid (a session signed out or expired, a user disabled, an API
+key revoked: within a second when this process made the change, within RECHECK_SECONDS plus the
+key cache otherwise), and within a second of ingest being stopped (so a stop never waits on open
+consoles).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from shvya_ingest.auth import SESSION_COOKIE, AgentCompany, PrincipalDep
+from shvya_ingest.auth import SESSION_COOKIE, AgentCompany, AuthError, PrincipalDep
 from shvya_ingest.live import Resync
 from shvya_ingest.middleware import RouteLimits
 from shvya_ingest.settings import IngestSettings
@@ -65,13 +68,21 @@ async def stream(
     request: Request, company_id: AgentCompany, caller: PrincipalDep, ingest: IngestDep
 ) -> StreamingResponse:
     hub = ingest.live
+    auth = ingest.auth
     token = request.cookies.get(SESSION_COOKIE) if caller.kind == "session" else None
+    authorization = request.headers.get("authorization") if caller.kind == "key" else None
     limit = ingest.settings.console_stream_seconds
 
-    async def still_signed_in() -> bool:
-        if token is None:
-            return True
-        return await ingest.auth.session(token) is not None
+    async def still_valid() -> str | None:
+        """Why the stream's credential no longer holds; None while it does."""
+        if token is not None:
+            return None if await auth.session(token) is not None else "signed_out"
+        if authorization is not None:
+            try:
+                await auth.authenticate(authorization)
+            except AuthError:
+                return "revoked"
+        return None
 
     server = getattr(request.app.state, "server", None)
 
@@ -81,6 +92,7 @@ async def stream(
     async def events() -> AsyncIterator[bytes]:
         started = time.monotonic()
         checked = quiet = started
+        generation = auth.generation
         with hub.listen(company_id) as listener:
             yield f"retry: {RECONNECT_MS}\n\n".encode()
             yield frame("hello", {"company_id": company_id, "reconnect_ms": RECONNECT_MS})
@@ -92,10 +104,11 @@ async def stream(
                 if now - started > limit:
                     yield frame("bye", {"reason": "time"})
                     return
-                if now - checked > RECHECK_SECONDS:
-                    checked = now
-                    if not await still_signed_in():
-                        yield frame("bye", {"reason": "signed_out"})
+                if now - checked > RECHECK_SECONDS or auth.generation != generation:
+                    checked, generation = now, auth.generation
+                    reason = await still_valid()
+                    if reason is not None:
+                        yield frame("bye", {"reason": reason})
                         return
                 try:
                     item = await asyncio.wait_for(listener.queue.get(), WAKE_SECONDS)
