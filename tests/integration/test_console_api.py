@@ -372,6 +372,21 @@ def test_a_slow_stream_is_told_to_resync_instead_of_growing_without_bound():
     assert any(isinstance(i, Resync) for i in items)
 
 
+async def test_a_short_console_admin_password_creates_no_user(db_url):
+    """A CONSOLE_ADMIN_PASSWORD under the console's minimum is refused with the reason, and no
+    admin (nor anything else) is written with it."""
+    from shvya_common.console_users import ensure_console_admin
+
+    with pytest.raises(ValueError, match="shorter than 12 characters"):
+        await ensure_console_admin(db_url, "admin@shvya.local", "hunter2", "Default company")
+    conn = await asyncpg.connect(db_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM users") == 0
+        assert await conn.fetchval("SELECT count(*) FROM companies WHERE is_default") == 0
+    finally:
+        await conn.close()
+
+
 async def test_make_up_creates_the_default_companys_console_admin_once(db_url):
     """`shvya up` gives the default company an admin who can sign in with the generated
     password; a second start leaves that user (and a password changed since) alone."""
@@ -379,7 +394,8 @@ async def test_make_up_creates_the_default_companys_console_admin_once(db_url):
     from shvya_common.passwords import check_password
 
     assert await ensure_console_admin(db_url, "Admin@Shvya.local", PASSWORD, "Default company")
-    assert not await ensure_console_admin(db_url, "admin@shvya.local", "another one", "Default")
+    # The second start's (short) password is not used at all: the user exists.
+    assert not await ensure_console_admin(db_url, "admin@shvya.local", "another", "Default")
     conn = await asyncpg.connect(db_url)
     try:
         row = await conn.fetchrow(

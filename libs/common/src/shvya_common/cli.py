@@ -193,7 +193,10 @@ async def _console_admin(root: Path, env: dict[str, str]) -> None:
     if not password:
         return
     company = env.get("DEFAULT_COMPANY_NAME") or "Default company"
-    created = await ensure_console_admin(env["DATABASE_URL"], email, password, company)
+    try:
+        created = await ensure_console_admin(env["DATABASE_URL"], email, password, company)
+    except ValueError as err:
+        raise SystemExit(f"shvya: {err}") from None
     host = env.get("HOST") or "127.0.0.1"
     port = env.get("PORT") or "8000"
     where = "the password is CONSOLE_ADMIN_PASSWORD in .env"

@@ -14,6 +14,8 @@ import hmac
 import os
 
 _N, _R, _P = 2**14, 8, 1
+# The shortest password a console user may have, through the API or CONSOLE_ADMIN_PASSWORD.
+MIN_PASSWORD_LENGTH = 12
 
 
 def hash_password(password: str) -> str:

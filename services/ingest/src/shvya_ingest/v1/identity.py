@@ -27,7 +27,7 @@ from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shvya_common.apikeys import insert_key
-from shvya_common.passwords import hash_password
+from shvya_common.passwords import MIN_PASSWORD_LENGTH, hash_password
 from shvya_ingest.auth import (
     AdminCompany,
     OperatorDep,
@@ -143,14 +143,17 @@ class UserIn(BaseModel):
     full_name: str | None = Field(None, max_length=200)
     role: UserRole = "agent"
     password: str | None = Field(
-        None, min_length=12, max_length=200, description="For signing in to the console."
+        None,
+        min_length=MIN_PASSWORD_LENGTH,
+        max_length=200,
+        description="For signing in to the console.",
     )
 
 
 class UserPatch(BaseModel):
     full_name: str | None = Field(None, max_length=200)
     role: UserRole | None = None
-    password: str | None = Field(None, min_length=12, max_length=200)
+    password: str | None = Field(None, min_length=MIN_PASSWORD_LENGTH, max_length=200)
     disabled: bool | None = None
 
 
