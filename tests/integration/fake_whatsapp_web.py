@@ -139,6 +139,8 @@ class FakeWhatsAppWeb:
         msg_id: str | None = None,
         type: str = "chat",
         caption: str | None = None,
+        mimetype: str | None = None,
+        filename: str | None = None,
         notify_name: str | None = "Lead",
         quoted: str | None = None,
         t: int | None = None,
@@ -158,6 +160,8 @@ class FakeWhatsAppWeb:
             "type": type,
             "body": text if type == "chat" else None,
             "caption": caption,
+            "mimetype": mimetype,
+            "filename": filename,
             "t": t or int(time.time()),
             "notifyName": notify_name,
             "ack": 1,
@@ -185,6 +189,35 @@ class FakeWhatsAppWeb:
             t=int(time.time()),
         )
         return reaction_id
+
+    def _message(self, device: Device, msg_id: str) -> dict[str, Any]:
+        for messages in device.chats.values():
+            for msg in messages:
+                if msg["id"] == msg_id:
+                    return msg
+        raise KeyError(msg_id)
+
+    async def edit(self, device: Device, msg_id: str, text: str) -> str:
+        """The lead edits a message of theirs, as wa-js reports it: the original message model
+        changes in place (its `t` stays the original's) and carries the edit's own key and time
+        (`latestEditMsgKey`, `latestEditSenderTimestampMs`); the event's `chat` is the
+        message's `to` (this account). Returns the edit's key."""
+        msg = self._message(device, msg_id)
+        edit_key = f"false_{msg['from']}_{next(self._seq):06d}EDIT"
+        msg["body"] = text
+        msg["latestEditMsgKey"] = edit_key
+        msg["latestEditSenderTimestampMs"] = int(time.time() * 1000)
+        await self.push(device, "edit", chat=msg["to"], id=msg_id, msg=dict(msg))
+        return edit_key
+
+    async def revoke(self, device: Device, msg_id: str) -> str:
+        """The lead deletes a message of theirs for everyone; returns the revoke's own id."""
+        msg = self._message(device, msg_id)
+        revoke_id = f"false_{msg['from']}_{next(self._seq):06d}REVOKE"
+        await self.push(
+            device, "revoke", id=revoke_id, refId=msg_id, **{"from": msg["from"], "to": msg["to"]}
+        )
+        return revoke_id
 
     async def ack(self, device: Device, ids: list[str], ack: int) -> None:
         chat = ids[0].split("_")[1]
@@ -218,9 +251,12 @@ class FakeWhatsAppWeb:
         device.qr_idle = True
         await self.push_state(device)
 
-    async def set_mode(self, device: Device, mode: str, *, online: bool = True) -> None:
+    async def set_mode(
+        self, device: Device, mode: str, *, online: bool = True, main_ready: bool = True
+    ) -> None:
         device.mode = mode
         device.online = online
+        device.main_ready = main_ready
         await self.push_state(device)
 
     async def timelock(self, device: Device, on: bool = True) -> None:
