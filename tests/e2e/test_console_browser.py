@@ -1,10 +1,11 @@
 """The operator console in a real browser: Debian's Chromium, driven by Playwright, against the
 four services as separate processes on real NATS and PostgreSQL. A user signs in; a message
 posted to the API appears in the inbox within a second without a reload, and the AI's reply
-after it; the agent takes over and replies through dispatch; a lead is dragged to another stage
-and the event is found; a dead letter is replayed after a confirmation; another company's data
-is refused. Each page's screenshot goes to docs/console/ (shown in docs/console.md), so the
-pictures stay current; CONSOLE_SCREENSHOTS_DIR sends them elsewhere."""
+after it; the agent takes over and replies through dispatch; a received photo shows inline and
+an email attachment is a download link; a lead is dragged to another stage and the event is
+found; a dead letter is replayed after a confirmation; another company's data is refused. Each
+page's screenshot goes to docs/console/ (shown in docs/console.md), so the pictures stay
+current; CONSOLE_SCREENSHOTS_DIR sends them elsewhere."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import pytest
 from shvya_common.console_users import DEFAULT_ADMIN_EMAIL, ensure_console_admin
 from shvya_common.crypto import generate_key
 from shvya_common.db import create_pool
+from shvya_common.storage import LocalMediaStore
 from shvya_common.whatsapp.web_accounts import store_qr
 from tests.keys import bearer
 
@@ -51,10 +53,16 @@ QUESTION = "What does the annual plan cost?"
 
 
 @pytest.fixture
-async def platform(services):
-    """The four services, with a keyring (channel accounts) and fast pacing for the test lead."""
+async def platform(services, tmp_path):
+    """The four services, with a keyring (channel accounts), a media folder of the test's own
+    and fast pacing for the test lead."""
     for name in ("ingest", "engage", "dispatch", "scheduler"):
-        services.start(name, SECRETS_KEYS=f"kc1:{generate_key()}", EMBEDDINGS_PROVIDER="none")
+        services.start(
+            name,
+            SECRETS_KEYS=f"kc1:{generate_key()}",
+            EMBEDDINGS_PROVIDER="none",
+            MEDIA_DIR=str(tmp_path / "media"),
+        )
     for proc in list(services.procs.values()):
         await proc.wait_ready()
     return services
@@ -114,6 +122,68 @@ def qr_png(size: int = 29, scale: int = 6) -> bytes:
     )
 
 
+async def received_files(
+    client: httpx.AsyncClient, h: dict[str, str], db_url: str, media_dir: Path
+) -> str:
+    """A lead who sent a photo on WhatsApp (stored, as dispatch's media.fetch stores it) and a
+    PDF by email (as mail.file_email stores it); returns the lead's id."""
+    photo, mail = [
+        await client.post(
+            "/inbound-message",
+            json={
+                "phone_number": "+4915177776666",
+                "contact_name": "Photo Sender",
+                "message_text": text,
+                "channel": "log",
+            },
+            headers=h,
+        )
+        for text in ("[Image attached: image/png]", "[attachment] offer.pdf")
+    ]
+    assert photo.status_code == mail.status_code == 200, (photo.text, mail.text)
+    conn = await asyncpg.connect(db_url)
+    try:
+        lead_id, company_id = await conn.fetchrow(
+            "SELECT lead_id, company_id FROM messages WHERE id = $1",
+            uuid.UUID(photo.json()["message_id"]),
+        )
+        store = LocalMediaStore(media_dir)
+        image = await store.put(company_id, qr_png(), "image/png")
+        await conn.execute(
+            "INSERT INTO inbound_media (company_id, message_id, channel, media_id, kind, status,"
+            " mime_type, size_bytes, sha256, storage_key) VALUES ($1, $2, 'whatsapp_cloud',"
+            " 'wamid-photo', 'image', 'stored', 'image/png', $3, $4, $5)",
+            company_id,
+            uuid.UUID(photo.json()["message_id"]),
+            image.size,
+            image.sha256,
+            image.key,
+        )
+        await conn.execute(
+            "UPDATE messages SET meta = meta || jsonb_build_object('media',"
+            " jsonb_build_object('kind', 'image', 'mime_type', 'image/png')) WHERE id = $1",
+            uuid.UUID(photo.json()["message_id"]),
+        )
+        pdf = b"%PDF-1.4 " + b"0" * 8_300
+        offer = await store.put(company_id, pdf, "application/pdf")
+        attachment = {
+            "filename": "offer.pdf",
+            "mime_type": "application/pdf",
+            "size": offer.size,
+            "key": offer.key,
+            "sha256": offer.sha256,
+        }
+        await conn.execute(
+            "UPDATE messages SET meta = meta || jsonb_build_object('attachments', $2::jsonb)"
+            " WHERE id = $1",
+            uuid.UUID(mail.json()["message_id"]),
+            json.dumps([attachment]),
+        )
+    finally:
+        await conn.close()
+    return str(lead_id)
+
+
 async def company(client: httpx.AsyncClient, token: str, name: str, email: str) -> dict[str, str]:
     made = await client.post(
         "/v1/companies",
@@ -145,10 +215,11 @@ async def shoot(page: Any, name: str) -> None:
     await page.screenshot(path=str(SHOTS / name))
 
 
-async def test_the_console_end_to_end_in_chromium(platform, db_url):
-    """Sign in, watch a message arrive live, take over and reply through dispatch, drag a lead
-    to another stage and find the event, replay a dead letter, and be refused another
-    company's data, in Chromium at 1280×800 (and the inbox at phone width)."""
+async def test_the_console_end_to_end_in_chromium(platform, db_url, tmp_path):
+    """Sign in, watch a message arrive live, take over and reply through dispatch, see a received
+    photo and an attachment, drag a lead to another stage and find the event, replay a dead
+    letter, and be refused another company's data, in Chromium at 1280×800 (and the inbox at
+    phone width)."""
     url = platform.url
     SHOTS.mkdir(parents=True, exist_ok=True)
     async with httpx.AsyncClient(base_url=url, timeout=10) as client, chromium() as browser:
@@ -283,7 +354,39 @@ async def test_the_console_end_to_end_in_chromium(platform, db_url):
         assert await page.get_by_role("button", name="Earlier messages").count() == 0
         assert await page.locator(".msg", has_text="old message").count() == 250
 
-        # 3c. A column past 100 leads shows more on request; a lead's page shows its latest
+        # 3c. Received files: a WhatsApp image shows inline (and opens full size), an email's
+        # attachment is a download link.
+        photo_lead = await received_files(client, h, db_url, tmp_path / "media")
+        await page.goto(f"{url}/console/#/inbox/{photo_lead}")
+        thumb = page.locator(".file.image img")
+        await thumb.wait_for(timeout=5_000)
+        await thumb.scroll_into_view_if_needed()
+        await page.wait_for_function(
+            "() => { const i = document.querySelector('.file.image img');"
+            " return i && i.complete && i.naturalWidth > 0; }",
+            timeout=5_000,
+        )
+        full = await thumb.evaluate("(i) => i.closest('a').href")
+        download = page.locator(".file.download a", has_text="offer.pdf")
+        await download.wait_for(timeout=5_000)
+        assert await download.get_attribute("download") == "offer.pdf"
+        served = await page.evaluate(
+            "(u) => fetch(u).then(r => [r.status, r.headers.get('content-type')])",
+            await download.get_attribute("href"),
+        )
+        assert served == [200, "application/octet-stream"]
+        assert await page.locator(".file", has_text="8.1 KB").count() == 1
+        await page.locator(".convo", has_text="Photo Sender").wait_for(timeout=5_000)
+        await shoot(page, "inbox-files.png")
+        alone = await context.new_page()
+        await alone.goto(full)
+        await alone.wait_for_function(
+            "() => document.images.length === 1 && document.images[0].naturalWidth > 0",
+            timeout=5_000,
+        )
+        await alone.close()
+
+        # 3d. A column past 100 leads shows more on request; a lead's page shows its latest
         # events even with a long history.
         conn = await asyncpg.connect(db_url)
         try:

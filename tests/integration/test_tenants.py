@@ -233,12 +233,20 @@ async def populate(client: httpx.AsyncClient, admin: str, db_url: str) -> dict[s
         "/inbound-message", json=inbound("+15557777"), headers=bearer(ingest_key)
     )
     assert filed.status_code == 200, filed.text
+    ids["message_id"] = filed.json()["message_id"]
+    ids["index"] = "0"
     conn = await asyncpg.connect(db_url)
     try:
         ids["lead_id"] = str(
             await conn.fetchval(
-                "SELECT lead_id FROM messages WHERE id = $1", uuid.UUID(filed.json()["message_id"])
+                "SELECT lead_id FROM messages WHERE id = $1", uuid.UUID(ids["message_id"])
             )
+        )
+        # A received file on the message, so its media routes have something to refuse.
+        await conn.execute(
+            "INSERT INTO inbound_media (company_id, message_id, channel, media_id, kind)"
+            " SELECT company_id, id, 'whatsapp_cloud', 'm1', 'image' FROM messages WHERE id = $1",
+            uuid.UUID(ids["message_id"]),
         )
     finally:
         await conn.close()

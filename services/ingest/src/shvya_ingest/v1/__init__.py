@@ -16,6 +16,7 @@ def routers() -> list[APIRouter]:
         conversations,
         crm,
         identity,
+        media,
         operations,
         whatsapp_web,
     )
@@ -26,6 +27,7 @@ def routers() -> list[APIRouter]:
         company_data.router,
         channels.router,
         conversations.router,
+        media.router,
         operations.router,
         whatsapp_web.router,
         stream.router,

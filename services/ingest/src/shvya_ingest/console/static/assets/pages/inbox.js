@@ -1,5 +1,6 @@
-// Inbox: conversations by last activity (live), the thread with delivery ticks, the AI summary,
-// hand-off and the composer (free text inside WhatsApp's window, approved templates outside).
+// Inbox: conversations by last activity (live), the thread with delivery ticks and received
+// files, the AI summary, hand-off and the composer (free text inside WhatsApp's window,
+// approved templates outside).
 import { html, useState, useEffect, useRef } from "../../vendor/htm-preact-standalone.module.js";
 import { get, post, del, qs } from "../api.js";
 import { useData, useLive, Time, Badge, ChannelBadge, Ticks, ErrorNote, Empty, channelName } from "../ui.js";
@@ -58,21 +59,62 @@ function who(m) {
   return m.purpose ? m.purpose.replace(/_/g, " ") : "Bot";
 }
 
+// What the message said of its media, before (or without) the list of its stored files.
+const described = (media) => `${media.kind}${media.filename ? `: ${media.filename}` : ""}${media.mime_type ? ` (${media.mime_type})` : ""}`;
+
 function Structured({ meta }) {
   if (!meta) return "";
-  if (meta.media) return html`<div class="attach">📎 ${meta.media.kind}${meta.media.filename ? `: ${meta.media.filename}` : ""}${meta.media.mime_type ? ` (${meta.media.mime_type})` : ""}</div>`;
+  if (meta.media) return html`<div class="attach">📎 ${described(meta.media)}</div>`;
   if (meta.location) return html`<div class="attach">📍 ${meta.location.name || ""} ${meta.location.latitude}, ${meta.location.longitude}</div>`;
   if (meta.interactive) return html`<div class="attach">☑ ${meta.interactive.title || meta.interactive.id || meta.interactive.type}</div>`;
   if (meta.button) return html`<div class="attach">☑ ${meta.button.text || meta.button.payload}</div>`;
   return "";
 }
 
-function Message({ m }) {
+const hasFiles = (meta) => Boolean(meta && (meta.media || (Array.isArray(meta.attachments) && meta.attachments.length)));
+const NOT_STORED = { pending: "downloading…", failed: "download failed", rejected: "refused", skipped: "not kept", not_downloaded: "not downloaded" };
+
+function bytes(n) {
+  if (n === null || n === undefined) return "";
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(n < 10240 ? 1 : 0)} KB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+// One received file: a safe image as a thumbnail (opens full size), audio and video in a
+// player, anything else as a download; one not stored says why. The API serves only safe
+// types inline (`inline`), so an HTML or SVG file is never shown here, only downloaded.
+function File({ f }) {
+  const name = html`<span class="name">${f.filename}</span>${f.size !== null ? html` <span class="small">${bytes(f.size)}</span>` : ""}`;
+  if (f.status !== "stored")
+    return html`<li class="file missing" data-file=${f.status} title=${f.reason || ""}>📎 ${name} <span class="small">— ${NOT_STORED[f.status] || f.status}${f.reason ? `: ${f.reason}` : ""}</span></li>`;
+  const type = (f.inline && f.mime_type) || "";
+  if (type.startsWith("image/"))
+    return html`<li class="file image" data-file="image"><a href=${f.url} target="_blank" rel="noopener" title="Open full size"><img src=${f.url} alt=${f.filename} /></a><div>${name}</div></li>`;
+  if (type.startsWith("audio/") || type.startsWith("video/")) {
+    const player = type.startsWith("audio/")
+      ? html`<audio controls preload="metadata" src=${f.url}></audio>`
+      : html`<video controls preload="metadata" src=${f.url}></video>`;
+    return html`<li class="file player" data-file=${type.split("/")[0]}>${player}<div>${name} · <a href=${f.url} download=${f.filename}>Download</a></div></li>`;
+  }
+  return html`<li class="file download" data-file="download"><a href=${f.url} download=${f.filename}>⬇ ${name}</a></li>`;
+}
+
+function Files({ m, leadId }) {
+  const files = useData(() => get(`/v1/messages/${m.id}/media`), [m.id]);
+  // A download finishing (or failing) writes media.* for the lead, without changing the message.
+  useLive(files.reload, (e) => e.lead_id === leadId && /^media\./.test(e.type), [files.reload, leadId]);
+  const items = files.data && files.data.items;
+  if (!items) return m.meta.media ? html`<div class="attach">📎 ${described(m.meta.media)}</div>` : "";
+  return html`<ul class="files" aria-label="Files">${items.map((f) => html`<${File} key=${f.index} f=${f} />`)}</ul>`;
+}
+
+function Message({ m, leadId }) {
   const deferred = m.status === "scheduled" && m.meta && m.meta.deferred_until;
   return html`<li class=${`msg ${m.direction} ${m.purpose === "agent" ? "agent" : ""}`} data-message=${m.id} data-status=${m.status}>
     <div class="meta"><span>${who(m)}</span> · <span>${channelName(m.channel)}</span> · <${Time} at=${m.created_at} /></div>
     <div class="body">${m.body}</div>
-    <${Structured} meta=${m.meta} />
+    ${hasFiles(m.meta) ? html`<${Files} m=${m} leadId=${leadId} />` : html`<${Structured} meta=${m.meta} />`}
     <div class="status"><${Ticks} message=${m} /></div>
     ${deferred && html`<p class="note">Deferred: ${m.meta.deferred_reason} — goes at ${new Date(m.meta.deferred_until).toLocaleString()}</p>`}
     ${m.status === "held" && html`<p class="note warn">Held: ${m.error || (m.meta && m.meta.held_reason) || "not allowed on this channel now"}</p>`}
@@ -183,7 +225,7 @@ function Thread({ leadId, ctx }) {
     <div class="thread-body">
       <ol class="messages" aria-live="polite" data-testid="messages">
         ${earlier && html`<li class="earlier"><button type="button" disabled=${older.busy} onClick=${loadEarlier}>Earlier messages</button></li>`}
-        ${messages.map((m) => html`<${Message} key=${m.id} m=${m} />`)}
+        ${messages.map((m) => html`<${Message} key=${m.id} m=${m} leadId=${leadId} />`)}
         <li ref=${end} class="end" aria-hidden="true"></li>
       </ol>
       <${Summary} lead=${l} canWrite=${ctx.canWrite} />

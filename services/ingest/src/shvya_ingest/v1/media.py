@@ -1,0 +1,346 @@
+"""Received media and attachments, read back: what files a message has, and their bytes.
+
+    GET /v1/messages/{id}/media            the message's files: kind, name, type, size,
+                                           SHA-256 and whether the file is stored
+    GET /v1/messages/{id}/media/{index}    one file's bytes (an agent's key or a console session)
+
+A message's files are, in this order: the media a WhatsApp message carried (its `inbound_media`
+row, which dispatch's media.fetch fills in; index 0) and the attachments of an email
+(`meta.attachments`, stored when the mail was filed). The bytes come from the media store
+(content-addressed, `shvya_common.storage`), and the message must be the caller's company's:
+another company's id is not found (404), as is a file not (or no longer) in the store.
+
+A received file is someone else's content served from this origin, so it is never allowed to
+run: only the image, audio and video types of INLINE_TYPES are served as themselves (inline);
+anything else (HTML, SVG, PDF, ...) goes as `application/octet-stream` with
+`Content-Disposition: attachment`. Every answer has `X-Content-Type-Options: nosniff` and a
+`Content-Security-Policy` with `sandbox` and no script source, so even a file opened in a tab of
+its own has no script and no origin. The ETag is the file's SHA-256 (a file never changes under
+its key); `Cache-Control: private, no-cache` keeps it out of shared caches and has the browser
+ask again each time (a 304 when unchanged), so an erased file or a signed-out browser does not
+see it from a cache.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Header, HTTPException, Path, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from shvya_common.storage import LocalMediaStore, MediaNotFound
+from shvya_ingest.auth import AgentCompany
+from shvya_ingest.v1.common import ERRORS, V1, IngestDep, not_found
+
+router = APIRouter(prefix="/v1", dependencies=V1, tags=["media"], responses=ERRORS)
+
+# Types a browser shows or plays without running anything; everything else is a download.
+# SVG is an image that can carry script, so it is not here.
+INLINE_TYPES = frozenset(
+    {
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/avif",
+        "audio/aac",
+        "audio/amr",
+        "audio/mp4",
+        "audio/mpeg",
+        "audio/ogg",
+        "audio/opus",
+        "audio/wav",
+        "audio/webm",
+        "video/3gpp",
+        "video/mp4",
+        "video/ogg",
+        "video/webm",
+    }
+)
+DOWNLOAD_TYPE = "application/octet-stream"
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": (
+        "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "private, no-cache",
+}
+MAX_FILENAME = 150
+
+MediaStatus = Literal["stored", "pending", "rejected", "failed", "skipped", "not_downloaded"]
+_REASONS = {
+    "pending": "not downloaded yet: dispatch's media.fetch job is on it",
+    "not_downloaded": "this channel's media is not downloaded (only its description is kept)",
+}
+
+
+class MediaItemOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "index": 0,
+                    "kind": "image",
+                    "filename": "image-0.jpg",
+                    "mime_type": "image/jpeg",
+                    "size": 48213,
+                    "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                    "status": "stored",
+                    "reason": None,
+                    "inline": True,
+                    "url": "/v1/messages/0190a3c2-7d1e-7a35-9a57-9a1f4f0e7d2b/media/0",
+                }
+            ]
+        }
+    )
+
+    index: int = Field(description="Its place among the message's files: GET .../media/{index}.")
+    kind: str = Field(
+        description="WhatsApp's kind (image, video, audio, voice, document, sticker), or"
+        " `attachment` for an email's file."
+    )
+    filename: str = Field(
+        description="The sender's file name without any path (or one made from the kind)."
+    )
+    mime_type: str | None = Field(description="The stored type (else the one the sender gave).")
+    size: int | None = Field(description="Bytes.")
+    sha256: str | None = Field(description="Hex SHA-256 of the stored bytes; also the ETag.")
+    status: MediaStatus = Field(
+        description="`stored` (the bytes can be read), `pending` (not downloaded yet),"
+        " `rejected` (a type or size the platform refuses), `failed` (the download gave up),"
+        " `skipped` (an email attachment over EMAIL_ATTACHMENT_MAX_BYTES), `not_downloaded`"
+        " (the channel's media is not fetched)."
+    )
+    reason: str | None = Field(description="Why it is not stored, when it is not.")
+    inline: bool = Field(
+        description="Served as its own type (a safe image, audio or video); otherwise as a"
+        " download (application/octet-stream)."
+    )
+    url: str | None = Field(description="Where its bytes are, when stored.")
+
+
+class MessageMediaOut(BaseModel):
+    message_id: uuid.UUID
+    items: list[MediaItemOut]
+
+
+@dataclass(frozen=True)
+class _Item:
+    out: MediaItemOut
+    key: str | None
+
+
+def base_type(mime: object) -> str | None:
+    """`Image/PNG; name=x` → `image/png`; None for what is not a type."""
+    if not isinstance(mime, str):
+        return None
+    value = mime.split(";", 1)[0].strip().lower()
+    return (
+        value
+        if re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", value)
+        else None
+    )
+
+
+def safe_filename(name: object, fallback: str) -> str:
+    """The last path segment of `name`, without control, quote or reserved characters, at most
+    MAX_FILENAME characters; `fallback` when nothing is left."""
+    text = unicodedata.normalize("NFC", name if isinstance(name, str) else "")
+    text = re.split(r"[\\/]", text)[-1]
+    text = "".join(c for c in text if unicodedata.category(c)[0] != "C" and c not in '"<>:|?*;%')
+    text = text.strip(" .")[:MAX_FILENAME].strip(" .")
+    return text or fallback
+
+
+def content_disposition(kind: Literal["inline", "attachment"], filename: str) -> str:
+    """RFC 6266: an ASCII `filename` for every client, and `filename*` when the name is not
+    ASCII."""
+    plain = re.sub(r"[^A-Za-z0-9 ._()+=,@~-]", "_", filename)
+    value = f'{kind}; filename="{plain}"'
+    if plain != filename:
+        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return value
+
+
+def _fallback_name(kind: str, index: int, mime: str | None) -> str:
+    extension = (mimetypes.guess_extension(mime) if mime else None) or ""
+    return f"{kind}-{index}{extension}"
+
+
+def _item(
+    message_id: uuid.UUID,
+    index: int,
+    kind: str,
+    *,
+    filename: object,
+    mime: str | None,
+    size: object,
+    sha256: object,
+    status: MediaStatus,
+    reason: str | None,
+    key: str | None,
+) -> _Item:
+    if status == "stored" and key is None:
+        status, reason = "failed", "no storage key was recorded"
+    stored = status == "stored"
+    return _Item(
+        MediaItemOut(
+            index=index,
+            kind=kind,
+            filename=safe_filename(filename, _fallback_name(kind, index, mime)),
+            mime_type=mime,
+            size=size if isinstance(size, int) else None,
+            sha256=sha256 if isinstance(sha256, str) else None,
+            status=status,
+            reason=reason,
+            inline=mime in INLINE_TYPES,
+            url=f"/v1/messages/{message_id}/media/{index}" if stored else None,
+        ),
+        key if stored else None,
+    )
+
+
+def _items(row: Any) -> list[_Item]:
+    """The message's files, in index order (see the module docstring)."""
+    meta = row["meta"] if isinstance(row["meta"], dict) else {}
+    message_id = row["id"]
+    found: list[_Item] = []
+    described = meta.get("media") if isinstance(meta.get("media"), dict) else None
+    if row["media_status"] is not None:
+        status: MediaStatus = row["media_status"]
+        found.append(
+            _item(
+                message_id,
+                0,
+                row["kind"],
+                filename=row["filename"],
+                mime=base_type(row["mime_type"] or row["declared_mime_type"]),
+                size=row["size_bytes"],
+                sha256=row["sha256"],
+                status=status,
+                reason=row["error"] or _REASONS.get(status),
+                key=row["storage_key"],
+            )
+        )
+    elif described is not None:
+        found.append(
+            _item(
+                message_id,
+                0,
+                str(described.get("kind") or "media"),
+                filename=described.get("filename"),
+                mime=base_type(described.get("mime_type")),
+                size=None,
+                sha256=None,
+                status="not_downloaded",
+                reason=_REASONS["not_downloaded"],
+                key=None,
+            )
+        )
+    attachments = meta.get("attachments")
+    for entry in attachments if isinstance(attachments, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        key = entry.get("key") if isinstance(entry.get("key"), str) else None
+        skipped = entry.get("skipped")
+        found.append(
+            _item(
+                message_id,
+                len(found),
+                "attachment",
+                filename=entry.get("filename"),
+                mime=base_type(entry.get("mime_type")),
+                size=entry.get("size"),
+                sha256=entry.get("sha256"),
+                status="skipped" if skipped else "stored",
+                reason=str(skipped) if skipped else None,
+                key=key,
+            )
+        )
+    return found
+
+
+_MESSAGE = """
+SELECT m.id, m.meta, i.status AS media_status, i.kind, i.filename, i.mime_type,
+       i.declared_mime_type, i.size_bytes, i.sha256, i.storage_key, i.error
+FROM messages m LEFT JOIN inbound_media i ON i.message_id = m.id AND i.company_id = m.company_id
+WHERE m.id = $1 AND m.company_id = $2
+"""
+
+
+async def _message_items(ingest: Any, company_id: uuid.UUID, message_id: uuid.UUID) -> list[_Item]:
+    row = await ingest.plat.pool.fetchrow(_MESSAGE, message_id, company_id)
+    if row is None:
+        raise not_found("message", message_id)
+    return _items(row)
+
+
+@router.get("/messages/{message_id}/media", response_model=MessageMediaOut)
+async def list_media(
+    message_id: uuid.UUID, company_id: AgentCompany, ingest: IngestDep
+) -> MessageMediaOut:
+    """The files a message carries (none for most), each with whether its bytes are stored and,
+    if not, why."""
+    items = await _message_items(ingest, company_id, message_id)
+    return MessageMediaOut(message_id=message_id, items=[i.out for i in items])
+
+
+FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The file: a safe image, audio or video type as itself, anything else"
+        " as application/octet-stream with Content-Disposition: attachment.",
+        "content": {t: {} for t in (DOWNLOAD_TYPE, *sorted(INLINE_TYPES))},
+    },
+    304: {"description": "If-None-Match named the file's ETag: it has not changed."},
+}
+
+
+@router.get(
+    "/messages/{message_id}/media/{index}",
+    response_class=Response,
+    responses=FILE_RESPONSES,
+)
+async def get_media(
+    message_id: uuid.UUID,
+    index: Annotated[int, Path(ge=0, le=1000, description="From the list's `index`.")],
+    company_id: AgentCompany,
+    ingest: IngestDep,
+    if_none_match: Annotated[str | None, Header(max_length=1000)] = None,
+) -> Response:
+    """One file's bytes, with its stored type when that is safe to show (see INLINE_TYPES),
+    else as a download; 404 when the file is not stored (pending, refused, or gone from the
+    store)."""
+    items = await _message_items(ingest, company_id, message_id)
+    if index >= len(items):
+        raise HTTPException(404, f"message {message_id} has no file {index}")
+    item = items[index]
+    if item.key is None:
+        why = item.out.reason or item.out.status
+        raise HTTPException(
+            404, f"file {index} of message {message_id} is {item.out.status}: {why}"
+        )
+    etag = f'"{item.out.sha256 or item.key.rsplit("/", 1)[-1]}"'
+    headers = {**SECURITY_HEADERS, "ETag": etag}
+    asked = {t.strip().removeprefix("W/") for t in (if_none_match or "").split(",")}
+    if etag in asked or "*" in asked:
+        return Response(status_code=304, headers=headers)
+    store = LocalMediaStore(ingest.settings.media_dir)
+    try:
+        data = await store.get(item.key)
+    except MediaNotFound as err:
+        raise HTTPException(
+            404, f"file {index} of message {message_id} is no longer in the media store"
+        ) from err
+    inline = item.out.inline and item.out.mime_type is not None
+    headers["Content-Disposition"] = content_disposition(
+        "inline" if inline else "attachment", item.out.filename
+    )
+    media_type = item.out.mime_type if inline and item.out.mime_type else DOWNLOAD_TYPE
+    return Response(data, media_type=media_type, headers=headers)
