@@ -16,7 +16,11 @@ them, paged (`limit`, `after`, `paging.next`) with Graph's fields.
 
 Media registered with `add_media` is served the way Graph serves received media:
 `GET /{version}/{media_id}` answers `{url, mime_type, sha256, file_size, id}`, and that URL
-answers the bytes, both only with the bearer token.
+answers the bytes, both only with the bearer token. `GET /{version}/{phone_number_id}` and
+`GET /{version}/{waba_id}` answer the number and the account (`id`, `display_phone_number`,
+`verified_name` / `name`) to its own token (`add_number` adds other businesses' numbers), which
+is how SHVYA proves a company owns its number; to any other token it is error 100, as Graph
+answers an object a token cannot see.
 Every request is recorded (path, headers, JSON body, arrival time), so a test can check it field
 by field. Scripted actions make the next requests fail the way Graph does:
 
@@ -352,6 +356,11 @@ class FakeGraph:
         self.phone_number_id = phone_number_id
         self.version = version
         self.waba_id = waba_id
+        # Numbers and WABAs by id, with the token each is shown to (more: `add_number`).
+        self.owners: dict[str, tuple[str, str]] = {
+            phone_number_id: (token, "number"),
+            waba_id: (token, "waba"),
+        }
         self.templates: dict[tuple[str, str], TemplateDef] = {}
         self.media: dict[str, MediaFile] = {}
         self.delay = 0.0
@@ -408,6 +417,12 @@ class FakeGraph:
         self.templates[(name, language)] = tpl
         return tpl
 
+    def add_number(self, phone_number_id: str, token: str, waba_id: str | None = None) -> None:
+        """Another business's number (and WABA) on this Graph, shown only to its own token."""
+        self.owners[phone_number_id] = (token, "number")
+        if waba_id is not None:
+            self.owners[waba_id] = (token, "waba")
+
     def add_media(self, data: bytes, mime_type: str) -> MediaFile:
         """A file a customer sent: its media id for the webhook, its bytes for the download."""
         media = MediaFile(str(10**15 + 500 + len(self.media)), data, mime_type)
@@ -440,6 +455,11 @@ class FakeGraph:
     async def _answer(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
         if self.delay:
             await asyncio.sleep(self.delay)
+        parts = request.path.strip("/").split("/")
+        if request.method == "GET" and len(parts) == 2 and parts[0] == self.version:
+            found = self._object(parts[1], request.headers.get("Authorization", ""))
+            if found is not None:
+                return found
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             if request.path.startswith("/download/"):
                 return web.Response(status=401, text="Unauthorized")
@@ -512,7 +532,8 @@ class FakeGraph:
         return check_template(tpl, list(template.get("components") or []))
 
     def _read(self, request: web.Request) -> web.StreamResponse:
-        """GET: a template list, a media object, or a media file."""
+        """GET: the phone number or WABA object, a template list, a media object, or a media
+        file."""
         parts = request.path.strip("/").split("/")
         if parts[0] == "download" and len(parts) == 2 and parts[1] in self.media:
             media = self.media[parts[1]]
@@ -534,6 +555,32 @@ class FakeGraph:
                 }
             )
         return self._error(100, 400, f"Unsupported get request: {request.path}")
+
+    def _object(self, object_id: str, authorization: str) -> web.Response | None:
+        """A number or WABA: shown to its own token; to another known token it is an object
+        that cannot be loaded (100), as Graph answers; None for ids it does not hold."""
+        tokens = {token for token, _ in self.owners.values()}
+        if authorization.removeprefix("Bearer ") not in tokens:
+            return None  # the token check answers 190
+        owner = self.owners.get(object_id)
+        if owner is None or authorization != f"Bearer {owner[0]}":
+            if object_id in self.media:
+                return None
+            return self._error(
+                100,
+                400,
+                f"Unsupported get request. Object with ID '{object_id}' does not exist, cannot"
+                " be loaded due to missing permissions, or does not support this operation",
+            )
+        if owner[1] == "waba":
+            return web.json_response({"name": "Test Business", "id": object_id})
+        return web.json_response(
+            {
+                "verified_name": "Test Business",
+                "display_phone_number": "+1 555-010-0000",
+                "id": object_id,
+            }
+        )
 
     def _template_page(self, request: web.Request) -> web.Response:
         limit = int(request.query.get("limit", "25"))

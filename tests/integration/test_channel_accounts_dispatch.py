@@ -87,9 +87,19 @@ async def world(base_env: dict[str, str], db_url: str) -> AsyncIterator[World]:
         graph_b = await stack.enter_async_context(
             FakeGraph(token=TOKEN_B, phone_number_id=PHONE_B, waba_id=WABA_B)
         )
+        # The platform's Graph, where ingest proves each company owns the number it registers;
+        # the companies send through their own (each account's base_url).
+        proofs = await stack.enter_async_context(
+            FakeGraph(token=TOKEN_A, phone_number_id=PHONE_A, waba_id=WABA_A)
+        )
+        proofs.add_number(PHONE_B, TOKEN_B, WABA_B)
         acme_port, acme_smtp = stack.enter_context(smtp_server(("acme", SMTP_PASSWORD_A)))
         relay_port, relay = stack.enter_context(smtp_server())
-        api = await stack.enter_async_context(ingest_client(base_env, SECRETS_KEYS=SECRETS_KEYS))
+        api = await stack.enter_async_context(
+            ingest_client(
+                base_env, SECRETS_KEYS=SECRETS_KEYS, WHATSAPP_CLOUD_BASE_URL=proofs.base_url
+            )
+        )
         admin = base_env["ADMIN_TOKEN"]
         acme = await make_tenant(api, admin, "Acme")
         globex = await make_tenant(api, admin, "Globex")
@@ -363,7 +373,13 @@ async def test_company_without_a_token_gets_a_reason_not_the_platform(world):
     """A company whose WhatsApp Cloud account has no token dead-letters with the reason; the
     platform's or another company's credentials are never used in its place."""
     hooli = await make_tenant(world.api, world.admin, "Hooli")
-    await add_account(world.api, hooli, "whatsapp_cloud", {"phone_number_id": "330000000000003"})
+    await add_account(
+        world.api,
+        hooli,
+        "whatsapp_cloud",
+        {"phone_number_id": "330000000000003"},
+        operator=world.admin,
+    )
     lead = await _lead(world, hooli)
     with pytest.raises(PermanentError, match="no access_token"):
         await _send(world, hooli, lead)

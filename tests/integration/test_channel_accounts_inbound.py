@@ -1,7 +1,8 @@
 """Inbound webhooks route by the receiving account, in ingest in-process against real NATS and
 PostgreSQL: WhatsApp notifications verified with the app secret of the account that owns the
 business number, a number no company owns skipped with a record, and the email webhook that
-never takes mail without a credential. Accounts are made through the real /v1 API."""
+never takes mail without a credential. Accounts are made through the real /v1 API, each
+company's number proven against a fake Graph that shows it only to that company's token."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.fakes.graph_server import FakeGraph
 from tests.integration.channel_accounts_support import (
     SECRETS_KEYS,
     Tenant,
@@ -30,6 +32,7 @@ from tests.integration.webhook_support import (
     signature,
     text_message,
 )
+from tests.keys import bearer
 
 pytestmark = pytest.mark.integration
 
@@ -47,33 +50,42 @@ class Tenants:
     globex: Tenant
     initech: Tenant
     admin: str
+    graph: FakeGraph
 
 
 @pytest.fixture
 async def tenants(base_env: dict[str, str]) -> AsyncIterator[Tenants]:
-    """Acme and Globex each own a number with its own app secret; Initech's account has none,
-    so the platform's WHATSAPP_APP_SECRET signs for it."""
-    async with ingest_client(base_env, SECRETS_KEYS=SECRETS_KEYS) as api:
-        admin = base_env["ADMIN_TOKEN"]
-        acme = await make_tenant(api, admin, "Acme")
-        globex = await make_tenant(api, admin, "Globex")
-        initech = await make_tenant(api, admin, "Initech")
-        await add_account(
-            api,
-            acme,
-            "whatsapp_cloud",
-            {"phone_number_id": PHONE_A, "waba_id": WABA_A},
-            {"access_token": TOKEN_A, "app_secret": APP_SECRET_A},
-        )
-        await add_account(
-            api,
-            globex,
-            "whatsapp_cloud",
-            {"phone_number_id": PHONE_B},
-            {"access_token": TOKEN_B, "app_secret": APP_SECRET_B},
-        )
-        await add_account(api, initech, "whatsapp_cloud", {"phone_number_id": PHONE_C})
-        yield Tenants(api, acme, globex, initech, admin)
+    """Acme and Globex each own a number with its own app secret, proven with their own tokens;
+    Initech's account has neither (the operator attached it), so the platform's
+    WHATSAPP_APP_SECRET signs for it."""
+    async with FakeGraph(token=TOKEN_A, phone_number_id=PHONE_A, waba_id=WABA_A) as graph:
+        graph.add_number(PHONE_B, TOKEN_B, "320000000000002")
+        async with ingest_client(
+            base_env, SECRETS_KEYS=SECRETS_KEYS, WHATSAPP_CLOUD_BASE_URL=graph.base_url
+        ) as api:
+            yield await _make_tenants(api, base_env["ADMIN_TOKEN"], graph)
+
+
+async def _make_tenants(api: httpx.AsyncClient, admin: str, graph: FakeGraph) -> Tenants:
+    acme = await make_tenant(api, admin, "Acme")
+    globex = await make_tenant(api, admin, "Globex")
+    initech = await make_tenant(api, admin, "Initech")
+    await add_account(
+        api,
+        acme,
+        "whatsapp_cloud",
+        {"phone_number_id": PHONE_A, "waba_id": WABA_A},
+        {"access_token": TOKEN_A, "app_secret": APP_SECRET_A},
+    )
+    await add_account(
+        api,
+        globex,
+        "whatsapp_cloud",
+        {"phone_number_id": PHONE_B},
+        {"access_token": TOKEN_B, "app_secret": APP_SECRET_B},
+    )
+    await add_account(api, initech, "whatsapp_cloud", {"phone_number_id": PHONE_C}, operator=admin)
+    return Tenants(api, acme, globex, initech, admin, graph)
 
 
 async def _post(api: httpx.AsyncClient, payload: dict[str, Any], secret: str) -> httpx.Response:
@@ -207,22 +219,23 @@ async def test_template_updates_apply_to_the_company_owning_the_waba(tenants, db
 
 
 async def test_the_api_keeps_numbers_to_one_owner_and_checks_config(tenants):
-    """Another company cannot claim Acme's number or the platform's own (409), config values of
-    the wrong form are refused with the reason (422), and answers never carry a secret."""
+    """Acme's number attached to another company, even by the operator, and the platform's own
+    number claimed by any company but the default are refused (409); config values of the wrong
+    form are refused with the reason (422), and answers never carry a secret."""
     taken = await tenants.api.post(
-        "/v1/channel-accounts",
+        f"/v1/companies/{tenants.globex.id}/channel-accounts",
         json={"channel": "whatsapp_cloud", "name": "x", "config": {"phone_number_id": PHONE_A}},
-        headers=tenants.globex.auth,
+        headers=bearer(tenants.admin),
     )
-    assert taken.status_code == 409
+    assert taken.status_code == 409, taken.text
     platform = await tenants.api.post(
-        "/v1/channel-accounts",
+        f"/v1/companies/{tenants.globex.id}/channel-accounts",
         json={
             "channel": "whatsapp_cloud",
             "name": "platform",
             "config": {"phone_number_id": "106540352242922"},
         },
-        headers=tenants.globex.auth,
+        headers=bearer(tenants.admin),
     )
     assert platform.status_code == 409, platform.text
     bad = await tenants.api.post(
@@ -235,6 +248,72 @@ async def test_the_api_keeps_numbers_to_one_owner_and_checks_config(tenants):
     listed = await tenants.api.get("/v1/channel-accounts", headers=tenants.acme.auth)
     assert APP_SECRET_A not in listed.text and TOKEN_A not in listed.text
     assert listed.json()[0]["secrets_set"] == ["access_token", "app_secret"]
+
+
+async def _routes(db_url: str) -> dict[str, uuid.UUID]:
+    async with database(db_url) as conn:
+        rows = await conn.fetch(
+            "SELECT address, company_id FROM inbound_routes WHERE channel = 'whatsapp_cloud'"
+        )
+    return {r["address"]: r["company_id"] for r in rows}
+
+
+async def test_a_company_registers_only_a_number_its_own_token_can_see(tenants, db_url):
+    """Typing another business's phone_number_id (or WABA) does not make it yours: Graph must
+    show it to the account's own access token. Acme's number with Globex's token, a WABA
+    Globex's token cannot see, and a number without a token are refused with the reason (422),
+    Graph unreachable is a 502, and none of them writes an account or a route."""
+    routes = await _routes(db_url)
+
+    async def claim(config: dict[str, Any], secrets: dict[str, str]) -> httpx.Response:
+        return await tenants.api.post(
+            "/v1/channel-accounts",
+            json={"channel": "whatsapp_cloud", "name": "n", "config": config, "secrets": secrets},
+            headers=tenants.globex.auth,
+        )
+
+    stolen = await claim({"phone_number_id": PHONE_A}, {"access_token": TOKEN_B})
+    assert stolen.status_code == 422, stolen.text
+    assert f"cannot see phone number {PHONE_A}" in stolen.text and TOKEN_B not in stolen.text
+    waba = await claim({"phone_number_id": PHONE_B, "waba_id": WABA_A}, {"access_token": TOKEN_B})
+    assert waba.status_code == 422 and f"WhatsApp Business Account {WABA_A}" in waba.text
+    tokenless = await claim({"phone_number_id": "440000000000004"}, {})
+    assert tokenless.status_code == 422 and "platform operator" in tokenless.text
+    # The account's own base_url is never asked: a server the company chose would vouch for
+    # anything.
+    vouched = await claim(
+        {"phone_number_id": PHONE_A, "base_url": "http://127.0.0.1:9/yes-it-is-yours"},
+        {"access_token": TOKEN_B},
+    )
+    assert vouched.status_code == 422, vouched.text
+    await tenants.graph.close()
+    unreachable = await claim({"phone_number_id": PHONE_B}, {"access_token": TOKEN_B})
+    assert unreachable.status_code == 502 and "try again" in unreachable.text
+    listed = await tenants.api.get("/v1/channel-accounts", headers=tenants.globex.auth)
+    assert len(listed.json()) == 1
+    assert await _routes(db_url) == routes
+
+
+async def test_moving_an_account_to_another_number_needs_the_same_proof(tenants, db_url):
+    """A PATCH that changes the number is proven with the stored token: to Acme's number it is
+    refused (422) and the route stays; a PATCH that changes nothing Graph vouches for (the
+    app secret) needs no Graph at all."""
+    account = (await tenants.api.get("/v1/channel-accounts", headers=tenants.globex.auth)).json()
+    url = f"/v1/channel-accounts/{account[0]['id']}"
+    moved = await tenants.api.patch(
+        url, json={"config": {"phone_number_id": PHONE_A}}, headers=tenants.globex.auth
+    )
+    assert moved.status_code == 422, moved.text
+    assert (await _routes(db_url))[PHONE_B] == tenants.globex.id
+    asked = len(tenants.graph.requests)
+    await tenants.graph.close()
+    rotated = await tenants.api.patch(
+        url,
+        json={"secrets": {"app_secret": "globex-app-secret-rotated"}},
+        headers=tenants.globex.auth,
+    )
+    assert rotated.status_code == 200, rotated.text
+    assert len(tenants.graph.requests) == asked
 
 
 async def test_email_webhook_files_into_the_company_of_the_key(tenants, db_url):

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from shvya_common.settings import CommonSettings
+from shvya_common.whatsapp.graph_settings import GraphSettings
 
 # What WhatsApp Cloud delivers as media (Meta's supported media types), downloaded by default.
 DEFAULT_MEDIA_TYPES = (
@@ -37,7 +37,7 @@ DEFAULT_MEDIA_TYPES = (
 ACCOUNT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
-class DispatchSettings(CommonSettings):
+class DispatchSettings(GraphSettings):
     unconfigured_channels: Literal["log", "fail"] = Field(
         "log",
         description="A send on a channel with no credentials: record it on the log channel "
@@ -64,12 +64,6 @@ class DispatchSettings(CommonSettings):
     )
     whatsapp_cloud_token: SecretStr | None = Field(
         None, description="Access token (a system user's permanent token in production)."
-    )
-    whatsapp_cloud_base_url: str = Field(
-        "https://graph.facebook.com", pattern=r"^https?://", description="Graph API base URL."
-    )
-    whatsapp_cloud_api_version: str = Field(
-        "v23.0", description="Graph API version, e.g. v23.0 (a bare 23.0 is accepted)."
     )
     whatsapp_cloud_timeout_seconds: float = Field(15.0, gt=0, description="Whole request.")
     whatsapp_cloud_connect_timeout_seconds: float = Field(5.0, gt=0)
@@ -185,15 +179,6 @@ class DispatchSettings(CommonSettings):
         if any(n < 1 for n in value):
             raise ValueError("each warm-up day's limit must be at least 1")
         return value
-
-    @field_validator("whatsapp_cloud_api_version")
-    @classmethod
-    def _normalise_graph_version(cls, value: str) -> str:
-        version = value.strip()
-        version = version if version.startswith("v") else f"v{version}"
-        if not re.fullmatch(r"v\d+\.\d+", version):
-            raise ValueError(f"expected a Graph API version like v23.0, got {value!r}")
-        return version
 
     @model_validator(mode="after")
     def _check_whatsapp_cloud(self) -> DispatchSettings:

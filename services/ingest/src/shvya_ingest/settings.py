@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from shvya_common.knowledge.settings import KnowledgeSettings
+from shvya_common.whatsapp.graph_settings import GraphSettings
 
 # Exact-match opt-out words (compared case- and accent-insensitively, see `optout.py`).
 DEFAULT_OPTOUT_KEYWORDS = [
@@ -51,7 +52,7 @@ def is_loopback(host: str) -> bool:
 
 
 # KnowledgeSettings is a CommonSettings with the knowledge-base fields (the KB API's embedder).
-class IngestSettings(KnowledgeSettings):
+class IngestSettings(KnowledgeSettings, GraphSettings):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(8000, ge=1, le=65535)
     http_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")

@@ -5,8 +5,14 @@ the answer says only which secrets are set.
 
     GET/POST /v1/channel-accounts, GET/PATCH/DELETE /v1/channel-accounts/{id}
 
+    POST /v1/companies/{company_id}/channel-accounts    (the platform operator)
+
 An account's `address` (the WhatsApp phone_number_id, the inbound mailbox) routes inbound
-webhooks to its company (`inbound_routes`), so it can belong to one company only.
+webhooks to its company (`inbound_routes`), so it can belong to one company only. A company
+registering a WhatsApp number (or WABA) proves it owns it: Graph must show it to the account's
+own access token (`shvya_common.whatsapp.ownership`). A number served by the platform's own Meta
+app (no token of the company's, the platform's app secret signing its webhooks) is attached by
+the platform operator, who vouches for it.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from shvya_common.channel_accounts import (
     ACCOUNT_FIELDS,
     SECRET_FIELDS,
     check_config,
+    open_secrets,
     route_address,
     seal_secrets,
 )
 from shvya_common.crypto import SecretsError
-from shvya_ingest.auth import AdminCompany, PrincipalDep, audit
+from shvya_common.whatsapp.ownership import NotProven, ProofUnavailable, prove_number
+from shvya_ingest.auth import AdminCompany, OperatorDep, Principal, PrincipalDep, audit
 from shvya_ingest.v1.common import ERRORS, V1, IngestDep, not_found
 
 router = APIRouter(prefix="/v1", dependencies=V1, tags=["channel accounts"], responses=ERRORS)
@@ -172,6 +180,55 @@ async def _sync_route(
             raise HTTPException(409, f"{new} is already another company's {channel} account")
 
 
+_OWNED = ("phone_number_id", "waba_id")
+
+
+async def _prove_ownership(
+    ingest: Any,
+    caller: Principal,
+    channel: str,
+    config: dict[str, Any],
+    token: str | None,
+    before: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Refuse a WhatsApp number or WABA the account's token cannot see on Graph (422; 502 when
+    Graph cannot be asked). Nothing to prove for the operator, other channels, or ids that did
+    not change. Returns what the audit trail keeps of the proof."""
+    if channel != "whatsapp_cloud" or caller.kind == "operator":
+        return {}
+    claimed = {f: config.get(f) for f in _OWNED if config.get(f)}
+    if before is not None and all(before.get(f) == v for f, v in claimed.items()):
+        return {}
+    if not claimed:
+        return {}
+    if not token:
+        raise HTTPException(
+            422,
+            "a WhatsApp Cloud account naming a phone_number_id or waba_id needs its own"
+            " access_token: Graph showing the number to that token is the proof that the"
+            " company owns it. A number served by the platform's own Meta app is attached by"
+            " the platform operator (POST /v1/companies/{company_id}/channel-accounts)",
+        )
+    try:
+        proven = await prove_number(ingest.settings, config, token)
+    except NotProven as err:
+        raise HTTPException(422, str(err)) from None
+    except ProofUnavailable as err:
+        raise HTTPException(502, str(err)) from None
+    return {"proven": sorted(claimed), "verified_name": proven.verified_name}
+
+
+def _stored_token(ingest: Any, account_id: uuid.UUID, row: Any) -> str | None:
+    sealed = (row["secrets"] or {}).get("access_token")
+    if not sealed:
+        return None
+    try:
+        opened = open_secrets(_box(ingest), account_id, {"access_token": sealed})
+    except SecretsError as err:
+        raise HTTPException(503, str(err)) from err
+    return opened["access_token"]
+
+
 def _box(ingest: Any) -> Any:
     box = ingest.settings.secret_box()
     if box is None:
@@ -194,12 +251,39 @@ async def list_accounts(company_id: AdminCompany, ingest: IngestDep) -> list[Acc
 async def add_account(
     body: AccountIn, company_id: AdminCompany, ingest: IngestDep, caller: PrincipalDep
 ) -> AccountOut:
+    """A new account of the caller's company. A WhatsApp number or WABA it names must be
+    visible on Graph to its own access token (the proof of ownership; 422 otherwise)."""
+    return await _create(ingest, caller, company_id, body)
+
+
+@router.post(
+    "/companies/{company_id}/channel-accounts",
+    response_model=AccountOut,
+    status_code=201,
+    tags=["companies"],
+)
+async def operator_add_account(
+    company_id: uuid.UUID, body: AccountIn, ingest: IngestDep, caller: OperatorDep
+) -> AccountOut:
+    """An account for a company from the platform operator, who vouches for the number: e.g.
+    one served by the platform's own Meta app, with no token of the company's."""
+    if not await ingest.plat.pool.fetchval("SELECT true FROM companies WHERE id = $1", company_id):
+        raise not_found("company", company_id)
+    return await _create(ingest, caller, company_id, body)
+
+
+async def _create(
+    ingest: Any, caller: Principal, company_id: uuid.UUID, body: AccountIn
+) -> AccountOut:
     account_id = uuid.uuid4()
     address = route_address(body.channel, body.config)
     try:
         sealed = seal_secrets(_box(ingest), account_id, body.secrets)
     except SecretsError as err:
         raise HTTPException(503, str(err)) from err
+    proof = await _prove_ownership(
+        ingest, caller, body.channel, body.config, body.secrets.get("access_token")
+    )
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
         await _refuse_platform_number(conn, ingest, company_id, body.channel, address)
         if body.is_default:
@@ -231,7 +315,12 @@ async def add_account(
             caller,
             company_id,
             "channel_account.created",
-            {"account": str(account_id), "channel": body.channel, "secrets": sorted(body.secrets)},
+            {
+                "account": str(account_id),
+                "channel": body.channel,
+                "secrets": sorted(body.secrets),
+                **proof,
+            },
         )
     ingest.whatsapp_owners.forget()
     return _out(row)
@@ -275,6 +364,14 @@ async def patch_account(
         secrets = dict(row["secrets"] or {})
         if body.secrets:
             secrets.update(seal_secrets(_box(ingest), account_id, body.secrets))
+        proof = await _prove_ownership(
+            ingest,
+            caller,
+            row["channel"],
+            config,
+            (body.secrets or {}).get("access_token") or _stored_token(ingest, account_id, row),
+            before=row["config"],
+        )
         address = route_address(row["channel"], config)
         await _refuse_platform_number(conn, ingest, company_id, row["channel"], address)
         if body.is_default:
@@ -301,7 +398,7 @@ async def patch_account(
             caller,
             company_id,
             "channel_account.updated",
-            {"account": str(account_id), "secrets": sorted(body.secrets or {})},
+            {"account": str(account_id), "secrets": sorted(body.secrets or {}), **proof},
         )
     ingest.whatsapp_owners.forget()
     return _out(updated)
