@@ -202,3 +202,46 @@ async def test_json_webhook_files_text_with_nul_characters_without_them(
         "Solar",
         "Ravi",
     )
+
+
+async def test_a_mail_that_fails_every_time_is_held_and_the_rest_is_filed(
+    base_env: dict[str, str], db_url: str, tmp_path: Path, imap_server: int
+) -> None:
+    """A mail whose filing PostgreSQL refuses every time (a trigger here; a constraint the mail
+    alone breaks in life) no longer blocks the mailbox: after HOLD_AFTER_FAILURES tries it is
+    held, the mail after it is filed, last_error names it, and it stays unmarked on the server,
+    to be filed once the cause is gone."""
+    async with database(db_url) as conn:
+        await conn.execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$BEGIN RAISE EXCEPTION 'refused for this mail'; END$$;"
+            " CREATE TRIGGER refuse_poison BEFORE INSERT ON messages FOR EACH ROW"
+            " WHEN (NEW.meta->>'subject' = 'Poison') EXECUTE FUNCTION refuse_poison()"
+        )
+    for raw in (
+        imap.lead_mail("Pia Berg <pia@example.se>", "Poison", "never filed", "<p@example.se>"),
+        imap.lead_mail("Meera Iyer <meera@example.in>", "Quote", "8 panels?", "<ok@example.in>"),
+    ):
+        await imap.deliver(imap_server, raw)
+    settings = mail_settings(
+        base_env, tmp_path, imap_enabled=True, imap_refresh_seconds=0.2, imap_poll_seconds=0.5
+    )
+    async with mail_app(settings) as (ingest, client):
+        admin, _ = await imap.connect_mailbox(ingest, client, imap_server)
+        filed = await eventually(lambda: inbound(ingest.plat.pool), lambda found: len(found) == 1)
+        assert filed == {"meera@example.in": ("8 panels?", "Quote")}
+        listed = await eventually(
+            lambda: client.get("/v1/email/mailboxes", headers=admin),
+            lambda r: "held" in (r.json()[0]["last_error"] or ""),
+        )
+        note = listed.json()[0]["last_error"]
+        assert re.search(
+            r"UID \d+ held: failed 3 times \(RaiseError: refused for this mail\)", note
+        )
+        reader = await imap.imap_client(imap_server)
+        try:
+            await reader.select("INBOX")
+            found = await reader.uid_search("UNSEEN", charset=None)
+            assert len([u for line in found.lines[:-1] for u in bytes(line).split()]) == 1
+        finally:
+            await reader.logout()

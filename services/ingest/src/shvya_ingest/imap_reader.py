@@ -11,7 +11,12 @@ folder (MOVE, else COPY + \\Deleted + EXPUNGE). A mail is marked only after it i
 crash or a database outage files it on the next sweep (its Message-ID makes that a no-op if it
 was already filed). A mail that can never be filed (no sender or content, or bytes that are no
 readable message) is marked too, so the next mail is filed after it: a warning is logged, and
-`last_error` names it (UID and reason) until later mail is filed. Between sweeps the task waits
+`last_error` names it (UID and reason) until later mail is filed. A mail whose filing fails
+for another reason that is no outage (a statement PostgreSQL refuses for this mail alone, say)
+is retried with the mailbox's backoff; after HOLD_AFTER_FAILURES in a row it is *held*: left
+unmarked on the server (so it is filed once the cause is fixed and ingest restarts), skipped by
+this reader's later sweeps so the mail after it is filed, logged as `imap_mail_held` and named
+in `last_error`. A database outage is never counted against a mail. Between sweeps the task waits
 in IDLE (RFC 2177) where the server has it, so new mail is filed within a second or two;
 elsewhere it polls every IMAP_POLL_SECONDS. A failure is written to the mailbox's `last_error`
 and retried with backoff; the list of mailboxes is re-read every IMAP_REFRESH_SECONDS, so one
@@ -30,6 +35,7 @@ import aioimaplib
 import asyncpg
 import structlog
 
+from shvya_common.bus.ledgers import is_database_outage
 from shvya_common.crypto import SecretsError
 from shvya_common.secret_rotation import mailbox_password_context
 from shvya_ingest.api import Ingest
@@ -43,6 +49,8 @@ FILED_KEYWORD = "$ShvyaFiled"
 _READERS_LOCK = 0x5348_5659_494D
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 MAX_BACKOFF_SECONDS = 60.0
+# Failures in a row (no outage) after which one mail is held instead of blocking the rest.
+HOLD_AFTER_FAILURES = 3
 
 
 class MailboxError(Exception):
@@ -84,6 +92,9 @@ class MailboxReader:
         self.filed_total = 0
         # The last skipped mail, kept in `last_error` until later mail is filed or a failure.
         self.skip_note: str | None = None
+        # Failures in a row of one mail (by UID), and the mail held after too many.
+        self.failures: dict[str, int] = {}
+        self.held: dict[str, str] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 1.0
@@ -177,6 +188,10 @@ class MailboxReader:
         uids = [u.decode() for line in found.lines[:-1] for u in bytes(line).split() if u.isdigit()]
         result = Sweep()
         for uid in uids:
+            if uid in self.held:
+                result.skipped += 1
+                result.reasons.append(f"UID {uid} held: {self.held[uid]}")
+                continue
             fetched = _ok(await client.uid("fetch", uid, "(BODY.PEEK[])"), "UID FETCH")
             raw = next((bytes(x) for x in fetched.lines if isinstance(x, bytearray)), None)
             if raw is None:
@@ -192,12 +207,29 @@ class MailboxReader:
                 )
                 result.skipped += 1
                 result.reasons.append(f"UID {uid}: {err}")
+            except Exception as err:
+                if is_database_outage(err) or not self._hold(uid, err):
+                    raise
+                result.skipped += 1
+                result.reasons.append(f"UID {uid} held: {self.held[uid]}")
+                continue  # left unmarked: filed once the cause is fixed
             else:
+                self.failures.pop(uid, None)
                 result.filed += 1
                 log.info("imap_mail_filed", mailbox_id=str(self.mailbox.id), kind=outcome.kind)
             await self._mark(client, uid)
         self.filed_total += result.filed
         return result
+
+    def _hold(self, uid: str, err: Exception) -> bool:
+        """Count a failure of this mail; True once it is held (HOLD_AFTER_FAILURES in a row)."""
+        self.failures[uid] = self.failures.get(uid, 0) + 1
+        if self.failures[uid] < HOLD_AFTER_FAILURES:
+            return False
+        reason = f"{type(err).__name__}: {err}"[:300]
+        self.held[uid] = f"failed {self.failures.pop(uid)} times ({reason})"
+        log.error("imap_mail_held", mailbox_id=str(self.mailbox.id), uid=uid, error=reason)
+        return True
 
     async def _mark(self, client: aioimaplib.IMAP4, uid: str) -> None:
         m = self.mailbox
