@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from shvya_common.embedded import free_port
+from tests.fakes.s3_server import Bucket
 from tests.integration.mail_support import (
     EMAIL_AUTH,
     SendGridSigner,
@@ -227,6 +229,29 @@ async def test_postmark_inbound_with_basic_auth_is_filed_and_wrong_credentials_a
     assert row["provider_message_id"] == "CApostmark.1@mail.example.org"
     assert row["body"] == "Hi, can I get a quote for 6 panels?"
     assert row["meta"]["attachments"][0]["filename"] == "roof.jpg"
+
+
+async def test_an_attachment_goes_to_s3_and_an_unreachable_store_keeps_the_mail_for_a_retry(
+    base_env: dict[str, str], db_url: str, tmp_path: Path, s3_bucket: Bucket
+) -> None:
+    """With MEDIA_STORE=s3 and the store unreachable, Postmark's POST gets 503 and nothing is
+    filed, so Postmark retries; once the store answers, the same POST is filed with its
+    attachment in the bucket."""
+    down = s3_bucket.settings(S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
+    body = dumps(postmark_payload())
+    auth = {"authorization": postmark_auth()}
+    async with mail_ingest(mail_settings(base_env, tmp_path, **down)) as client:
+        refused = await client.post("/webhooks/email/postmark", content=body, headers=auth)
+    assert refused.status_code == 503, refused.text
+    assert await messages(db_url) == []
+    async with mail_ingest(mail_settings(base_env, tmp_path, **s3_bucket.settings())) as client:
+        filed = await client.post("/webhooks/email/postmark", content=body, headers=auth)
+    assert filed.status_code == 200, filed.text
+    [row] = await messages(db_url)
+    [attachment] = row["meta"]["attachments"]
+    objects = await s3_bucket.server.objects(s3_bucket.name)
+    assert objects == {attachment["key"]: b"\xff\xd8\xff fake jpeg"}
+    assert not (tmp_path / "media").exists()
 
 
 async def test_unconfigured_adapters_refuse_everything(

@@ -1,26 +1,46 @@
 """GDPR erasure through the API (`DELETE /v1/leads/{id}` with the company's admin key) against
 real PostgreSQL: the lead's messages, events and contacts go, and so do the bounces of its
-email address and its stored files, except a file another lead's message still uses; the
-other lead, the suppression of the address and the anonymised audit trail stay."""
+email address and its stored files (in the folder, or in S3 with MEDIA_STORE=s3), except a
+file another lead's message still uses; the other lead, the suppression of the address and the
+anonymised audit trail stay."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from shvya_common.storage import LocalMediaStore
+from shvya_common.settings import CommonSettings
+from shvya_common.storage import MediaNotFound, MediaStore, media_store
 from tests.integration.test_tenants import api, bearer, inbound, new_company
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(params=["local", "s3"])
+def media_env(request: pytest.FixtureRequest, tmp_path) -> dict[str, str]:
+    """The settings of one media store: the MEDIA_DIR folder, or a fresh S3 bucket."""
+    if request.param == "local":
+        return {"MEDIA_DIR": str(tmp_path / "media")}
+    env: dict[str, str] = request.getfixturevalue("s3_bucket").env()
+    return env
+
+
+@pytest.fixture
+async def store(media_env: dict[str, str]) -> AsyncIterator[MediaStore]:
+    store = media_store(CommonSettings(**{k.lower(): v for k, v in media_env.items()}))
+    yield store
+    await store.aclose()
+
+
 async def test_erasing_a_lead_removes_its_data_bounces_and_files(
-    base_env, admin_token, db_url, tmp_path
+    base_env, admin_token, db_url, media_env, store
 ):
-    media = tmp_path / "media"
-    async with api(base_env, MEDIA_DIR=str(media)) as client:
+    """Erasure deletes the lead's own file from the store after COMMIT and keeps the one
+    another lead's message still uses."""
+    async with api(base_env, **media_env) as client:
         acme = await new_company(client, admin_token, "Acme")
         h = bearer(acme["admin"])
         filed = [
@@ -39,7 +59,6 @@ async def test_erasing_a_lead_removes_its_data_bounces_and_files(
                 )
                 for f in filed
             ]
-            store = LocalMediaStore(media)
             own = await store.put(company, b"the erased lead's passport scan", "image/jpeg")
             shared = await store.put(company, b"a brochure both leads sent", "application/pdf")
             await conn.execute(
@@ -93,9 +112,10 @@ async def test_erasing_a_lead_removes_its_data_bounces_and_files(
             assert str(gone) in trail and "+15550101" not in trail
         finally:
             await conn.close()
-    assert not (media / own.key).exists()
-    assert (media / shared.key).exists()
+    with pytest.raises(MediaNotFound):
+        await store.get(own.key)
+    assert await store.get(shared.key) == b"a brochure both leads sent"
     again = None
-    async with api(base_env, MEDIA_DIR=str(media)) as client:
+    async with api(base_env, **media_env) as client:
         again = await client.delete(f"/v1/leads/{gone}", headers=bearer(acme["admin"]))
     assert again.status_code == 404

@@ -14,7 +14,8 @@ import pytest
 from shvya_common.bus import JobContext
 from shvya_common.contracts import MediaFetchParams
 from shvya_common.db import create_pool
-from shvya_common.errors import DeferJob, PermanentError
+from shvya_common.embedded import free_port
+from shvya_common.errors import DeferJob, PermanentError, RetryableError
 from shvya_dispatch.app import build_media_deps
 from shvya_dispatch.channels.graph_api import GraphApi
 from shvya_dispatch.media import handle_media_fetch
@@ -390,6 +391,32 @@ async def test_media_is_downloaded_with_the_token_and_stored_with_its_hash(
     paths = [r.path for r in graph.requests]
     assert paths[0].endswith(f"/{graph.media[next(iter(graph.media))].id}")
     assert all(r.headers["Authorization"] == f"Bearer {TOKEN}" for r in graph.requests)
+
+
+async def test_media_lands_in_the_s3_bucket_and_a_store_outage_is_retried(
+    pool, graph, db_url, company, s3_bucket
+):
+    """With MEDIA_STORE=s3 the download is stored as an object of the bucket under its content
+    address; while the store cannot be reached the job fails retryably and the row stays
+    pending, so the next attempt stores it."""
+    photo = b"\xff\xd8\xff\xe0JFIF" + bytes(range(256)) * 30
+    params = await _received_media(pool, company, graph, photo, "image/jpeg")
+    unreachable = s3_bucket.settings(S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
+    async with AsyncExitStack() as stack:
+        deps = await build_media_deps(dispatch_settings(db_url, graph, **unreachable), pool, stack)
+        with pytest.raises(RetryableError, match="S3 HeadObject"):
+            await handle_media_fetch(params, _job(params), deps)
+    status = "SELECT status, storage_key FROM inbound_media WHERE id = $1"
+    assert tuple(await pool.fetchrow(status, params.media_row_id)) == ("pending", None)
+    assert await s3_bucket.server.objects(s3_bucket.name) == {}
+    async with AsyncExitStack() as stack:
+        settings = dispatch_settings(db_url, graph, **s3_bucket.settings())
+        deps = await build_media_deps(settings, pool, stack)
+        result = await handle_media_fetch(params, _job(params), deps)
+    key = f"{company}/{hashlib.sha256(photo).hexdigest()[:2]}/{hashlib.sha256(photo).hexdigest()}"
+    assert result == {"status": "stored", "key": key, "size": len(photo)}
+    assert await s3_bucket.server.objects(s3_bucket.name) == {key: photo}
+    assert tuple(await pool.fetchrow(status, params.media_row_id)) == ("stored", key)
 
 
 async def test_media_over_the_limit_or_of_a_refused_type_is_rejected(

@@ -1,13 +1,24 @@
-"""Secrets at rest (AES-GCM keyring) and the content-addressed local media store."""
+"""Secrets at rest (AES-GCM keyring), the content-addressed local media store, and the S3
+store's settings and addressing (no server: the S3 round trips are in
+tests/integration/test_media_s3.py)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
+from pydantic import SecretStr, ValidationError
 
 from shvya_common.crypto import SecretBox, SecretsError, generate_key
-from shvya_common.storage import LocalMediaStore, MediaNotFound
+from shvya_common.settings import CommonSettings
+from shvya_common.storage import (
+    LocalMediaStore,
+    MediaNotFound,
+    S3MediaStore,
+    media_key,
+    media_store,
+)
 
 
 def ring(*ids: str) -> str:
@@ -85,6 +96,77 @@ async def test_keys_outside_the_store_layout_are_refused(tmp_path):
     """A key cannot climb out of the media folder."""
     with pytest.raises(MediaNotFound):
         await LocalMediaStore(tmp_path).get("../../etc/passwd")
+
+
+def test_media_store_picks_the_folder_by_default_and_s3_when_asked(tmp_path):
+    """MEDIA_STORE=local (the default) is the MEDIA_DIR folder; s3 is the bucket, and the
+    store's repr shows neither key."""
+    local = media_store(CommonSettings(media_dir=tmp_path))
+    assert isinstance(local, LocalMediaStore) and local.root == tmp_path
+    s3 = media_store(
+        CommonSettings(
+            media_store="s3",
+            s3_bucket="acme-media",
+            s3_access_key_id="AKIAEXAMPLEKEYID0000",
+            s3_secret_access_key="very-secret-access-key",
+            s3_endpoint_url="http://127.0.0.1:9000",
+        )
+    )
+    assert isinstance(s3, S3MediaStore) and s3.bucket == "acme-media"
+    assert "AKIAEXAMPLE" not in repr(s3) and "very-secret" not in repr(s3)
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        ({}, "S3_BUCKET, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY"),
+        ({"s3_bucket": "acme-media", "s3_access_key_id": "AKIA0"}, "S3_SECRET_ACCESS_KEY"),
+        ({"s3_bucket": "acme-media", "s3_secret_access_key": "very-secret"}, "S3_ACCESS_KEY_ID"),
+    ],
+)
+def test_s3_without_a_bucket_or_keys_stops_start_up_naming_what_is_missing(given, missing):
+    """MEDIA_STORE=s3 without S3_BUCKET and both keys is refused, naming the missing settings
+    and echoing no value."""
+    with pytest.raises(ValidationError, match=f"MEDIA_STORE=s3 needs {missing}") as err:
+        CommonSettings(media_store="s3", **given)
+    assert "very-secret" not in str(err.value)
+
+
+def test_an_s3_endpoint_with_credentials_in_it_is_refused():
+    """S3_ENDPOINT_URL cannot carry user:password (errors name the endpoint; keys have their
+    own settings)."""
+    with pytest.raises(ValidationError, match="s3_endpoint_url"):
+        CommonSettings(s3_endpoint_url="https://key:secret@s3.example.test")
+
+
+@pytest.mark.parametrize(
+    ("style", "prefix"),
+    [
+        ("path", "https://s3.example.test/acme-media/"),
+        ("virtual", "https://acme-media.s3.example.test/"),
+    ],
+)
+async def test_the_addressing_style_decides_where_the_bucket_goes(style, prefix, monkeypatch):
+    """S3_ADDRESSING_STYLE=path puts the bucket in the path, virtual in the host name (checked
+    on a presigned URL, which the client builds the way it addresses requests)."""
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    store = S3MediaStore(
+        bucket="acme-media",
+        access_key_id=SecretStr("AKIAEXAMPLEKEYID0000"),
+        secret_access_key=SecretStr("very-secret-access-key"),
+        endpoint_url="https://s3.example.test",
+        addressing_style=style,
+    )
+    key = media_key(uuid.uuid4(), "ab" * 32)
+    try:
+        s3 = await store._s3()
+        url = await s3.generate_presigned_url(
+            "get_object", Params={"Bucket": "acme-media", "Key": key}
+        )
+    finally:
+        await store.aclose()
+    assert url.startswith(prefix + key + "?")
 
 
 def test_keygen_prints_an_entry_the_settings_accept(capsys):

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -113,8 +113,33 @@ class CommonSettings(BaseSettings):
         description="Let outbound webhooks reach loopback, private and link-local addresses."
         " Only for tests and air-gapped installs: it turns the SSRF guard off.",
     )
+    media_store: Literal["local", "s3"] = Field(
+        "local",
+        description="Where received media and attachments are kept: `local`, the MEDIA_DIR"
+        " folder; `s3`, a bucket of any S3-compatible service (the S3_* settings).",
+    )
     media_dir: Path = Field(
         Path(".data/media"), description="Folder where received media and attachments are kept."
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/@]+(/.*)?$",
+        description="The S3-compatible service's URL (MinIO, Ceph, R2, ...); unset, AWS S3 in"
+        " S3_REGION.",
+    )
+    s3_bucket: str | None = Field(
+        None, min_length=3, max_length=63, description="Bucket for media when MEDIA_STORE=s3."
+    )
+    s3_region: str = Field("us-east-1", min_length=1, description="The bucket's region.")
+    s3_access_key_id: SecretStr | None = Field(None, description="Access key id for S3_BUCKET.")
+    s3_secret_access_key: SecretStr | None = Field(
+        None, description="Secret access key for S3_BUCKET."
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto",
+        description="`path` (<endpoint>/<bucket>/<key>, what MinIO and Ceph usually need),"
+        " `virtual` (<bucket>.<endpoint host>/<key>), or `auto` (botocore's choice: virtual on"
+        " AWS, path for an IP address).",
     )
     otel_exporter_otlp_endpoint: str | None = Field(
         None,
@@ -141,6 +166,18 @@ class CommonSettings(BaseSettings):
         if not value or any(v <= 0 for v in value):
             raise ValueError("retry_schedule needs at least one positive delay")
         return value
+
+    @model_validator(mode="after")
+    def _check_media_store(self) -> CommonSettings:
+        if self.media_store == "s3":
+            missing = [
+                name.upper()
+                for name in ("s3_bucket", "s3_access_key_id", "s3_secret_access_key")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ValueError(f"MEDIA_STORE=s3 needs {', '.join(missing)} (see .env.example)")
+        return self
 
     def link_key(self) -> str:
         """LINK_SECRET's value; raises when it is missing, short, or a known placeholder."""

@@ -20,7 +20,7 @@ from shvya_common.bus import JobBus, Registration
 from shvya_common.bus.ledgers import SendLedger
 from shvya_common.logging import configure_logging
 from shvya_common.runtime import Platform, run, run_worker
-from shvya_common.storage import LocalMediaStore
+from shvya_common.storage import media_store
 from shvya_dispatch import media as _media  # noqa: F401  (registers media.fetch)
 from shvya_dispatch.accounts import AccountDirectory, CompanyChannels
 from shvya_dispatch.channels import Channel, ChannelRouter
@@ -229,9 +229,11 @@ async def build_media_deps(
     graph = await graph_api(settings, stack) if settings.whatsapp_cloud_configured else None
     if companies is None:
         companies = await company_channels(settings, pool, stack, platform_graph=graph)
+    store = media_store(settings)
+    stack.push_async_callback(store.aclose)
     return MediaDeps(
         repo=WhatsAppRepository(pool),
-        store=LocalMediaStore(settings.media_dir),
+        store=store,
         graph=graph,
         max_bytes=settings.whatsapp_media_max_bytes,
         mime_types=frozenset(settings.whatsapp_media_mime_types),

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shvya_common.db import is_outage
 from shvya_common.runtime import Platform
+from shvya_common.storage import MediaStore, media_store
 from shvya_ingest.auth import ANONYMOUS, Authenticator, AuthError, Principal
 from shvya_ingest.batching import FilingBatcher
 from shvya_ingest.inbound import InboundFiler
@@ -144,6 +145,8 @@ class Ingest:
             client=re.sub(r"^\d+", lambda m: str(int(m.group()) * 6), settings.signin_rate_limit),
         )
         self.live = LiveHub(plat.nc, plat.topology)
+        # The media store (email attachments, downloads, erasure); the lifespan closes it.
+        self.media: MediaStore = media_store(settings)
 
     async def caller(self, authorization: str | None) -> Principal:
         """The principal for an inbound request: a key, or anonymous where INBOUND_AUTH allows;

@@ -84,6 +84,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
                     await smtp.wait_closed()
                 await ingest.live.close()
                 await ingest.batcher.close()
+                await ingest.media.aclose()
 
     app = FastAPI(
         title="SHVYA ingest",

@@ -41,7 +41,6 @@ from typing import Any, Final, Literal
 import structlog
 
 from shvya_common.emailfacts import bare_message_id
-from shvya_common.storage import LocalMediaStore
 from shvya_ingest.api import Ingest
 from shvya_ingest.autoreply import auto_reply_reason
 from shvya_ingest.bounces import Bounce, parse_bounce
@@ -501,7 +500,6 @@ async def _store_attachments(
     if not attachments:
         return []
     limit = ingest.settings.email_attachment_max_bytes
-    store = LocalMediaStore(ingest.settings.media_dir)
     stored: list[dict[str, Any]] = []
     for attachment in attachments[:MAX_ATTACHMENTS]:
         entry: dict[str, Any] = {
@@ -512,7 +510,7 @@ async def _store_attachments(
         if len(attachment.data) > limit:
             entry["skipped"] = f"larger than EMAIL_ATTACHMENT_MAX_BYTES ({limit})"
         else:
-            media = await store.put(company_id, attachment.data, attachment.content_type)
+            media = await ingest.media.put(company_id, attachment.data, attachment.content_type)
             entry.update(key=media.key, sha256=media.sha256)
         stored.append(entry)
     return stored

@@ -30,7 +30,7 @@ from shvya_common.contracts import SendParams, SummaryParams
 from shvya_common.contracts.events import EventType
 from shvya_common.events import record_event
 from shvya_common.sequences import enrolments
-from shvya_common.storage import LocalMediaStore, MediaNotFound
+from shvya_common.storage import MediaNotFound
 from shvya_ingest.auth import AdminCompany, AgentCompany, PrincipalDep, audit
 from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
 from shvya_ingest.v1.common import (
@@ -678,10 +678,9 @@ async def erase_lead(
             },
         )
         await audit(conn, caller, company_id, "lead.erased", {"lead": str(lead_id)})
-    store = LocalMediaStore(ingest.settings.media_dir)
     for key in orphans:  # after COMMIT: a rolled-back erasure keeps its files
         try:
-            await store.delete(key)
+            await ingest.media.delete(key)
         except (OSError, MediaNotFound) as err:
             log.warning("erased_lead_file_kept", error=type(err).__name__)
     return ErasedOut(lead_id=lead_id, messages=counts["messages"], events=counts["events"])

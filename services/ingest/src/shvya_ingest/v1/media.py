@@ -34,7 +34,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Header, HTTPException, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from shvya_common.storage import LocalMediaStore, MediaNotFound
+from shvya_common.storage import MediaNotFound
 from shvya_ingest.auth import AgentCompany
 from shvya_ingest.v1.common import ERRORS, V1, IngestDep, not_found
 
@@ -331,7 +331,7 @@ async def get_media(
     asked = {t.strip().removeprefix("W/") for t in (if_none_match or "").split(",")}
     if etag in asked or "*" in asked:
         return Response(status_code=304, headers=headers)
-    store = LocalMediaStore(ingest.settings.media_dir)
+    store = ingest.media
     try:
         data = await store.get(item.key)
     except MediaNotFound as err:
