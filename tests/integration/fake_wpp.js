@@ -39,6 +39,8 @@
       caption: m.caption, t: m.t, notifyName: m.notifyName, ack: m.ack,
       quotedStanzaID: m.quotedStanzaID, quotedParticipant: wid(m.quotedParticipant),
       mimetype: m.mimetype, filename: m.filename,
+      latestEditMsgKey: m.latestEditMsgKey ? msgKey(m.latestEditMsgKey) : undefined,
+      latestEditSenderTimestampMs: m.latestEditSenderTimestampMs,
     };
   }
   function render() {

@@ -94,7 +94,9 @@ def inbound_key(account: str, kind: str, item: dict[str, Any]) -> str:
         ids = ",".join(sorted(str(i) for i in item.get("ids") or []))
         what = f"{item.get('ack')}:{hashlib.sha256(ids.encode()).hexdigest()[:24]}"
     elif kind == "edit":
-        what = f"{item.get('id')}:{item.get('t')}"
+        # Each edit has its own key; the message's id alone would make a second edit of it
+        # look like the first.
+        what = f"{item.get('id')}:{item.get('editId') or item.get('t')}"
     else:
         what = str(item.get("id"))
     return f"whatsapp_web.inbound:{account}:{kind}:{what}"[:500]

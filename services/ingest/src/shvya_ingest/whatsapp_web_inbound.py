@@ -103,6 +103,7 @@ class WebAck(_Item):
 
 class WebEdit(_Item):
     id: str = Field(min_length=1, max_length=256)
+    editId: str | None = Field(None, max_length=256)
     chat: str | None = None
     phone: str | None = None
     body: str | None = None
@@ -238,7 +239,7 @@ async def _edit(ingest: Ingest, params: WhatsAppWebInboundParams, edit: WebEdit)
         return await _keep(ingest, params, "an edit without text")
     item = Edit(
         where=NOWHERE,
-        wamid=f"{edit.id}:edit:{edit.t}",
+        wamid=edit.editId or f"{edit.id}:edit:{edit.t}",
         sender=Sender(phone=_phone(edit.phone) or _phone(edit.chat), user_id=None),
         original_wamid=edit.id,
         text=edit.body,

@@ -96,13 +96,19 @@ BRIDGE_JS = r"""
   WPP.on('chat.msg_ack_change', (a) => {
     emit('ack', {ack: a.ack, chat: ser(a.chat), ids: (a.ids || []).map(ser)});
   });
+  // wa-js reports an edit as the original message model changed in place: its `t` stays the
+  // original's, the edit has its own key and time (latestEditMsgKey, ...SenderTimestampMs), and
+  // the event's `chat` is the message's `to` (this account, for a lead's message).
   WPP.on('chat.msg_edited', async (e) => {
-    const chat = ser(e.chat);
+    const m = e.msg || {};
+    const chat = ser(m.id && m.id.remote) || ser(e.chat);
     if (!isUser(chat)) return;
+    const text = m.type === 'chat' || !m.type ? m.body : m.caption;
+    const editedMs = m.latestEditSenderTimestampMs;
     emit('edit', {
-      id: ser(e.id), chat, phone: await phoneOf(chat),
-      body: e.msg && typeof e.msg.body === 'string' ? e.msg.body : null,
-      t: (e.msg && e.msg.t) || Math.floor(Date.now() / 1000),
+      id: ser(e.id), editId: ser(m.latestEditMsgKey), chat, phone: await phoneOf(chat),
+      body: typeof text === 'string' ? text : null,
+      t: editedMs ? Math.floor(editedMs / 1000) : Math.floor(Date.now() / 1000),
     });
   });
   WPP.on('chat.msg_revoke', (r) => {

@@ -1,0 +1,320 @@
+"""What a linked WhatsApp Web account receives, filed end to end: the fake WhatsApp Web in real
+Chromium → the channel's bridge → dispatch's account supervisor (its `whatsapp_web.inbound`
+jobs) → ingest's worker (in-process, real NATS and PostgreSQL) → the database. Catch-up after a
+reconnect, captions, replies, reactions, edits, deletions, and a send whose outcome was unknown
+confirmed by WhatsApp's late acknowledgement. The supervisor is driven tick by tick; every wait
+is for a state the database or a metric shows, with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from shvya_common.contracts import JobEnvelope
+from shvya_dispatch.app import build_deps
+from shvya_dispatch.channels.whatsapp_web import WaSession, WhatsAppWebChannel
+from shvya_dispatch.web_accounts import WebAccounts
+from tests.integration.dispatch_support import Dispatcher, queue_send
+from tests.integration.fake_whatsapp_web import Device, FakeWhatsAppWeb, serve
+from tests.integration.test_whatsapp_web_channel import make_settings
+from tests.integration.webhook_support import ingest_client
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+ACCOUNT = "default"
+LEAD = "+15550103001"
+CHAT = "15550103001@c.us"
+
+
+@dataclass
+class Web:
+    fake: FakeWhatsAppWeb
+    dispatcher: Dispatcher
+    supervisor: WebAccounts
+    channel: WhatsAppWebChannel
+    pool: asyncpg.Pool
+
+    async def open(self) -> tuple[WaSession, Device]:
+        """One supervisor tick (lease, browser, first probe), its catch-up finished."""
+        await self.supervisor.tick()
+        await asyncio.wait_for(asyncio.gather(*list(self.supervisor._tasks)), 60)
+        return self.channel.sessions[ACCOUNT], self.fake.device()
+
+    async def inbound(self, provider_id: str) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            "SELECT id, lead_id, body, meta, deleted_at, edited_at FROM messages"
+            " WHERE channel = 'whatsapp_web' AND direction = 'inbound'"
+            " AND provider_message_id = $1",
+            provider_id,
+        )
+
+    async def filed(self, provider_id: str) -> asyncpg.Record:
+        row = await eventually(lambda: self.inbound(provider_id), timeout=60)
+        assert row is not None
+        return row
+
+    async def count(self, sql: str, *args: Any) -> int:
+        value: int = await self.pool.fetchval(sql, *args)
+        return value
+
+    async def inbound_count(self) -> int:
+        return await self.count(
+            "SELECT count(*) FROM messages WHERE channel = 'whatsapp_web' AND direction = 'inbound'"
+        )
+
+    async def outbound(self, lead_id: uuid.UUID, body: str) -> tuple[uuid.UUID, str]:
+        """A message this account sent the lead earlier, with WhatsApp's id for it."""
+        provider_id = f"true_{CHAT}_3EB0{uuid.uuid4().hex[:16].upper()}"
+        message_id: uuid.UUID = await self.pool.fetchval(
+            "INSERT INTO messages (company_id, lead_id, direction, channel, body, status,"
+            " provider_message_id, recipient, send_key, priority, meta)"
+            " SELECT company_id, id, 'outbound', 'whatsapp_web', $2, 'sent', $3, $4, $5, 100,"
+            " $6 FROM leads WHERE id = $1 RETURNING id",
+            lead_id,
+            body,
+            provider_id,
+            LEAD,
+            f"reply:{uuid.uuid4()}",
+            {"account": ACCOUNT},
+        )
+        return message_id, provider_id
+
+
+@pytest.fixture
+async def web(
+    plat: Any, base_env: dict[str, str], db_url: str, tmp_path: Path
+) -> AsyncIterator[Web]:
+    fake = FakeWhatsAppWeb()
+    runner = await serve(fake)
+    settings = make_settings(
+        fake.url,
+        tmp_path / "profiles",
+        database_url=db_url,
+        policy_whatsapp_web_quiet_hours="",
+        policy_whatsapp_web_min_gap_seconds=0,
+        policy_whatsapp_web_jitter_seconds=0,
+    )
+    try:
+        async with ingest_client(base_env):  # its lifespan runs the whatsapp_web.inbound worker
+            dispatcher = Dispatcher(plat.pool, settings)
+            dispatcher.deps = await build_deps(settings, plat.pool, dispatcher.stack, bus=plat.bus)
+            supervisor = dispatcher.deps.web_accounts
+            assert supervisor is not None
+            try:
+                yield Web(fake, dispatcher, supervisor, supervisor.channel, plat.pool)
+            finally:
+                await supervisor.release_all()
+                await dispatcher.stack.aclose()
+    finally:
+        await runner.cleanup()
+
+
+async def queued_messages() -> float:
+    value = REGISTRY.get_sample_value(
+        "shvya_whatsapp_web_inbound_total", {"kind": "message", "outcome": "queued"}
+    )
+    return value or 0.0
+
+
+async def test_messages_that_arrived_while_the_browser_was_closed_are_filed_once(
+    web: Web,
+) -> None:
+    """Messages a lead sent while no browser was open are filed when the account reconnects;
+    seen again (another reconnect's catch-up, the same message arriving live) they are not
+    filed twice, and a new message after them is filed as usual."""
+    await web.open()
+    await web.channel.close_session(ACCOUNT)
+    away = [
+        await web.fake.receive(web.fake.device(), LEAD, f"while you were away {n}", deliver=False)
+        for n in range(2)
+    ]
+    _session, device = await web.open()
+    rows = [await web.filed(provider_id) for provider_id in away]
+    assert [r["body"] for r in rows] == ["while you were away 0", "while you were away 1"]
+    assert rows[0]["lead_id"] == rows[1]["lead_id"]
+
+    # Seen again: a second reconnect catches up on the same (still unread) chat...
+    await web.channel.close_session(ACCOUNT)
+    _session, device = await web.open()
+    # ...and the first message arrives live once more, followed by a new one.
+    before = await queued_messages()
+    await web.fake.receive(device, LEAD, "while you were away 0", msg_id=away[0])
+    fresh = await web.fake.receive(device, LEAD, "back now")
+    await eventually(queued_messages, lambda n: n >= before + 2, timeout=30)
+    await web.filed(fresh)
+    assert await web.inbound_count() == 3
+    jobs = await web.count(
+        "SELECT count(*) FROM jobs WHERE task_name = 'whatsapp_web.inbound'"
+        " AND task_params->>'kind' = 'message'"
+    )
+    assert jobs == 3
+    engage = await web.count("SELECT count(*) FROM jobs WHERE task_name = 'ai.engage'")
+    assert engage == 3
+
+
+async def test_a_caption_and_a_reply_are_filed_with_their_text_and_the_quoted_message(
+    web: Web,
+) -> None:
+    """A photo with a caption is filed as its caption, labelled with what is attached (kind and
+    mime type kept in meta); a reply keeps the id of the message it quotes (ours here) as its
+    context."""
+    _session, device = await web.open()
+    hello = await web.filed(await web.fake.receive(device, LEAD, "Hi, do you have solar panels?"))
+    _out_id, out_provider = await web.outbound(hello["lead_id"], "Yes! Here is our brochure.")
+    photo_id = await web.fake.receive(
+        device, LEAD, type="image", caption="Is this the blue one?", mimetype="image/jpeg"
+    )
+    reply_id = await web.fake.receive(device, LEAD, "Yes, that one please", quoted=out_provider)
+    photo = await web.filed(photo_id)
+    assert photo["body"] == "[Image attached: image/jpeg] Is this the blue one?"
+    assert photo["meta"]["whatsapp_type"] == "image"
+    assert photo["meta"]["media"] == {"kind": "image", "mime_type": "image/jpeg"}
+    reply = await web.filed(reply_id)
+    assert reply["body"] == "Yes, that one please"
+    assert reply["meta"]["context_id"] == out_provider
+    assert photo["lead_id"] == reply["lead_id"] == hello["lead_id"]
+
+
+async def test_a_reaction_attaches_to_the_message_it_reacts_to(web: Web) -> None:
+    """A reaction to our message is attached to that message (a later one from the lead replaces
+    it) and is never filed as a message of its own."""
+    _session, device = await web.open()
+    hello = await web.filed(await web.fake.receive(device, LEAD, "Hi"))
+    out_id, out_provider = await web.outbound(hello["lead_id"], "We open at nine.")
+
+    async def reactions() -> list[asyncpg.Record]:
+        return await web.pool.fetch(
+            "SELECT emoji, reactor, lead_id FROM message_reactions WHERE message_id = $1", out_id
+        )
+
+    await web.fake.react(device, LEAD, out_provider, "👍")
+    (first,) = await eventually(reactions, lambda rs: len(rs) == 1, timeout=30)
+    assert (first["emoji"], first["lead_id"]) == ("👍", hello["lead_id"])
+    await web.fake.react(device, LEAD, out_provider, "❤️")
+    (second,) = await eventually(reactions, lambda rs: rs and rs[0]["emoji"] == "❤️", timeout=30)
+    assert second["reactor"] == first["reactor"]
+    assert await web.inbound_count() == 1
+
+
+async def test_edits_update_the_message_keep_each_previous_text_and_file_nothing_new(
+    web: Web,
+) -> None:
+    """Each edit of a lead's message replaces its text and keeps the previous one as a revision
+    (two edits of one message are two revisions, although WhatsApp keeps the original's time
+    on the message); no new inbound message and no new AI reply come of them."""
+    _session, device = await web.open()
+    original = await web.fake.receive(device, LEAD, "Price for 2 kW?")
+    row = await web.filed(original)
+
+    async def revisions() -> list[asyncpg.Record]:
+        return await web.pool.fetch(
+            "SELECT previous_body, new_body FROM message_revisions WHERE message_id = $1"
+            " AND kind = 'edit' ORDER BY created_at",
+            row["id"],
+        )
+
+    await web.fake.edit(device, original, "Price for 3 kW?")
+    await eventually(revisions, lambda rs: len(rs) == 1, timeout=30)
+    await web.fake.edit(device, original, "Price for 5 kW?")
+    found = await eventually(revisions, lambda rs: len(rs) == 2, timeout=30)
+    assert [(r["previous_body"], r["new_body"]) for r in found] == [
+        ("Price for 2 kW?", "Price for 3 kW?"),
+        ("Price for 3 kW?", "Price for 5 kW?"),
+    ]
+    edited = await web.inbound(original)
+    assert edited is not None and edited["body"] == "Price for 5 kW?"
+    assert edited["edited_at"] is not None and edited["meta"]["edit_count"] == 2
+    assert await web.inbound_count() == 1
+    assert await web.count("SELECT count(*) FROM jobs WHERE task_name = 'ai.engage'") == 1
+
+
+async def test_a_deletion_marks_the_original_deleted_and_keeps_its_text_aside(web: Web) -> None:
+    """A message the lead deletes for everyone is marked deleted (its text kept as a revision,
+    not shown any more), and nothing new is filed."""
+    _session, device = await web.open()
+    original = await web.fake.receive(device, LEAD, "my card number is 4111 1111")
+    row = await web.filed(original)
+    await web.fake.revoke(device, original)
+    deleted = await eventually(
+        lambda: web.inbound(original), lambda r: r is not None and r["deleted_at"], timeout=30
+    )
+    assert deleted is not None and deleted["meta"]["deleted"] is True
+    assert "4111" not in deleted["body"]
+    kept = await web.pool.fetchval(
+        "SELECT previous_body FROM message_revisions WHERE message_id = $1 AND kind = 'revoke'",
+        row["id"],
+    )
+    assert kept == "my card number is 4111 1111"
+    assert await web.inbound_count() == 1
+
+
+async def test_a_send_of_unknown_outcome_is_confirmed_by_the_late_acknowledgement(
+    web: Web,
+) -> None:
+    """A send WhatsApp's server did not acknowledge in time is recorded 'unknown' with the id it
+    carries and not repeated; when the acknowledgement arrives later the send becomes 'sent'
+    (marked a late confirmation) and its delivery and read follow, while the message still
+    left exactly once and a redelivered send job does not send it again."""
+    _session, device = await web.open()
+    hello = await web.filed(await web.fake.receive(device, LEAD, "Can you call me?"))
+    company_id, lead_id = await web.pool.fetchrow(
+        "SELECT company_id, lead_id FROM messages WHERE id = $1", hello["id"]
+    )
+    web.fake.behaviour[LEAD[1:]] = "never"
+    message_id, params = await queue_send(
+        web.pool, company_id, lead_id, to=LEAD, channel="whatsapp_web", text="Calling at 4?"
+    )
+    outcome = await web.dispatcher.send(message_id, params)
+    assert outcome["status"] == "unknown"
+    row = await web.pool.fetchrow(
+        "SELECT status, provider_message_id, attempts FROM messages WHERE id = $1", message_id
+    )
+    assert row["status"] == "unknown"
+    (held,) = web.fake.held()
+    assert row["provider_message_id"] == held
+
+    async def send_row() -> asyncpg.Record:
+        return await web.pool.fetchrow(
+            "SELECT status, delivery_status, sent_at, meta FROM messages WHERE id = $1",
+            message_id,
+        )
+
+    await web.fake.ack(device, [held], 2)
+    confirmed = await eventually(
+        send_row,
+        lambda r: r["status"] == "sent" and r["delivery_status"] == "delivered",
+        timeout=30,
+    )
+    assert confirmed["meta"]["late_confirmation"] is True and confirmed["sent_at"] is not None
+    await web.fake.ack(device, [held], 3)
+    read = await eventually(send_row, lambda r: r["delivery_status"] == "read", timeout=30)
+    assert read["status"] == "sent"
+
+    # A redelivery of the send job finds it sent: nothing goes to the page again.
+    assert web.dispatcher.deps is not None
+
+    claim = await web.dispatcher.deps.sends.claim(
+        JobEnvelope(
+            job_id=message_id,
+            task="dispatch.send",
+            priority=100,
+            params=params.model_dump(mode="json"),
+            company_id=company_id,
+            lead_id=lead_id,
+            enqueued_at=confirmed["sent_at"],
+        ),
+        max_attempts=6,
+        lease=30.0,
+        worker="test",
+    )
+    assert claim.action != "run", claim
+    attempts = [a for a in web.fake.attempts if a["digits"] == LEAD[1:]]
+    assert len(attempts) == 1
