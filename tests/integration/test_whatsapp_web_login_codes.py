@@ -1,6 +1,7 @@
-"""The WhatsApp Web login's exit codes, one meaning each: 3 when WhatsApp Web cannot be reached,
-5 when another process holds the account's browser profile (0 and 1 are pinned in
-test_whatsapp_web_channel.py)."""
+"""The WhatsApp Web commands' exit codes, one meaning each and the same as the other `shvya`
+commands': 3 when a server cannot be reached (WhatsApp Web; PostgreSQL for the commands that
+need it), 5 when another process holds the account (its browser profile, or its lease); 0 and 1
+are pinned in test_whatsapp_web_login.py."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiohttp import web
 
 from shvya_common.embedded import free_port
+from shvya_common.whatsapp import web_accounts as db
 from tests.integration.fake_whatsapp_web import FAKE_WPP, FakeWhatsAppWeb
 
 pytestmark = pytest.mark.integration
@@ -33,28 +36,37 @@ async def fake() -> AsyncIterator[FakeWhatsAppWeb]:
     await runner.cleanup()
 
 
-async def _login(url: str, tmp_path: Path, *extra: str) -> asyncio.subprocess.Process:
-    env = {
-        **os.environ,
-        "WHATSAPP_WEB_URL": url,
-        "WHATSAPP_WEB_WA_JS_PATH": str(FAKE_WPP),
-        "WHATSAPP_WEB_CHROMIUM_PATH": str(CHROMIUM),
-        "WHATSAPP_WEB_PROFILE_DIR": str(tmp_path / "profiles"),
-        "WHATSAPP_WEB_LOAD_TIMEOUT_SECONDS": "10",
-    }
+async def _command(
+    command: str, url: str, tmp_path: Path, *extra: str, **env: str
+) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "shvya_dispatch",
-        "whatsapp-web-login",
-        "--account",
-        "sales",
+        command,
         *extra,
         cwd=tmp_path,
-        env=env,
+        env={
+            **os.environ,
+            "SHVYA_IGNORE_DOTENV": "1",
+            "WHATSAPP_WEB_URL": url,
+            "WHATSAPP_WEB_WA_JS_PATH": str(FAKE_WPP),
+            "WHATSAPP_WEB_CHROMIUM_PATH": str(CHROMIUM),
+            "WHATSAPP_WEB_PROFILE_DIR": str(tmp_path / "profiles"),
+            "WHATSAPP_WEB_LOAD_TIMEOUT_SECONDS": "10",
+            **env,
+        },
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def _login(url: str, tmp_path: Path, *extra: str) -> asyncio.subprocess.Process:
+    return await _command("whatsapp-web-login", url, tmp_path, "--account", "sales", *extra)
+
+
+def _dead_database() -> str:
+    return f"postgresql://shvya:x@127.0.0.1:{free_port()}/shvya"
 
 
 async def test_login_exits_3_when_whatsapp_web_cannot_be_reached(tmp_path: Path) -> None:
@@ -89,3 +101,64 @@ async def test_login_exits_5_when_the_profile_is_in_use(
     finally:
         first.kill()
         await first.wait()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("whatsapp-web-status",), ("whatsapp-web-resume", "--account", "sales")],
+    ids=["status", "resume"],
+)
+async def test_commands_that_need_postgresql_exit_3_naming_it_when_it_is_down(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    """Without PostgreSQL, `whatsapp-web-status` and `-resume` say which server and how to start
+    it and exit 3 (a dependency out of reach), not 2 (bad arguments) and no traceback."""
+    proc = await _command(
+        command[0], "http://127.0.0.1:9", tmp_path, *command[1:], DATABASE_URL=_dead_database()
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 3, (out + err).decode()
+    assert "cannot reach PostgreSQL" in err.decode() and "make infra" in err.decode()
+    assert "Traceback" not in err.decode()
+
+
+async def test_canary_exits_5_when_a_dispatch_replica_drives_the_account(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The canary refuses an account whose lease a running replica holds, with exit 5 (in use by
+    another process), sending nothing."""
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=1)
+    try:
+        assert await db.acquire_lease(pool, "sales", "dispatch:replica-1", 600) is not None
+    finally:
+        await pool.close()
+    proc = await _command(
+        "whatsapp-web-canary",
+        "http://127.0.0.1:9",
+        tmp_path,
+        "--account",
+        "sales",
+        "--to",
+        "+15550104001",
+        DATABASE_URL=db_url,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 5, (out + err).decode()
+    assert "driven by a running dispatch replica" in out.decode()
+
+
+async def test_canary_exits_3_when_whatsapp_web_cannot_be_reached(tmp_path: Path) -> None:
+    """A canary whose page does not load reports the failed step and exits 3, as the login."""
+    proc = await _command(
+        "whatsapp-web-canary",
+        f"http://127.0.0.1:{free_port()}",
+        tmp_path,
+        "--account",
+        "sales",
+        "--to",
+        "+15550104002",
+        DATABASE_URL=_dead_database(),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 3, (out + err).decode()
+    assert "FAIL could not load WhatsApp Web" in out.decode()

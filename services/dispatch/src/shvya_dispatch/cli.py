@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     login.add_argument(
         "--no-terminal-qr", action="store_true", help="do not draw the QR code in the terminal"
     )
+    login.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line: each QR or pairing code, then the outcome",
+    )
     status = commands.add_parser(
         "whatsapp-web-status", help="WhatsApp Web accounts: lease, health, pause, warm-up"
     )

@@ -10,13 +10,22 @@ replica through the database, so nobody has to stop dispatch: the command shows 
 (or the pairing code) the replica stores, until the account is linked. Otherwise the command
 takes the lease itself, opens the profile here, and gives it back when done. Every QR code is
 also saved as a PNG and drawn in the terminal, and stored (`whatsapp_web_logins`) for the
-console; without a reachable database the login still works from the PNG file.
+console; without a reachable database the login still works from the PNG file. With `--json`
+the login prints one JSON object per line instead (`Output`), for a script or the console to
+follow as it happens.
+
+Exit codes are the `shvya` commands' (`shvya_common.ops.base.EXIT_CODES`), one meaning each: 0
+done (linked), 1 ran and failed (not linked in time, the replica's login failed), 2 bad
+arguments or settings, 3 a server could not be reached (PostgreSQL, WhatsApp Web), 5 the
+account is in use by another process (its lease, or its browser profile), 6 the schema is older
+than the code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import sys
@@ -29,6 +38,17 @@ from typing import Any
 import asyncpg
 
 from shvya_common.db import create_pool
+from shvya_common.ops.base import (
+    EXIT_BUSY,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_SCHEMA,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    START_HINT,
+    OpsError,
+    database,
+)
 from shvya_common.whatsapp import web_accounts as db
 from shvya_dispatch.channels.whatsapp_web import (
     LoginHooks,
@@ -44,14 +64,72 @@ from shvya_dispatch.channels.whatsapp_web import (
 from shvya_dispatch.settings import DispatchSettings
 
 Say = Callable[[str], None]
+# A step of the login for `--json`: its kind and its fields.
+Event = Callable[[str, dict[str, Any]], None]
 POLL_SECONDS = 0.5
+# Failures that mean a server did not answer, not that a command went wrong.
+UNREACHABLE_ERRORS = (
+    ConnectionError,
+    socket.gaierror,
+    TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+)
 
 
-async def _pool(settings: DispatchSettings, say: Say) -> asyncpg.Pool | None:
+class Output:
+    """Where a command's lines go: to a person (errors on stderr), or with `--json` one JSON
+    object per line on stdout, each named by `event` (`database`, `replica`, `qr`,
+    `pairing_code`, and last `outcome` with the exit code), with what is meant for a person
+    moved to stderr so stdout stays parseable."""
+
+    def __init__(self, as_json: bool = False) -> None:
+        self.json = as_json
+
+    def say(self, line: str) -> None:
+        print(line, file=sys.stderr if self.json else sys.stdout, flush=True)
+
+    def event(self, kind: str, fields: dict[str, Any]) -> None:
+        if self.json:
+            print(json.dumps({"event": kind, **fields}, default=str), flush=True)
+
+    def fail(self, code: int, message: str, account: str | None = None) -> int:
+        """Report a command that stopped on an error; its exit code."""
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        self.event(
+            "outcome",
+            {
+                "account": account,
+                "status": STATUS_OF.get(code, "failed"),
+                "exit_code": code,
+                "error": message,
+            },
+        )
+        return code
+
+
+STATUS_OF = {
+    EXIT_OK: "linked",
+    EXIT_FAILED: "failed",
+    EXIT_USAGE: "usage",
+    EXIT_UNREACHABLE: "unreachable",
+    EXIT_BUSY: "busy",
+    EXIT_SCHEMA: "schema",
+}
+
+
+def _ignore(_kind: str, _fields: dict[str, Any]) -> None:
+    return None
+
+
+async def _pool(
+    settings: DispatchSettings, say: Say, event: Event = _ignore
+) -> asyncpg.Pool | None:
     try:
         return await asyncio.wait_for(create_pool(settings.database_url, 1, 2), 5)
     except Exception as err:
         say(f"note: no database ({type(err).__name__}); the QR is not stored for the console")
+        event("database", {"available": False, "error": type(err).__name__})
         return None
 
 
@@ -74,28 +152,42 @@ async def run_login(
     settle_seconds: float,
     say: Say,
     show_terminal: bool = True,
+    event: Event = _ignore,
 ) -> int:
-    """0 linked, 1 not linked in time, 2 could not try, 3 WhatsApp Web unreachable, 5 the
-    account's browser profile is in use (the same numbers as the `shvya` commands')."""
+    """0 linked, 1 not linked in time, 3 WhatsApp Web unreachable, 5 the account is in use by
+    another process (its lease or its browser profile); the same numbers as the `shvya`
+    commands'. `event` gets each step for `--json`, the `outcome` last."""
     check_account(account)
     if phone is not None:
         phone = phone_digits(phone)
     wait = timeout if timeout is not None else settings.whatsapp_web_login_timeout_seconds
     qr_path = qr_path or settings.whatsapp_web_profile_dir / f"{account}-qr.png"
-    pool = await _pool(settings, say)
+
+    def done(code: int, **fields: Any) -> int:
+        status = fields.pop("status", None) or STATUS_OF.get(code, "failed")
+        event("outcome", {"account": account, "status": status, "exit_code": code, **fields})
+        return code
+
+    pool = await _pool(settings, say, event)
     owner = f"cli:{socket.gethostname()}:{os.getpid()}"
     try:
         if pool is not None:
             row = await db.read_account(pool, account)
             if row is not None and row.lease_live and row.owner and row.owner != owner:
-                return await _login_through(pool, row.owner, account, phone, qr_path, wait, say)
+                event("replica", {"account": account, "owner": row.owner})
+                code, fields = await _login_through(
+                    pool, row.owner, account, phone, qr_path, wait, say, event
+                )
+                return done(code, **fields)
             if await db.acquire_lease(pool, account, owner, wait + 120) is None:
-                say(f"error: another process took account {account!r} just now; try again")
-                return 2
+                message = f"another process took account {account!r} just now; try again"
+                print(f"error: {message}", file=sys.stderr, flush=True)
+                return done(EXIT_BUSY, error=message)
 
         async def on_qr(text: str, png: bytes) -> None:
             if show_terminal:
                 say(qr_terminal(text))
+            event("qr", {"account": account, "qr_text": text, "png_path": str(qr_path.resolve())})
             if pool is not None:
                 await db.store_qr(pool, account, text, png)
 
@@ -104,6 +196,7 @@ async def run_login(
                 f"Pairing code for account {account!r}: {code}  (on the phone: WhatsApp > "
                 "Settings > Linked devices > Link a device > Link with phone number instead)"
             )
+            event("pairing_code", {"account": account, "code": code})
             if pool is not None:
                 await db.store_pairing_code(pool, account, code)
 
@@ -121,7 +214,7 @@ async def run_login(
             if pool is not None:
                 await db.store_login_outcome(pool, account, "timed_out", str(err))
             say(f"error: {err}; run the command again for a fresh code")
-            return 1
+            return done(EXIT_FAILED, status="timed_out", error=str(err))
         except (LoginUnreachable, ProfileBusy) as err:
             if pool is not None:
                 await db.store_login_outcome(pool, account, "failed", type(err).__name__)
@@ -131,7 +224,8 @@ async def run_login(
                 else "stop dispatch, then log in again"
             )
             print(f"error: {err}; {hint}", file=sys.stderr, flush=True)
-            return 3 if isinstance(err, LoginUnreachable) else 5
+            code = EXIT_UNREACHABLE if isinstance(err, LoginUnreachable) else EXIT_BUSY
+            return done(code, error=f"{err}; {hint}")
         except Exception as err:
             if pool is not None:
                 await db.store_login_outcome(pool, account, "failed", type(err).__name__)
@@ -139,7 +233,7 @@ async def run_login(
         if pool is not None:
             await db.note_linked(pool, account)
             await db.store_login_outcome(pool, account, "linked", outcome.me)
-        return 0
+        return done(EXIT_OK, me=outcome.me)
     finally:
         if pool is not None:
             with contextlib.suppress(Exception):
@@ -155,8 +249,10 @@ async def _login_through(
     qr_path: Path,
     wait: float,
     say: Say,
-) -> int:
-    """Ask the replica that drives the account to link it, and show what it stores."""
+    event: Event = _ignore,
+) -> tuple[int, dict[str, Any]]:
+    """Ask the replica that drives the account to link it, and show what it stores; the exit
+    code and the outcome's fields."""
     await db.request_login(pool, account, "code" if phone else "qr", phone, wait)
     say(f"account {account!r} is driven by {holder}; it links the account now")
     deadline = time.monotonic() + wait + 15
@@ -166,29 +262,39 @@ async def _login_through(
         if state is not None:
             if state["status"] == "linked":
                 say(f"WhatsApp Web account {account!r} is linked ({state['detail'] or ''})")
-                return 0
+                return EXIT_OK, {"me": state["detail"]}
             if state["status"] in ("timed_out", "failed"):
-                say(f"error: the login {state['status'].replace('_', ' ')}: {state['detail']}")
-                return 1 if state["status"] == "timed_out" else 2
+                message = f"the login {state['status'].replace('_', ' ')}: {state['detail']}"
+                say(f"error: {message}")
+                return EXIT_FAILED, {"status": state["status"], "error": message}
             now = (state["qr_text"], state["pairing_code"])
             if now != shown and any(now):
                 shown = now
                 if state["qr_png"]:
-                    say(qr_terminal(state["qr_text"]))
-                    say(f"QR code saved to {_save_png(qr_path, state['qr_png'])}: scan it")
+                    if not _quiet(event):
+                        say(qr_terminal(state["qr_text"]))
+                    saved = _save_png(qr_path, state["qr_png"])
+                    say(f"QR code saved to {saved}: scan it")
+                    event(
+                        "qr", {"account": account, "qr_text": state["qr_text"], "png_path": saved}
+                    )
                 if state["pairing_code"]:
                     say(f"Pairing code for account {account!r}: {state['pairing_code']}")
+                    event("pairing_code", {"account": account, "code": state["pairing_code"]})
         await asyncio.sleep(POLL_SECONDS)
-    say(f"error: account {account!r} was not linked within {wait:g} s")
-    return 1
+    message = f"account {account!r} was not linked within {wait:g} s"
+    say(f"error: {message}")
+    return EXIT_FAILED, {"status": "timed_out", "error": message}
+
+
+def _quiet(event: Event) -> bool:
+    """True when the login reports to a script (`--json`): no QR drawn in the terminal."""
+    return event is not _ignore
 
 
 async def run_status(settings: DispatchSettings, account: str | None, say: Say) -> int:
-    pool = await create_pool(settings.database_url, 1, 2)
-    try:
+    async with database(settings) as pool:  # PostgreSQL down: `Unreachable`, exit 3
         rows = await db.list_accounts(pool)
-    finally:
-        await pool.close()
     rows = [r for r in rows if account is None or r.account == account]
     if not rows:
         say("no WhatsApp Web accounts seen yet")
@@ -221,11 +327,10 @@ async def run_resume(settings: DispatchSettings, account: str, say: Say) -> int:
     from shvya_common.contracts.events import EventType
     from shvya_common.events import record_event
 
-    pool = await create_pool(settings.database_url, 1, 2)
-    try:
+    async with database(settings) as pool:
         if not await db.lift_pause(pool, account):
             say(f"account {account!r} has no pause in force")
-            return 1
+            return EXIT_FAILED
         await record_event(
             pool,
             None,
@@ -233,8 +338,6 @@ async def run_resume(settings: DispatchSettings, account: str, say: Say) -> int:
             EventType.WHATSAPP_WEB_ACCOUNT_RESUMED,
             {"account": account, "by": "operator"},
         )
-    finally:
-        await pool.close()
     say(f"lifted the pause of WhatsApp Web account {account!r}; its sends go at their re-check")
     return 0
 
@@ -259,13 +362,13 @@ async def run_canary(
     try:
         if pool is not None and await db.acquire_lease(pool, account, owner, 600) is None:
             step(False, f"account {account!r} is driven by a running dispatch replica")
-            return 2
+            return EXIT_BUSY
         channel = WhatsAppWebChannel(settings)
         try:
             await channel.start()
         except RuntimeError as err:
             step(False, str(err))
-            return 2
+            return EXIT_USAGE
         step(True, f"Chromium and wa-js found ({settings.whatsapp_web_wa_js_path})")
         acks: list[Any] = []
 
@@ -276,7 +379,11 @@ async def run_canary(
         channel.on_event = on_event
         try:
             session = channel.session(account)
-            await session.open()
+            try:
+                await session.open()
+            except (LoginUnreachable, ProfileBusy) as err:
+                step(False, str(err))
+                return EXIT_UNREACHABLE if isinstance(err, LoginUnreachable) else EXIT_BUSY
             status = await session.status()
             step(status.ready, f"WhatsApp Web loaded, wa-js {status.version} injected")
             status = await session.wait_until(
@@ -332,11 +439,12 @@ async def run_canary(
 
 
 def main_for(command: str, args: Any) -> int:
-    """Run one of the commands above from parsed arguments."""
-    say: Say = lambda line: print(line, flush=True)  # noqa: E731
+    """Run one of the commands above from parsed arguments; the exit code."""
+    out = Output(bool(getattr(args, "json", False)) and command == "whatsapp-web-login")
+    account: str | None = getattr(args, "account", None)
     try:
         settings = DispatchSettings()
-        account = getattr(args, "account", None) or settings.whatsapp_web_account
+        account = account or settings.whatsapp_web_account
         if command == "whatsapp-web-login":
             return asyncio.run(
                 run_login(
@@ -346,19 +454,32 @@ def main_for(command: str, args: Any) -> int:
                     qr_path=args.qr_path,
                     timeout=args.timeout,
                     settle_seconds=args.settle_seconds,
-                    say=say,
-                    show_terminal=not args.no_terminal_qr,
+                    say=out.say,
+                    show_terminal=not (args.no_terminal_qr or out.json),
+                    event=out.event if out.json else _ignore,
                 )
             )
         if command == "whatsapp-web-status":
-            return asyncio.run(run_status(settings, args.account, say))
+            return asyncio.run(run_status(settings, args.account, out.say))
         if command == "whatsapp-web-resume":
-            return asyncio.run(run_resume(settings, account, say))
-        return asyncio.run(run_canary(settings, account, args.to, args.text, say))
+            return asyncio.run(run_resume(settings, account, out.say))
+        return asyncio.run(run_canary(settings, account, args.to, args.text, out.say))
+    except OpsError as err:  # PostgreSQL unreachable, named with how to start it
+        return out.fail(err.code, str(err), account)
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as err:
+        message = f"the database schema is older than this version ({err}): run `make migrate`"
+        return out.fail(EXIT_SCHEMA, message, account)
+    except UNREACHABLE_ERRORS as err:
+        hint = START_HINT.format(setting="DATABASE_URL")
+        return out.fail(
+            EXIT_UNREACHABLE, f"cannot reach PostgreSQL ({_first(err)}): {hint}", account
+        )
     except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return out.fail(EXIT_USAGE, str(err), account)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {first}", file=sys.stderr)
-        return 2
+        return out.fail(EXIT_FAILED, _first(err), account)
+
+
+def _first(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

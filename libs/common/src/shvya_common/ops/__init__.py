@@ -198,6 +198,12 @@ def add_commands(sub: Any) -> None:
     login.add_argument("--qr-path", type=Path, help="where to save the QR PNG")
     login.add_argument("--timeout", type=float, help="seconds to wait for the scan")
     login.add_argument("--settle-seconds", type=float, help="seconds to keep the browser open")
+    login.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line for scripts: each QR code or pairing code as it comes,"
+        " then the outcome with its exit code (messages for a person go to stderr)",
+    )
 
     def _login(args: argparse.Namespace) -> int:
         from shvya_common.ops.admin import whatsapp_web_login

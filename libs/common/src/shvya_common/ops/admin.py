@@ -194,4 +194,6 @@ def whatsapp_web_login(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             command += [flag, str(value)]
+    if getattr(args, "json", False):
+        command.append("--json")
     return subprocess.call(command)

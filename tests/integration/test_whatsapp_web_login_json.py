@@ -1,0 +1,140 @@
+"""`whatsapp-web login --json` for scripts and the console: one JSON object per line on stdout,
+each QR code as it comes (its text and where its PNG is), then the outcome with the exit code;
+messages meant for a person go to stderr, so stdout always parses. Run as the operator runs it,
+as a process (`python -m shvya_dispatch`, and `shvya whatsapp-web login`, which passes --json
+on), against the fake WhatsApp Web."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shvya_common.embedded import free_port
+from shvya_dispatch.channels.whatsapp_web import qr_png
+from tests.integration.fake_whatsapp_web import FAKE_WPP, FakeWhatsAppWeb, serve
+from tests.integration.test_whatsapp_web_channel import CHROMIUM
+
+pytestmark = pytest.mark.integration
+
+
+def login_env(url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SHVYA_IGNORE_DOTENV": "1",
+        "WHATSAPP_WEB_URL": url,
+        "WHATSAPP_WEB_CHROMIUM_PATH": str(CHROMIUM),
+        "WHATSAPP_WEB_WA_JS_PATH": str(FAKE_WPP),
+        "WHATSAPP_WEB_PROFILE_DIR": str(tmp_path / "profiles"),
+        "WHATSAPP_WEB_LOAD_TIMEOUT_SECONDS": "10",
+        **extra,
+    }
+
+
+async def next_object(stream: asyncio.StreamReader, timeout: float = 60) -> dict[str, Any]:
+    """The next line of stdout, which must be one JSON object."""
+    line = await asyncio.wait_for(stream.readline(), timeout)
+    assert line, "stdout ended"
+    value = json.loads(line)
+    assert isinstance(value, dict) and "event" in value, value
+    return value
+
+
+async def test_login_json_gives_each_qr_code_then_the_outcome(db_url: str, tmp_path: Path) -> None:
+    """Each QR code is a `qr` object with the code's text and its saved PNG, a refreshed code is
+    a second one, and once the phone links the account the last object is the `outcome`
+    (linked, the number, exit code 0); no QR is drawn on stdout."""
+    fake = FakeWhatsAppWeb(linked=False)
+    runner = await serve(fake)
+    qr_file = tmp_path / "json-qr.png"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shvya_dispatch",
+        "whatsapp-web-login",
+        "--account",
+        "scripted",
+        "--json",
+        "--qr-path",
+        str(qr_file),
+        "--timeout",
+        "60",
+        "--settle-seconds",
+        "0",
+        env=login_env(fake.url, tmp_path, DATABASE_URL=db_url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        first = await next_object(proc.stdout)
+        device = fake.device()
+        assert first == {
+            "event": "qr",
+            "account": "scripted",
+            "qr_text": device.qr,
+            "png_path": str(qr_file.resolve()),
+        }
+        assert qr_file.read_bytes() == qr_png(device.qr)
+        await fake.idle_qr(device)
+        second = await next_object(proc.stdout)
+        assert second["event"] == "qr" and second["qr_text"] == device.qr != first["qr_text"]
+        await fake.link(device)
+        outcome = await next_object(proc.stdout)
+        assert outcome == {
+            "event": "outcome",
+            "account": "scripted",
+            "status": "linked",
+            "exit_code": 0,
+            "me": "15550001111@c.us",
+        }
+        rest, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert rest == b""
+        assert "is linked as 15550001111@c.us" in err.decode()  # the person's line, on stderr
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await runner.cleanup()
+
+
+async def test_shvya_login_json_reports_an_unreachable_whatsapp_web_with_exit_3(
+    tmp_path: Path,
+) -> None:
+    """Through `shvya whatsapp-web login --json`, a WhatsApp Web that refuses the connection
+    (and no database) gives only JSON on stdout: the database note, then the outcome
+    `unreachable` with exit code 3, which is also the process's exit code."""
+    dead = f"postgresql://shvya:x@127.0.0.1:{free_port()}/shvya"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shvya_common.cli",
+        "whatsapp-web",
+        "login",
+        "--account",
+        "sales",
+        "--json",
+        "--timeout",
+        "30",
+        env=login_env(f"http://127.0.0.1:{free_port()}", tmp_path, DATABASE_URL=dead),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 3, err.decode()
+    objects = [json.loads(line) for line in out.decode().splitlines()]
+    assert [o["event"] for o in objects] == ["database", "outcome"]
+    assert objects[0]["available"] is False
+    outcome = objects[-1]
+    assert (outcome["status"], outcome["exit_code"], outcome["account"]) == (
+        "unreachable",
+        3,
+        "sales",
+    )
+    assert "could not load WhatsApp Web" in outcome["error"]
