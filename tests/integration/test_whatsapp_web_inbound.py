@@ -8,6 +8,7 @@ is for a state the database or a metric shows, with a deadline."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -158,6 +159,26 @@ async def test_messages_that_arrived_while_the_browser_was_closed_are_filed_once
     assert jobs == 3
     engage = await web.count("SELECT count(*) FROM jobs WHERE task_name = 'ai.engage'")
     assert engage == 3
+
+
+async def test_a_newly_linked_phone_does_not_file_its_old_chats(web: Web) -> None:
+    """A phone linked today has chats from before, unread ones too: none of them is new to us,
+    so the first catch-up files none (each would be filed and answered); what arrives after the
+    link is filed as usual."""
+    await web.open()  # linked now: the phone's chats were there before
+    await web.channel.close_session(ACCOUNT)
+    await web.fake.receive(
+        web.fake.device(),
+        LEAD,
+        "unread since last week",
+        t=int(time.time()) - 3 * 86400,
+        deliver=False,
+    )
+    _session, device = await web.open()
+    fresh = await web.filed(await web.fake.receive(device, LEAD, "hello, new lead here"))
+    assert fresh["body"] == "hello, new lead here"
+    assert await web.inbound_count() == 1
+    assert await web.count("SELECT count(*) FROM jobs WHERE task_name = 'ai.engage'") == 1
 
 
 async def test_a_caption_and_a_reply_are_filed_with_their_text_and_the_quoted_message(

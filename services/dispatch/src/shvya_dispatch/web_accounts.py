@@ -331,7 +331,9 @@ class WebAccounts:
 
     async def _catch_up(self, session: WaSession) -> None:
         """What arrived while no browser was open: recent messages of chats that are unread
-        or newer than the last one filed."""
+        or newer than the last one filed, and never older than the account's link: a phone
+        linked today has years of chats, none of them new to us (each would be filed as an
+        inbound message and answered)."""
         try:
             ready = await session.wait_until(
                 lambda s: s.state()[0] == "connected",
@@ -340,9 +342,12 @@ class WebAccounts:
             if ready.state()[0] != "connected":
                 return
             row = await db.read_account(self.pool, session.account)
-            since = max(0, (row.inbound_watermark if row else 0) - CATCHUP_SLACK_SECONDS)
+            linked = (row.linked_at or row.now) if row is not None else datetime.now(UTC)
+            watermark = row.inbound_watermark if row is not None else 0
+            floor = int(linked.timestamp()) - CATCHUP_SLACK_SECONDS
+            since = max(watermark - CATCHUP_SLACK_SECONDS, floor)
             items = await session.call(
-                "recent", since, self.settings.whatsapp_web_catchup_per_chat, timeout=120
+                "recent", since, self.settings.whatsapp_web_catchup_per_chat, floor, timeout=120
             )
         except Exception as err:  # catching up is best effort; live events still arrive
             log.warning(

@@ -183,7 +183,7 @@ BRIDGE_JS = r"""
     async pairingCode(phone) {
       return await WPP.conn.genLinkDeviceCodeForPhoneNumber(phone, true);
     },
-    async recent(since, perChat) {
+    async recent(since, perChat, floor) {
       const out = [];
       for (const chat of await WPP.chat.list({onlyUsers: true})) {
         const cid = ser(chat.id);
@@ -192,7 +192,9 @@ BRIDGE_JS = r"""
         const unreadFrom = msgs.length - (chat.unreadCount || 0);
         for (let i = 0; i < msgs.length; i++) {
           const item = await messageItem(msgs[i]);
-          if (!item.fromMe && (item.t >= since || i >= unreadFrom)) out.push(item);
+          // Unread counts too, but nothing from before the account was linked.
+          if (item.fromMe || item.t < floor) continue;
+          if (item.t >= since || i >= unreadFrom) out.push(item);
         }
       }
       return out;
