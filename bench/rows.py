@@ -121,6 +121,29 @@ def ingest_with_everything(stack: Stack, seconds: int) -> Figures:
     return run_wrk(f"{stack.url}/inbound-message", seconds, "post_leads.lua")
 
 
+async def outstanding(db_url: str) -> int:
+    """Work still in hand: jobs waiting or running, and sends not yet made."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT (SELECT count(*) FROM jobs WHERE status IN ('queued', 'processing'))"
+            " + (SELECT count(*) FROM messages WHERE direction = 'outbound'"
+            "    AND status IN ('queued', 'sending'))"
+        )
+        return count
+    finally:
+        await conn.close()
+
+
+async def drain(stack: Stack, timeout: float = 600) -> None:
+    """Let every service finish what an earlier row left (with every service running), so the
+    next row measures its own work, not a leftover backlog."""
+    stack.start_all()
+    await wait_until(
+        lambda: outstanding(stack.pg.url), lambda n: n == 0, timeout, "the backlog drained", 1.0
+    )
+
+
 async def pipeline(stack: Stack, model: FakeModel, messages: int, tag: str) -> Figures:
     """A backlog of `messages` from distinct leads, then engage (against the fake model) and
     dispatch drain it: replies recorded per second over the middle 90% of the drain, and the
