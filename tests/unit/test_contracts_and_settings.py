@@ -83,6 +83,23 @@ def test_bad_settings_stop_start_up_with_a_reason() -> None:
         CommonSettings(nats_prefix="Bad Prefix")
 
 
+def test_the_database_and_nats_urls_are_secrets() -> None:
+    """A DSN carries its password: a settings object never shows it (repr, str, a dump for
+    logs), while services still connect with the full URL."""
+    settings = CommonSettings(
+        database_url="postgresql://shvya:pg-pass-61f2@db:5432/shvya",
+        nats_url="nats://svc:nats-pass-93ab@nats-1:4222, nats://svc:nats-pass-93ab@nats-2:4222",
+    )
+    shown = f"{settings!r} {settings} {settings.model_dump()} {settings.model_dump_json()}"
+    assert "pg-pass-61f2" not in shown and "nats-pass-93ab" not in shown
+    assert settings.dsn == "postgresql://shvya:pg-pass-61f2@db:5432/shvya"
+    assert settings.nats_servers == [
+        "nats://svc:nats-pass-93ab@nats-1:4222",
+        "nats://svc:nats-pass-93ab@nats-2:4222",
+    ]
+    assert CommonSettings().dsn.startswith("postgresql://")
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [

@@ -237,7 +237,7 @@ async def _rotate_secrets() -> int:
     if box is None:
         print("SECRETS_KEYS is not set: nothing can be re-sealed", file=sys.stderr)
         return 2
-    pool = await create_pool(settings.database_url, 1, 1)
+    pool = await create_pool(settings.dsn, 1, 1)
     try:
         async with pool.acquire() as conn:
             report = await rotate(conn, box)

@@ -97,11 +97,11 @@ async def platform(settings: CommonSettings, service: str) -> AsyncIterator[Plat
         record_build(service)
         tracing.configure(service, settings.otel_exporter_otlp_endpoint)
         stack.callback(tracing.shutdown)  # last: flushes the spans of the shutdown too
-        await _retry_until("PostgreSQL", lambda: migrate(settings.database_url))
-        pool = await create_pool(settings.database_url, settings.db_pool_min, settings.db_pool_max)
+        await _retry_until("PostgreSQL", lambda: migrate(settings.dsn))
+        pool = await create_pool(settings.dsn, settings.db_pool_min, settings.db_pool_max)
         stack.push_async_callback(pool.close)
         bookkeeping = await create_pool(
-            settings.database_url, 1, settings.db_bookkeeping_pool_max, synchronous_commit=False
+            settings.dsn, 1, settings.db_bookkeeping_pool_max, synchronous_commit=False
         )
         stack.push_async_callback(bookkeeping.close)
 

@@ -50,14 +50,17 @@ class CommonSettings(BaseSettings):
             return init_settings, env_settings, file_secret_settings
         return init_settings, env_settings, dotenv_settings, file_secret_settings
 
-    nats_url: str = Field(
-        DEFAULT_NATS_URL,
+    # Both URLs may carry a password, so they are secrets: never in a repr, a log or an error.
+    nats_url: SecretStr = Field(
+        SecretStr(DEFAULT_NATS_URL),
         description="NATS server with JetStream enabled; a comma-separated list for a cluster.",
     )
     nats_stream_replicas: int = Field(
         1, ge=1, le=5, description="Replicas of each stream: 1 on one server, 3 on a cluster."
     )
-    database_url: str = Field(DEFAULT_DATABASE_URL, description="PostgreSQL with pgvector.")
+    database_url: SecretStr = Field(
+        SecretStr(DEFAULT_DATABASE_URL), description="PostgreSQL with pgvector."
+    )
     nats_prefix: str = Field(
         "shvya",
         pattern=r"^[a-z][a-z0-9_]{0,31}$",
@@ -205,7 +208,12 @@ class CommonSettings(BaseSettings):
 
     @property
     def nats_servers(self) -> list[str]:
-        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+        return [u.strip() for u in self.nats_url.get_secret_value().split(",") if u.strip()]
+
+    @property
+    def dsn(self) -> str:
+        """DATABASE_URL itself, for connecting (never for printing)."""
+        return self.database_url.get_secret_value()
 
     @property
     def max_attempts(self) -> int:

@@ -126,7 +126,7 @@ def email_dkim_key(args: argparse.Namespace) -> int:
     encrypted = box.encrypt(pem.decode(), key_context(args.company, domain))
 
     async def save() -> bool:
-        pool = await create_pool(settings.database_url, 1, 1)
+        pool = await create_pool(settings.dsn, 1, 1)
         try:
             return await store_dkim_key(pool, args.company, domain, args.selector, encrypted)
         finally:

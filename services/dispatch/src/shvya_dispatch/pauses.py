@@ -69,7 +69,7 @@ async def run_command(argv: Sequence[str], database_url: str) -> tuple[int, str]
 
 def main() -> None:
     settings = DispatchSettings()
-    code, output = asyncio.run(run_command(sys.argv[1:], settings.database_url))
+    code, output = asyncio.run(run_command(sys.argv[1:], settings.dsn))
     print(output)
     sys.exit(code)
 

@@ -126,7 +126,7 @@ async def _pool(
     settings: DispatchSettings, say: Say, event: Event = _ignore
 ) -> asyncpg.Pool | None:
     try:
-        return await asyncio.wait_for(create_pool(settings.database_url, 1, 2), 5)
+        return await asyncio.wait_for(create_pool(settings.dsn, 1, 2), 5)
     except Exception as err:
         say(f"note: no database ({type(err).__name__}); the QR is not stored for the console")
         event("database", {"available": False, "error": type(err).__name__})

@@ -31,8 +31,8 @@ async def run_reembed(company_id: uuid.UUID | None, everything: bool) -> int:
     except ValidationError as err:
         _say(f"invalid settings: {err}")
         return 2
-    await migrate(settings.database_url)
-    pool = await create_pool(settings.database_url, 1, 2)
+    await migrate(settings.dsn)
+    pool = await create_pool(settings.dsn, 1, 2)
     try:
         async with open_embedder(settings) as embedder:
             if embedder is None:

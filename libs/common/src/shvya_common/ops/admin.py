@@ -34,7 +34,7 @@ async def migrate(args: argparse.Namespace, settings: CommonSettings) -> int:
     if not args.status:
         async with database(settings):  # names the server, with how to start it, when it is down
             pass
-        applied = await apply(settings.database_url)
+        applied = await apply(settings.dsn)
         names = ", ".join(applied) or "schema up to date"
         emit(args, {"applied": applied}, f"applied {len(applied)} migration(s): {names}")
         return EXIT_OK

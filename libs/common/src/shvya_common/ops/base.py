@@ -77,13 +77,13 @@ async def database(settings: CommonSettings) -> AsyncIterator[asyncpg.Pool]:
     from shvya_common.db import create_pool
 
     try:
-        pool = await asyncio.wait_for(create_pool(settings.database_url, 1, 2), 10)
+        pool = await asyncio.wait_for(create_pool(settings.dsn, 1, 2), 10)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
         if isinstance(err, asyncpg.InvalidCatalogNameError):
             why = "its database does not exist"
         else:
             why = str(err) or type(err).__name__
-        url = _redact(settings.database_url)
+        url = _redact(settings.dsn)
         hint = START_HINT.format(setting="DATABASE_URL")
         raise Unreachable(f"cannot reach PostgreSQL at {url} ({why}): {hint}") from err
     try:
