@@ -14,6 +14,7 @@ import pytest
 from shvya_common import links
 from shvya_common.embedded import free_port
 from shvya_common.tokens import sign
+from tests.integration.channel_accounts_support import SECRETS_KEYS, add_account, make_tenant
 from tests.integration.webhook_support import (
     EMAIL_AUTH,
     database,
@@ -262,6 +263,55 @@ async def test_smtp_receiver_files_a_real_smtp_message_once(base_env, db_url):
     assert rows[1]["provider_message_id"] == "20260601.42@example.org"
     assert {r["channel"] for r in rows} == {"email"}
     assert jobs == 2
+
+
+async def test_an_smtp_receiver_open_to_the_network_takes_only_addresses_it_serves(
+    base_env, db_url
+):
+    """Bound beyond loopback, the receiver takes a recipient only at a domain of
+    SMTP_RECEIVER_DOMAINS (the default company) or a company's registered inbound_address (that
+    company); any other address gets 550 at RCPT and nothing is filed."""
+    port = free_port()
+    overrides = {
+        "SMTP_RECEIVER_ENABLED": "true",
+        "SMTP_RECEIVER_HOST": "0.0.0.0",
+        "SMTP_RECEIVER_PORT": str(port),
+        "SMTP_RECEIVER_DOMAINS": "acme.test",
+        "SECRETS_KEYS": SECRETS_KEYS,
+    }
+
+    def mail(to: str, subject: str) -> EmailMessage:
+        message = EmailMessage()
+        message["From"] = "Rahul Verma <rahul@example.org>"
+        message["To"] = to
+        message["Subject"] = subject
+        message.set_content(f"About {subject}")
+        return message
+
+    async with ingest_client(base_env, **overrides) as api:
+        globex = await make_tenant(api, base_env["ADMIN_TOKEN"], "Globex")
+        await add_account(
+            api,
+            globex,
+            "email",
+            {"from_address": "hello@globex.test", "inbound_address": "Hello@Globex.test"},
+        )
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+            await aiosmtplib.send(
+                mail("anyone@elsewhere.test", "spam"), hostname="127.0.0.1", port=port
+            )
+        assert refused.value.recipients[0].code == 550
+        for to, subject in (("sales@acme.test", "acme"), ("hello@globex.test", "globex")):
+            await aiosmtplib.send(mail(to, subject), hostname="127.0.0.1", port=port, timeout=10)
+        async with database(db_url) as conn:
+            rows = await conn.fetch(
+                "SELECT m.meta->>'subject' AS subject, c.name, c.is_default FROM messages m"
+                " JOIN companies c ON c.id = m.company_id ORDER BY 1"
+            )
+    assert [(r["subject"], r["name"] if not r["is_default"] else "default") for r in rows] == [
+        ("acme", "default"),
+        ("globex", "Globex"),
+    ]
 
 
 async def test_one_sender_writing_too_fast_gets_429_at_the_email_webhook(base_env, db_url):

@@ -207,6 +207,13 @@ class IngestSettings(KnowledgeSettings, GraphSettings):
     smtp_receiver_max_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest message the SMTP receiver accepts."
     )
+    smtp_receiver_domains: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Domains whose mail the SMTP receiver files into the default company"
+        " (comma-separated). Any other recipient must be a company's registered"
+        " inbound_address, or gets 550; only a loopback bind with none set takes every"
+        " recipient.",
+    )
 
     # --- Inbound email from providers, and IMAP mailboxes ---
     sendgrid_inbound_public_key: str | None = Field(
@@ -287,7 +294,7 @@ class IngestSettings(KnowledgeSettings, GraphSettings):
                 ) from None
         return value
 
-    @field_validator("optout_keywords", mode="before")
+    @field_validator("optout_keywords", "smtp_receiver_domains", mode="before")
     @classmethod
     def _split_keywords(cls, value: object) -> object:
         if isinstance(value, str):

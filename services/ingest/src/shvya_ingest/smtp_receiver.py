@@ -6,6 +6,13 @@ SMTP_RECEIVER_ENABLED is set. It only receives; it never relays. The SMTP reply 
 server what to do: 250 when filed (or already filed), 451 (try later) when the database or queue
 is down, 550 when the mail has no sender or content to file or cannot be parsed at all (a
 permanent refusal, so the sending server bounces it instead of retrying it for days).
+
+Reachable from the internet it is an open door into the CRM, so each recipient is checked at
+RCPT: an address some company registered (an email account's `inbound_address`, routed to that
+company) or one at a domain of SMTP_RECEIVER_DOMAINS (filed into the default company) is taken;
+any other gets 550 5.1.1 and, with no recipient left, the mail is never received. Only on a
+loopback bind with SMTP_RECEIVER_DOMAINS unset (the embedded default, fed by a local relay) is
+every recipient taken, as before.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from shvya_ingest.api import OUTAGE_ERRORS, Ingest
-from shvya_ingest.mail import EmailError, file_email, parse_mime
+from shvya_ingest.mail import CHANNEL, EmailError, file_email, parse_mime
+from shvya_ingest.settings import is_loopback
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +35,27 @@ class InboundMailHandler:
 
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
+        settings = ingest.settings
+        self.domains = frozenset(d.lower() for d in settings.smtp_receiver_domains)
+        self.open = not self.domains and is_loopback(settings.smtp_receiver_host)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        """Take only recipients this platform receives for (see the module's doc)."""
+        recipient = address.strip().lower()
+        if not self.open and recipient.rpartition("@")[2] not in self.domains:
+            try:
+                routed = await self.ingest.inbound.company_for(CHANNEL, recipient)
+            except OUTAGE_ERRORS as err:
+                log.warning("smtp_rcpt_deferred", error=type(err).__name__)
+                return "451 4.3.0 Temporarily unable to check the recipient; try again later"
+            if routed is None:
+                log.info("smtp_rcpt_refused", domain=recipient.rpartition("@")[2][:100])
+                return "550 5.1.1 No mailbox here by that name"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or envelope.content or b""
