@@ -637,3 +637,18 @@ async def test_one_step_edits_and_a_preview_for_a_lead(plat, base_env, tmp_path)
         await rig.api("PATCH", f"/sequences/{sequence['id']}", {"on_reply": "pause"})
         final = await rig.api("GET", f"/sequences/{sequence['id']}")
         assert final["on_reply"] == "pause" and final["version"] == 5
+
+
+async def test_a_patch_cannot_null_a_field_the_sequence_needs(plat, base_env, tmp_path):
+    """PATCH with null for name, channel, on_reply or resume_after_quiet_seconds is a 422 and
+    the sequence is unchanged (a null quiet time was a 500)."""
+    async with sequence_rig(plat, base_env, tmp_path) as rig:
+        sequence = await rig.create_sequence(channel="log", steps=[{"kind": "wait", "seconds": 60}])
+        path = f"{rig.base}/sequences/{sequence['id']}"
+        for field in ("name", "channel", "on_reply", "resume_after_quiet_seconds"):
+            response = await rig.client.patch(path, json={"on_reply": "stop", field: None})
+            assert response.status_code == 422, (field, response.text)
+            assert "cannot be null" in response.text
+        after = await rig.api("GET", f"/sequences/{sequence['id']}")
+        assert after["version"] == sequence["version"]
+        assert after["resume_after_quiet_seconds"] == sequence["resume_after_quiet_seconds"]

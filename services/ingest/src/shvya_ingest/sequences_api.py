@@ -193,8 +193,9 @@ async def update_sequence(
 ) -> SequenceOut:
     """Change the sequence's own fields; enrolled leads go on with the new settings."""
     changes = body.model_dump(exclude_unset=True)
-    if any(changes.get(k) is None for k in ("name", "channel", "on_reply") if k in changes):
-        raise HTTPException(422, "name, channel and on_reply cannot be null")
+    required = ("name", "channel", "on_reply", "resume_after_quiet_seconds")
+    if any(changes[k] is None for k in required if k in changes):
+        raise HTTPException(422, f"{', '.join(required)} cannot be null")
     async with ingest.plat.bus.unit() as unit:
         sequence = await _sequence(unit.conn, company_id, sequence_id, "update")
         _not_archived(sequence)
