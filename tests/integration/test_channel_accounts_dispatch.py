@@ -149,6 +149,8 @@ async def world(base_env: dict[str, str], db_url: str) -> AsyncIterator[World]:
             smtp_port=relay_port,
             smtp_security="none",
             smtp_from="platform@shvya.example",
+            # Globex's domain may use the relay (its subdomains too); no other company's may.
+            smtp_relay_domains="globex.example",
             policy_email_quiet_hours="",
             whatsapp_template_sync_seconds=3600,
             # Changed accounts are picked up this soon (the default is 30 s).
@@ -230,6 +232,28 @@ async def test_each_company_mails_through_its_own_server_or_the_relay_with_its_o
         "platform@shvya.example",
     ]
     assert all(m["login"] is None for m in world.relay.received)
+
+
+async def test_the_relay_never_sends_from_a_domain_the_operator_did_not_allow(world):
+    """A company on the platform's relay naming a From outside SMTP_FROM's domain and
+    SMTP_RELAY_DOMAINS (here a bank's) is refused with the reason, and the relay sees nothing;
+    a subdomain of an allowed domain is sent."""
+    hooli = await make_tenant(world.api, world.admin, "Hooli")
+    account = await add_account(world.api, hooli, "email", {"from_address": "ceo@bank.example"})
+    lead = await _lead(world, hooli)
+    with pytest.raises(PermanentError, match="sends only for SMTP_FROM's domain"):
+        await _send(world, hooli, lead, channel="email", to="riya@example.org")
+    assert world.relay.received == []
+    moved = await world.api.patch(
+        f"/v1/channel-accounts/{account['id']}",
+        json={"config": {"from_address": "news@mail.globex.example"}},
+        headers=hooli.auth,
+    )
+    assert moved.status_code == 200, moved.text
+    world.dispatcher.deps.router.accounts.forget(hooli.id, "email")  # type: ignore[union-attr]
+    sent = await _send(world, hooli, lead, channel="email", to="riya@example.org")
+    assert sent["row"]["status"] == "sent", sent["row"]["last_error"]
+    assert [m["mail_from"] for m in world.relay.received] == ["news@mail.globex.example"]
 
 
 async def test_one_companys_pause_never_defers_anothers_and_a_new_token_ends_it(world):

@@ -322,4 +322,21 @@ class CompanyChannels:
             )
         elif not self.settings.smtp_host:
             return None  # no relay to share: the router records the send on the log channel
+        else:
+            self._check_relay_sender(account, update["smtp_message_id_domain"])
         return self.settings.model_copy(update=update)
+
+    def _check_relay_sender(self, account: Account, domain: str) -> None:
+        """The platform's relay sends From a company's domain only where the operator allowed
+        it: otherwise any company could send as anyone through the platform's reputation."""
+        allowed = [d.lower().strip(".") for d in self.settings.smtp_relay_domains]
+        if self.settings.smtp_from:
+            allowed.append(Address(addr_spec=self.settings.smtp_from).domain.lower())
+        domain = domain.lower()
+        if "*" in allowed or any(domain == d or domain.endswith(f".{d}") for d in allowed):
+            return
+        raise PermanentError(
+            f"the company's email account {account.name!r} sends From {domain} through the"
+            " platform's relay, which sends only for SMTP_FROM's domain and SMTP_RELAY_DOMAINS;"
+            " the operator adds the domain once the relay may send for it"
+        )

@@ -92,7 +92,7 @@ class DispatchSettings(GraphSettings):
         description="Comma-separated mime types downloaded; others are recorded as rejected.",
     )
 
-    @field_validator("whatsapp_media_mime_types", mode="before")
+    @field_validator("whatsapp_media_mime_types", "smtp_relay_domains", mode="before")
     @classmethod
     def _split_mime_types(cls, value: object) -> object:
         if isinstance(value, str):
@@ -207,6 +207,12 @@ class DispatchSettings(GraphSettings):
     )
     smtp_from: str | None = Field(None, description="Envelope and header sender address.")
     smtp_from_name: str | None = Field(None, description="Display name on the From header.")
+    smtp_relay_domains: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Domains (and their subdomains) a company may send From through the"
+        " platform's relay, comma-separated; SMTP_FROM's domain always may, '*' lets any"
+        " (only when the relay itself checks senders). Other senders are refused.",
+    )
     smtp_timeout_seconds: float = Field(30.0, gt=0, description="Per SMTP command.")
     smtp_max_connections: int = Field(4, ge=1, le=100, description="SMTP sessions at once.")
     smtp_message_id_domain: str | None = Field(
