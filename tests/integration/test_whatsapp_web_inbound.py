@@ -339,3 +339,84 @@ async def test_a_send_of_unknown_outcome_is_confirmed_by_the_late_acknowledgemen
     assert claim.action != "run", claim
     attempts = [a for a in web.fake.attempts if a["digits"] == LEAD[1:]]
     assert len(attempts) == 1
+
+
+async def test_an_acknowledgement_that_comes_before_the_unknown_is_recorded_confirms_the_send(
+    web: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An acknowledgement that arrives after the send stopped waiting for it but before the send
+    is recorded 'unknown' (the page holds it until the send has timed out and releases it just
+    before the record) still confirms it: the send ends 'sent' (a late confirmation, delivery
+    following), it left exactly once and a redelivered send job does not send it again."""
+    _session, device = await web.open()
+    hello = await web.filed(await web.fake.receive(device, LEAD, "Are you open today?"))
+    company_id, lead_id = await web.pool.fetchrow(
+        "SELECT company_id, lead_id FROM messages WHERE id = $1", hello["id"]
+    )
+    web.fake.behaviour[LEAD[1:]] = "never"
+    message_id, params = await queue_send(
+        web.pool, company_id, lead_id, to=LEAD, channel="whatsapp_web", text="Until six."
+    )
+    assert web.dispatcher.deps is not None
+    sends = web.dispatcher.deps.sends
+    record_unknown = sends.record_unknown
+
+    async def ack_jobs() -> list[asyncpg.Record]:
+        return await web.pool.fetch(
+            "SELECT status, result FROM jobs WHERE task_name = 'whatsapp_web.inbound'"
+            " AND task_params->>'kind' = 'ack'"
+        )
+
+    async def acknowledged_first(*args: Any, **kwargs: Any) -> Any:
+        # The send has timed out and the page still holds it; its acknowledgement now reaches
+        # ingest, which files it completely, before the send is recorded.
+        (held,) = web.fake.held()
+        await web.fake.ack(device, [held], 1)
+        (job,) = await eventually(
+            ack_jobs, lambda js: len(js) == 1 and js[0]["status"] == "completed", timeout=30
+        )
+        assert job["result"]["confirmed"] == 0  # nothing was 'unknown' yet
+        return await record_unknown(*args, **kwargs)
+
+    monkeypatch.setattr(sends, "record_unknown", acknowledged_first)
+    outcome = await web.dispatcher.send(message_id, params)
+    assert outcome["status"] == "sent"
+    (held,) = web.fake.held()
+    row = await web.pool.fetchrow(
+        "SELECT status, provider_message_id, delivery_status, sent_at, meta FROM messages"
+        " WHERE id = $1",
+        message_id,
+    )
+    assert (row["status"], row["provider_message_id"]) == ("sent", held)
+    assert row["meta"]["late_confirmation"] is True and row["sent_at"] is not None
+    assert row["delivery_status"] == "sent"
+    events = await web.pool.fetch(
+        "SELECT type FROM events WHERE payload->>'message_id' = $1 AND type LIKE 'message.%'"
+        " ORDER BY created_at",
+        str(message_id),
+    )
+    assert [e["type"] for e in events].count("message.send_ambiguous") == 0
+    assert [e["type"] for e in events].count("message.sent") == 1
+
+    await web.fake.ack(device, [held], 2)
+    await eventually(
+        lambda: web.pool.fetchval("SELECT delivery_status FROM messages WHERE id = $1", message_id),
+        lambda s: s == "delivered",
+        timeout=30,
+    )
+    claim = await sends.claim(
+        JobEnvelope(
+            job_id=message_id,
+            task="dispatch.send",
+            priority=100,
+            params=params.model_dump(mode="json"),
+            company_id=company_id,
+            lead_id=lead_id,
+            enqueued_at=row["sent_at"],
+        ),
+        max_attempts=6,
+        lease=30.0,
+        worker="test",
+    )
+    assert claim.action != "run", claim
+    assert len([a for a in web.fake.attempts if a["digits"] == LEAD[1:]]) == 1

@@ -10,7 +10,8 @@ The outbound message row is the send's ledger, and the job bus its only writer
 marked 'sending' (committed) before the provider is called and 'sent' after. A later run that
 finds 'sending' cannot know whether the provider got the message, so it records 'unknown' and
 does not send again; a channel that cannot confirm a send it may have made
-(`SendOutcomeUnknown`) is recorded the same way: no customer gets the same message twice.
+(`SendOutcomeUnknown`) is recorded the same way (or 'sent', when the provider's acknowledgement
+of the id it carries arrived first): no customer gets the same message twice.
 
 Provider refusals that need more than retry-or-dead-letter (channels/errors.py):
 
@@ -42,6 +43,7 @@ from shvya_common.bus import JobBus, JobContext, Registry
 from shvya_common.bus.ledgers import SendLedger, is_database_outage
 from shvya_common.contracts import SendParams, WebhookParams
 from shvya_common.contracts.events import EventType
+from shvya_common.contracts.states import SendStatus
 from shvya_common.errors import DeferJob
 from shvya_common.events import record_event
 from shvya_common.metrics import POLICY_DEFERRALS, SENDS
@@ -136,13 +138,18 @@ async def _policed_send(params: SendParams, job: JobContext, deps: Deps) -> dict
     try:
         return await _send(params, job, verdict, deps, extra)
     except SendOutcomeUnknown as err:
-        await deps.sends.record_unknown(
+        recorded = await deps.sends.record_unknown(
             message_id,
             job.attempt,
             str(err),
             provider_message_id=err.provider_message_id,
             meta={**extra, **err.meta} if err.meta or extra else None,
         )
+        if recorded == SendStatus.SENT:
+            # The provider's acknowledgement arrived after we stopped waiting, before this.
+            SENDS.labels(params.channel, "sent").inc()
+            log.info("send_confirmed_late", message_id=str(message_id), channel=params.channel)
+            return {"status": "sent", "provider_message_id": err.provider_message_id}
         SENDS.labels(params.channel, "unknown").inc()
         log.warning(
             "send_outcome_unknown_not_repeated", message_id=str(message_id), reason=str(err)

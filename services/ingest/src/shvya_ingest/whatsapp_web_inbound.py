@@ -13,7 +13,9 @@ idempotent by WhatsApp's own id); ingest runs them in a small worker beside its 
     edit / revoke   the original's text replaced (kept as a revision) / marked deleted
     ack       delivery and read acknowledgements of our messages, applied as the Cloud
               webhook's statuses are (`provider_statuses`, only forwards); an acknowledgement
-              of a send recorded 'unknown' confirms it ('sent')
+              of a send recorded 'unknown' confirms it ('sent'), and one that came while the
+              send was still unrecorded is found by dispatch's record of it (`SendLedger.
+              record_unknown`), which then writes 'sent'
 
 Anything else, or an item that cannot be read, is kept as a `whatsapp_web.item_recorded` event
 and the job completes: a bad item is never retried and never blocks the others (each is its own

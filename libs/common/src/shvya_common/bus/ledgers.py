@@ -813,15 +813,45 @@ class SendLedger:
         *,
         provider_message_id: str | None = None,
         meta: dict[str, Any] | None = None,
-    ) -> bool:
-        """The send may have left and cannot be confirmed: never repeated, shown to operators.
-        A channel that knows the id the message would carry (WhatsApp Web) records it, so the
-        provider's late acknowledgement can still confirm the send."""
+    ) -> SendStatus | None:
+        """The send may have left and cannot be confirmed: never repeated, shown to operators;
+        the status recorded, None if this run no longer owns the send. A channel that knows the
+        id the message would carry (WhatsApp Web) records it, so the provider's acknowledgement
+        confirms the send ('sent') whether it comes after this or came first."""
         return await outlast_outage(
             lambda: self._record_unknown(
                 message_id, attempt, reason, provider_message_id=provider_message_id, meta=meta
             )
         )
+
+    # The provider took it: its id, the lead's last outbound time and an event, in one
+    # statement. A late confirmation also turns an 'unknown' send into 'sent'.
+    _SENT = """
+    WITH moved AS (
+        UPDATE messages SET status = $3, provider_message_id = $4, sent_at = now(),
+               last_error = NULL, meta = meta || $5, lease_until = NULL,
+               updated_at = now()
+         WHERE id = $1 AND ((status = 'sending' AND attempts = $2) OR status = 'unknown')
+        RETURNING company_id, lead_id, channel
+    ), lead AS (
+        UPDATE leads SET last_outbound_at = now(), updated_at = now()
+          FROM moved WHERE leads.id = moved.lead_id RETURNING 1
+    ), ev AS (
+        INSERT INTO events (company_id, lead_id, type, payload)
+        SELECT company_id, lead_id, $6,
+               jsonb_build_object('message_id', $1::text, 'channel', channel,
+                                  'status', $3::text, 'provider_message_id', $4::text)
+        FROM moved RETURNING 1
+    )
+    SELECT count(*) FROM moved
+    """
+    # Whether the provider already reported the message it would carry as taken (any status
+    # but 'failed'), for the send's channel.
+    _ACKNOWLEDGED = """
+    SELECT EXISTS (
+        SELECT 1 FROM provider_statuses p JOIN messages m ON m.channel = p.channel
+         WHERE m.id = $1 AND p.provider_message_id = $2 AND p.status <> 'failed')
+    """
 
     async def _record_sent(
         self,
@@ -831,29 +861,10 @@ class SendLedger:
         status: Literal["sent", "logged"],
         provider_message_id: str,
         meta: dict[str, Any],
+        conn: Executor | None = None,
     ) -> bool:
-        """The provider took it: record its id, the lead's last outbound time and an event, in
-        one statement. A late confirmation also turns an 'unknown' send into 'sent'."""
-        moved = await self.pool.fetchval(
-            """
-            WITH moved AS (
-                UPDATE messages SET status = $3, provider_message_id = $4, sent_at = now(),
-                       last_error = NULL, meta = meta || $5, lease_until = NULL,
-                       updated_at = now()
-                 WHERE id = $1 AND ((status = 'sending' AND attempts = $2) OR status = 'unknown')
-                RETURNING company_id, lead_id, channel
-            ), lead AS (
-                UPDATE leads SET last_outbound_at = now(), updated_at = now()
-                  FROM moved WHERE leads.id = moved.lead_id RETURNING 1
-            ), ev AS (
-                INSERT INTO events (company_id, lead_id, type, payload)
-                SELECT company_id, lead_id, $6,
-                       jsonb_build_object('message_id', $1::text, 'channel', channel,
-                                          'status', $3::text, 'provider_message_id', $4::text)
-                FROM moved RETURNING 1
-            )
-            SELECT count(*) FROM moved
-            """,
+        moved = await (conn or self.pool).fetchval(
+            self._SENT,
             message_id,
             attempt,
             status,
@@ -902,9 +913,27 @@ class SendLedger:
         *,
         provider_message_id: str | None = None,
         meta: dict[str, Any] | None = None,
-    ) -> bool:
-        """The send may have left and cannot be confirmed: never repeated, shown to operators."""
+    ) -> SendStatus | None:
+        """The send may have left and cannot be confirmed: never repeated, shown to operators.
+        Unless the provider's acknowledgement of the id it would carry came first (while the
+        send was still waiting for it): then it is 'sent'."""
         async with self.pool.acquire() as conn, conn.transaction():
+            if provider_message_id is not None:
+                # Ingest files a status under this lock, and confirms an 'unknown' send after
+                # it commits; our check runs in its own statement, after the lock, so it sees a
+                # status filed while we waited. Either the status is seen here or this row is
+                # 'unknown' when ingest looks: a late acknowledgement is never lost.
+                await conn.execute("SELECT provider_id_lock($1)", provider_message_id)
+                if await conn.fetchval(self._ACKNOWLEDGED, message_id, provider_message_id):
+                    sent = await self._record_sent(
+                        message_id,
+                        attempt,
+                        status="sent",
+                        provider_message_id=provider_message_id,
+                        meta={**(meta or {}), "late_confirmation": True},
+                        conn=conn,
+                    )
+                    return _S.SENT if sent else None
             row = await conn.fetchrow(
                 "UPDATE messages SET status = 'unknown', last_error = $3, lease_until = NULL,"
                 " provider_message_id = coalesce($5, provider_message_id),"
@@ -918,7 +947,7 @@ class SendLedger:
                 meta or {},
             )
             if row is None:
-                return False
+                return None
             await record_event(
                 conn,
                 row["company_id"],
@@ -926,7 +955,7 @@ class SendLedger:
                 EventType.MESSAGE_SEND_AMBIGUOUS,
                 {"message_id": str(message_id), "channel": row["channel"], "reason": reason[:2000]},
             )
-        return True
+        return _S.UNKNOWN
 
     @staticmethod
     async def cancel(
