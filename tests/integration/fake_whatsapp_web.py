@@ -176,8 +176,14 @@ class FakeWhatsAppWeb:
             await self.push(device, "message", msg=msg)
         return msg_id
 
-    async def react(self, device: Device, phone: str, target: str, emoji: str) -> str:
-        chat = f"{phone.lstrip('+')}@c.us"
+    async def react(
+        self, device: Device, phone: str, target: str, emoji: str, *, lid: str | None = None
+    ) -> str:
+        """The lead reacts to `target` (an id as the page names it: in a chat addressed by the
+        lead's privacy id `lid`, `<fromMe>_<lid>_<stanza>`); returns the reaction's id."""
+        chat = lid or f"{phone.lstrip('+')}@c.us"
+        if lid:
+            self.lids[lid] = f"{phone.lstrip('+')}@c.us"
         reaction_id = f"false_{chat}_{next(self._seq):06d}REACT"
         await self.push(
             device,

@@ -306,7 +306,12 @@ async def test_incoming_messages_reactions_and_acks_reach_python(world: World) -
     assert reaction["msgId"] == out.provider_message_id and reaction["emoji"] == "👍"
     await world.fake.ack(device, [out.provider_message_id], 3)
     ack = await world.wait_event("ack")
-    assert ack == {"ack": 3, "chat": "15550008001@c.us", "ids": [out.provider_message_id]}
+    assert ack == {
+        "ack": 3,
+        "chat": "15550008001@c.us",
+        "phone": "15550008001@c.us",
+        "ids": [out.provider_message_id],
+    }
     world.events.clear()
     await world.fake.receive(device, "+15550008002", "via lid", lid="98765432101234@lid")
     via_lid = await world.wait_event("message")

@@ -420,3 +420,63 @@ async def test_an_acknowledgement_that_comes_before_the_unknown_is_recorded_conf
     )
     assert claim.action != "run", claim
     assert len([a for a in web.fake.attempts if a["digits"] == LEAD[1:]]) == 1
+
+
+async def test_replies_and_reactions_in_a_privacy_id_chat_find_the_message_they_name(
+    web: Web,
+) -> None:
+    """In a chat WhatsApp addresses by the lead's privacy id (@lid) a reply's quoted message, a
+    reaction's target and an acknowledgement name a message by that id, while our message was
+    sent, and the lead's earlier one filed, under the number: each finds the message it names,
+    ours and the lead's, and a message filed from the @lid chat is found as it is."""
+    _session, device = await web.open()
+    lid = "207769815752711@lid"
+    early = await web.filed(await web.fake.receive(device, LEAD, "Is the 3 kW in stock?"))
+    early_id = await web.pool.fetchval(
+        "SELECT provider_message_id FROM messages WHERE id = $1", early["id"]
+    )
+    out_id, out_provider = await web.outbound(early["lead_id"], "It is; shall I reserve one?")
+    ours, theirs = (
+        f"{side}_{lid}_{pid.split('_', 2)[2]}"
+        for side, pid in (("true", out_provider), ("false", early_id))
+    )
+
+    to_ours = await web.filed(
+        await web.fake.receive(device, LEAD, "Yes please", lid=lid, quoted=ours)
+    )
+    to_theirs = await web.filed(
+        await web.fake.receive(device, LEAD, "the 3 kW, as I asked", lid=lid, quoted=theirs)
+    )
+    unknown = f"false_{lid}_3A0000NEVERSEEN"
+    to_unknown = await web.filed(
+        await web.fake.receive(device, LEAD, "(that one)", lid=lid, quoted=unknown)
+    )
+    assert to_ours["meta"]["context_id"] == out_provider
+    assert to_theirs["meta"]["context_id"] == early_id
+    assert to_unknown["meta"]["context_id"] == unknown  # nothing stored: as named
+    assert {to_ours["lead_id"], to_theirs["lead_id"]} == {early["lead_id"]}
+    reply_id = await web.pool.fetchval(
+        "SELECT provider_message_id FROM messages WHERE id = $1", to_ours["id"]
+    )
+    again = await web.filed(
+        await web.fake.receive(device, LEAD, "and soon", lid=lid, quoted=reply_id)
+    )
+    assert again["meta"]["context_id"] == reply_id
+
+    async def reaction(message_id: uuid.UUID) -> str | None:
+        return await web.pool.fetchval(
+            "SELECT emoji FROM message_reactions WHERE message_id = $1", message_id
+        )
+
+    await web.fake.react(device, LEAD, ours, "👍", lid=lid)
+    await web.fake.react(device, LEAD, theirs, "🙏", lid=lid)
+    assert await eventually(lambda: reaction(out_id), timeout=30) == "👍"
+    assert await eventually(lambda: reaction(early["id"]), timeout=30) == "🙏"
+
+    await web.fake.ack(device, [ours], 3)
+    await eventually(
+        lambda: web.pool.fetchval("SELECT delivery_status FROM messages WHERE id = $1", out_id),
+        lambda s: s == "read",
+        timeout=30,
+    )
+    assert await web.inbound_count() == 5

@@ -17,6 +17,11 @@ idempotent by WhatsApp's own id); ingest runs them in a small worker beside its 
               send was still unrecorded is found by dispatch's record of it (`SendLedger.
               record_unknown`), which then writes 'sent'
 
+A message named in a chat WhatsApp addresses by the lead's privacy id (`<id>@lid`: a quoted
+message, a reaction's, edit's or deletion's target, an acknowledged id) is matched in both forms
+of its id, the privacy id's and the number's (`id_forms`, through the page's lid mapping), so it
+finds our message sent by number and the lead's filed before the chat moved.
+
 Anything else, or an item that cannot be read, is kept as a `whatsapp_web.item_recorded` event
 and the job completes: a bad item is never retried and never blocks the others (each is its own
 job). A database outage fails the job, which the bus retries.
@@ -94,12 +99,14 @@ class WebReaction(_Item):
     emoji: str = ""
     sender: str | None = None
     phone: str | None = None
+    chatPhone: str | None = None
     t: int | None = None
 
 
 class WebAck(_Item):
     ack: int
     chat: str | None = None
+    phone: str | None = None
     ids: list[str] = Field(max_length=1000)
 
 
@@ -116,6 +123,7 @@ class WebRevoke(_Item):
     id: str | None = None
     refId: str = Field(min_length=1, max_length=256)
     from_: str | None = Field(None, alias="from")
+    phone: str | None = None
 
 
 def _at(t: int | None) -> datetime | None:
@@ -130,6 +138,37 @@ def _phone(wid: str | None) -> str | None:
         return normalise_phone("+" + wid.split("@", 1)[0])
     except ValueError:
         return None
+
+
+def id_forms(wa_id: str, chat_phone: str | None) -> list[str]:
+    """A message's id in each form its chat may be named by. WhatsApp names a message by its
+    chat, who sent it and its own (stanza) id: `true_<chat>_3EB0...`. A chat it addresses by
+    the lead's privacy id (`<id>@lid`) gives `true_<id>@lid_3EB0...` for a message we sent,
+    and stored, as `true_<digits>@c.us_3EB0...` (we send by number), or that the lead sent
+    before the chat moved: with the chat's number (the page's lid mapping) both are tried."""
+    parts = wa_id.split("_", 2)
+    if len(parts) != 3 or not parts[1].endswith("@lid") or _phone(chat_phone) is None:
+        return [wa_id]
+    fromme, _chat, stanza = parts
+    return [wa_id, f"{fromme}_{chat_phone}_{stanza}"]
+
+
+async def _named(
+    ingest: Ingest, company_id: uuid.UUID, wa_id: str, chat_phone: str | None
+) -> list[str]:
+    """The id a filed or sent message carries for `wa_id` (any of its forms), else every form
+    (what is not stored yet may be stored under either)."""
+    forms = id_forms(wa_id, chat_phone)
+    if len(forms) == 1:
+        return forms
+    stored: str | None = await ingest.plat.pool.fetchval(
+        "SELECT provider_message_id FROM messages WHERE company_id = $1 AND channel = $2"
+        " AND provider_message_id = ANY($3::text[]) ORDER BY direction LIMIT 1",
+        company_id,
+        CHANNEL,
+        forms,
+    )
+    return [stored] if stored is not None else forms
 
 
 def _text(msg: WebMessage) -> tuple[str, dict[str, Any]]:
@@ -196,6 +235,7 @@ async def _message(
     if msg.quoted is not None:
         mine = msg.quoted.participant is not None and msg.quoted.participant != msg.chat
         quoted_id = f"{'true' if mine else 'false'}_{msg.chat}_{msg.quoted.id}"
+        quoted_id = (await _named(ingest, params.company_id, quoted_id, msg.phone))[0]
         meta["context"] = {"id": quoted_id, "from": msg.quoted.participant}
         meta["context_id"] = quoted_id
     route = await ingest.route_for(params.company_id)
@@ -226,7 +266,11 @@ async def _reaction(
         where=NOWHERE,
         wamid=reaction.id,
         sender=sender,
-        target_wamid=reaction.msgId,
+        target_wamid=(
+            await _named(
+                ingest, params.company_id, reaction.msgId, reaction.chatPhone or reaction.phone
+            )
+        )[0],
         emoji=reaction.emoji or None,
         at=_at(reaction.t),
     )
@@ -243,7 +287,7 @@ async def _edit(ingest: Ingest, params: WhatsAppWebInboundParams, edit: WebEdit)
         where=NOWHERE,
         wamid=edit.editId or f"{edit.id}:edit:{edit.t}",
         sender=Sender(phone=_phone(edit.phone) or _phone(edit.chat), user_id=None),
-        original_wamid=edit.id,
+        original_wamid=(await _named(ingest, params.company_id, edit.id, edit.phone))[0],
         text=edit.body,
         meta={},
         at=_at(edit.t),
@@ -261,7 +305,7 @@ async def _revoke(
         where=NOWHERE,
         wamid=revoke.id or f"revoke:{revoke.refId}",
         sender=Sender(phone=_phone(revoke.from_), user_id=None),
-        original_wamid=revoke.refId,
+        original_wamid=(await _named(ingest, params.company_id, revoke.refId, revoke.phone))[0],
         at=None,
     )
     async with ingest.plat.bus.unit(acquire_timeout=5) as unit:
@@ -272,9 +316,14 @@ async def _revoke(
 
 async def _ack(ingest: Ingest, params: WhatsAppWebInboundParams, ack: WebAck) -> dict[str, Any]:
     status = ACK_STATUS.get(ack.ack)
-    mine = [i for i in ack.ids if i.startswith("true_")]
-    if status is None or not mine:
+    if status is None or not any(i.startswith("true_") for i in ack.ids):
         return {"status": "ignored"}
+    mine = [
+        pid
+        for i in ack.ids
+        if i.startswith("true_")
+        for pid in await _named(ingest, params.company_id, i, ack.phone)
+    ]
     now = datetime.now(UTC)
     reports = [
         StatusReport(

@@ -86,15 +86,21 @@ BRIDGE_JS = r"""
       emit(item.fromMe ? 'own_message' : 'message', item);
     } catch (e) { emit('bridge_error', {where: 'new_message', error: String(e)}); }
   });
+  // Items naming a message carry its chat's number too (chatPhone, phone): in a chat addressed
+  // by a privacy id (@lid) the id names the chat by that id, while the message may have been
+  // sent, or filed, under the number.
+  const remoteOf = (key) => (key && key.remote ? ser(key.remote) : null);
   WPP.on('chat.new_reaction', async (r) => {
     const sender = ser(r.sender);
     emit('reaction', {
       id: ser(r.id), msgId: ser(r.msgId), emoji: r.reactionText || '', sender,
-      phone: await phoneOf(sender), t: r.timestamp || Math.floor(Date.now() / 1000),
+      phone: await phoneOf(sender), chatPhone: await phoneOf(remoteOf(r.msgId)),
+      t: r.timestamp || Math.floor(Date.now() / 1000),
     });
   });
-  WPP.on('chat.msg_ack_change', (a) => {
-    emit('ack', {ack: a.ack, chat: ser(a.chat), ids: (a.ids || []).map(ser)});
+  WPP.on('chat.msg_ack_change', async (a) => {
+    const chat = ser(a.chat);
+    emit('ack', {ack: a.ack, chat, phone: await phoneOf(chat), ids: (a.ids || []).map(ser)});
   });
   // wa-js reports an edit as the original message model changed in place: its `t` stays the
   // original's, the edit has its own key and time (latestEditMsgKey, ...SenderTimestampMs), and
@@ -111,8 +117,11 @@ BRIDGE_JS = r"""
       t: editedMs ? Math.floor(editedMs / 1000) : Math.floor(Date.now() / 1000),
     });
   });
-  WPP.on('chat.msg_revoke', (r) => {
-    emit('revoke', {id: ser(r.id), refId: ser(r.refId), from: ser(r.from), type: r.type});
+  WPP.on('chat.msg_revoke', async (r) => {
+    emit('revoke', {
+      id: ser(r.id), refId: ser(r.refId), from: ser(r.from), type: r.type,
+      phone: await phoneOf(remoteOf(r.refId)),
+    });
   });
   WPP.on('conn.auth_code_change', (code) => emit('auth_code', {code: code ? code.fullCode : null}));
   WPP.on('conn.qrcode_idle', () => emit('qr_idle', null));
