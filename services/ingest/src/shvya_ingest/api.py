@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shvya_common.db import is_outage
 from shvya_common.runtime import Platform
 from shvya_common.storage import MediaStore, media_store
+from shvya_ingest import examples as ex
 from shvya_ingest.auth import ANONYMOUS, Authenticator, AuthError, Principal
 from shvya_ingest.batching import FilingBatcher
 from shvya_ingest.inbound import InboundFiler
@@ -60,7 +61,18 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
 class InboundMessage(BaseModel):
     """The original request, plus an optional sender-side id that makes retries idempotent."""
 
-    model_config = ConfigDict(str_strip_whitespace=True)
+    model_config = ConfigDict(
+        str_strip_whitespace=True,
+        json_schema_extra=ex.examples(
+            {
+                "phone_number": ex.PHONE,
+                "contact_name": ex.CONTACT,
+                "message_text": "Hi! How much is a 6 kW system?",
+                "channel": "whatsapp_cloud",
+                "provider_message_id": "wamid.HBgLMTQxNTU1NTAxMjMVAgASGBQzQTRFQjc3",
+            }
+        ),
+    )
 
     phone_number: str = Field(
         min_length=1, max_length=254, description="E.164 number, or an email address for email."
@@ -79,6 +91,12 @@ class InboundMessage(BaseModel):
 
 
 class InboundAccepted(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"status": "ok", "message_id": ex.MESSAGE_ID, "job_id": ex.JOB_ID}
+        )
+    )
+
     status: Literal["ok"] = "ok"
     message_id: uuid.UUID
     # The message's ai.engage job; for an opt-out keyword (STOP, ...), which gets no ai.engage,
@@ -87,6 +105,21 @@ class InboundAccepted(BaseModel):
 
 
 class QueueStatsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "queued": 4,
+                "processing": 2,
+                "completed": 18230,
+                "failed": 1,
+                "dlq": 0,
+                "total": 18237,
+                "orphaned": 0,
+                "sends": {"sent": 9120, "logged": 40, "held": 2, "unknown": 1},
+            }
+        )
+    )
+
     queued: int
     processing: int
     completed: int
@@ -100,6 +133,10 @@ class QueueStatsOut(BaseModel):
 
 
 class ReplayRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples({"max_jobs": 50, "kind": "sends", "dry_run": True})
+    )
+
     max_jobs: int = Field(10, ge=1, le=1000)
     kind: Literal["all", "jobs", "sends"] = Field(
         "all", description="Dead-lettered jobs, sends (dispatch.send), or both."
@@ -112,6 +149,18 @@ class ReplayRequest(BaseModel):
 
 
 class ReplayResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "replayed": 2,
+                "job_ids": [ex.JOB_ID, ex.MESSAGE_ID],
+                "jobs": 1,
+                "sends": 1,
+                "dry_run": False,
+            }
+        )
+    )
+
     replayed: int
     job_ids: list[uuid.UUID]
     jobs: int
@@ -305,12 +354,26 @@ async def replay_dlq(ingest: IngestDep, body: ReplayRequest | None = None) -> Re
     )
 
 
-@router.get("/healthz", tags=["ops"])
+HEALTHY = ex.answer({"status": "ok"})
+READY = {
+    **ex.answer(
+        {"status": "ready", "database": "ok", "nats": "ok"},
+        description="PostgreSQL answers (while NATS is away, messages are published later).",
+    ),
+    **ex.answer(
+        {"status": "unavailable", "database": "unavailable: ConnectionRefusedError", "nats": "ok"},
+        status=503,
+        description="PostgreSQL does not answer.",
+    ),
+}
+
+
+@router.get("/healthz", tags=["ops"], responses=HEALTHY)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["ops"])
+@router.get("/readyz", tags=["ops"], responses=READY)
 async def readyz(ingest: IngestDep) -> JSONResponse:
     """Ready when PostgreSQL answers (ingest can file messages). NATS is reported too: while it
     is away, accepted messages wait in PostgreSQL and the relay publishes them later."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -19,6 +20,7 @@ from shvya_ingest import (
     campaigns_api,
     console,
     email_routes,
+    examples,
     kb_api,
     mail_webhooks,
     mailbox_api,
@@ -111,6 +113,13 @@ def create_app(settings: IngestSettings) -> FastAPI:
     app.include_router(reports_api.router)
     app.include_router(asyncapi_route.router)
     install_error_handlers(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = examples.with_nulls(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     # Added first, so it runs inside the edge middleware: body limits, the deadline and metrics
     # apply to it too (Starlette wraps later middleware around earlier ones).
     # Innermost: it sees the route FastAPI matched and the caller the handler authenticated.

@@ -39,6 +39,7 @@ from shvya_common.campaigns import (
 from shvya_common.contracts.events import EventType
 from shvya_common.events import record_event
 from shvya_common.render import RenderError
+from shvya_ingest import examples as ex
 from shvya_ingest.api import IngestDep
 from shvya_ingest.auth import AdminCompany, AgentCompany
 from shvya_ingest.campaign_repository import CampaignRepository
@@ -54,8 +55,32 @@ router = APIRouter(
 )
 
 
+# What a campaign is made of, as a client sends it and as it is read back.
+CAMPAIGN = {
+    "template": {
+        "subject": "{{ lead.first_name }}, 10% off solar this spring",
+        "text": "Hi {{ lead.first_name }}, book an installation before June and save 10%.",
+        "html": "<p>Hi {{ lead.first_name }}, book an installation before June and save 10%.</p>",
+    },
+    "audience": {
+        "stages": ["Qualified"],
+        "attributes": {"newsletter": True},
+        "lead_ids": [],
+        "created_after": None,
+        "created_before": None,
+        "active_within_days": 90,
+    },
+    "window": {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00"},
+    "rate_per_minute": 60,
+}
+
+
 class CampaignIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra=ex.examples({"name": "Spring offer", **CAMPAIGN}),
+    )
 
     name: str = Field(min_length=1, max_length=200, examples=["Spring offer"])
     template: CampaignTemplate
@@ -75,7 +100,11 @@ class CampaignIn(BaseModel):
 class CampaignPatch(BaseModel):
     """Any of the fields of a campaign; `window: null` removes the window."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra=ex.examples({"rate_per_minute": 120}, {"window": None}),
+    )
 
     name: str | None = Field(None, min_length=1, max_length=200)
     template: CampaignTemplate | None = None
@@ -85,6 +114,27 @@ class CampaignPatch(BaseModel):
 
 
 class CampaignCounts(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "recipients": 1200,
+                "pending": 0,
+                "queued": 15,
+                "sent": 1150,
+                "deferred": 5,
+                "suppressed": 12,
+                "bounced": 9,
+                "failed": 2,
+                "unknown": 7,
+                "opened": 610,
+                "machine_opened": 140,
+                "clicked": 95,
+                "machine_clicked": 20,
+                "unsubscribed": 4,
+            }
+        )
+    )
+
     """Recipients by where their email is (`queued` … `unknown` are disjoint), and what the
     recipients did. Opens and clicks by mail proxies and scanners are counted apart."""
 
@@ -105,6 +155,26 @@ class CampaignCounts(BaseModel):
 
 
 class CampaignOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.CAMPAIGN_ID,
+                "company_id": ex.COMPANY_ID,
+                "name": "Spring offer",
+                "status": "sending",
+                **CAMPAIGN,
+                "audience_size": None,
+                "counts": ex.example_of(CampaignCounts),
+                "runs": 1,
+                "created_at": ex.CREATED,
+                "updated_at": ex.UPDATED,
+                "started_at": ex.UPDATED,
+                "paused_at": None,
+                "completed_at": None,
+            }
+        )
+    )
+
     id: uuid.UUID
     company_id: uuid.UUID
     name: str
@@ -126,6 +196,12 @@ class CampaignOut(BaseModel):
 
 
 class CampaignList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"campaigns": [ex.example_of(CampaignOut)], "total": 1, "limit": 50, "offset": 0}
+        )
+    )
+
     campaigns: list[CampaignOut]
     total: int
     limit: int
@@ -135,7 +211,11 @@ class CampaignList(BaseModel):
 class PreviewIn(BaseModel):
     """The lead to render for, by id or by email address."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra=ex.examples({"lead_id": ex.LEAD_ID}, {"email": ex.EMAIL}),
+    )
 
     lead_id: uuid.UUID | None = None
     email: str | None = Field(None, max_length=254, examples=["riya@example.org"])
@@ -151,6 +231,18 @@ class PreviewIn(BaseModel):
 
 
 class PreviewOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "lead_id": ex.LEAD_ID,
+                "to": ex.EMAIL,
+                "subject": "Ana, 10% off solar this spring",
+                "text": "Hi Ana, book an installation before June and save 10%.",
+                "html": "<p>Hi Ana, book an installation before June and save 10%.</p>",
+            }
+        )
+    )
+
     lead_id: uuid.UUID
     to: str | None
     subject: str
@@ -159,12 +251,18 @@ class PreviewOut(BaseModel):
 
 
 class SendIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=ex.examples({}, {"at": ex.LATER}))
 
     at: datetime | None = Field(None, description="Start later (an aware time); now if omitted.")
 
 
 class StateOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"id": ex.CAMPAIGN_ID, "status": "sending", "run": 1, "starts_at": ex.LATER}
+        )
+    )
+
     id: uuid.UUID
     status: Status
     run: int | None = None
@@ -172,6 +270,21 @@ class StateOut(BaseModel):
 
 
 class RecipientOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "lead_id": ex.LEAD_ID,
+                "email": ex.EMAIL,
+                "timezone": "America/Los_Angeles",
+                "status": "requested",
+                "reason": None,
+                "message_id": ex.MESSAGE_ID,
+                "send_status": "sent",
+                "requested_at": ex.UPDATED,
+            }
+        )
+    )
+
     lead_id: uuid.UUID
     email: str
     timezone: str
@@ -472,7 +585,11 @@ async def campaign_counts(
     return CampaignCounts(**await repo.counts(campaign_id))
 
 
-@router.get("/{campaign_id}/recipients", response_model=list[RecipientOut])
+@router.get(
+    "/{campaign_id}/recipients",
+    response_model=list[RecipientOut],
+    responses=ex.listed(RecipientOut),
+)
 async def campaign_recipients(
     company_id: AgentCompany,
     campaign_id: uuid.UUID,

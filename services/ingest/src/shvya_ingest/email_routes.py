@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shvya_common.apikeys import key_prefix
 from shvya_common.links import KIND_CLICK, KIND_OPEN
 from shvya_common.tokens import TokenError, verify
+from shvya_ingest import examples as ex
 from shvya_ingest.api import Ingest, IngestDep
 from shvya_ingest.auth import AuthError
 from shvya_ingest.mail import (
@@ -66,7 +67,20 @@ class InboundEmailWebhook(BaseModel):
     names); `in_reply_to`, `references` and `headers` (a name → value object, or a list of
     [name, value] pairs) let the mail join its thread and be recognised as an auto-reply."""
 
-    model_config = ConfigDict(populate_by_name=True, str_strip_whitespace=True)
+    model_config = ConfigDict(
+        populate_by_name=True,
+        str_strip_whitespace=True,
+        json_schema_extra=ex.examples(
+            {
+                "from": f"{ex.CONTACT} <{ex.EMAIL}>",
+                "to": ["sales@acme.example"],
+                "subject": "Re: your solar quote",
+                "text": "Thanks! Can the installation be in June?",
+                "message_id": "<CAF9x2k1q@mail.example.com>",
+                "in_reply_to": "<0190f3b1.quote@acme.example>",
+            }
+        ),
+    )
 
     sender: str = Field(alias="from", min_length=3, max_length=998)
     from_name: str | None = Field(None, max_length=200)
@@ -91,6 +105,8 @@ class InboundEmailAccepted(BaseModel):
     """What filing an email did. `kind` is `filed` (an AI reply follows: `job_id`),
     `auto_reply` (filed, never answered) or `bounce` (no lead message; `bounces` recipients
     recorded)."""
+
+    model_config = ConfigDict(json_schema_extra=ex.examples({**ex.EMAIL_FILED, "bounces": 0}))
 
     status: Literal["ok"] = "ok"
     kind: Literal["filed", "auto_reply", "bounce"]

@@ -44,6 +44,7 @@ from shvya_common.knowledge import (
     open_embedder,
 )
 from shvya_common.knowledge.chunking import Format
+from shvya_ingest import examples as ex
 from shvya_ingest.auth import AdminCompany, AgentCompany
 from shvya_ingest.kb_fetch import FetchError, fetch_document
 from shvya_ingest.middleware import RouteLimits
@@ -68,10 +69,23 @@ def route_limits(settings: IngestSettings) -> RouteLimits:
     )
 
 
+PRICES = (
+    "# Prices and warranty\n\nA 6 kW rooftop system costs 9,800 EUR installed.\n\n"
+    "## Warranty\n\nPanels carry a 25-year performance warranty; inverters 10 years."
+)
+
+
 class DocumentIn(BaseModel):
     """A document: its text in `content`, or a `url` to fetch it from once."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra=ex.examples(
+            {"title": "Prices and warranty", "content": PRICES, "metadata": {"team": "sales"}},
+            {"url": "https://acme.example/pricing"},
+        ),
+    )
 
     title: str | None = Field(
         None,
@@ -97,6 +111,26 @@ class DocumentIn(BaseModel):
 
 
 class DocumentOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.DOC_ID,
+                "company_id": ex.COMPANY_ID,
+                "title": "Prices and warranty",
+                "source": "https://acme.example/pricing",
+                "format": "markdown",
+                "characters": 5320,
+                "chunks": 6,
+                "embedded_chunks": 6,
+                "embedding_models": ["text-embedding-3-small"],
+                "metadata": {"team": "sales"},
+                "created_at": ex.CREATED,
+                "updated_at": ex.UPDATED,
+                "note": None,
+            }
+        )
+    )
+
     id: uuid.UUID
     company_id: uuid.UUID
     title: str
@@ -117,10 +151,20 @@ class DocumentOut(BaseModel):
 
 
 class DocumentDetail(DocumentOut):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples({**ex.example_of(DocumentOut), "content": PRICES})
+    )
+
     content: str
 
 
 class DocumentList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"documents": [ex.example_of(DocumentOut)], "total": 1, "limit": 100, "offset": 0}
+        )
+    )
+
     documents: list[DocumentOut]
     total: int
     limit: int
@@ -128,13 +172,32 @@ class DocumentList(BaseModel):
 
 
 class SearchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=ex.examples({"query": "How long is the warranty?", "k": 3}),
+    )
 
     query: str = Field(min_length=1, max_length=4000)
     k: int = Field(5, ge=1, le=50)
 
 
 class ChunkOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "chunk_id": ex.CHUNK_ID,
+                "doc_id": ex.DOC_ID,
+                "title": "Prices and warranty",
+                "heading": "Warranty",
+                "source": "https://acme.example/pricing",
+                "content": "Panels carry a 25-year performance warranty; inverters 10 years.",
+                "score": 0.82,
+                "vector_similarity": 0.71,
+                "keyword_rank": 0.35,
+            }
+        )
+    )
+
     chunk_id: uuid.UUID
     doc_id: uuid.UUID
     title: str
@@ -147,6 +210,17 @@ class ChunkOut(BaseModel):
 
 
 class SearchOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "mode": "hybrid",
+                "note": None,
+                "embedder": "openai:text-embedding-3-small",
+                "chunks": [ex.example_of(ChunkOut)],
+            }
+        )
+    )
+
     mode: Literal["hybrid", "keyword", "vector"]
     note: str | None
     embedder: str | None
@@ -211,6 +285,13 @@ router = APIRouter(
     tags=["knowledge base"],
     lifespan=lifespan,
 )
+
+RawTitle = Annotated[
+    str | None, Query(max_length=300, description="A raw text body's title (JSON: `title`).")
+]
+RawSource = Annotated[
+    str | None, Query(max_length=2000, description="A raw text body's source (JSON: `source`).")
+]
 
 _DOCUMENT_BODY: dict[str, Any] = {
     "requestBody": {
@@ -324,8 +405,8 @@ async def add_document(
     company_id: AdminCompany,
     request: Request,
     api: KbDep,
-    title: Annotated[str | None, Query(max_length=300)] = None,
-    source: Annotated[str | None, Query(max_length=2000)] = None,
+    title: RawTitle = None,
+    source: RawSource = None,
 ) -> DocumentOut:
     """Chunk, embed and store a document; it is searchable as soon as this answers."""
     await _require_company(api, company_id)
@@ -341,8 +422,8 @@ async def replace_document(
     doc_id: uuid.UUID,
     request: Request,
     api: KbDep,
-    title: Annotated[str | None, Query(max_length=300)] = None,
-    source: Annotated[str | None, Query(max_length=2000)] = None,
+    title: RawTitle = None,
+    source: RawSource = None,
 ) -> DocumentOut:
     """Replace a document's content; its old chunks are gone when this answers."""
     await _require_company(api, company_id)

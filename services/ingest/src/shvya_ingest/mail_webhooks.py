@@ -42,6 +42,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import FormData, UploadFile
 
+from shvya_ingest import examples as ex
 from shvya_ingest.api import Ingest, IngestDep
 from shvya_ingest.mail import (
     Attachment,
@@ -66,7 +67,7 @@ MAX_FORM_FILES = 25
 # Mailgun tokens seen recently, so a captured request cannot be replayed within the max age.
 _SEEN_TOKENS_MAX = 10_000
 
-router = APIRouter(prefix="/webhooks/email", tags=["webhooks"])
+router = APIRouter(prefix="/webhooks/email", tags=["webhooks"], responses=ex.answer(ex.EMAIL_FILED))
 PATHS = re.compile(r"^/webhooks/email(?:/|$)")
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from shvya_ingest import examples as ex
 from shvya_ingest.api import IngestDep
 from shvya_ingest.auth import AdminCompany
 from shvya_ingest.imap_reader import password_context
@@ -25,7 +26,19 @@ router = APIRouter(
 
 
 class MailboxIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra=ex.examples(
+            {
+                "host": "imap.acme.example",
+                "username": "sales@acme.example",
+                "password": "an app password",
+                "after_filing": "move",
+                "filed_folder": "Filed",
+            }
+        ),
+    )
 
     host: str = Field(min_length=1, max_length=253)
     port: int | None = Field(None, ge=1, le=65535, description="Unset: 993 (tls) or 143 (none).")
@@ -44,6 +57,27 @@ class MailboxIn(BaseModel):
 
 
 class MailboxOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.MAILBOX_ID,
+                "company_id": ex.COMPANY_ID,
+                "host": "imap.acme.example",
+                "port": 993,
+                "security": "tls",
+                "username": "sales@acme.example",
+                "folder": "INBOX",
+                "after_filing": "move",
+                "filed_folder": "Filed",
+                "enabled": True,
+                "since": ex.CREATED,
+                "last_checked_at": ex.UPDATED,
+                "last_filed_at": ex.UPDATED,
+                "last_error": None,
+            }
+        )
+    )
+
     id: uuid.UUID
     company_id: uuid.UUID
     host: str
@@ -104,7 +138,7 @@ async def connect_mailbox(
     return MailboxOut(**dict(row))
 
 
-@router.get("", response_model=list[MailboxOut])
+@router.get("", response_model=list[MailboxOut], responses=ex.listed(MailboxOut))
 async def list_mailboxes(company_id: AdminCompany, ingest: IngestDep) -> list[MailboxOut]:
     rows = await ingest.plat.pool.fetch(
         f"SELECT {_COLUMNS} FROM email_mailboxes WHERE company_id = $1 ORDER BY created_at",

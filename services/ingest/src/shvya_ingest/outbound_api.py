@@ -45,6 +45,7 @@ from shvya_common.webhooks.repository import (
     ReminderRepository,
     WebhookRepository,
 )
+from shvya_ingest import examples as ex
 from shvya_ingest.api import Ingest, IngestDep
 from shvya_ingest.auth import AdminCompany, AgentCompany
 from shvya_ingest.v1.common import ERRORS, V1
@@ -149,6 +150,26 @@ class EndpointPatch(BaseModel):
 
 
 class EndpointOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.ENDPOINT_ID,
+                "company_id": ex.COMPANY_ID,
+                "url": "https://hooks.acme.example/shvya",
+                "description": "CRM sync",
+                "event_types": ["lead.created", "lead.stage_changed", "message.received"],
+                "status": "active",
+                "disabled_reason": None,
+                "consecutive_failures": 0,
+                "rotating_until": None,
+                "last_success_at": ex.UPDATED,
+                "last_failure_at": None,
+                "created_at": ex.CREATED,
+                "updated_at": ex.UPDATED,
+            }
+        )
+    )
+
     id: uuid.UUID
     company_id: uuid.UUID
     url: str
@@ -167,10 +188,18 @@ class EndpointOut(BaseModel):
 
 
 class EndpointWithSecret(EndpointOut):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples({**ex.example_of(EndpointOut), "secret": ex.WEBHOOK_SECRET})
+    )
+
     secret: str = Field(description="The signing secret; shown only in this answer.")
 
 
 class EndpointList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples({"endpoints": [ex.example_of(EndpointOut)]})
+    )
+
     endpoints: list[EndpointOut]
 
 
@@ -194,10 +223,38 @@ class RotateIn(BaseModel):
 
 
 class EventTypes(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "event_types": [
+                    "lead.created",
+                    "lead.stage_changed",
+                    "message.received",
+                    "message.sent",
+                ]
+            }
+        )
+    )
+
     event_types: list[str]
 
 
 class AttemptOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "attempt": 1,
+                "outcome": "succeeded",
+                "status_code": 200,
+                "latency_ms": 84.2,
+                "error": None,
+                "address": "203.0.113.10",
+                "response": "ok",
+                "created_at": ex.CREATED,
+            }
+        )
+    )
+
     attempt: int
     outcome: Literal["succeeded", "failed"]
     status_code: int | None
@@ -209,6 +266,28 @@ class AttemptOut(BaseModel):
 
 
 class DeliveryOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.DELIVERY_ID,
+                "endpoint_id": ex.ENDPOINT_ID,
+                "event_id": ex.EVENT_ID,
+                "event_type": "lead.stage_changed",
+                "status": "succeeded",
+                "attempts": 1,
+                "redeliveries": 0,
+                "last_status_code": 200,
+                "last_latency_ms": 84.2,
+                "last_error": None,
+                "last_attempt_at": ex.CREATED,
+                "next_attempt_at": None,
+                "succeeded_at": ex.CREATED,
+                "created_at": ex.CREATED,
+                "updated_at": ex.CREATED,
+            }
+        )
+    )
+
     id: uuid.UUID
     endpoint_id: uuid.UUID
     event_id: uuid.UUID = Field(description="Also the webhook-id header of every attempt.")
@@ -227,10 +306,22 @@ class DeliveryOut(BaseModel):
 
 
 class DeliveryDetail(DeliveryOut):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {**ex.example_of(DeliveryOut), "attempt_log": [ex.example_of(AttemptOut)]}
+        )
+    )
+
     attempt_log: list[AttemptOut]
 
 
 class DeliveryList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"deliveries": [ex.example_of(DeliveryOut)], "next_before": None}
+        )
+    )
+
     deliveries: list[DeliveryOut]
     next_before: uuid.UUID | None = Field(
         description="Pass as `before` for the next (older) page; null on the last."
@@ -238,6 +329,17 @@ class DeliveryList(BaseModel):
 
 
 class Redelivery(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "delivery_id": ex.DELIVERY_ID,
+                "job_id": ex.JOB_ID,
+                "redelivery": 1,
+                "status": "pending",
+            }
+        )
+    )
+
     delivery_id: uuid.UUID
     job_id: uuid.UUID
     redelivery: int
@@ -283,6 +385,25 @@ class ReminderPatch(BaseModel):
 
 
 class ReminderOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.REMINDER_ID,
+                "company_id": ex.COMPANY_ID,
+                "lead_id": ex.LEAD_ID,
+                "remind_at": "2026-05-06T13:45:00Z",
+                "title": "Call Ana about the quote",
+                "note": "She prefers afternoons",
+                "data": {"quote": "Q-2026-118"},
+                "status": "scheduled",
+                "version": 1,
+                "fired_at": None,
+                "created_at": ex.CREATED,
+                "updated_at": ex.CREATED,
+            }
+        )
+    )
+
     id: uuid.UUID
     company_id: uuid.UUID
     lead_id: uuid.UUID | None
@@ -298,6 +419,10 @@ class ReminderOut(BaseModel):
 
 
 class ReminderList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples({"reminders": [ex.example_of(ReminderOut)]})
+    )
+
     reminders: list[ReminderOut]
 
 

@@ -14,11 +14,12 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, HTTPException, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
 
 import shvya_common.reports as reports
 from shvya_common.contracts.jobs import REPORTS
+from shvya_ingest import examples as ex
 from shvya_ingest.api import IngestDep
 from shvya_ingest.auth import AgentCompany
 from shvya_ingest.v1.common import ERRORS, V1
@@ -32,6 +33,19 @@ router = APIRouter(
 
 
 class ReportOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "report": "volumes",
+                "key": "volumes:30d",
+                "company_id": ex.COMPANY_ID,
+                "computed_at": ex.UPDATED,
+                "cached": True,
+                "data": {"days": 30, "inbound": 1204, "outbound": 1388, "leads_created": 212},
+            }
+        )
+    )
+
     report: str
     key: str = Field(description="The report_caches key: the name, and the period if any.")
     company_id: uuid.UUID
@@ -41,6 +55,15 @@ class ReportOut(BaseModel):
 
 
 class ReportIndex(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "reports": ["funnel", "response_times", "volumes", "ai_vs_human"],
+                "cached": {"funnel": ex.UPDATED, "volumes:30d": ex.UPDATED},
+            }
+        )
+    )
+
     reports: list[str]
     cached: dict[str, datetime] = Field(description="Each cached report's computed_at.")
 
@@ -63,7 +86,7 @@ async def list_reports(company_id: AgentCompany, ingest: IngestDep) -> ReportInd
 @router.get("/{name}", response_model=ReportOut)
 async def get_report(
     company_id: AgentCompany,
-    name: str,
+    name: Annotated[str, Path(description="funnel, response_times, volumes or ai_vs_human.")],
     ingest: IngestDep,
     days: Annotated[int, Query(ge=1, le=366, description="Period of windowed reports.")] = 30,
     refresh: Annotated[bool, Query(description="Compute it now even if cached.")] = False,

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shvya_common.contracts.jobs import ReportName
 from shvya_common.cron import CronError, check_expression, upcoming, zone
+from shvya_ingest import examples as ex
 from shvya_ingest.api import IngestDep
 from shvya_ingest.auth import AdminCompany, AgentCompany
 from shvya_ingest.v1.common import ERRORS, V1
@@ -43,7 +44,25 @@ router = APIRouter(
 
 
 class ScheduleIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra=ex.examples(
+            {
+                "name": "Weekly reports",
+                "kind": "reports",
+                "cron": "0 9 * * 1",
+                "reports": ["funnel", "volumes"],
+                "days": 7,
+            },
+            {
+                "name": "Monday newsletter",
+                "kind": "campaign",
+                "cron": "0 9 * * 1",
+                "campaign_id": ex.CAMPAIGN_ID,
+            },
+        ),
+    )
 
     name: str = Field(min_length=1, max_length=200, examples=["Monday newsletter"])
     kind: Kind
@@ -69,7 +88,11 @@ class ScheduleIn(BaseModel):
 
 
 class SchedulePatch(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra=ex.examples({"cron": "30 8 * * 1-5"}, {"enabled": False}),
+    )
 
     name: str | None = Field(None, min_length=1, max_length=200)
     cron: str | None = Field(None, min_length=1, max_length=200)
@@ -79,6 +102,31 @@ class SchedulePatch(BaseModel):
 
 
 class ScheduleOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.SCHEDULE_ID,
+                "company_id": ex.COMPANY_ID,
+                "name": "Weekly reports",
+                "kind": "reports",
+                "cron": "0 9 * * 1",
+                "timezone": ex.TIMEZONE,
+                "campaign_id": None,
+                "params": {"reports": ["funnel", "volumes"], "days": 7},
+                "enabled": True,
+                "next_run_at": "2026-05-11T07:00:00Z",
+                "next_runs_local": ["2026-05-11T09:00:00+02:00", "2026-05-18T09:00:00+02:00"],
+                "last_run_at": "2026-05-04T07:00:02Z",
+                "last_slot": "2026-05-04T07:00:00Z",
+                "last_result": {"reports": 2},
+                "last_error": None,
+                "runs": 5,
+                "created_at": ex.CREATED,
+                "updated_at": ex.UPDATED,
+            }
+        )
+    )
+
     id: uuid.UUID
     company_id: uuid.UUID
     name: str
@@ -184,7 +232,7 @@ async def create_schedule(
     return _out(await _get(pool, company_id, schedule_id))
 
 
-@router.get("", response_model=list[ScheduleOut])
+@router.get("", response_model=list[ScheduleOut], responses=ex.listed(ScheduleOut))
 async def list_schedules(
     company_id: AgentCompany,
     ingest: IngestDep,

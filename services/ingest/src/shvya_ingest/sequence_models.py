@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, m
 
 from shvya_common.contracts.jobs import Channel
 from shvya_common.sequences.steps import MAX_STEPS, Step
+from shvya_ingest import examples as ex
 
 MAX_ENROL = 5000
 # Read-only fields of a step as GET shows it: a step read back may be sent back as it is.
@@ -110,6 +111,42 @@ class StepsIn(BaseModel):
 
 
 class SequenceOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.SEQUENCE_ID,
+                "company_id": ex.COMPANY_ID,
+                "name": "Solar follow-up",
+                "description": "Two touches for leads that went quiet",
+                "channel": "whatsapp_cloud",
+                "on_reply": "stop",
+                "resume_after_quiet_seconds": 86400,
+                "version": 2,
+                "archived_at": None,
+                "created_at": ex.CREATED,
+                "updated_at": ex.UPDATED,
+                "enrolments": {"active": 14, "completed": 3, "stopped": 1},
+                "steps": [
+                    {
+                        "id": ex.STEP_IDS[0],
+                        "key": "hello",
+                        "kind": "send",
+                        "text": "Hi {{ lead.first_name }}!",
+                        "position": 1,
+                        "version": 1,
+                    },
+                    {
+                        "id": ex.STEP_IDS[1],
+                        "kind": "wait",
+                        "seconds": 86400,
+                        "position": 2,
+                        "version": 2,
+                    },
+                ],
+            }
+        )
+    )
+
     id: uuid.UUID
     company_id: uuid.UUID
     name: str
@@ -128,6 +165,12 @@ class SequenceOut(BaseModel):
 
 
 class SequenceList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"sequences": [ex.example_of(SequenceOut)], "total": 1, "limit": 100, "offset": 0}
+        )
+    )
+
     sequences: list[SequenceOut]
     total: int
     limit: int
@@ -135,12 +178,24 @@ class SequenceList(BaseModel):
 
 
 class MovedOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"enrolment_id": ex.ENROLMENT_ID, "from_step": "hello", "to_step": ex.STEP_IDS[1]}
+        )
+    )
+
     enrolment_id: uuid.UUID
     from_step: str
     to_step: str | None = Field(description="None: the enrolment completes at its next run.")
 
 
 class EditOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"sequence": ex.example_of(SequenceOut), "moved": [ex.example_of(MovedOut)]}
+        )
+    )
+
     sequence: SequenceOut
     moved: list[MovedOut] = Field(description="Enrolments moved off removed steps.")
 
@@ -190,11 +245,28 @@ class EnrolIn(BaseModel):
 
 
 class EnrolledLead(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples({"enrolment_id": ex.ENROLMENT_ID, "lead_id": ex.LEAD_ID})
+    )
+
     enrolment_id: uuid.UUID
     lead_id: uuid.UUID
 
 
 class EnrolOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "enrolled": 1,
+                "already_enrolled": 1,
+                "suppressed": 1,
+                "enrolments": [ex.example_of(EnrolledLead)],
+                "already_enrolled_lead_ids": [ex.DUPLICATE_LEAD_ID],
+                "suppressed_lead_ids": ["0190f3b0-3e4f-7051-8c6d-7e8f9a0b1c2e"],
+            }
+        )
+    )
+
     enrolled: int
     already_enrolled: int
     suppressed: int = Field(description="Leads with a suppression on an address: not enrolled.")
@@ -204,12 +276,34 @@ class EnrolOut(BaseModel):
 
 
 class StepRef(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples({"id": ex.STEP_IDS[1], "key": None, "kind": "wait"})
+    )
+
     id: uuid.UUID
     key: str | None
     kind: str | None
 
 
 class HistoryOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "at": ex.CREATED,
+                "run": 1,
+                "kind": "step",
+                "step_id": ex.STEP_IDS[0],
+                "step_key": "hello",
+                "step_version": 1,
+                "action": "send",
+                "outcome": "requested",
+                "detail": {"channel": "whatsapp_cloud"},
+                "message_id": ex.MESSAGE_ID,
+                "message_status": "sent",
+            }
+        )
+    )
+
     at: datetime
     run: int
     kind: str
@@ -224,6 +318,27 @@ class HistoryOut(BaseModel):
 
 
 class EnrolmentOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.ENROLMENT_ID,
+                "sequence_id": ex.SEQUENCE_ID,
+                "lead_id": ex.LEAD_ID,
+                "status": "active",
+                "current_step": {"id": ex.STEP_IDS[1], "key": None, "kind": "wait"},
+                "next_run_at": ex.LATER,
+                "run": 1,
+                "source": "lead",
+                "stop_reason": None,
+                "enrolled_at": ex.CREATED,
+                "paused_at": None,
+                "resumed_at": None,
+                "finished_at": None,
+                "updated_at": ex.UPDATED,
+            }
+        )
+    )
+
     id: uuid.UUID
     sequence_id: uuid.UUID
     lead_id: uuid.UUID
@@ -255,10 +370,22 @@ class EnrolmentOut(BaseModel):
 
 
 class EnrolmentDetail(EnrolmentOut):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {**ex.example_of(EnrolmentOut), "history": [ex.example_of(HistoryOut)]}
+        )
+    )
+
     history: list[HistoryOut]
 
 
 class EnrolmentList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"enrolments": [ex.example_of(EnrolmentOut)], "total": 1, "limit": 100, "offset": 0}
+        )
+    )
+
     enrolments: list[EnrolmentOut]
     total: int
     limit: int
@@ -266,11 +393,26 @@ class EnrolmentList(BaseModel):
 
 
 class PreviewIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra=ex.examples({"lead_id": ex.LEAD_ID})
+    )
     lead_id: uuid.UUID
 
 
 class PreviewStep(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "key": "hello",
+                "channel": "whatsapp_cloud",
+                "to": ex.PHONE,
+                "text": "Hi Ana! Still thinking about solar?",
+                "template_params": [],
+                "error": None,
+            }
+        )
+    )
+
     key: str
     channel: str
     to: str | None
@@ -280,7 +422,9 @@ class PreviewStep(BaseModel):
 
 
 class OptOutSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra=ex.examples({"across_channels": True})
+    )
 
     across_channels: bool = Field(
         description="An opt-out on one channel suppresses marketing to all of the lead's "

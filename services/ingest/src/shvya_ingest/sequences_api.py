@@ -47,6 +47,7 @@ from shvya_common.sequences.steps import (
     StepsError,
     check_steps,
 )
+from shvya_ingest import examples as ex
 from shvya_ingest.api import IngestDep
 from shvya_ingest.auth import AdminCompany, AgentCompany
 from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
@@ -305,7 +306,11 @@ async def archive_sequence(
     return out
 
 
-@router.post("/sequences/{sequence_id}/preview", response_model=list[PreviewStep])
+@router.post(
+    "/sequences/{sequence_id}/preview",
+    response_model=list[PreviewStep],
+    responses=ex.listed(PreviewStep),
+)
 async def preview(
     company_id: AdminCompany, sequence_id: uuid.UUID, body: PreviewIn, ingest: IngestDep
 ) -> list[PreviewStep]:
@@ -499,7 +504,11 @@ async def stop_enrolment(
         return await _detail(unit.conn, row)
 
 
-@router.get("/leads/{lead_id}/enrolments", response_model=list[EnrolmentOut])
+@router.get(
+    "/leads/{lead_id}/enrolments",
+    response_model=list[EnrolmentOut],
+    responses=ex.listed(EnrolmentOut),
+)
 async def lead_enrolments(
     company_id: AgentCompany, lead_id: uuid.UUID, ingest: IngestDep
 ) -> list[EnrolmentOut]:

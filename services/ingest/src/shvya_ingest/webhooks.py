@@ -22,6 +22,7 @@ import structlog
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 
+from shvya_ingest import examples as ex
 from shvya_ingest.api import IngestDep
 from shvya_ingest.whatsapp_accounts import (
     SignatureRefused,
@@ -70,7 +71,21 @@ async def whatsapp_verify(
     return PlainTextResponse(challenge or "")
 
 
-@router.post("/whatsapp")
+@router.post(
+    "/whatsapp",
+    responses=ex.answer(
+        {
+            "status": "ok",
+            "messages": 1,
+            "duplicates": 0,
+            "optouts": 0,
+            "statuses": 2,
+            "changes": 0,
+            "skipped": 0,
+            "failed": 0,
+        }
+    ),
+)
 async def whatsapp_notify(request: Request, ingest: IngestDep) -> dict[str, object]:
     """Signed notifications: messages filed, edits/deletions/reactions applied, statuses and
     their policy, identity and preference changes, template status updates; each into the

@@ -35,6 +35,7 @@ from shvya_common.channel_accounts import (
 )
 from shvya_common.crypto import SecretsError
 from shvya_common.whatsapp.ownership import NotProven, ProofUnavailable, prove_number
+from shvya_ingest import examples as ex
 from shvya_ingest.auth import AdminCompany, OperatorDep, Principal, PrincipalDep, audit
 from shvya_ingest.v1.common import ERRORS, V1, IngestDep, not_found
 
@@ -90,12 +91,34 @@ class AccountIn(BaseModel):
 
 
 class AccountPatch(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"is_default": True}, {"secrets": {"access_token": "EAAG..."}}
+        )
+    )
+
     config: dict[str, Any] | None = None
     secrets: dict[str, str] | None = Field(None, description="Write-only; replaces those named.")
     is_default: bool | None = None
 
 
 class AccountOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.ACCOUNT_ID,
+                "channel": "whatsapp_cloud",
+                "name": "main number",
+                "address": "106540352242922",
+                "config": {"phone_number_id": "106540352242922", "waba_id": "102290129340398"},
+                "secrets_set": ["access_token", "app_secret"],
+                "is_default": True,
+                "created_at": ex.CREATED,
+                "updated_at": ex.UPDATED,
+            }
+        )
+    )
+
     id: uuid.UUID
     channel: str
     name: str
@@ -238,7 +261,7 @@ def _box(ingest: Any) -> Any:
     return box
 
 
-@router.get("/channel-accounts", response_model=list[AccountOut])
+@router.get("/channel-accounts", response_model=list[AccountOut], responses=ex.listed(AccountOut))
 async def list_accounts(company_id: AdminCompany, ingest: IngestDep) -> list[AccountOut]:
     rows = await ingest.plat.pool.fetch(
         f"SELECT {_ACCOUNT} FROM channel_accounts WHERE company_id = $1 ORDER BY created_at",

@@ -13,8 +13,9 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import Depends, HTTPException, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from shvya_ingest import examples as ex
 from shvya_ingest.api import Ingest, IngestDep
 from shvya_ingest.auth import Principal, principal
 from shvya_ingest.ratelimit import Limited
@@ -63,6 +64,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class Page(BaseModel, Generic[T]):
+    model_config = ConfigDict(json_schema_extra=ex.page_example)
+
     items: list[T]
     next_cursor: str | None = Field(
         None, description="Pass as `cursor` for the next page; null on the last page."

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shvya_common.contracts.events import EventType
 from shvya_common.events import record_event
+from shvya_ingest import examples as ex
 from shvya_ingest.auth import AdminCompany, AgentCompany, PrincipalDep, audit
 from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
 from shvya_ingest.v1.common import (
@@ -70,12 +71,33 @@ class TemplateIn(BaseModel):
 
 
 class TemplatePatch(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"body": "Hi {{1}}, your quote is ready: {{2}}"}, {"status": "paused"}
+        )
+    )
+
     subject: str | None = Field(None, max_length=998)
     body: str | None = Field(None, min_length=1, max_length=32_768)
     status: TemplateStatus | None = None
 
 
 class TemplateOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.TEMPLATE_ID,
+                "name": "quote_ready",
+                "channel": "whatsapp_cloud",
+                "language": "en",
+                "subject": None,
+                "body": "Hi {{1}}, your quote is ready: {{2}}",
+                "status": "approved",
+                "created_at": ex.CREATED,
+            }
+        )
+    )
+
     id: uuid.UUID
     name: str
     channel: str
@@ -89,7 +111,7 @@ class TemplateOut(BaseModel):
 _TEMPLATE = "id, name, channel, language, subject, body, status, created_at"
 
 
-@router.get("/templates", response_model=list[TemplateOut])
+@router.get("/templates", response_model=list[TemplateOut], responses=ex.listed(TemplateOut))
 async def list_templates(
     company_id: AgentCompany, ingest: IngestDep, channel: str | None = None
 ) -> list[TemplateOut]:
@@ -197,6 +219,12 @@ class AiModelIn(BaseModel):
 
 
 class AiModelOut(AiModelIn):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"provider": "openai", **ex.example_of(AiModelIn), "updated_at": ex.UPDATED}
+        )
+    )
+
     updated_at: datetime
 
 
@@ -260,6 +288,19 @@ class SuppressionIn(BaseModel):
 
 
 class SuppressionOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.SUPPRESSION_ID,
+                "channel": "email",
+                "address": "no.more@example.com",
+                "scope": "all",
+                "reason": "unsubscribed",
+                "created_at": ex.CREATED,
+            }
+        )
+    )
+
     id: uuid.UUID
     channel: str
     address: str
@@ -363,6 +404,24 @@ async def remove_suppression(
 
 
 class EventOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.EVENT_ID,
+                "type": "lead.stage_changed",
+                "lead_id": ex.LEAD_ID,
+                "payload": {
+                    "from_stage_id": ex.STAGE_IDS[0],
+                    "from": "New",
+                    "to_stage_id": ex.STAGE_IDS[1],
+                    "to": "Qualified",
+                    "by": "user:rita@acme.example",
+                },
+                "created_at": ex.UPDATED,
+            }
+        )
+    )
+
     id: uuid.UUID
     type: str
     lead_id: uuid.UUID | None

@@ -20,8 +20,9 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from shvya_ingest import examples as ex
 from shvya_ingest.auth import AgentCompany
 from shvya_ingest.v1.common import (
     ERRORS,
@@ -48,6 +49,19 @@ Channel = Literal["whatsapp_cloud", "whatsapp_web", "email", "log"]
 
 
 class LastMessage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "direction": "inbound",
+                "channel": "whatsapp_cloud",
+                "preview": "Can you send me the quote for the 6 kW system?",
+                "status": "received",
+                "delivery_status": None,
+                "created_at": ex.UPDATED,
+            }
+        )
+    )
+
     direction: Literal["inbound", "outbound"]
     channel: str
     preview: str = Field(description="The first 160 characters.")
@@ -57,6 +71,25 @@ class LastMessage(BaseModel):
 
 
 class ConversationOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "lead_id": ex.LEAD_ID,
+                **ex.CONTACT_FIELDS,
+                "stage_id": ex.STAGE_IDS[1],
+                "stage": "Qualified",
+                "channels": ["whatsapp_cloud"],
+                "last_activity_at": ex.UPDATED,
+                "last_message": ex.example_of(LastMessage),
+                "unread": 2,
+                "handoff_at": None,
+                "handoff_by": None,
+                "needs_human": False,
+                "needs_human_reason": None,
+            }
+        )
+    )
+
     lead_id: uuid.UUID
     contact_name: str | None
     phone_e164: str | None
@@ -175,6 +208,10 @@ async def list_conversations(
 
 
 class SeenOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples({"lead_id": ex.LEAD_ID, "agent_seen_at": ex.UPDATED})
+    )
+
     lead_id: uuid.UUID
     agent_seen_at: datetime
 
@@ -194,6 +231,18 @@ async def mark_seen(lead_id: uuid.UUID, company_id: AgentCompany, ingest: Ingest
 
 
 class ComposerTemplate(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.TEMPLATE_ID,
+                "name": "quote_ready",
+                "language": "en",
+                "body": "Hi {{1}}, your quote is ready: {{2}}",
+                "parameters": 2,
+            }
+        )
+    )
+
     id: uuid.UUID
     name: str
     language: str
@@ -202,6 +251,21 @@ class ComposerTemplate(BaseModel):
 
 
 class ComposerOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "lead_id": ex.LEAD_ID,
+                "channel": "whatsapp_cloud",
+                "free_text": False,
+                "window_closes_at": None,
+                "reason": "the 24-hour window closed: only approved templates may be sent",
+                "templates": [ex.example_of(ComposerTemplate)],
+                "handoff_at": ex.UPDATED,
+                "handoff_by": "user:rita@acme.example",
+            }
+        )
+    )
+
     lead_id: uuid.UUID
     channel: str = Field(description="Where a reply goes: the channel the lead last wrote on.")
     free_text: bool = Field(description="Free text may be sent now (else templates only).")

@@ -31,6 +31,7 @@ from shvya_common.contracts.events import EventType
 from shvya_common.events import record_event
 from shvya_common.sequences import enrolments
 from shvya_common.storage import MediaNotFound
+from shvya_ingest import examples as ex
 from shvya_ingest.auth import AdminCompany, AgentCompany, PrincipalDep, audit
 from shvya_ingest.phone import AddressError, normalise_email, normalise_phone
 from shvya_ingest.v1.common import (
@@ -59,6 +60,12 @@ Channel = Literal["whatsapp_cloud", "whatsapp_web", "email", "log"]
 
 
 class StageOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"id": ex.STAGE_IDS[0], "name": "New", "position": 1, "archived": False}
+        )
+    )
+
     id: uuid.UUID
     name: str
     position: int
@@ -66,6 +73,22 @@ class StageOut(BaseModel):
 
 
 class PipelineOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.PIPELINE_ID,
+                "name": "Sales",
+                "is_default": True,
+                "archived": False,
+                "stages": [
+                    {"id": ex.STAGE_IDS[0], "name": "New", "position": 1, "archived": False},
+                    {"id": ex.STAGE_IDS[1], "name": "Qualified", "position": 2, "archived": False},
+                    {"id": ex.STAGE_IDS[2], "name": "Won", "position": 3, "archived": False},
+                ],
+            }
+        )
+    )
+
     id: uuid.UUID
     name: str
     is_default: bool
@@ -93,6 +116,12 @@ class NameIn(BaseModel):
 
 
 class StageOrderIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"stage_ids": [ex.STAGE_IDS[1], ex.STAGE_IDS[0], ex.STAGE_IDS[2]]}
+        )
+    )
+
     stage_ids: list[uuid.UUID] = Field(
         min_length=1, description="Every active stage of the pipeline, in the new order."
     )
@@ -124,7 +153,7 @@ async def _one_pipeline(conn: Any, company_id: uuid.UUID, pipeline_id: uuid.UUID
     return found[0]
 
 
-@router.get("/pipelines", response_model=list[PipelineOut])
+@router.get("/pipelines", response_model=list[PipelineOut], responses=ex.listed(PipelineOut))
 async def list_pipelines(company_id: AgentCompany, ingest: IngestDep) -> list[PipelineOut]:
     return await _pipelines(ingest.plat.pool, company_id)
 
@@ -289,6 +318,32 @@ async def archive_stage(
 
 
 class LeadOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.LEAD_ID,
+                **ex.CONTACT_FIELDS,
+                "timezone": "America/Los_Angeles",
+                "pipeline_id": ex.PIPELINE_ID,
+                "stage_id": ex.STAGE_IDS[1],
+                "stage": "Qualified",
+                "attributes": {"plan": "annual", "budget": 5000},
+                "summary": {
+                    "summary": "Ana asked for a quote for a 6 kW rooftop system.",
+                    "key_points": ["6 kW", "installation in June"],
+                    "sentiment": "positive",
+                    "next_action": "Send the quote",
+                },
+                "handoff_at": None,
+                "handoff_by": None,
+                "channels": ["whatsapp_cloud", "email"],
+                "last_inbound_at": ex.UPDATED,
+                "last_outbound_at": ex.UPDATED,
+                "created_at": ex.CREATED,
+            }
+        )
+    )
+
     id: uuid.UUID
     contact_name: str | None
     phone_e164: str | None
@@ -350,6 +405,8 @@ class StageMoveIn(BaseModel):
 
 
 class MergeIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra=ex.examples({"duplicate_id": ex.DUPLICATE_LEAD_ID}))
+
     duplicate_id: uuid.UUID = Field(description="The lead folded into this one, then removed.")
 
 
@@ -627,6 +684,10 @@ async def merge_lead(
 
 
 class ErasedOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples({"lead_id": ex.LEAD_ID, "messages": 12, "events": 31})
+    )
+
     lead_id: uuid.UUID
     messages: int
     events: int
@@ -710,6 +771,27 @@ WHERE NOT EXISTS (SELECT 1 FROM inbound_media i WHERE i.company_id = $1 AND i.st
 
 
 class MessageOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.MESSAGE_ID,
+                "direction": "outbound",
+                "channel": "whatsapp_cloud",
+                "body": "Hi Ana, the quote for a 6 kW system is on its way.",
+                "status": "sent",
+                "delivery_status": "read",
+                "error": None,
+                "purpose": "reply",
+                "responder": "openai",
+                "meta": {},
+                "created_at": ex.CREATED,
+                "sent_at": ex.CREATED,
+                "delivered_at": ex.UPDATED,
+                "read_at": ex.UPDATED,
+            }
+        )
+    )
+
     id: uuid.UUID
     direction: Literal["inbound", "outbound"]
     channel: str
@@ -740,12 +822,28 @@ class SendIn(BaseModel):
 
 
 class SendOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"message_id": ex.MESSAGE_ID, "status": "queued", "channel": "whatsapp_cloud"}
+        )
+    )
+
     message_id: uuid.UUID
     status: str
     channel: str
 
 
 class HandoffOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "lead_id": ex.LEAD_ID,
+                "handoff_at": ex.UPDATED,
+                "handoff_by": "user:rita@acme.example",
+            }
+        )
+    )
+
     lead_id: uuid.UUID
     handoff_at: datetime | None
     handoff_by: str | None
@@ -897,6 +995,12 @@ async def hand_back(lead_id: uuid.UUID, company_id: AgentCompany, ingest: Ingest
 
 
 class SummaryRequested(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"job_id": ex.JOB_ID, "lead_id": ex.LEAD_ID, "status": "queued", "created": True}
+        )
+    )
+
     job_id: uuid.UUID
     lead_id: uuid.UUID
     status: str

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shvya_common.apikeys import insert_key
 from shvya_common.passwords import MIN_PASSWORD_LENGTH, hash_password
+from shvya_ingest import examples as ex
 from shvya_ingest.auth import (
     AdminCompany,
     OperatorDep,
@@ -83,6 +84,19 @@ class CompanyPatch(BaseModel):
 
 
 class CompanyOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.COMPANY_ID,
+                "name": "Acme Solar",
+                "is_default": False,
+                "timezone": ex.TIMEZONE,
+                "settings": {"ai_persona": "friendly"},
+                "created_at": ex.CREATED,
+            }
+        )
+    )
+
     id: uuid.UUID
     name: str
     is_default: bool = Field(
@@ -103,6 +117,21 @@ class KeyIn(BaseModel):
 
 
 class KeyOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.KEY_ID,
+                "name": "website form",
+                "role": "ingest",
+                "prefix": "shvya_3f9a0c1d",
+                "created_by": "key:shvya_8e21b7aa",
+                "created_at": ex.CREATED,
+                "last_used_at": ex.UPDATED,
+                "revoked_at": None,
+            }
+        )
+    )
+
     id: uuid.UUID
     name: str
     role: Role
@@ -114,10 +143,34 @@ class KeyOut(BaseModel):
 
 
 class NewKeyOut(KeyOut):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                **ex.example_of(KeyOut),
+                "last_used_at": None,
+                "key": "shvya_3f9a0c1d_EXAMPLE-not-a-real-key-0000000000000000",
+            }
+        )
+    )
+
     key: str = Field(description="The key itself. Shown this once; only its hash is kept.")
 
 
 class NewCompanyOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "company": ex.example_of(CompanyOut),
+                "admin_key": {
+                    **ex.example_of(NewKeyOut),
+                    "name": "first admin",
+                    "role": "admin",
+                    "created_by": "operator",
+                },
+            }
+        )
+    )
+
     company: CompanyOut
     admin_key: NewKeyOut
 
@@ -151,6 +204,12 @@ class UserIn(BaseModel):
 
 
 class UserPatch(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"role": "admin"}, {"full_name": "Rita Rep", "disabled": True}
+        )
+    )
+
     full_name: str | None = Field(None, max_length=200)
     role: UserRole | None = None
     password: str | None = Field(None, min_length=MIN_PASSWORD_LENGTH, max_length=200)
@@ -158,6 +217,20 @@ class UserPatch(BaseModel):
 
 
 class UserOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": ex.USER_ID,
+                "email": ex.AGENT_EMAIL,
+                "full_name": "Rita Rep",
+                "role": "agent",
+                "created_at": ex.CREATED,
+                "disabled_at": None,
+                "last_login_at": ex.UPDATED,
+            }
+        )
+    )
+
     id: uuid.UUID
     email: str
     full_name: str | None
@@ -226,7 +299,7 @@ async def create_pipeline(
     return pipeline_id
 
 
-@router.get("/companies", response_model=list[CompanyOut])
+@router.get("/companies", response_model=list[CompanyOut], responses=ex.listed(CompanyOut))
 async def list_companies(ingest: IngestDep, _: OperatorDep) -> list[CompanyOut]:
     rows = await ingest.plat.pool.fetch(f"SELECT {_COMPANY} FROM companies ORDER BY created_at")
     return [CompanyOut(**dict(r)) for r in rows]
@@ -290,7 +363,7 @@ async def patch_my_company(
     return out
 
 
-@router.get("/api-keys", response_model=list[KeyOut])
+@router.get("/api-keys", response_model=list[KeyOut], responses=ex.listed(KeyOut))
 async def list_keys(company_id: AdminCompany, ingest: IngestDep) -> list[KeyOut]:
     rows = await ingest.plat.pool.fetch(
         f"SELECT {_KEY} FROM api_keys WHERE company_id = $1 ORDER BY created_at", company_id
@@ -326,7 +399,7 @@ async def revoke_key(
     return Response(status_code=204)
 
 
-@router.get("/users", response_model=list[UserOut])
+@router.get("/users", response_model=list[UserOut], responses=ex.listed(UserOut))
 async def list_users(company_id: AdminCompany, ingest: IngestDep) -> list[UserOut]:
     rows = await ingest.plat.pool.fetch(
         f"SELECT {_USER} FROM users WHERE company_id = $1 ORDER BY created_at", company_id

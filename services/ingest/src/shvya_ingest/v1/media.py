@@ -35,6 +35,7 @@ from fastapi import APIRouter, Header, HTTPException, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from shvya_common.storage import MediaNotFound
+from shvya_ingest import examples as ex
 from shvya_ingest.auth import AgentCompany
 from shvya_ingest.v1.common import ERRORS, V1, IngestDep, not_found
 
@@ -95,7 +96,7 @@ class MediaItemOut(BaseModel):
                     "status": "stored",
                     "reason": None,
                     "inline": True,
-                    "url": "/v1/messages/0190a3c2-7d1e-7a35-9a57-9a1f4f0e7d2b/media/0",
+                    "url": f"/v1/messages/{ex.MESSAGE_ID}/media/0",
                 }
             ]
         }
@@ -127,6 +128,12 @@ class MediaItemOut(BaseModel):
 
 
 class MessageMediaOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"message_id": ex.MESSAGE_ID, "items": [ex.example_of(MediaItemOut)]}
+        )
+    )
+
     message_id: uuid.UUID
     items: list[MediaItemOut]
 

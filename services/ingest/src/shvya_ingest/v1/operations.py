@@ -25,6 +25,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from shvya_common.contracts import PRIORITY_LEVELS, priority_level
+from shvya_ingest import examples as ex
 from shvya_ingest.auth import AdminCompany, PrincipalDep, audit
 from shvya_ingest.v1.common import ERRORS, V1, IngestDep, limit_param
 
@@ -34,6 +35,17 @@ CONSUMER_TIMEOUT = 2.0
 
 
 class TaskRow(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "task": "ai.engage",
+                "priority_level": 1,
+                "counts": {"queued": 3, "processing": 1, "failed": 0, "dlq": 0, "completed": 812},
+                "oldest_waiting_seconds": 2.4,
+            }
+        )
+    )
+
     task: str
     priority_level: int = Field(description="The priority class (subject level) it runs at.")
     counts: dict[str, int] = Field(
@@ -46,6 +58,18 @@ class TaskRow(BaseModel):
 
 
 class ConsumerRow(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "stream": "SHVYA_JOBS",
+                "consumer": "engage-p1",
+                "pending": 3,
+                "ack_pending": 1,
+                "waiting": 2,
+            }
+        )
+    )
+
     stream: str
     consumer: str
     pending: int = Field(description="Messages not yet delivered to the consumer.")
@@ -54,6 +78,17 @@ class ConsumerRow(BaseModel):
 
 
 class QueueOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "tasks": [ex.example_of(TaskRow)],
+                "sends": {"queued": 2, "sent": 340, "failed": 1},
+                "consumers": [ex.example_of(ConsumerRow)],
+                "computed_at": ex.UPDATED,
+            }
+        )
+    )
+
     tasks: list[TaskRow]
     sends: dict[str, int] = Field(description="The company's outbound sends by status.")
     consumers: list[ConsumerRow] | None = Field(
@@ -64,6 +99,22 @@ class QueueOut(BaseModel):
 
 
 class DeadLetter(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "id": "0190f410-4f50-7162-8d7e-8f9a0b1c2d3e",
+                "kind": "send",
+                "task": "dispatch.send",
+                "priority": 1,
+                "lead_id": ex.LEAD_ID,
+                "attempts": 5,
+                "error": "whatsapp_cloud: 131026 message undeliverable",
+                "detail": "whatsapp_cloud: Hi Ana, the quote for a 6 kW system",
+                "dead_at": ex.UPDATED,
+            }
+        )
+    )
+
     id: uuid.UUID
     kind: Literal["job", "send"]
     task: str
@@ -76,6 +127,10 @@ class DeadLetter(BaseModel):
 
 
 class DeadLetterList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples({"items": [ex.example_of(DeadLetter)], "total": 1})
+    )
+
     items: list[DeadLetter]
     total: int
 
@@ -90,6 +145,19 @@ class ReplayIn(BaseModel):
 
 
 class ReplayOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "replayed": 1,
+                "ids": ["0190f410-4f50-7162-8d7e-8f9a0b1c2d3e"],
+                "jobs": 0,
+                "sends": 1,
+                "skipped": [],
+                "dry_run": False,
+            }
+        )
+    )
+
     replayed: int
     ids: list[uuid.UUID]
     jobs: int
@@ -99,6 +167,18 @@ class ReplayOut(BaseModel):
 
 
 class PauseOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "channel": "whatsapp_cloud",
+                "reason": "Meta rate limit: too many messages to this number",
+                "error_code": 131056,
+                "paused_at": ex.CREATED,
+                "paused_until": ex.UPDATED,
+            }
+        )
+    )
+
     channel: str
     reason: str
     error_code: int | None
@@ -233,7 +313,7 @@ async def replay(
     )
 
 
-@router.get("/pauses", response_model=list[PauseOut])
+@router.get("/pauses", response_model=list[PauseOut], responses=ex.listed(PauseOut))
 async def pauses(company_id: AdminCompany, ingest: IngestDep) -> list[PauseOut]:
     """Channels whose sends are paused now (deferred, not dropped), with the reason."""
     rows = await ingest.plat.pool.fetch(

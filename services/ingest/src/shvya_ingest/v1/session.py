@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shvya_common.apikeys import hash_key
 from shvya_common.passwords import check_password, dummy_hash
+from shvya_ingest import examples as ex
 from shvya_ingest.api import Ingest
 from shvya_ingest.auth import (
     SESSION_COOKIE,
@@ -59,6 +60,12 @@ class SignIn(BaseModel):
 
 
 class SessionUser(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"id": ex.USER_ID, "email": ex.AGENT_EMAIL, "full_name": "Rita Rep", "role": "agent"}
+        )
+    )
+
     id: uuid.UUID
     email: str
     full_name: str | None
@@ -66,12 +73,29 @@ class SessionUser(BaseModel):
 
 
 class SessionCompany(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {"id": ex.COMPANY_ID, "name": "Acme Solar", "timezone": ex.TIMEZONE}
+        )
+    )
+
     id: uuid.UUID
     name: str
     timezone: str
 
 
 class SessionOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "user": ex.example_of(SessionUser),
+                "company": ex.example_of(SessionCompany),
+                "csrf_token": "EXAMPLE-csrf-token-0000000000",
+                "expires_at": ex.LATER,
+            }
+        )
+    )
+
     user: SessionUser
     company: SessionCompany
     csrf_token: str = Field(description="Send as X-CSRF-Token with every unsafe request.")

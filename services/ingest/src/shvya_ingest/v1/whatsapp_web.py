@@ -19,10 +19,11 @@ from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Response
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shvya_common.channel_accounts import web_profile
 from shvya_common.whatsapp import web_accounts as db
+from shvya_ingest import examples as ex
 from shvya_ingest.auth import AdminCompany, PrincipalDep, audit
 from shvya_ingest.v1.common import ERRORS, V1, IngestDep, not_found
 
@@ -35,6 +36,26 @@ LINK_REQUEST_SECONDS = 300.0
 
 
 class WebLoginOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples(
+            {
+                "account_id": ex.ACCOUNT_ID,
+                "account": f"ca-{ex.ACCOUNT_ID}",
+                "status": "waiting",
+                "method": "code",
+                "qr": False,
+                "pairing_code": "K7QP-2XMD",
+                "detail": None,
+                "updated_at": ex.UPDATED,
+                "driven": True,
+                "health": "unpaired",
+                "paused": False,
+                "pause_reason": None,
+                "login_command": f".venv/bin/shvya whatsapp-web login --account ca-{ex.ACCOUNT_ID}",
+            }
+        )
+    )
+
     account_id: uuid.UUID
     account: str = Field(description="The browser profile of the account (`ca-<account id>`).")
     status: Literal["not_started", "waiting", "linked", "timed_out", "failed"]
@@ -53,6 +74,10 @@ class WebLoginOut(BaseModel):
 
 
 class LinkIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra=ex.examples({"method": "qr"}, {"method": "code", "phone": ex.PHONE})
+    )
+
     method: Literal["qr", "code"] = "qr"
     phone: str | None = Field(None, description="+E.164, for a pairing code (method code).")
 
