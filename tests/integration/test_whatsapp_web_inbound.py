@@ -480,3 +480,52 @@ async def test_replies_and_reactions_in_a_privacy_id_chat_find_the_message_they_
         timeout=30,
     )
     assert await web.inbound_count() == 5
+
+
+@pytest.mark.parametrize("policy", [None, "reply"])
+async def test_an_edit_of_an_answered_message_is_answered_again_as_the_company_says(
+    web: Web, policy: str | None
+) -> None:
+    """The company's `whatsapp_edits` setting decides for WhatsApp Web as for WhatsApp Cloud: with
+    "reply" an edit of a message already answered starts one new AI reply (its ai.engage carries
+    the edit's revision), by default it starts none."""
+    _session, device = await web.open()
+    original = await web.fake.receive(device, LEAD, "Price for 2 kW?")
+    row = await web.filed(original)
+    company_id = await web.pool.fetchval("SELECT company_id FROM messages WHERE id = $1", row["id"])
+    if policy is not None:
+        await web.pool.execute(
+            "UPDATE companies SET settings = settings"
+            " || jsonb_build_object('whatsapp_edits', $2::text) WHERE id = $1",
+            company_id,
+            policy,
+        )
+    answer_id, _provider = await web.outbound(row["lead_id"], "2 kW is 1,400 EUR.")
+    await web.pool.execute(
+        "UPDATE messages SET send_key = 'reply:' || $1::text WHERE id = $2",
+        str(row["id"]),
+        answer_id,
+    )
+
+    async def edit_jobs() -> list[asyncpg.Record]:
+        return await web.pool.fetch(
+            "SELECT status, result FROM jobs WHERE task_name = 'whatsapp_web.inbound'"
+            " AND task_params->>'kind' = 'edit'"
+        )
+
+    await web.fake.edit(device, original, "Price for 3 kW?")
+    (job,) = await eventually(
+        edit_jobs, lambda js: len(js) == 1 and js[0]["status"] == "completed", timeout=30
+    )
+    assert job["result"]["status"] == "applied"
+    engage = await web.pool.fetch(
+        "SELECT task_params, idempotency_key FROM jobs WHERE task_name = 'ai.engage'"
+        " ORDER BY created_at"
+    )
+    revisions = [j["task_params"].get("revision") for j in engage]
+    if policy == "reply":
+        assert revisions == [None, 1]
+        assert engage[1]["idempotency_key"] == f"ai.engage:{row['id']}:edit:1"
+    else:
+        assert revisions == [None]
+    assert await web.inbound_count() == 1

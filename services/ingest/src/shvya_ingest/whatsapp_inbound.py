@@ -27,7 +27,7 @@ import asyncpg
 import structlog
 
 from shvya_common.bus import Unit
-from shvya_common.contracts import EngageParams, MediaFetchParams
+from shvya_common.contracts import MediaFetchParams
 from shvya_common.db import is_outage
 from shvya_common.metrics import WEBHOOK_ITEMS
 from shvya_common.whatsapp.templates import (
@@ -62,6 +62,7 @@ from shvya_ingest.whatsapp_repository import (
     Changed,
     FiledMessage,
     after_filing,
+    answer_edit,
     apply_edit,
     apply_preference,
     apply_reaction,
@@ -313,8 +314,7 @@ class Notification:
         if isinstance(item, Edit):
             changed = await apply_edit(conn, company_id, item)
             kind, target = "edit", item.original_wamid
-            if changed.outcome == "applied" and changed.answered:
-                await self._reply_to_edit(unit, company_id, changed)
+            await answer_edit(unit, company_id, changed)
         elif isinstance(item, Revoke):
             changed = await apply_revoke(conn, company_id, item)
             kind, target = "revoke", item.original_wamid
@@ -334,26 +334,6 @@ class Notification:
             if isinstance(item, Edit):
                 payload["text"] = item.text  # the edited text is kept even without its original
             await record_event(conn, company_id, None, "whatsapp.item_unmatched", payload)
-
-    async def _reply_to_edit(self, unit: Unit, company_id: uuid.UUID, changed: Changed) -> None:
-        """A company that answers edits (`companies.settings.whatsapp_edits = "reply"`) gets a
-        new reply to an edited message that was already answered; otherwise the edit only
-        updates the text (a reply not sent yet reads the new text anyway)."""
-        policy = await unit.conn.fetchval(
-            "SELECT settings->>'whatsapp_edits' FROM companies WHERE id = $1", company_id
-        )
-        if policy != "reply" or changed.message_id is None or changed.lead_id is None:
-            return
-        params = EngageParams(
-            lead_id=changed.lead_id, message_id=changed.message_id, revision=changed.edit_count
-        )
-        await unit.enqueue_job(
-            "ai.engage",
-            params,
-            f"ai.engage:{changed.message_id}:edit:{changed.edit_count}",
-            company_id=company_id,
-            lead_id=changed.lead_id,
-        )
 
     async def _apply_template(self, unit: Unit, route: CompanyRoute, item: Item) -> None:
         conn = unit.conn

@@ -1,6 +1,7 @@
-"""Ingest's WhatsApp Cloud SQL beside filing: who a sender is, what edits, deletions and
-reactions change, what filing a message sets going (media downloads, ad attribution), identity
-changes, marketing preferences, and the events that keep what is not acted on.
+"""Ingest's WhatsApp SQL beside filing: who a sender is, what edits, deletions and reactions
+change (on WhatsApp Cloud and WhatsApp Web alike, and whether an edit is answered again), what
+filing a message sets going (media downloads, ad attribution), identity changes, marketing
+preferences, and the events that keep what is not acted on.
 
 None of these statements creates an inbound message. Each method runs in the caller's
 transaction. Identities are locked per BSUID (`pg_advisory_xact_lock`, in key order), so two
@@ -17,6 +18,8 @@ from typing import Any
 
 import asyncpg
 
+from shvya_common.bus import Unit
+from shvya_common.contracts import EngageParams
 from shvya_ingest.meta_items import (
     Edit,
     IdentityChange,
@@ -296,6 +299,34 @@ async def apply_edit(
         {"message_id": str(original["id"]), "edit_id": edit.wamid, "edit_count": count},
     )
     return Changed("applied", original["id"], original["lead_id"], count, answered)
+
+
+async def answer_edit(unit: Unit, company_id: uuid.UUID, changed: Changed) -> bool:
+    """The company's edit policy, for every WhatsApp channel: one that answers edits
+    (`companies.settings.whatsapp_edits = "reply"`) gets a new reply to an edited message that
+    was already answered (one `ai.engage` per edit, in the edit's unit of work); otherwise the
+    edit only updates the text (a reply not sent yet reads the new text anyway). True when a
+    reply was asked for."""
+    if changed.outcome != "applied" or not changed.answered:
+        return False
+    if changed.message_id is None or changed.lead_id is None:
+        return False
+    policy = await unit.conn.fetchval(
+        "SELECT settings->>'whatsapp_edits' FROM companies WHERE id = $1", company_id
+    )
+    if policy != "reply":
+        return False
+    params = EngageParams(
+        lead_id=changed.lead_id, message_id=changed.message_id, revision=changed.edit_count
+    )
+    await unit.enqueue_job(
+        "ai.engage",
+        params,
+        f"ai.engage:{changed.message_id}:edit:{changed.edit_count}",
+        company_id=company_id,
+        lead_id=changed.lead_id,
+    )
+    return True
 
 
 async def apply_revoke(

@@ -10,7 +10,9 @@ idempotent by WhatsApp's own id); ingest runs them in a small worker beside its 
               its ai.engage job; an opt-out word suppresses the sender and asks for the one
               confirmation instead. The quoted message's id is kept as `meta.context_id`.
     reaction  attached to the message it reacts to (`message_reactions`)
-    edit / revoke   the original's text replaced (kept as a revision) / marked deleted
+    edit / revoke   the original's text replaced (kept as a revision) / marked deleted; an
+              edit of an answered message is answered again when the company says so
+              (`whatsapp_edits`, the same `answer_edit` as WhatsApp Cloud's)
     ack       delivery and read acknowledgements of our messages, applied as the Cloud
               webhook's statuses are (`provider_statuses`, only forwards); an acknowledgement
               of a send recorded 'unknown' confirms it ('sent'), and one that came while the
@@ -48,7 +50,12 @@ from shvya_ingest.meta_payload import StatusReport
 from shvya_ingest.phone import normalise_phone
 from shvya_ingest.repository import Identity, InboundRow
 from shvya_ingest.statuses import apply_statuses
-from shvya_ingest.whatsapp_repository import apply_edit, apply_reaction, apply_revoke
+from shvya_ingest.whatsapp_repository import (
+    answer_edit,
+    apply_edit,
+    apply_reaction,
+    apply_revoke,
+)
 
 log = structlog.get_logger(__name__)
 registry = Registry("ingest")
@@ -294,8 +301,9 @@ async def _edit(ingest: Ingest, params: WhatsAppWebInboundParams, edit: WebEdit)
     )
     async with ingest.plat.bus.unit(acquire_timeout=5) as unit:
         changed = await apply_edit(unit.conn, params.company_id, item, CHANNEL)
+        answered = await answer_edit(unit, params.company_id, changed)
     WEBHOOK_ITEMS.labels(CHANNEL, "edit", changed.outcome).inc()
-    return {"status": changed.outcome}
+    return {"status": changed.outcome, "answered": answered}
 
 
 async def _revoke(
