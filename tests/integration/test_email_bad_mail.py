@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,24 +65,48 @@ async def inbound(pool: Any) -> dict[str, Any]:
     return {r["email"]: (r["body"], r["subject"]) for r in rows}
 
 
-async def test_a_mailbox_files_past_mail_it_cannot_read_or_decode(
-    base_env: dict[str, str], db_url: str, tmp_path: Path, imap_server: int
-) -> None:
-    """The unknown-8bit mail comes first and is filed, decoded; the one with no sender is
-    marked and named in last_error; the NUL mail is filed without its NULs; the normal mail
-    after them is filed. Nothing stays unread."""
-    for raw in (
-        unknown_8bit_mail("<u8@example.fr>"),
-        b"To: sales@acme-solar.example\r\nSubject: ?\r\nMessage-ID: <nobody@x>\r\n\r\nhi\r\n",
-        nul_mail(),
-        imap.lead_mail("Meera Iyer <meera@example.in>", "Quote", "8 panels?", "<ok@example.in>"),
-    ):
+@asynccontextmanager
+async def reading(
+    base_env: dict[str, str], tmp_path: Path, imap_server: int, *mails: bytes
+) -> AsyncIterator[tuple[Any, Any, dict[str, str]]]:
+    """The mails delivered to the IMAP server, then ingest reading that mailbox: (ingest, its
+    client, the admin key's headers)."""
+    for raw in mails:
         await imap.deliver(imap_server, raw)
     settings = mail_settings(
         base_env, tmp_path, imap_enabled=True, imap_refresh_seconds=0.2, imap_poll_seconds=0.5
     )
     async with mail_app(settings) as (ingest, client):
         admin, _ = await imap.connect_mailbox(ingest, client, imap_server)
+        yield ingest, client, admin
+
+
+async def unseen(imap_server: int) -> list[bytes]:
+    """The UIDs of the inbox's mail nobody has read (or filed) yet."""
+    reader = await imap.imap_client(imap_server)
+    try:
+        await reader.select("INBOX")
+        found = await reader.uid_search("UNSEEN", charset=None)
+        return [u for line in found.lines[:-1] for u in bytes(line).split()]
+    finally:
+        await reader.logout()
+
+
+async def test_a_mailbox_files_past_mail_it_cannot_read_or_decode(
+    base_env: dict[str, str], db_url: str, tmp_path: Path, imap_server: int
+) -> None:
+    """The unknown-8bit mail comes first and is filed, decoded; the one with no sender is
+    marked and named in last_error; the NUL mail is filed without its NULs; the normal mail
+    after them is filed. Nothing stays unread."""
+    async with reading(
+        base_env,
+        tmp_path,
+        imap_server,
+        unknown_8bit_mail("<u8@example.fr>"),
+        b"To: sales@acme-solar.example\r\nSubject: ?\r\nMessage-ID: <nobody@x>\r\n\r\nhi\r\n",
+        nul_mail(),
+        imap.lead_mail("Meera Iyer <meera@example.in>", "Quote", "8 panels?", "<ok@example.in>"),
+    ) as (ingest, client, admin):
         pool = ingest.plat.pool
         filed = await eventually(lambda: inbound(pool), lambda found: len(found) == 3)
         assert filed == {
@@ -97,13 +123,7 @@ async def test_a_mailbox_files_past_mail_it_cannot_read_or_decode(
         )
         note = listed.json()[0]["last_error"]
         assert re.fullmatch(r"skipped 1 mail that cannot be filed: UID \d+: sender: .*", note)
-        reader = await imap.imap_client(imap_server)
-        try:
-            await reader.select("INBOX")
-            found = await reader.uid_search("UNSEEN", charset=None)
-            assert [u for line in found.lines[:-1] for u in bytes(line).split()] == []
-        finally:
-            await reader.logout()
+        assert await unseen(imap_server) == []
 
 
 async def test_smtp_receiver_files_an_unknown_charset_and_refuses_an_unparseable_mail(
@@ -218,16 +238,13 @@ async def test_a_mail_that_fails_every_time_is_held_and_the_rest_is_filed(
             " CREATE TRIGGER refuse_poison BEFORE INSERT ON messages FOR EACH ROW"
             " WHEN (NEW.meta->>'subject' = 'Poison') EXECUTE FUNCTION refuse_poison()"
         )
-    for raw in (
+    async with reading(
+        base_env,
+        tmp_path,
+        imap_server,
         imap.lead_mail("Pia Berg <pia@example.se>", "Poison", "never filed", "<p@example.se>"),
         imap.lead_mail("Meera Iyer <meera@example.in>", "Quote", "8 panels?", "<ok@example.in>"),
-    ):
-        await imap.deliver(imap_server, raw)
-    settings = mail_settings(
-        base_env, tmp_path, imap_enabled=True, imap_refresh_seconds=0.2, imap_poll_seconds=0.5
-    )
-    async with mail_app(settings) as (ingest, client):
-        admin, _ = await imap.connect_mailbox(ingest, client, imap_server)
+    ) as (ingest, client, admin):
         filed = await eventually(lambda: inbound(ingest.plat.pool), lambda found: len(found) == 1)
         assert filed == {"meera@example.in": ("8 panels?", "Quote")}
         listed = await eventually(
@@ -238,10 +255,4 @@ async def test_a_mail_that_fails_every_time_is_held_and_the_rest_is_filed(
         assert re.search(
             r"UID \d+ held: failed 3 times \(RaiseError: refused for this mail\)", note
         )
-        reader = await imap.imap_client(imap_server)
-        try:
-            await reader.select("INBOX")
-            found = await reader.uid_search("UNSEEN", charset=None)
-            assert len([u for line in found.lines[:-1] for u in bytes(line).split()]) == 1
-        finally:
-            await reader.logout()
+        assert len(await unseen(imap_server)) == 1
