@@ -36,13 +36,20 @@ async def fake() -> AsyncIterator[FakeWhatsAppWeb]:
     await runner.cleanup()
 
 
-async def _command(
-    command: str, url: str, tmp_path: Path, *extra: str, **env: str
+async def web_command(
+    command: str,
+    url: str,
+    tmp_path: Path,
+    *extra: str,
+    module: str = "shvya_dispatch",
+    **env: str,
 ) -> asyncio.subprocess.Process:
+    """A WhatsApp Web command run as the operator runs it, against the page at `url`, with
+    stdout and stderr piped (`module` shvya_common.cli for the `shvya` form)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "shvya_dispatch",
+        module,
         command,
         *extra,
         cwd=tmp_path,
@@ -62,7 +69,7 @@ async def _command(
 
 
 async def _login(url: str, tmp_path: Path, *extra: str) -> asyncio.subprocess.Process:
-    return await _command("whatsapp-web-login", url, tmp_path, "--account", "sales", *extra)
+    return await web_command("whatsapp-web-login", url, tmp_path, "--account", "sales", *extra)
 
 
 def _dead_database() -> str:
@@ -113,7 +120,7 @@ async def test_commands_that_need_postgresql_exit_3_naming_it_when_it_is_down(
 ) -> None:
     """Without PostgreSQL, `whatsapp-web-status` and `-resume` say which server and how to start
     it and exit 3 (a dependency out of reach), not 2 (bad arguments) and no traceback."""
-    proc = await _command(
+    proc = await web_command(
         command[0], "http://127.0.0.1:9", tmp_path, *command[1:], DATABASE_URL=_dead_database()
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -132,7 +139,7 @@ async def test_canary_exits_5_when_a_dispatch_replica_drives_the_account(
         assert await db.acquire_lease(pool, "sales", "dispatch:replica-1", 600) is not None
     finally:
         await pool.close()
-    proc = await _command(
+    proc = await web_command(
         "whatsapp-web-canary",
         "http://127.0.0.1:9",
         tmp_path,
@@ -149,7 +156,7 @@ async def test_canary_exits_5_when_a_dispatch_replica_drives_the_account(
 
 async def test_canary_exits_3_when_whatsapp_web_cannot_be_reached(tmp_path: Path) -> None:
     """A canary whose page does not load reports the failed step and exits 3, as the login."""
-    proc = await _command(
+    proc = await web_command(
         "whatsapp-web-canary",
         f"http://127.0.0.1:{free_port()}",
         tmp_path,

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +15,10 @@ import pytest
 
 from shvya_common.embedded import free_port
 from shvya_dispatch.channels.whatsapp_web import qr_png
-from tests.integration.fake_whatsapp_web import FAKE_WPP, FakeWhatsAppWeb, serve
-from tests.integration.test_whatsapp_web_channel import CHROMIUM
+from tests.integration.fake_whatsapp_web import FakeWhatsAppWeb, serve
+from tests.integration.test_whatsapp_web_login_codes import web_command
 
 pytestmark = pytest.mark.integration
-
-
-def login_env(url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "SHVYA_IGNORE_DOTENV": "1",
-        "WHATSAPP_WEB_URL": url,
-        "WHATSAPP_WEB_CHROMIUM_PATH": str(CHROMIUM),
-        "WHATSAPP_WEB_WA_JS_PATH": str(FAKE_WPP),
-        "WHATSAPP_WEB_PROFILE_DIR": str(tmp_path / "profiles"),
-        "WHATSAPP_WEB_LOAD_TIMEOUT_SECONDS": "10",
-        **extra,
-    }
 
 
 async def next_object(stream: asyncio.StreamReader, timeout: float = 60) -> dict[str, Any]:
@@ -52,11 +37,10 @@ async def test_login_json_gives_each_qr_code_then_the_outcome(db_url: str, tmp_p
     fake = FakeWhatsAppWeb(linked=False)
     runner = await serve(fake)
     qr_file = tmp_path / "json-qr.png"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shvya_dispatch",
+    proc = await web_command(
         "whatsapp-web-login",
+        fake.url,
+        tmp_path,
         "--account",
         "scripted",
         "--json",
@@ -66,9 +50,7 @@ async def test_login_json_gives_each_qr_code_then_the_outcome(db_url: str, tmp_p
         "60",
         "--settle-seconds",
         "0",
-        env=login_env(fake.url, tmp_path, DATABASE_URL=db_url),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        DATABASE_URL=db_url,
     )
     assert proc.stdout is not None
     try:
@@ -111,20 +93,18 @@ async def test_shvya_login_json_reports_an_unreachable_whatsapp_web_with_exit_3(
     (and no database) gives only JSON on stdout: the database note, then the outcome
     `unreachable` with exit code 3, which is also the process's exit code."""
     dead = f"postgresql://shvya:x@127.0.0.1:{free_port()}/shvya"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shvya_common.cli",
+    proc = await web_command(
         "whatsapp-web",
+        f"http://127.0.0.1:{free_port()}",
+        tmp_path,
         "login",
         "--account",
         "sales",
         "--json",
         "--timeout",
         "30",
-        env=login_env(f"http://127.0.0.1:{free_port()}", tmp_path, DATABASE_URL=dead),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        module="shvya_common.cli",
+        DATABASE_URL=dead,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 90)
     assert proc.returncode == 3, err.decode()
