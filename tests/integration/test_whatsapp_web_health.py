@@ -30,6 +30,15 @@ pytestmark = pytest.mark.integration
 ACCOUNT = "default"
 
 
+async def open_session(
+    supervisor: WebAccounts, channel: WhatsAppWebChannel, fake: FakeWhatsAppWeb
+) -> tuple[WaSession, Device]:
+    """One supervisor tick: the lease, the browser, its catch-up and first probe, all done."""
+    await supervisor.tick()
+    await asyncio.wait_for(asyncio.gather(*list(supervisor._tasks)), 60)
+    return channel.sessions[ACCOUNT], fake.device()
+
+
 @dataclass
 class Web:
     fake: FakeWhatsAppWeb
@@ -38,11 +47,7 @@ class Web:
     pool: asyncpg.Pool
 
     async def open(self) -> tuple[WaSession, Device]:
-        """One supervisor tick: the lease, the browser, its catch-up and first probe."""
-        await self.supervisor.tick()
-        tasks = list(self.supervisor._tasks)
-        await asyncio.wait_for(asyncio.gather(*tasks), 60)
-        return self.channel.sessions[ACCOUNT], self.fake.device()
+        return await open_session(self.supervisor, self.channel, self.fake)
 
     async def probe_when(self, session: WaSession, state: str) -> str:
         """Probe once the page itself reports `state` (it learns changes through a long-poll)."""

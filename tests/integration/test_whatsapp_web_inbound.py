@@ -7,7 +7,6 @@ is for a state the database or a metric shows, with a deadline."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from shvya_dispatch.web_accounts import WebAccounts
 from tests.integration.dispatch_support import Dispatcher, queue_send
 from tests.integration.fake_whatsapp_web import Device, FakeWhatsAppWeb, serve
 from tests.integration.test_whatsapp_web_channel import make_settings
+from tests.integration.test_whatsapp_web_health import open_session
 from tests.integration.webhook_support import ingest_client
 from tests.support import eventually
 
@@ -44,10 +44,34 @@ class Web:
     pool: asyncpg.Pool
 
     async def open(self) -> tuple[WaSession, Device]:
-        """One supervisor tick (lease, browser, first probe), its catch-up finished."""
-        await self.supervisor.tick()
-        await asyncio.wait_for(asyncio.gather(*list(self.supervisor._tasks)), 60)
-        return self.channel.sessions[ACCOUNT], self.fake.device()
+        return await open_session(self.supervisor, self.channel, self.fake)
+
+    async def sent_once(
+        self,
+        message_id: uuid.UUID,
+        params: Any,
+        company_id: uuid.UUID,
+        lead_id: uuid.UUID,
+        enqueued_at: Any,
+    ) -> None:
+        """The page got the send once, and a redelivery of its job would not run it again."""
+        assert self.dispatcher.deps is not None
+        claim = await self.dispatcher.deps.sends.claim(
+            JobEnvelope(
+                job_id=message_id,
+                task="dispatch.send",
+                priority=100,
+                params=params.model_dump(mode="json"),
+                company_id=company_id,
+                lead_id=lead_id,
+                enqueued_at=enqueued_at,
+            ),
+            max_attempts=6,
+            lease=30.0,
+            worker="test",
+        )
+        assert claim.action != "run", claim
+        assert len([a for a in self.fake.attempts if a["digits"] == LEAD[1:]]) == 1
 
     async def inbound(self, provider_id: str) -> asyncpg.Record | None:
         return await self.pool.fetchrow(
@@ -320,25 +344,7 @@ async def test_a_send_of_unknown_outcome_is_confirmed_by_the_late_acknowledgemen
     assert read["status"] == "sent"
 
     # A redelivery of the send job finds it sent: nothing goes to the page again.
-    assert web.dispatcher.deps is not None
-
-    claim = await web.dispatcher.deps.sends.claim(
-        JobEnvelope(
-            job_id=message_id,
-            task="dispatch.send",
-            priority=100,
-            params=params.model_dump(mode="json"),
-            company_id=company_id,
-            lead_id=lead_id,
-            enqueued_at=confirmed["sent_at"],
-        ),
-        max_attempts=6,
-        lease=30.0,
-        worker="test",
-    )
-    assert claim.action != "run", claim
-    attempts = [a for a in web.fake.attempts if a["digits"] == LEAD[1:]]
-    assert len(attempts) == 1
+    await web.sent_once(message_id, params, company_id, lead_id, confirmed["sent_at"])
 
 
 async def test_an_acknowledgement_that_comes_before_the_unknown_is_recorded_confirms_the_send(
@@ -404,22 +410,7 @@ async def test_an_acknowledgement_that_comes_before_the_unknown_is_recorded_conf
         lambda s: s == "delivered",
         timeout=30,
     )
-    claim = await sends.claim(
-        JobEnvelope(
-            job_id=message_id,
-            task="dispatch.send",
-            priority=100,
-            params=params.model_dump(mode="json"),
-            company_id=company_id,
-            lead_id=lead_id,
-            enqueued_at=row["sent_at"],
-        ),
-        max_attempts=6,
-        lease=30.0,
-        worker="test",
-    )
-    assert claim.action != "run", claim
-    assert len([a for a in web.fake.attempts if a["digits"] == LEAD[1:]]) == 1
+    await web.sent_once(message_id, params, company_id, lead_id, row["sent_at"])
 
 
 async def test_replies_and_reactions_in_a_privacy_id_chat_find_the_message_they_name(
