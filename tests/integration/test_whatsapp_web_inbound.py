@@ -20,12 +20,10 @@ from prometheus_client import REGISTRY
 
 from shvya_common.contracts import JobEnvelope
 from shvya_dispatch.app import build_deps
-from shvya_dispatch.channels.whatsapp_web import WaSession, WhatsAppWebChannel
-from shvya_dispatch.web_accounts import WebAccounts
+from tests.integration import test_whatsapp_web_health as health
 from tests.integration.dispatch_support import Dispatcher, queue_send
-from tests.integration.fake_whatsapp_web import Device, FakeWhatsAppWeb, serve
+from tests.integration.fake_whatsapp_web import FakeWhatsAppWeb, serve
 from tests.integration.test_whatsapp_web_channel import make_settings
-from tests.integration.test_whatsapp_web_health import open_session
 from tests.integration.webhook_support import ingest_client
 from tests.support import eventually
 
@@ -36,15 +34,10 @@ CHAT = "15550103001@c.us"
 
 
 @dataclass
-class Web:
-    fake: FakeWhatsAppWeb
-    dispatcher: Dispatcher
-    supervisor: WebAccounts
-    channel: WhatsAppWebChannel
-    pool: asyncpg.Pool
+class Web(health.Web):
+    """The health tests' account, with a dispatcher sending through it."""
 
-    async def open(self) -> tuple[WaSession, Device]:
-        return await open_session(self.supervisor, self.channel, self.fake)
+    dispatcher: Dispatcher
 
     async def sent_once(
         self,
@@ -134,7 +127,7 @@ async def web(
             supervisor = dispatcher.deps.web_accounts
             assert supervisor is not None
             try:
-                yield Web(fake, dispatcher, supervisor, supervisor.channel, plat.pool)
+                yield Web(fake, supervisor.channel, supervisor, plat.pool, dispatcher)
             finally:
                 await supervisor.release_all()
                 await dispatcher.stack.aclose()

@@ -6,8 +6,6 @@ by the dispatch replica that holds the account, without stopping it."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 
 import asyncpg
 import pytest
@@ -16,8 +14,9 @@ from shvya_common.whatsapp import web_accounts as db
 from shvya_dispatch.channels.whatsapp_web import WhatsAppWebChannel, qr_png
 from shvya_dispatch.web_accounts import WebAccounts
 from shvya_dispatch.web_cli import run_login
-from tests.integration.fake_whatsapp_web import FAKE_WPP, FakeWhatsAppWeb, serve
-from tests.integration.test_whatsapp_web_channel import CHROMIUM, make_settings
+from tests.integration.fake_whatsapp_web import FakeWhatsAppWeb, serve
+from tests.integration.test_whatsapp_web_channel import make_settings
+from tests.integration.test_whatsapp_web_login_codes import web_command
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -29,19 +28,10 @@ async def test_login_command_shows_refreshed_qr_codes_and_exits_once_linked(db_u
     fake = FakeWhatsAppWeb(linked=False)
     runner = await serve(fake)
     qr_file = tmp_path / "fresh-qr.png"
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "WHATSAPP_WEB_URL": fake.url,
-        "WHATSAPP_WEB_CHROMIUM_PATH": str(CHROMIUM),
-        "WHATSAPP_WEB_WA_JS_PATH": str(FAKE_WPP),
-        "WHATSAPP_WEB_PROFILE_DIR": str(tmp_path / "profiles"),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shvya_dispatch",
+    proc = await web_command(
         "whatsapp-web-login",
+        fake.url,
+        tmp_path,
         "--account",
         "fresh",
         "--qr-path",
@@ -50,9 +40,7 @@ async def test_login_command_shows_refreshed_qr_codes_and_exits_once_linked(db_u
         "60",
         "--settle-seconds",
         "0",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        DATABASE_URL=db_url,
     )
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
     try:
