@@ -16,7 +16,7 @@ from shvya_dispatch.web_accounts import WebAccounts
 from shvya_dispatch.web_cli import run_login
 from tests.integration.fake_whatsapp_web import FakeWhatsAppWeb, serve
 from tests.integration.test_whatsapp_web_channel import make_settings
-from tests.integration.test_whatsapp_web_login_codes import web_command
+from tests.integration.test_whatsapp_web_login_codes import login
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -28,11 +28,9 @@ async def test_login_command_shows_refreshed_qr_codes_and_exits_once_linked(db_u
     fake = FakeWhatsAppWeb(linked=False)
     runner = await serve(fake)
     qr_file = tmp_path / "fresh-qr.png"
-    proc = await web_command(
-        "whatsapp-web-login",
+    proc = await login(
         fake.url,
         tmp_path,
-        "--account",
         "fresh",
         "--qr-path",
         str(qr_file),

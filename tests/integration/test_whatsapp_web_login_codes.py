@@ -68,8 +68,17 @@ async def web_command(
     )
 
 
+async def login(
+    url: str, tmp_path: Path, account: str, *extra: str, **env: str
+) -> asyncio.subprocess.Process:
+    """`whatsapp-web-login --account <account>` against the page at `url`."""
+    return await web_command(
+        "whatsapp-web-login", url, tmp_path, "--account", account, *extra, **env
+    )
+
+
 async def _login(url: str, tmp_path: Path, *extra: str) -> asyncio.subprocess.Process:
-    return await web_command("whatsapp-web-login", url, tmp_path, "--account", "sales", *extra)
+    return await login(url, tmp_path, "sales", *extra)
 
 
 def _dead_database() -> str:

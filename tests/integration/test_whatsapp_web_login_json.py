@@ -16,7 +16,7 @@ import pytest
 from shvya_common.embedded import free_port
 from shvya_dispatch.channels.whatsapp_web import qr_png
 from tests.integration.fake_whatsapp_web import FakeWhatsAppWeb, serve
-from tests.integration.test_whatsapp_web_login_codes import web_command
+from tests.integration.test_whatsapp_web_login_codes import login, web_command
 
 pytestmark = pytest.mark.integration
 
@@ -37,11 +37,9 @@ async def test_login_json_gives_each_qr_code_then_the_outcome(db_url: str, tmp_p
     fake = FakeWhatsAppWeb(linked=False)
     runner = await serve(fake)
     qr_file = tmp_path / "json-qr.png"
-    proc = await web_command(
-        "whatsapp-web-login",
+    proc = await login(
         fake.url,
         tmp_path,
-        "--account",
         "scripted",
         "--json",
         "--qr-path",
