@@ -6,9 +6,11 @@ by the dispatch replica that holds the account, without stopping it."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import asyncpg
 import pytest
+from aiohttp import web
 
 from shvya_common.whatsapp import web_accounts as db
 from shvya_dispatch.channels.whatsapp_web import WhatsAppWebChannel, qr_png
@@ -22,16 +24,19 @@ from tests.support import eventually
 pytestmark = pytest.mark.integration
 
 
-async def test_login_command_shows_refreshed_qr_codes_and_exits_once_linked(db_url, tmp_path):
-    """The command saves and stores each QR code, asks for a new one when WhatsApp lets it go
-    idle, and exits 0 once the phone links the account, which starts its warm-up."""
+async def start_linking(
+    db_url: str, tmp_path: Path, account: str, *flags: str
+) -> tuple[FakeWhatsAppWeb, web.AppRunner, Path, asyncio.subprocess.Process]:
+    """An unlinked fake WhatsApp Web, and the login command for `account` waiting on it (its
+    QR codes saved to the returned path)."""
     fake = FakeWhatsAppWeb(linked=False)
     runner = await serve(fake)
-    qr_file = tmp_path / "fresh-qr.png"
+    qr_file = tmp_path / f"{account}-qr.png"
     proc = await login(
         fake.url,
         tmp_path,
-        "fresh",
+        account,
+        *flags,
         "--qr-path",
         str(qr_file),
         "--timeout",
@@ -40,6 +45,13 @@ async def test_login_command_shows_refreshed_qr_codes_and_exits_once_linked(db_u
         "0",
         DATABASE_URL=db_url,
     )
+    return fake, runner, qr_file, proc
+
+
+async def test_login_command_shows_refreshed_qr_codes_and_exits_once_linked(db_url, tmp_path):
+    """The command saves and stores each QR code, asks for a new one when WhatsApp lets it go
+    idle, and exits 0 once the phone links the account, which starts its warm-up."""
+    fake, runner, qr_file, proc = await start_linking(db_url, tmp_path, "fresh")
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
     try:
         device = await fake.wait_device()

@@ -15,8 +15,8 @@ import pytest
 
 from shvya_common.embedded import free_port
 from shvya_dispatch.channels.whatsapp_web import qr_png
-from tests.integration.fake_whatsapp_web import FakeWhatsAppWeb, serve
-from tests.integration.test_whatsapp_web_login_codes import login, web_command
+from tests.integration.test_whatsapp_web_login import start_linking
+from tests.integration.test_whatsapp_web_login_codes import web_command
 
 pytestmark = pytest.mark.integration
 
@@ -34,22 +34,7 @@ async def test_login_json_gives_each_qr_code_then_the_outcome(db_url: str, tmp_p
     """Each QR code is a `qr` object with the code's text and its saved PNG, a refreshed code is
     a second one, and once the phone links the account the last object is the `outcome`
     (linked, the number, exit code 0); no QR is drawn on stdout."""
-    fake = FakeWhatsAppWeb(linked=False)
-    runner = await serve(fake)
-    qr_file = tmp_path / "json-qr.png"
-    proc = await login(
-        fake.url,
-        tmp_path,
-        "scripted",
-        "--json",
-        "--qr-path",
-        str(qr_file),
-        "--timeout",
-        "60",
-        "--settle-seconds",
-        "0",
-        DATABASE_URL=db_url,
-    )
+    fake, runner, qr_file, proc = await start_linking(db_url, tmp_path, "scripted", "--json")
     assert proc.stdout is not None
     try:
         first = await next_object(proc.stdout)
