@@ -270,7 +270,8 @@ async def test_an_smtp_receiver_open_to_the_network_takes_only_addresses_it_serv
 ):
     """Bound beyond loopback, the receiver takes a recipient only at a domain of
     SMTP_RECEIVER_DOMAINS (the default company) or a company's registered inbound_address (that
-    company); any other address gets 550 at RCPT and nothing is filed."""
+    company, attached by the operator: the company itself may not claim one); any other address
+    gets 550 at RCPT and nothing is filed."""
     port = free_port()
     overrides = {
         "SMTP_RECEIVER_ENABLED": "true",
@@ -290,12 +291,15 @@ async def test_an_smtp_receiver_open_to_the_network_takes_only_addresses_it_serv
 
     async with ingest_client(base_env, **overrides) as api:
         globex = await make_tenant(api, base_env["ADMIN_TOKEN"], "Globex")
-        await add_account(
-            api,
-            globex,
-            "email",
-            {"from_address": "hello@globex.test", "inbound_address": "Hello@Globex.test"},
+        mailbox = {"from_address": "hello@globex.test", "inbound_address": "Hello@Globex.test"}
+        # Only the operator attaches an inbound address: the company cannot prove it is its own.
+        claimed = await api.post(
+            "/v1/channel-accounts",
+            json={"channel": "email", "name": "main", "config": mailbox},
+            headers=globex.auth,
         )
+        assert claimed.status_code == 422 and "platform operator" in claimed.text
+        await add_account(api, globex, "email", mailbox, operator=base_env["ADMIN_TOKEN"])
         with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
             await aiosmtplib.send(
                 mail("anyone@elsewhere.test", "spam"), hostname="127.0.0.1", port=port

@@ -11,8 +11,9 @@ An account's `address` (the WhatsApp phone_number_id, the inbound mailbox) route
 webhooks to its company (`inbound_routes`), so it can belong to one company only. A company
 registering a WhatsApp number (or WABA) proves it owns it: Graph must show it to the account's
 own access token (`shvya_common.whatsapp.ownership`). A number served by the platform's own Meta
-app (no token of the company's, the platform's app secret signing its webhooks) is attached by
-the platform operator, who vouches for it.
+app (no token of the company's, the platform's app secret signing its webhooks) and an inbound
+mail address (the platform's MX takes the mail for it, so nothing the company sends proves it)
+are attached by the platform operator, who vouches for them.
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ class AccountIn(BaseModel):
                         "smtp_user": "sales@acme.example",
                         "from_address": "sales@acme.example",
                         "from_name": "Acme Sales",
-                        "inbound_address": "sales@acme.example",
                     },
                     "secrets": {"smtp_password": "..."},
                 },
@@ -215,9 +215,23 @@ async def _prove_ownership(
     before: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Refuse a WhatsApp number or WABA the account's token cannot see on Graph (422; 502 when
-    Graph cannot be asked). Nothing to prove for the operator, other channels, or ids that did
-    not change. Returns what the audit trail keeps of the proof."""
-    if channel != "whatsapp_cloud" or caller.kind == "operator":
+    Graph cannot be asked), and an inbound mail address from anyone but the operator (422).
+    Nothing to prove for the operator, WhatsApp Web, or ids that did not change. Returns what
+    the audit trail keeps of the proof."""
+    if caller.kind == "operator":
+        return {}
+    if channel == "email":
+        address = route_address("email", config)
+        if address and address != route_address("email", before or {}):
+            raise HTTPException(
+                422,
+                "an inbound_address routes the mail the platform receives for it into the"
+                " company, and no answer from the company can prove the address is its own: the"
+                " platform operator attaches it (POST /v1/companies/{company_id}/channel-accounts)"
+                " once it has checked that",
+            )
+        return {}
+    if channel != "whatsapp_cloud":
         return {}
     claimed = {f: config.get(f) for f in _OWNED if config.get(f)}
     if before is not None and all(before.get(f) == v for f, v in claimed.items()):

@@ -46,7 +46,7 @@ function Channels() {
   const list = useData(() => get("/v1/channel-accounts"), []);
   const [channel, setChannel] = useState("whatsapp_cloud");
   const fields = { whatsapp_cloud: [["phone_number_id", "config"], ["waba_id", "config"], ["access_token", "secret"], ["app_secret", "secret"]],
-    email: [["smtp_host", "config"], ["smtp_port", "config"], ["smtp_user", "config"], ["from_address", "config"], ["inbound_address", "config"], ["smtp_password", "secret"]],
+    email: [["smtp_host", "config"], ["smtp_port", "config"], ["smtp_user", "config"], ["from_address", "config"], ["smtp_password", "secret"]],
     whatsapp_web: [] }[channel];
   async function add(form, el) {
     const config = {}, secrets = {};
