@@ -2,9 +2,10 @@
 four services as separate processes on real NATS and PostgreSQL. A user signs in; a message
 posted to the API appears in the inbox within a second without a reload, and the AI's reply
 after it; the agent takes over and replies through dispatch; a received photo shows inline and
-an email attachment is a download link; a lead is dragged to another stage and the event is
-found; a dead letter is replayed after a confirmation; another company's data is refused. Each
-page's screenshot goes to docs/console/ (shown in docs/console.md), so the pictures stay
+an email attachment is a download link; a held and a deferred send say why (and when) in the
+thread; a lead is dragged to another stage, then moved with the keyboard only, and the events
+are found; a dead letter is replayed after a confirmation; another company's data is refused.
+Each page's screenshot goes to docs/console/ (shown in docs/console.md), so the pictures stay
 current; CONSOLE_SCREENSHOTS_DIR sends them elsewhere."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from shvya_common.db import create_pool
 from shvya_common.storage import LocalMediaStore
 from shvya_common.whatsapp.web_accounts import store_qr
 from tests.keys import bearer
+from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -184,6 +187,15 @@ async def received_files(
     return str(lead_id)
 
 
+async def execute(db_url: str, query: str, *args: Any) -> None:
+    """Run one statement on a connection of its own."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(query, *args)
+    finally:
+        await conn.close()
+
+
 async def company(client: httpx.AsyncClient, token: str, name: str, email: str) -> dict[str, str]:
     made = await client.post(
         "/v1/companies",
@@ -217,9 +229,9 @@ async def shoot(page: Any, name: str) -> None:
 
 async def test_the_console_end_to_end_in_chromium(platform, db_url, tmp_path):
     """Sign in, watch a message arrive live, take over and reply through dispatch, see a received
-    photo and an attachment, drag a lead to another stage and find the event, replay a dead
-    letter, and be refused another company's data, in Chromium at 1280×800 (and the inbox at
-    phone width)."""
+    photo and an attachment, see why a send is held or deferred, drag a lead to another stage
+    and move it with the keyboard and find the events, replay a dead letter, and be refused
+    another company's data, in Chromium at 1280×800 (and the inbox at phone width)."""
     url = platform.url
     SHOTS.mkdir(parents=True, exist_ok=True)
     async with httpx.AsyncClient(base_url=url, timeout=10) as client, chromium() as browser:
@@ -433,6 +445,78 @@ async def test_the_console_end_to_end_in_chromium(platform, db_url, tmp_path):
         )
         assert await page.locator(".timeline li[data-type='message.received']").count() == 1
 
+        # 3e. A held send and a deferred one say why in the thread, and the deferral when it
+        # will go: free text to a lead whose WhatsApp window closed a day ago (the company has
+        # no fallback template), and an email sent from the composer outside the company's
+        # email hours (an allowed hour two hours from now, in UTC).
+        stale = await client.post(
+            "/v1/leads", json={"contact_name": "Stale Window", "phone": "+4915166665555"}, headers=h
+        )
+        assert stale.status_code == 201, stale.text
+        stale_id = stale.json()["id"]
+        # The lead last wrote on WhatsApp 25 hours ago.
+        await execute(
+            db_url,
+            "WITH wrote AS (UPDATE leads SET last_inbound_at = now() - interval '25 hours'"
+            " WHERE id = $1 RETURNING company_id, id, last_inbound_at)"
+            " INSERT INTO messages (company_id, lead_id, direction, channel, body, created_at)"
+            " SELECT company_id, id, 'inbound', 'whatsapp_cloud', 'still there?',"
+            " last_inbound_at FROM wrote",
+            uuid.UUID(stale_id),
+        )
+        await page.goto(f"{url}/console/#/inbox/{stale_id}")
+        await page.locator(".composer .note", has_text="24-hour window").wait_for(timeout=5_000)
+        late = await client.post(
+            f"/v1/leads/{stale_id}/messages", json={"text": "Still interested?"}, headers=h
+        )
+        assert late.status_code == 202, late.text
+        held = page.locator(f".msg[data-message='{late.json()['message_id']}'][data-status='held']")
+        await held.locator(
+            ".note.warn", has_text="outside the 24-hour customer-service window"
+        ).wait_for(timeout=15_000)
+        assert "no fallback template" in await held.locator(".note.warn").inner_text()
+        opens = datetime.now(UTC) + timedelta(hours=2)
+        hours = f"{opens:%H:%M}-{opens + timedelta(hours=1):%H:%M}"
+        quiet = await client.patch(
+            "/v1/company",
+            json={
+                "settings": {
+                    "policies": {
+                        "whatsapp_cloud": {"min_gap_seconds": 1},
+                        "email": {"quiet_hours": hours},
+                    }
+                }
+            },
+            headers=h,
+        )
+        assert quiet.status_code == 200, quiet.text
+        mail = await client.post(
+            "/v1/leads",
+            json={"contact_name": "Late Mail", "email": "late@mail.example", "timezone": "UTC"},
+            headers=h,
+        )
+        assert mail.status_code == 201, mail.text
+        mail_id = mail.json()["id"]
+        await page.goto(f"{url}/console/#/inbox/{mail_id}")
+        await page.get_by_label("Message").fill("Your quote, as promised.")
+        await page.get_by_role("button", name="Send").click()
+        deferred = await eventually(
+            lambda: client.get(f"/v1/leads/{mail_id}/messages", headers=h),
+            lambda r: [m["status"] for m in r.json()["items"]] == ["scheduled"],
+            timeout=15,
+        )
+        [scheduled] = deferred.json()["items"]
+        # A deferral writes no event, so the open thread learns of it on its next read.
+        await page.reload()
+        note = page.locator(f".msg[data-message='{scheduled['id']}'] .note")
+        await note.wait_for(timeout=5_000)
+        goes = await page.evaluate(
+            "(at) => new Date(at).toLocaleString()", scheduled["meta"]["deferred_until"]
+        )
+        assert await note.inner_text() == (
+            f"Deferred: quiet hours: email sends only {hours} (UTC) — goes at {goes}"
+        )
+
         # 4. Drag the lead to another stage; the event is on the lead's timeline.
         await page.goto(f"{url}/console/#/board")
         card = page.locator(f".card[data-lead='{lead_id}']")
@@ -451,6 +535,27 @@ async def test_the_console_end_to_end_in_chromium(platform, db_url, tmp_path):
         await page.goto(f"{url}/console/#/leads/{lead_id}")
         await page.locator(".timeline li[data-type='lead.stage_changed']").wait_for(timeout=5_000)
         await shoot(page, "lead.png")
+
+        # 4b. The same move with the keyboard only: Tab from the card's link to its *Move to*
+        # menu, ArrowUp picks the stage before (Contacted) and the lead moves there.
+        await page.goto(f"{url}/console/#/board")
+        card = page.locator(f".column[data-stage='Qualified'] .card[data-lead='{lead_id}']")
+        await card.get_by_role("link").focus()
+        await page.keyboard.press("Tab")
+        focused = await page.evaluate("document.activeElement.getAttribute('aria-label')")
+        assert focused == "Move Ana Lopez to stage"
+        await page.keyboard.press("ArrowUp")
+        await page.locator(
+            f".column[data-stage='Contacted'] .card[data-lead='{lead_id}']"
+        ).wait_for(timeout=5_000)
+        assert await card.count() == 0
+        moved = (
+            await client.get(f"/v1/events?type=lead.stage_changed&lead_id={lead_id}", headers=h)
+        ).json()["items"]
+        assert sorted((e["payload"]["to"], e["payload"]["by"]) for e in moved) == [
+            ("Contacted", f"user:{acme['email']}"),
+            ("Qualified", f"user:{acme['email']}"),
+        ]
 
         # 5. Replay a dead letter, after a confirmation.
         dead = uuid.uuid4()
