@@ -1,7 +1,7 @@
 """Proof that a company may receive for a WhatsApp business number: Graph shows the number
 (and the WhatsApp Business Account, when one is named) to the company's own access token.
 
-    GET {base_url}/{version}/{phone_number_id}?fields=id,display_phone_number,verified_name
+    GET {base_url}/{version}/{phone_number_id}?fields=id,verified_name
     GET {base_url}/{version}/{waba_id}?fields=id,name
     Authorization: Bearer <the account's access_token>
 
@@ -19,7 +19,6 @@ and never into a reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -36,14 +35,6 @@ class NotProven(Exception):
 
 class ProofUnavailable(Exception):
     """Graph could not be asked (unreachable, timed out, a 5xx): nothing is decided."""
-
-
-@dataclass(frozen=True)
-class ProvenNumber:
-    phone_number_id: str | None
-    display_phone_number: str | None
-    verified_name: str | None
-    waba_id: str | None
 
 
 def _graph_reason(response: httpx.Response, token: str) -> str:
@@ -96,25 +87,26 @@ async def prove_number(
     settings: GraphSettings,
     config: dict[str, Any],
     token: str,
-) -> ProvenNumber:
+) -> str | None:
     """Ask Graph, with `token`, for the account's number and WABA (those it names): the proof
-    that the company may receive for them."""
+    that the company may receive for them. Returns the number's verified name."""
     phone_number_id = str(config["phone_number_id"]) if config.get("phone_number_id") else None
     waba_id = str(config["waba_id"]) if config.get("waba_id") else None
     base = settings.whatsapp_cloud_base_url.rstrip("/")
     version = str(config.get("api_version") or settings.whatsapp_cloud_api_version)
     version = version if version.startswith("v") else f"v{version}"
-    number: dict[str, Any] = {}
+    verified_name: str | None = None
     async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as client:
         if phone_number_id is not None:
             number = await _show(
                 client,
                 f"{base}/{version}/{phone_number_id}",
-                "id,display_phone_number,verified_name",
+                "id,verified_name",
                 token,
                 phone_number_id,
                 "phone number",
             )
+            verified_name = number.get("verified_name")
         if waba_id is not None:
             await _show(
                 client,
@@ -124,9 +116,4 @@ async def prove_number(
                 waba_id,
                 "WhatsApp Business Account",
             )
-    return ProvenNumber(
-        phone_number_id,
-        number.get("display_phone_number"),
-        number.get("verified_name"),
-        waba_id,
-    )
+    return verified_name

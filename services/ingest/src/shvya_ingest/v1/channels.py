@@ -19,6 +19,7 @@ are attached by the platform operator, who vouches for them.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -206,18 +207,19 @@ async def _sync_route(
 _OWNED = ("phone_number_id", "waba_id")
 
 
-async def _prove_ownership(
+async def _check_claims(
     ingest: Any,
     caller: Principal,
     channel: str,
     config: dict[str, Any],
-    token: str | None,
+    token: Callable[[], str | None],
     before: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Refuse a WhatsApp number or WABA the account's token cannot see on Graph (422; 502 when
-    Graph cannot be asked), and an inbound mail address from anyone but the operator (422).
-    Nothing to prove for the operator, WhatsApp Web, or ids that did not change. Returns what
-    the audit trail keeps of the proof."""
+    """Refuse what a company claims but cannot prove: a WhatsApp number or WABA its token
+    (`token()`, asked only when there is something to prove) cannot see on Graph (422; 502
+    when Graph cannot be asked), and any inbound mail address (422; the operator sets those).
+    Nothing for the operator, WhatsApp Web, or ids that did not change. Returns what the audit
+    trail keeps of the proof."""
     if caller.kind == "operator":
         return {}
     if channel == "email":
@@ -231,14 +233,11 @@ async def _prove_ownership(
                 " once it has checked that",
             )
         return {}
-    if channel != "whatsapp_cloud":
+    claimed = {f: config[f] for f in _OWNED if channel == "whatsapp_cloud" and config.get(f)}
+    if not claimed or (before is not None and all(before.get(f) == v for f, v in claimed.items())):
         return {}
-    claimed = {f: config.get(f) for f in _OWNED if config.get(f)}
-    if before is not None and all(before.get(f) == v for f, v in claimed.items()):
-        return {}
-    if not claimed:
-        return {}
-    if not token:
+    secret = token()
+    if not secret:
         raise HTTPException(
             422,
             "a WhatsApp Cloud account naming a phone_number_id or waba_id needs its own"
@@ -247,12 +246,12 @@ async def _prove_ownership(
             " the platform operator (POST /v1/companies/{company_id}/channel-accounts)",
         )
     try:
-        proven = await prove_number(ingest.settings, config, token)
+        verified_name = await prove_number(ingest.settings, config, secret)
     except NotProven as err:
         raise HTTPException(422, str(err)) from None
     except ProofUnavailable as err:
         raise HTTPException(502, str(err)) from None
-    return {"proven": sorted(claimed), "verified_name": proven.verified_name}
+    return {"proven": sorted(claimed), "verified_name": verified_name}
 
 
 def _stored_token(ingest: Any, account_id: uuid.UUID, row: Any) -> str | None:
@@ -318,8 +317,8 @@ async def _create(
         sealed = seal_secrets(_box(ingest), account_id, body.secrets)
     except SecretsError as err:
         raise HTTPException(503, str(err)) from err
-    proof = await _prove_ownership(
-        ingest, caller, body.channel, body.config, body.secrets.get("access_token")
+    proof = await _check_claims(
+        ingest, caller, body.channel, body.config, lambda: body.secrets.get("access_token")
     )
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
         await _refuse_platform_number(conn, ingest, company_id, body.channel, address)
@@ -401,12 +400,14 @@ async def patch_account(
         secrets = dict(row["secrets"] or {})
         if body.secrets:
             secrets.update(seal_secrets(_box(ingest), account_id, body.secrets))
-        proof = await _prove_ownership(
+        proof = await _check_claims(
             ingest,
             caller,
             row["channel"],
             config,
-            (body.secrets or {}).get("access_token") or _stored_token(ingest, account_id, row),
+            lambda: (
+                (body.secrets or {}).get("access_token") or _stored_token(ingest, account_id, row)
+            ),
             before=row["config"],
         )
         address = route_address(row["channel"], config)
