@@ -670,18 +670,22 @@ async def test_the_console_end_to_end_in_chromium(platform, db_url, tmp_path):
         assert errors == []
 
 
+async def new_company_key(client: httpx.AsyncClient, services: Any, name: str) -> str:
+    """A new company, made with the operator token; its first admin key."""
+    made = await client.post(
+        "/v1/companies", json={"name": name}, headers=bearer(services.base_env["ADMIN_TOKEN"])
+    )
+    assert made.status_code == 201, made.text
+    return str(made.json()["admin_key"]["key"])
+
+
 async def test_a_stop_ends_open_live_streams_at_once(services):
     """An ingest stopped with a console's live stream open says `bye` on the stream and exits
     within seconds, instead of waiting for the stream to end."""
     ingest = services.start("ingest", EMBEDDINGS_PROVIDER="none")
     await ingest.wait_ready()
     async with httpx.AsyncClient(base_url=services.url, timeout=10) as client:
-        made = await client.post(
-            "/v1/companies",
-            json={"name": "Stop"},
-            headers=bearer(services.base_env["ADMIN_TOKEN"]),
-        )
-        key = made.json()["admin_key"]["key"]
+        key = await new_company_key(client, services, "Stop")
         async with client.stream("GET", "/v1/stream", headers=bearer(key)) as stream:
             lines = stream.aiter_lines()
             opening = [await anext(lines) for _ in range(3)]
@@ -701,12 +705,7 @@ async def test_a_revoked_key_ends_its_open_live_stream(services):
     ingest = services.start("ingest", EMBEDDINGS_PROVIDER="none")
     await ingest.wait_ready()
     async with httpx.AsyncClient(base_url=services.url, timeout=30) as client:
-        made = await client.post(
-            "/v1/companies",
-            json={"name": "Revoke"},
-            headers=bearer(services.base_env["ADMIN_TOKEN"]),
-        )
-        admin = made.json()["admin_key"]["key"]
+        admin = await new_company_key(client, services, "Revoke")
         agent = await client.post(
             "/v1/api-keys", json={"name": "wall screen", "role": "agent"}, headers=bearer(admin)
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from prometheus_client import REGISTRY
 
 from shvya_common.whatsapp import web_accounts as db
 from shvya_dispatch.channels.whatsapp_web import WaSession, WhatsAppWebChannel
+from shvya_dispatch.settings import DispatchSettings
 from shvya_dispatch.web_accounts import WebAccounts
 from tests.integration.fake_whatsapp_web import Device, FakeWhatsAppWeb, serve
 from tests.integration.test_whatsapp_web_channel import make_settings
@@ -67,24 +69,32 @@ class Web:
         return row
 
 
-@pytest.fixture
-async def web(plat: Any, db_url: str, tmp_path: Path) -> AsyncIterator[Web]:
+@asynccontextmanager
+async def fake_page(
+    db_url: str, tmp_path: Path, **settings: Any
+) -> AsyncIterator[tuple[FakeWhatsAppWeb, DispatchSettings]]:
+    """A fake WhatsApp Web served on loopback, and dispatch's settings pointing at it."""
     fake = FakeWhatsAppWeb()
     runner = await serve(fake)
-    settings = make_settings(
-        fake.url,
-        tmp_path / "profiles",
-        database_url=db_url,
-        whatsapp_web_inactivity_reminder_days=12,
-    )
-    channel = WhatsAppWebChannel(settings)
-    supervisor = WebAccounts(settings, plat.pool, plat.bus, channel)
-    async with channel:
-        try:
-            yield Web(fake, channel, supervisor, plat.pool)
-        finally:
-            await supervisor.release_all()
-    await runner.cleanup()
+    try:
+        yield fake, make_settings(fake.url, tmp_path / "profiles", database_url=db_url, **settings)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def web(plat: Any, db_url: str, tmp_path: Path) -> AsyncIterator[Web]:
+    async with fake_page(db_url, tmp_path, whatsapp_web_inactivity_reminder_days=12) as (
+        fake,
+        settings,
+    ):
+        channel = WhatsAppWebChannel(settings)
+        supervisor = WebAccounts(settings, plat.pool, plat.bus, channel)
+        async with channel:
+            try:
+                yield Web(fake, channel, supervisor, plat.pool)
+            finally:
+                await supervisor.release_all()
 
 
 def gauge(state: str) -> float | None:

@@ -22,8 +22,6 @@ from shvya_common.contracts import JobEnvelope
 from shvya_dispatch.app import build_deps
 from tests.integration import test_whatsapp_web_health as health
 from tests.integration.dispatch_support import Dispatcher, queue_send
-from tests.integration.fake_whatsapp_web import FakeWhatsAppWeb, serve
-from tests.integration.test_whatsapp_web_channel import make_settings
 from tests.integration.webhook_support import ingest_client
 from tests.support import eventually
 
@@ -110,29 +108,24 @@ class Web(health.Web):
 async def web(
     plat: Any, base_env: dict[str, str], db_url: str, tmp_path: Path
 ) -> AsyncIterator[Web]:
-    fake = FakeWhatsAppWeb()
-    runner = await serve(fake)
-    settings = make_settings(
-        fake.url,
-        tmp_path / "profiles",
-        database_url=db_url,
+    page = health.fake_page(
+        db_url,
+        tmp_path,
         policy_whatsapp_web_quiet_hours="",
         policy_whatsapp_web_min_gap_seconds=0,
         policy_whatsapp_web_jitter_seconds=0,
     )
-    try:
-        async with ingest_client(base_env):  # its lifespan runs the whatsapp_web.inbound worker
-            dispatcher = Dispatcher(plat.pool, settings)
-            dispatcher.deps = await build_deps(settings, plat.pool, dispatcher.stack, bus=plat.bus)
-            supervisor = dispatcher.deps.web_accounts
-            assert supervisor is not None
-            try:
-                yield Web(fake, supervisor.channel, supervisor, plat.pool, dispatcher)
-            finally:
-                await supervisor.release_all()
-                await dispatcher.stack.aclose()
-    finally:
-        await runner.cleanup()
+    # The ingest app's lifespan runs the whatsapp_web.inbound worker.
+    async with page as (fake, settings), ingest_client(base_env):
+        dispatcher = Dispatcher(plat.pool, settings)
+        dispatcher.deps = await build_deps(settings, plat.pool, dispatcher.stack, bus=plat.bus)
+        supervisor = dispatcher.deps.web_accounts
+        assert supervisor is not None
+        try:
+            yield Web(fake, supervisor.channel, supervisor, plat.pool, dispatcher)
+        finally:
+            await supervisor.release_all()
+            await dispatcher.stack.aclose()
 
 
 async def queued_messages() -> float:
