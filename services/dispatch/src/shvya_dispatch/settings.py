@@ -94,7 +94,7 @@ class DispatchSettings(GraphSettings):
 
     @field_validator("whatsapp_media_mime_types", "smtp_relay_domains", mode="before")
     @classmethod
-    def _split_mime_types(cls, value: object) -> object:
+    def _split_lowercase(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip().lower() for part in value.split(",") if part.strip()]
         return value

@@ -296,7 +296,7 @@ class IngestSettings(KnowledgeSettings, GraphSettings):
 
     @field_validator("optout_keywords", "smtp_receiver_domains", mode="before")
     @classmethod
-    def _split_keywords(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
