@@ -1,8 +1,9 @@
 """Received media read back through /v1 against real PostgreSQL and a media folder: a message's
 files are listed and served to its own company only, to the roles that read conversations (a
 console session included); what could run in a browser (HTML, SVG) is only ever a download;
-every answer is nosniff and sandboxed with an ETag from the SHA-256; and a file that is not
-stored, or no longer in the store, is a 404 that says why."""
+every answer is nosniff and sandboxed with an ETag from the SHA-256; a Range request gets only
+the bytes it asks for (RFC 9110's 206 and 416); and a file that is not stored, or no longer in
+the store, is a 404 that says why."""
 
 from __future__ import annotations
 
@@ -284,3 +285,87 @@ async def test_a_file_not_stored_or_gone_from_the_store_is_a_404_with_its_reason
         assert past.status_code == 404 and "no file 1" in past.json()["detail"]
         unknown = await client.get(f"/v1/messages/{uuid.uuid4()}/media", headers=h)
         assert unknown.status_code == 404
+
+
+async def test_a_file_is_served_in_parts_to_range_requests(
+    base_env, admin_token, db_url, tmp_path: Path
+):
+    """A video answers one byte range (first-last, first-, -count, a last past the end) with a
+    206, its Content-Range and only those bytes; a range past the end or of no bytes is a 416
+    with the size; a malformed, non-byte or multi-range header, or an If-Range other than the
+    ETag, gets the whole file; every answer says Accept-Ranges: bytes."""
+    media = tmp_path / "media"
+    video = bytes(range(256)) * 40
+    size = len(video)
+    async with api(base_env, MEDIA_DIR=str(media)) as client:
+        acme = await new_company(client, admin_token, "Acme")
+        h = bearer(acme["admin"])
+        mail = await filed_message(client, acme["admin"], "+15550501")
+        conn = await asyncpg.connect(db_url)
+        try:
+            company_id = await conn.fetchval("SELECT company_id FROM messages WHERE id = $1", mail)
+            stored = await LocalMediaStore(media).put(company_id, video, "video/mp4")
+            entry = {"filename": "tour.mp4", "mime_type": "video/mp4", "size": size}
+            entry |= {"key": stored.key, "sha256": stored.sha256}
+            await conn.execute(
+                "UPDATE messages SET meta = meta || jsonb_build_object('attachments', $2::jsonb)"
+                " WHERE id = $1",
+                mail,
+                json.dumps([entry]),
+            )
+        finally:
+            await conn.close()
+        url = f"/v1/messages/{mail}/media/0"
+        etag = f'"{stored.sha256}"'
+
+        whole = await client.get(url, headers=h)
+        assert whole.status_code == 200 and whole.content == video
+        assert whole.headers["accept-ranges"] == "bytes" and "content-range" not in whole.headers
+
+        for asked, first, last in (
+            ("bytes=0-99", 0, 99),
+            ("bytes=1000-1000", 1000, 1000),
+            ("bytes=10000-", 10000, size - 1),
+            ("bytes=-300", size - 300, size - 1),
+            ("bytes=-99999", 0, size - 1),
+            ("bytes=9000-99999999", 9000, size - 1),
+            (" Bytes=5-9 ", 5, 9),
+        ):
+            part = await client.get(url, headers={**h, "Range": asked})
+            assert part.status_code == 206, (asked, part.text)
+            assert part.content == video[first : last + 1], asked
+            assert part.headers["content-range"] == f"bytes {first}-{last}/{size}", asked
+            assert part.headers["content-length"] == str(last - first + 1)
+            assert part.headers["content-type"] == "video/mp4"
+            assert part.headers["content-disposition"] == 'inline; filename="tour.mp4"'
+            assert part.headers["etag"] == etag and part.headers["accept-ranges"] == "bytes"
+            sandboxed(part)
+
+        for asked in (f"bytes={size}-", f"bytes={size + 5}-{size + 9}", "bytes=-0"):
+            refused = await client.get(url, headers={**h, "Range": asked})
+            assert refused.status_code == 416, (asked, refused.text)
+            assert refused.headers["content-range"] == f"bytes */{size}", asked
+            assert f"has {size} bytes" in refused.json()["detail"]
+
+        for asked in (
+            "bytes=9-5",
+            "bytes=-",
+            "bytes=abc",
+            "bytes 0-9",
+            "items=0-9",
+            "bytes=0-9,20-29",
+            "bytes=0-99999999999999999999",
+        ):
+            full = await client.get(url, headers={**h, "Range": asked})
+            assert full.status_code == 200, (asked, full.text)
+            assert full.content == video and "content-range" not in full.headers, asked
+
+        same = await client.get(url, headers={**h, "Range": "bytes=0-9", "If-Range": etag})
+        assert same.status_code == 206 and same.content == video[:10]
+        for other in (f'"{"0" * 64}"', f"W/{etag}", "Wed, 21 Oct 2026 07:28:00 GMT"):
+            changed = await client.get(url, headers={**h, "Range": "bytes=0-9", "If-Range": other})
+            assert changed.status_code == 200 and changed.content == video, other
+
+        cached = await client.get(url, headers={**h, "Range": "bytes=0-9", "If-None-Match": etag})
+        assert cached.status_code == 304 and cached.content == b""
+        assert cached.headers["accept-ranges"] == "bytes"

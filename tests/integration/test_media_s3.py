@@ -66,13 +66,28 @@ async def test_a_file_round_trips_through_the_bucket_under_its_content_address(s
     assert await s3_bucket.server.objects(s3_bucket.name) == {}
 
 
+async def test_a_part_of_a_file_is_read_with_a_ranged_get(store, s3_bucket):
+    """get_range asks S3 for `bytes=start-(start+length-1)` only and returns those bytes (fewer
+    at the end of the object); a range of no bytes is a ValueError, never the whole object."""
+    stored = await store.put(uuid.uuid4(), SCAN, "application/pdf")
+    assert await store.get_range(stored.key, 0, 10) == SCAN[:10]
+    assert await store.get_range(stored.key, 1000, 31) == SCAN[1000:1031]
+    assert await store.get_range(stored.key, len(SCAN) - 5, 100) == SCAN[-5:]
+    with pytest.raises(ValueError):
+        await store.get_range(stored.key, 10, 0)
+
+
 async def test_a_missing_or_malformed_key_is_media_not_found(store):
     """A key with no object, or a string that is not a media key, is MediaNotFound."""
     with pytest.raises(MediaNotFound):
         await store.get(media_key(uuid.uuid4(), "0" * 64))
+    with pytest.raises(MediaNotFound):
+        await store.get_range(media_key(uuid.uuid4(), "0" * 64), 0, 10)
     for bad in ("../../etc/passwd", "a/b/c"):
         with pytest.raises(MediaNotFound):
             await store.get(bad)
+        with pytest.raises(MediaNotFound):
+            await store.get_range(bad, 0, 10)
         with pytest.raises(MediaNotFound):
             await store.delete(bad)
 

@@ -92,10 +92,29 @@ async def test_media_is_stored_once_by_content_and_read_back(tmp_path):
         await store.get(first.key)
 
 
+async def test_a_part_of_a_file_is_read_from_its_offset(tmp_path):
+    """get_range reads `length` bytes from `start`, fewer at the end of the file and none past
+    it; a missing file is MediaNotFound and a range of no bytes a ValueError."""
+    store = LocalMediaStore(tmp_path)
+    data = bytes(range(256)) * 4
+    stored = await store.put(uuid.uuid4(), data, "video/mp4")
+    assert await store.get_range(stored.key, 0, 10) == data[:10]
+    assert await store.get_range(stored.key, 500, 24) == data[500:524]
+    assert await store.get_range(stored.key, 1000, 100) == data[1000:]
+    assert await store.get_range(stored.key, 5000, 1) == b""
+    with pytest.raises(ValueError):
+        await store.get_range(stored.key, 0, 0)
+    await store.delete(stored.key)
+    with pytest.raises(MediaNotFound):
+        await store.get_range(stored.key, 0, 10)
+
+
 async def test_keys_outside_the_store_layout_are_refused(tmp_path):
     """A key cannot climb out of the media folder."""
     with pytest.raises(MediaNotFound):
         await LocalMediaStore(tmp_path).get("../../etc/passwd")
+    with pytest.raises(MediaNotFound):
+        await LocalMediaStore(tmp_path).get_range("../../etc/passwd", 0, 10)
 
 
 def test_media_store_picks_the_folder_by_default_and_s3_when_asked(tmp_path):

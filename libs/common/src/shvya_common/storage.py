@@ -6,7 +6,9 @@ Files are content-addressed: the key is `<company>/<sha256[:2]>/<sha256>`, so th
 received twice is stored once and a key can never point at other bytes. In a folder, writes go
 to a temporary file that is renamed into place, so a crash never leaves a half-written file
 under a real key, and blocking file work runs in a thread; in S3 a PUT is atomic by itself. A
-store that holds a connection is closed with `aclose()` by the service that opened it.
+part of a file is read with `get_range` (a seek in a folder, a ranged GetObject in S3), so an
+HTTP Range request loads only the bytes it asks for. A store that holds a connection is closed
+with `aclose()` by the service that opened it.
 
     LookupError
     └── MediaNotFound           no file has this key (or it is not a key): asking again won't help
@@ -64,8 +66,12 @@ class StoredMedia:
 
 
 class MediaStore(Protocol):
+    """`get_range` reads `length` (at least 1) bytes from offset `start`, fewer at the end of
+    the file, so a part of a large file is served without loading the rest."""
+
     async def put(self, company_id: uuid.UUID, data: bytes, mime_type: str) -> StoredMedia: ...
     async def get(self, key: str) -> bytes: ...
+    async def get_range(self, key: str, start: int, length: int) -> bytes: ...
     async def delete(self, key: str) -> None: ...
     async def aclose(self) -> None: ...
 
@@ -78,6 +84,12 @@ def _checked(key: str) -> str:
     if not _KEY.match(key):
         raise MediaNotFound(f"not a media key: {key!r}")
     return key
+
+
+def _check_range(start: int, length: int) -> None:
+    # S3 answers a range it cannot parse (an empty one) with the whole object.
+    if start < 0 or length < 1:
+        raise ValueError(f"not a byte range: {length} bytes from {start}")
 
 
 def media_store(settings: CommonSettings) -> MediaStore:
@@ -133,6 +145,20 @@ class LocalMediaStore:
             return await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
             raise MediaNotFound(key) from None
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        path = self._path(key)
+        _check_range(start, length)
+        try:
+            return await asyncio.to_thread(self._read, path, start, length)
+        except FileNotFoundError:
+            raise MediaNotFound(key) from None
+
+    @staticmethod
+    def _read(path: Path, start: int, length: int) -> bytes:
+        with path.open("rb") as fh:
+            fh.seek(start)
+            return fh.read(length)
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._path(key).unlink, True)
@@ -251,6 +277,16 @@ class S3MediaStore:
         s3 = await self._s3()
         with self._errors("GetObject", _checked(key)):
             found = await s3.get_object(Bucket=self.bucket, Key=key)
+            async with found["Body"] as body:
+                return await body.read()
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        _check_range(start, length)
+        s3 = await self._s3()
+        with self._errors("GetObject", _checked(key)):
+            found = await s3.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
+            )
             async with found["Body"] as body:
                 return await body.read()
 

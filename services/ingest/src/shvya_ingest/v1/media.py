@@ -19,6 +19,15 @@ its own has no script and no origin. The ETag is the file's SHA-256 (a file neve
 its key); `Cache-Control: private, no-cache` keeps it out of shared caches and has the browser
 ask again each time (a 304 when unchanged), so an erased file or a signed-out browser does not
 see it from a cache.
+
+A browser plays audio and video (and seeks in them) with Range requests, and Safari plays no
+video without them, so a file is also served in part (RFC 9110 section 14): every file answer
+says `Accept-Ranges: bytes`; one range (`bytes=a-b`, `bytes=a-`, `bytes=-n`) is a 206 with
+`Content-Range: bytes a-b/size` and only those bytes, read from the store without the rest;
+a range that starts past the end is a 416 with `Content-Range: bytes */size`. A malformed or
+multi-range header, or an `If-Range` that is not the file's ETag, gets the whole file (a 200),
+as the RFC allows. The size is the one recorded when the file was stored, which is its stored
+length: a key is content-addressed.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shvya_common.storage import MediaNotFound
 from shvya_ingest import examples as ex
 from shvya_ingest.auth import AgentCompany
-from shvya_ingest.v1.common import ERRORS, V1, IngestDep, not_found
+from shvya_ingest.v1.common import ERRORS, V1, ErrorOut, IngestDep, not_found
 
 router = APIRouter(prefix="/v1", dependencies=V1, tags=["media"], responses=ERRORS)
 
@@ -72,8 +81,11 @@ SECURITY_HEADERS = {
     ),
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "private, no-cache",
+    "Accept-Ranges": "bytes",
 }
 MAX_FILENAME = 150
+# One range of bytes; longer numbers than any file's size are a malformed header.
+_RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})", re.IGNORECASE)
 
 MediaStatus = Literal["stored", "pending", "rejected", "failed", "skipped", "not_downloaded"]
 _REASONS = {
@@ -174,6 +186,26 @@ def content_disposition(kind: Literal["inline", "attachment"], filename: str) ->
     if plain != filename:
         value += f"; filename*=UTF-8''{quote(filename, safe='')}"
     return value
+
+
+def byte_range(header: str | None, size: int) -> range | None:
+    """The bytes of a `size`-byte file that a Range header asks for, as offsets; an empty range
+    when none of them exists (416); None to send the whole file: no header, one that is
+    malformed, not in bytes or asks for several ranges (RFC 9110 lets a server ignore it), or an
+    empty file, which has no byte to ask for."""
+    found = _RANGE.fullmatch(header.strip()) if header and size else None
+    if found is None or found.group(1) == found.group(2) == "":
+        return None
+    first, last = found.group(1), found.group(2)
+    if not first:
+        suffix = int(last)
+        return range(max(size - suffix, 0), size) if suffix else range(0)
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        return range(0)
+    return range(start, min(int(last) + 1, size) if last else size)
 
 
 def _fallback_name(kind: str, index: int, mime: str | None) -> str:
@@ -305,7 +337,19 @@ FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
         " as application/octet-stream with Content-Disposition: attachment.",
         "content": {t: {} for t in (DOWNLOAD_TYPE, *sorted(INLINE_TYPES))},
     },
+    206: {
+        "description": "The part of the file one `Range: bytes=...` asked for (with If-Range,"
+        " only while that names the file's ETag), with `Content-Range: bytes first-last/size`.",
+        "headers": {"Content-Range": {"schema": {"type": "string"}}},
+        "content": {t: {} for t in (DOWNLOAD_TYPE, *sorted(INLINE_TYPES))},
+    },
     304: {"description": "If-None-Match named the file's ETag: it has not changed."},
+    416: {
+        "model": ErrorOut,
+        "description": "The Range starts past the file's end; `Content-Range: bytes */size`"
+        " says how large the file is.",
+        "headers": {"Content-Range": {"schema": {"type": "string"}}},
+    },
 }
 
 
@@ -320,10 +364,25 @@ async def get_media(
     company_id: AgentCompany,
     ingest: IngestDep,
     if_none_match: Annotated[str | None, Header(max_length=1000)] = None,
+    range_: Annotated[
+        str | None,
+        Header(
+            alias="range",
+            description="One byte range, `bytes=first-last`, `bytes=first-` or `bytes=-count`,"
+            " for a 206 with only those bytes; any other value gets the whole file.",
+        ),
+    ] = None,
+    if_range: Annotated[
+        str | None,
+        Header(
+            description="The ETag the client holds part of: Range counts only if it still"
+            " names the file."
+        ),
+    ] = None,
 ) -> Response:
     """One file's bytes, with its stored type when that is safe to show (see INLINE_TYPES),
     else as a download; 404 when the file is not stored (pending, refused, or gone from the
-    store)."""
+    store). A Range request gets a 206 with only the bytes it asks for (416 past the end)."""
     items = await _message_items(ingest, company_id, message_id)
     if index >= len(items):
         raise HTTPException(404, f"message {message_id} has no file {index}")
@@ -338,9 +397,22 @@ async def get_media(
     asked = {t.strip().removeprefix("W/") for t in (if_none_match or "").split(",")}
     if etag in asked or "*" in asked:
         return Response(status_code=304, headers=headers)
+    size = item.out.size
+    stale = if_range is not None and if_range.strip() != etag
+    wanted = None if size is None or stale else range_
+    span = byte_range(wanted, size or 0)
+    if span is not None and not span:
+        raise HTTPException(
+            416,
+            f"file {index} of message {message_id} has {size} bytes: the range asks for none",
+            headers={**headers, "Content-Range": f"bytes */{size}"},
+        )
     store = ingest.media
     try:
-        data = await store.get(item.key)
+        if span is None:
+            data = await store.get(item.key)
+        else:
+            data = await store.get_range(item.key, span.start, len(span))
     except MediaNotFound as err:
         raise HTTPException(
             404, f"file {index} of message {message_id} is no longer in the media store"
@@ -350,4 +422,7 @@ async def get_media(
         "inline" if inline else "attachment", item.out.filename
     )
     media_type = item.out.mime_type if inline and item.out.mime_type else DOWNLOAD_TYPE
-    return Response(data, media_type=media_type, headers=headers)
+    if span is None:
+        return Response(data, media_type=media_type, headers=headers)
+    headers["Content-Range"] = f"bytes {span.start}-{span.stop - 1}/{size}"
+    return Response(data, status_code=206, media_type=media_type, headers=headers)
