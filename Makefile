@@ -6,7 +6,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 SYNC := $(UV) sync --all-packages --extra embedded --group dev --frozen
 
-.PHONY: install offline-embedder up infra migrate test test-fast bench bench-campaign faults lint format clean \
+.PHONY: install offline-embedder up infra migrate test test-fast bench bench-campaign bench-relay faults lint format clean \
 	canary-whatsapp-web console-vendor console-screenshots
 
 $(UV):
@@ -64,6 +64,11 @@ faults: install
 # A campaign to 10,000 leads through the log channel: enqueue time, sends/s, P1 latency meanwhile.
 bench-campaign: install
 	$(VENV)/bin/python bench/campaign.py
+
+# What committing first (issue 7's outbox) cost ingest: the code before it, the outbox commit and
+# HEAD, in one run. BENCH_RELAY_OUTBOX names the outbox commit; BENCH_ARGS="--no-write" prints only.
+bench-relay: install
+	$(VENV)/bin/python bench/relay_cost.py $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

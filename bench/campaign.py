@@ -332,12 +332,14 @@ def report(results: dict[str, dict[str, float]], yard: float, drift: float) -> s
     return section
 
 
-def write_section(section: str) -> None:
+def write_section(section: str, marker: str = MARKER) -> None:
+    """Put `section` between its two `marker` lines in docs/performance.md (at the end the
+    first time)."""
     doc = ROOT / "docs" / "performance.md"
     text = doc.read_text()
-    if MARKER in text:
-        start = text.index(MARKER)
-        end = text.index(MARKER, start + len(MARKER)) + len(MARKER) + 1
+    if marker in text:
+        start = text.index(marker)
+        end = text.index(marker, start + len(marker)) + len(marker) + 1
         text = text[:start] + section + text[end:]
     else:
         text = text.rstrip("\n") + "\n\n" + section

@@ -151,7 +151,10 @@ async def _supervise(name: str, env: dict[str, str], stopping: asyncio.Event) ->
         stop_wait.cancel()
         await pump
         if stopping.is_set():
-            _say(name, f"stopped (exit {proc.returncode})")
+            # uvicorn (ingest) ends a graceful stop by re-raising the SIGTERM it was sent, so
+            # -15 after our SIGTERM is as clean as 0; anything else is worth showing.
+            clean = proc.returncode in (0, -signal.SIGTERM)
+            _say(name, "stopped" if clean else f"stopped (exit {proc.returncode})")
             return
         _say(name, f"exited with {proc.returncode}; restarting in {backoff:.0f}s")
         await asyncio.sleep(backoff)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 import uvicorn
 from fastapi import FastAPI
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -39,6 +40,8 @@ from shvya_ingest.middleware import EdgeMiddleware
 from shvya_ingest.settings import IngestSettings
 from shvya_ingest.smtp_receiver import start_smtp_receiver
 from shvya_ingest.whatsapp_web_inbound import registry as web_inbound
+
+log = structlog.get_logger(__name__)
 
 SERVICE = "ingest"
 METRICS_PORT = 9100
@@ -74,9 +77,13 @@ def create_app(settings: IngestSettings) -> FastAPI:
             )
             await worker.start()
             settle_heap()
+            # The same start and stop lines as the worker services (shvya_common.runtime), so
+            # one log query follows all four; uvicorn listens once this lifespan has yielded.
+            log.info("service_ready", host=settings.host, port=settings.port)
             try:
                 yield
             finally:
+                log.info("service_stopping")
                 await worker.stop()
                 # Stop receiving mail (SMTP, IMAP) before the pool closes.
                 if mailboxes is not None:
@@ -87,6 +94,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
                 await ingest.live.close()
                 await ingest.batcher.close()
                 await ingest.media.aclose()
+        log.info("service_stopped")
 
     app = FastAPI(
         title="SHVYA ingest",
