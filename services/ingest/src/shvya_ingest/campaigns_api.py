@@ -43,7 +43,7 @@ from shvya_ingest import examples as ex
 from shvya_ingest.api import IngestDep
 from shvya_ingest.auth import AdminCompany, AgentCompany
 from shvya_ingest.campaign_repository import CampaignRepository
-from shvya_ingest.v1.common import ERRORS, V1
+from shvya_ingest.v1.common import ERRORS, V1, CampaignId, Offset, page_limit
 
 Status = Literal["draft", "sending", "paused", "completed", "cancelled"]
 
@@ -382,9 +382,9 @@ async def create_campaign(company_id: AdminCompany, body: CampaignIn, repo: Repo
 async def list_campaigns(
     company_id: AgentCompany,
     repo: RepoDep,
-    status: Status | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    status: Annotated[Status | None, Query(description="Only campaigns in this state.")] = None,
+    limit: Annotated[int, page_limit(200)] = 50,
+    offset: Offset = 0,
 ) -> CampaignList:
     """The company's campaigns, newest first, without counts (read one campaign for those)."""
     await _require_company(repo, company_id)
@@ -399,14 +399,14 @@ async def list_campaigns(
 
 @router.get("/{campaign_id}", response_model=CampaignOut)
 async def get_campaign(
-    company_id: AgentCompany, campaign_id: uuid.UUID, repo: RepoDep
+    company_id: AgentCompany, campaign_id: CampaignId, repo: RepoDep
 ) -> CampaignOut:
     return await _out(repo, await _campaign(repo, company_id, campaign_id))
 
 
 @router.patch("/{campaign_id}", response_model=CampaignOut)
 async def update_campaign(
-    company_id: AdminCompany, campaign_id: uuid.UUID, body: CampaignPatch, repo: RepoDep
+    company_id: AdminCompany, campaign_id: CampaignId, body: CampaignPatch, repo: RepoDep
 ) -> CampaignOut:
     """Edit a draft, or a paused campaign (its recipients stay; the audience is read again
     only by a schedule's refresh)."""
@@ -434,7 +434,7 @@ async def update_campaign(
 
 @router.delete("/{campaign_id}", status_code=204)
 async def delete_campaign(
-    company_id: AdminCompany, campaign_id: uuid.UUID, repo: RepoDep
+    company_id: AdminCompany, campaign_id: CampaignId, repo: RepoDep
 ) -> Response:
     """Delete a draft (a campaign that has sent is kept, with its counts: cancel it instead)."""
     row = await _campaign(repo, company_id, campaign_id)
@@ -445,7 +445,7 @@ async def delete_campaign(
 
 @router.post("/{campaign_id}/preview", response_model=PreviewOut)
 async def preview_campaign(
-    company_id: AdminCompany, campaign_id: uuid.UUID, body: PreviewIn, repo: RepoDep
+    company_id: AdminCompany, campaign_id: CampaignId, body: PreviewIn, repo: RepoDep
 ) -> PreviewOut:
     """Render the template for one lead, as that lead would get it (before the unsubscribe
     footer, tracked links and open pixel the email channel adds)."""
@@ -472,7 +472,7 @@ async def preview_campaign(
 @router.post("/{campaign_id}/send", status_code=202, response_model=StateOut)
 async def send_campaign(
     company_id: AdminCompany,
-    campaign_id: uuid.UUID,
+    campaign_id: CampaignId,
     ingest: IngestDep,
     repo: RepoDep,
     body: SendIn | None = None,
@@ -528,7 +528,7 @@ async def _move(
 
 @router.post("/{campaign_id}/pause", response_model=StateOut)
 async def pause_campaign(
-    company_id: AdminCompany, campaign_id: uuid.UUID, ingest: IngestDep, repo: RepoDep
+    company_id: AdminCompany, campaign_id: CampaignId, ingest: IngestDep, repo: RepoDep
 ) -> StateOut:
     """Stop taking new batches; sends already handed to dispatch (at most one batch) still go."""
     return await _move(
@@ -545,7 +545,7 @@ async def pause_campaign(
 
 @router.post("/{campaign_id}/resume", response_model=StateOut)
 async def resume_campaign(
-    company_id: AdminCompany, campaign_id: uuid.UUID, ingest: IngestDep, repo: RepoDep
+    company_id: AdminCompany, campaign_id: CampaignId, ingest: IngestDep, repo: RepoDep
 ) -> StateOut:
     """Go on where the campaign stopped: a new chain of runs; the paused one's runs do nothing."""
     return await _move(
@@ -562,7 +562,7 @@ async def resume_campaign(
 
 @router.post("/{campaign_id}/cancel", response_model=StateOut)
 async def cancel_campaign(
-    company_id: AdminCompany, campaign_id: uuid.UUID, ingest: IngestDep, repo: RepoDep
+    company_id: AdminCompany, campaign_id: CampaignId, ingest: IngestDep, repo: RepoDep
 ) -> StateOut:
     """End the campaign for good; recipients not yet requested are never mailed."""
     return await _move(
@@ -579,7 +579,7 @@ async def cancel_campaign(
 
 @router.get("/{campaign_id}/counts", response_model=CampaignCounts)
 async def campaign_counts(
-    company_id: AgentCompany, campaign_id: uuid.UUID, repo: RepoDep
+    company_id: AgentCompany, campaign_id: CampaignId, repo: RepoDep
 ) -> CampaignCounts:
     await _campaign(repo, company_id, campaign_id)
     return CampaignCounts(**await repo.counts(campaign_id))
@@ -592,11 +592,17 @@ async def campaign_counts(
 )
 async def campaign_recipients(
     company_id: AgentCompany,
-    campaign_id: uuid.UUID,
+    campaign_id: CampaignId,
     repo: RepoDep,
-    status: Literal["pending", "requested", "skipped", "failed"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    status: Annotated[
+        Literal["pending", "requested", "skipped", "failed"] | None,
+        Query(
+            description="Only recipients in this state: `pending` (not requested yet),"
+            " `requested` (its send asked of dispatch), `skipped` or `failed`."
+        ),
+    ] = None,
+    limit: Annotated[int, page_limit(1000)] = 100,
+    offset: Offset = 0,
 ) -> list[RecipientOut]:
     await _campaign(repo, company_id, campaign_id)
     rows = await repo.recipients(campaign_id, status, limit, offset)

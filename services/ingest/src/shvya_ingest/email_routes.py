@@ -23,7 +23,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -235,8 +235,17 @@ def _masked(address: str) -> str:
     return f"{local[:1]}{'*' * max(len(local) - 1, 1)}@{domain}"
 
 
+UnsubscribeToken = Annotated[
+    str,
+    Path(
+        description="The signed token of the List-Unsubscribe link in the email: it names the"
+        " company and the address (an unknown or forged one is not found)."
+    ),
+]
+
+
 @router.get("/u/{token}", response_class=HTMLResponse)
-async def unsubscribe_page(token: str, ingest: IngestDep) -> HTMLResponse:
+async def unsubscribe_page(token: UnsubscribeToken, ingest: IngestDep) -> HTMLResponse:
     """A confirmation page; only its button (a POST) unsubscribes."""
     _, address = _unsubscribe_target(ingest, token)
     form = (
@@ -249,7 +258,7 @@ async def unsubscribe_page(token: str, ingest: IngestDep) -> HTMLResponse:
 
 
 @router.post("/u/{token}", response_class=HTMLResponse)
-async def unsubscribe(token: str, request: Request, ingest: IngestDep) -> HTMLResponse:
+async def unsubscribe(token: UnsubscribeToken, request: Request, ingest: IngestDep) -> HTMLResponse:
     """RFC 8058 one-click unsubscribe: suppress and answer 200, with no redirect."""
     company_id, address = _unsubscribe_target(ingest, token)
     one_click = b"List-Unsubscribe=One-Click" in (await request.body())[:4096]

@@ -49,7 +49,7 @@ from shvya_ingest.auth import AdminCompany, AgentCompany
 from shvya_ingest.kb_fetch import FetchError, fetch_document
 from shvya_ingest.middleware import RouteLimits
 from shvya_ingest.settings import IngestSettings
-from shvya_ingest.v1.common import ERRORS, V1
+from shvya_ingest.v1.common import ERRORS, V1, DocumentId, Offset, page_limit
 
 log = structlog.get_logger(__name__)
 
@@ -419,7 +419,7 @@ async def add_document(
 @router.put("/documents/{doc_id}", response_model=DocumentOut, openapi_extra=_DOCUMENT_BODY)
 async def replace_document(
     company_id: AdminCompany,
-    doc_id: uuid.UUID,
+    doc_id: DocumentId,
     request: Request,
     api: KbDep,
     title: RawTitle = None,
@@ -438,8 +438,8 @@ async def replace_document(
 async def list_documents(
     company_id: AgentCompany,
     api: KbDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, page_limit(500)] = 100,
+    offset: Offset = 0,
 ) -> DocumentList:
     await _require_company(api, company_id)
     infos, total = await api.kb.list_documents(company_id, limit=limit, offset=offset)
@@ -449,7 +449,7 @@ async def list_documents(
 
 
 @router.get("/documents/{doc_id}", response_model=DocumentDetail)
-async def get_document(company_id: AgentCompany, doc_id: uuid.UUID, api: KbDep) -> DocumentDetail:
+async def get_document(company_id: AgentCompany, doc_id: DocumentId, api: KbDep) -> DocumentDetail:
     found = await api.kb.get_document(company_id, doc_id)
     if found is None:
         raise HTTPException(404, f"document {doc_id} does not exist in company {company_id}")
@@ -458,7 +458,7 @@ async def get_document(company_id: AgentCompany, doc_id: uuid.UUID, api: KbDep) 
 
 
 @router.delete("/documents/{doc_id}", status_code=204)
-async def delete_document(company_id: AdminCompany, doc_id: uuid.UUID, api: KbDep) -> Response:
+async def delete_document(company_id: AdminCompany, doc_id: DocumentId, api: KbDep) -> Response:
     if not await api.kb.delete_document(company_id, doc_id):
         raise HTTPException(404, f"document {doc_id} does not exist in company {company_id}")
     return Response(status_code=204)

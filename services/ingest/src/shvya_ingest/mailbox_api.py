@@ -15,7 +15,7 @@ from shvya_ingest import examples as ex
 from shvya_ingest.api import IngestDep
 from shvya_ingest.auth import AdminCompany
 from shvya_ingest.imap_reader import password_context
-from shvya_ingest.v1.common import ERRORS, V1
+from shvya_ingest.v1.common import ERRORS, V1, MailboxId
 
 router = APIRouter(
     prefix="/v1/email/mailboxes",
@@ -149,7 +149,7 @@ async def list_mailboxes(company_id: AdminCompany, ingest: IngestDep) -> list[Ma
 
 @router.delete("/{mailbox_id}", status_code=204)
 async def disconnect_mailbox(
-    company_id: AdminCompany, mailbox_id: uuid.UUID, ingest: IngestDep
+    company_id: AdminCompany, mailbox_id: MailboxId, ingest: IngestDep
 ) -> Response:
     deleted = await ingest.plat.pool.fetchval(
         "DELETE FROM email_mailboxes WHERE id = $1 AND company_id = $2 RETURNING id",

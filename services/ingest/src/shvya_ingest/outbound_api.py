@@ -48,7 +48,15 @@ from shvya_common.webhooks.repository import (
 from shvya_ingest import examples as ex
 from shvya_ingest.api import Ingest, IngestDep
 from shvya_ingest.auth import AdminCompany, AgentCompany
-from shvya_ingest.v1.common import ERRORS, V1
+from shvya_ingest.v1.common import (
+    ERRORS,
+    V1,
+    DeliveryId,
+    EndpointId,
+    LeadFilter,
+    ReminderId,
+    page_limit,
+)
 
 TASK = "webhook.reminder"
 MAX_OVERLAP_SECONDS = 7 * 24 * 3600
@@ -500,7 +508,7 @@ async def list_endpoints(company_id: AgentCompany, ingest: IngestDep) -> Endpoin
 
 @router.get("/webhooks/endpoints/{endpoint_id}", response_model=EndpointOut)
 async def get_endpoint(
-    company_id: AgentCompany, endpoint_id: uuid.UUID, ingest: IngestDep
+    company_id: AgentCompany, endpoint_id: EndpointId, ingest: IngestDep
 ) -> EndpointOut:
     row = await WebhookRepository.get_endpoint(ingest.plat.pool, company_id, endpoint_id)
     if row is None:
@@ -510,7 +518,7 @@ async def get_endpoint(
 
 @router.patch("/webhooks/endpoints/{endpoint_id}", response_model=EndpointOut)
 async def update_endpoint(
-    company_id: AdminCompany, endpoint_id: uuid.UUID, body: EndpointPatch, ingest: IngestDep
+    company_id: AdminCompany, endpoint_id: EndpointId, body: EndpointPatch, ingest: IngestDep
 ) -> EndpointOut:
     """Change the URL, the event types or the description; enable or disable it."""
     if body.url is not None:
@@ -532,7 +540,7 @@ async def update_endpoint(
 
 @router.delete("/webhooks/endpoints/{endpoint_id}", status_code=204)
 async def delete_endpoint(
-    company_id: AdminCompany, endpoint_id: uuid.UUID, ingest: IngestDep
+    company_id: AdminCompany, endpoint_id: EndpointId, ingest: IngestDep
 ) -> Response:
     """Delete the endpoint with its delivery log; pending deliveries stop."""
     if not await WebhookRepository.delete_endpoint(ingest.plat.pool, company_id, endpoint_id):
@@ -542,7 +550,7 @@ async def delete_endpoint(
 
 @router.post("/webhooks/endpoints/{endpoint_id}/rotate-secret", response_model=EndpointWithSecret)
 async def rotate_secret(
-    company_id: AdminCompany, endpoint_id: uuid.UUID, body: RotateIn, ingest: IngestDep
+    company_id: AdminCompany, endpoint_id: EndpointId, body: RotateIn, ingest: IngestDep
 ) -> EndpointWithSecret:
     """Replace the signing secret; for `overlap_seconds` deliveries are signed with both."""
     box = _box(ingest)
@@ -567,13 +575,16 @@ async def rotate_secret(
 @router.get("/webhooks/endpoints/{endpoint_id}/deliveries", response_model=DeliveryList)
 async def list_deliveries(
     company_id: AgentCompany,
-    endpoint_id: uuid.UUID,
+    endpoint_id: EndpointId,
     ingest: IngestDep,
-    status: Annotated[Literal["pending", "succeeded", "failed", "skipped"] | None, Query()] = None,
+    status: Annotated[
+        Literal["pending", "succeeded", "failed", "skipped"] | None,
+        Query(description="Only deliveries in this state."),
+    ] = None,
     before: Annotated[
         uuid.UUID | None, Query(description="Only deliveries older than this one (a page's last).")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, page_limit(500)] = 50,
 ) -> DeliveryList:
     """The endpoint's deliveries, newest first, each with its last attempt's outcome."""
     pool = ingest.plat.pool
@@ -588,7 +599,7 @@ async def list_deliveries(
 
 @router.get("/webhooks/deliveries/{delivery_id}", response_model=DeliveryDetail)
 async def get_delivery(
-    company_id: AgentCompany, delivery_id: uuid.UUID, ingest: IngestDep
+    company_id: AgentCompany, delivery_id: DeliveryId, ingest: IngestDep
 ) -> DeliveryDetail:
     """One delivery with every attempt: outcome, status code, latency, error."""
     row = await WebhookRepository.get_delivery(ingest.plat.pool, company_id, delivery_id)
@@ -601,7 +612,7 @@ async def get_delivery(
     "/webhooks/deliveries/{delivery_id}/redeliver", status_code=202, response_model=Redelivery
 )
 async def redeliver(
-    company_id: AdminCompany, delivery_id: uuid.UUID, ingest: IngestDep
+    company_id: AdminCompany, delivery_id: DeliveryId, ingest: IngestDep
 ) -> Redelivery:
     """Send the delivery again now, with a fresh run of attempts (its log keeps the old ones);
     a retry still waiting is replaced by this one."""
@@ -672,9 +683,14 @@ async def create_reminder(
 async def list_reminders(
     company_id: AgentCompany,
     ingest: IngestDep,
-    status: Annotated[Literal["scheduled", "fired", "cancelled"] | None, Query()] = None,
-    lead_id: uuid.UUID | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    status: Annotated[
+        Literal["scheduled", "fired", "cancelled"] | None,
+        Query(description="Only reminders in this state."),
+    ] = None,
+    lead_id: LeadFilter = None,
+    limit: Annotated[
+        int, Query(ge=1, le=500, description="How many, soonest first: 1 to 500.")
+    ] = 100,
 ) -> ReminderList:
     """The company's reminders, soonest first."""
     await _require_company(ingest, company_id)
@@ -686,7 +702,7 @@ async def list_reminders(
 
 @router.get("/reminders/{reminder_id}", response_model=ReminderOut)
 async def get_reminder(
-    company_id: AgentCompany, reminder_id: uuid.UUID, ingest: IngestDep
+    company_id: AgentCompany, reminder_id: ReminderId, ingest: IngestDep
 ) -> ReminderOut:
     row = await ReminderRepository.get_reminder(ingest.plat.pool, company_id, reminder_id)
     if row is None:
@@ -696,7 +712,7 @@ async def get_reminder(
 
 @router.patch("/reminders/{reminder_id}", response_model=ReminderOut)
 async def update_reminder(
-    company_id: AgentCompany, reminder_id: uuid.UUID, body: ReminderPatch, ingest: IngestDep
+    company_id: AgentCompany, reminder_id: ReminderId, body: ReminderPatch, ingest: IngestDep
 ) -> ReminderOut:
     """Edit a scheduled reminder; a new `remind_at` reschedules it (the old time is void)."""
     async with ingest.plat.bus.unit() as unit:
@@ -729,7 +745,7 @@ async def update_reminder(
 
 @router.delete("/reminders/{reminder_id}", status_code=204)
 async def cancel_reminder(
-    company_id: AgentCompany, reminder_id: uuid.UUID, ingest: IngestDep
+    company_id: AgentCompany, reminder_id: ReminderId, ingest: IngestDep
 ) -> Response:
     """Cancel a scheduled reminder (a fired one answers 409)."""
     try:

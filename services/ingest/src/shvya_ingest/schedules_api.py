@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shvya_common.contracts.jobs import ReportName
@@ -26,7 +26,7 @@ from shvya_common.cron import CronError, check_expression, upcoming, zone
 from shvya_ingest import examples as ex
 from shvya_ingest.api import IngestDep
 from shvya_ingest.auth import AdminCompany, AgentCompany
-from shvya_ingest.v1.common import ERRORS, V1
+from shvya_ingest.v1.common import ERRORS, V1, Offset, ScheduleId, page_limit
 
 Kind = Literal["campaign", "summaries", "reports"]
 COLUMNS = (
@@ -236,8 +236,8 @@ async def create_schedule(
 async def list_schedules(
     company_id: AgentCompany,
     ingest: IngestDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, page_limit(500)] = 100,
+    offset: Offset = 0,
 ) -> list[ScheduleOut]:
     pool = ingest.plat.pool
     await _company_zone(pool, company_id)
@@ -253,14 +253,14 @@ async def list_schedules(
 
 @router.get("/{schedule_id}", response_model=ScheduleOut)
 async def get_schedule(
-    company_id: AgentCompany, schedule_id: uuid.UUID, ingest: IngestDep
+    company_id: AgentCompany, schedule_id: ScheduleId, ingest: IngestDep
 ) -> ScheduleOut:
     return _out(await _get(ingest.plat.pool, company_id, schedule_id))
 
 
 @router.patch("/{schedule_id}", response_model=ScheduleOut)
 async def update_schedule(
-    company_id: AdminCompany, schedule_id: uuid.UUID, body: SchedulePatch, ingest: IngestDep
+    company_id: AdminCompany, schedule_id: ScheduleId, body: SchedulePatch, ingest: IngestDep
 ) -> ScheduleOut:
     """Edit a schedule; a new expression, or enabling it, computes the next firing from now."""
     pool = ingest.plat.pool
@@ -290,7 +290,7 @@ async def update_schedule(
 
 @router.delete("/{schedule_id}", status_code=204)
 async def delete_schedule(
-    company_id: AdminCompany, schedule_id: uuid.UUID, ingest: IngestDep
+    company_id: AdminCompany, schedule_id: ScheduleId, ingest: IngestDep
 ) -> Response:
     deleted = await ingest.plat.pool.fetchval(
         "DELETE FROM schedules WHERE id = $1 AND company_id = $2 RETURNING id",

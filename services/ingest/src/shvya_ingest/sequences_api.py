@@ -71,7 +71,17 @@ from shvya_ingest.sequence_models import (
     SequencePatch,
     StepsIn,
 )
-from shvya_ingest.v1.common import ERRORS, V1
+from shvya_ingest.v1.common import (
+    ERRORS,
+    V1,
+    EnrolmentId,
+    LeadFilter,
+    LeadId,
+    Offset,
+    SequenceId,
+    StepId,
+    page_limit,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -167,8 +177,8 @@ async def list_sequences(
     company_id: AgentCompany,
     ingest: IngestDep,
     archived: Annotated[bool, Query(description="Include archived sequences.")] = False,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, page_limit(500)] = 100,
+    offset: Offset = 0,
 ) -> SequenceList:
     async with ingest.plat.pool.acquire() as conn:
         await _require_company(conn, company_id)
@@ -182,7 +192,7 @@ async def list_sequences(
 
 @router.get("/sequences/{sequence_id}", response_model=SequenceOut)
 async def get_sequence(
-    company_id: AgentCompany, sequence_id: uuid.UUID, ingest: IngestDep
+    company_id: AgentCompany, sequence_id: SequenceId, ingest: IngestDep
 ) -> SequenceOut:
     async with ingest.plat.pool.acquire() as conn:
         return await _out(conn, await _sequence(conn, company_id, sequence_id))
@@ -190,7 +200,7 @@ async def get_sequence(
 
 @router.patch("/sequences/{sequence_id}", response_model=SequenceOut)
 async def update_sequence(
-    company_id: AdminCompany, sequence_id: uuid.UUID, body: SequencePatch, ingest: IngestDep
+    company_id: AdminCompany, sequence_id: SequenceId, body: SequencePatch, ingest: IngestDep
 ) -> SequenceOut:
     """Change the sequence's own fields; enrolled leads go on with the new settings."""
     changes = body.model_dump(exclude_unset=True)
@@ -233,7 +243,7 @@ async def _replace(
 
 @router.put("/sequences/{sequence_id}/steps", response_model=EditOut)
 async def replace_steps(
-    company_id: AdminCompany, sequence_id: uuid.UUID, body: StepsIn, ingest: IngestDep
+    company_id: AdminCompany, sequence_id: SequenceId, body: StepsIn, ingest: IngestDep
 ) -> EditOut:
     """Replace the ordered steps. Changed steps get a new version; leads on a removed step move
     to the next remaining one and keep their due time."""
@@ -243,8 +253,8 @@ async def replace_steps(
 @router.patch("/sequences/{sequence_id}/steps/{step_id}", response_model=EditOut)
 async def update_step(
     company_id: AdminCompany,
-    sequence_id: uuid.UUID,
-    step_id: uuid.UUID,
+    sequence_id: SequenceId,
+    step_id: StepId,
     body: Annotated[
         dict[str, Any],
         Body(examples=[{"text": "Hi {{ lead.first_name }}, a new offer!"}, {"seconds": 3600}]),
@@ -274,7 +284,7 @@ async def update_step(
 
 @router.delete("/sequences/{sequence_id}/steps/{step_id}", response_model=EditOut)
 async def delete_step(
-    company_id: AdminCompany, sequence_id: uuid.UUID, step_id: uuid.UUID, ingest: IngestDep
+    company_id: AdminCompany, sequence_id: SequenceId, step_id: StepId, ingest: IngestDep
 ) -> EditOut:
     """Remove one step; leads waiting on it move to the step after it."""
 
@@ -294,7 +304,7 @@ def _validation_reason(err: ValidationError) -> str:
 
 @router.post("/sequences/{sequence_id}/archive", response_model=SequenceOut)
 async def archive_sequence(
-    company_id: AdminCompany, sequence_id: uuid.UUID, ingest: IngestDep
+    company_id: AdminCompany, sequence_id: SequenceId, ingest: IngestDep
 ) -> SequenceOut:
     """Archive: no new enrolments, and the active and paused ones stop (reason `archived`)."""
     async with ingest.plat.bus.unit() as unit:
@@ -312,7 +322,7 @@ async def archive_sequence(
     responses=ex.listed(PreviewStep),
 )
 async def preview(
-    company_id: AdminCompany, sequence_id: uuid.UUID, body: PreviewIn, ingest: IngestDep
+    company_id: AdminCompany, sequence_id: SequenceId, body: PreviewIn, ingest: IngestDep
 ) -> list[PreviewStep]:
     """Each send step as this lead would get it, or why it would not render."""
     async with ingest.plat.pool.acquire() as conn:
@@ -367,7 +377,7 @@ async def preview(
 )
 async def enrol(
     company_id: AgentCompany,
-    sequence_id: uuid.UUID,
+    sequence_id: SequenceId,
     body: EnrolIn,
     ingest: IngestDep,
     response: Response,
@@ -447,12 +457,15 @@ def _email(raw: str | None) -> str | None:
 @router.get("/sequences/{sequence_id}/enrolments", response_model=EnrolmentList)
 async def list_enrolments(
     company_id: AgentCompany,
-    sequence_id: uuid.UUID,
+    sequence_id: SequenceId,
     ingest: IngestDep,
-    status: Annotated[Literal["active", "paused", "completed", "stopped"] | None, Query()] = None,
-    lead_id: uuid.UUID | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    status: Annotated[
+        Literal["active", "paused", "completed", "stopped"] | None,
+        Query(description="Only enrolments in this state."),
+    ] = None,
+    lead_id: LeadFilter = None,
+    limit: Annotated[int, page_limit(1000)] = 100,
+    offset: Offset = 0,
 ) -> EnrolmentList:
     async with ingest.plat.pool.acquire() as conn:
         await _sequence(conn, company_id, sequence_id)
@@ -473,7 +486,7 @@ async def _detail(conn: asyncpg.Connection, row: asyncpg.Record) -> EnrolmentDet
 
 @router.get("/sequences/{sequence_id}/enrolments/{enrolment_id}", response_model=EnrolmentDetail)
 async def get_enrolment(
-    company_id: AgentCompany, sequence_id: uuid.UUID, enrolment_id: uuid.UUID, ingest: IngestDep
+    company_id: AgentCompany, sequence_id: SequenceId, enrolment_id: EnrolmentId, ingest: IngestDep
 ) -> EnrolmentDetail:
     """Where the lead is (current step, next run, status) and everything that happened."""
     async with ingest.plat.pool.acquire() as conn:
@@ -488,7 +501,7 @@ async def get_enrolment(
     "/sequences/{sequence_id}/enrolments/{enrolment_id}/stop", response_model=EnrolmentDetail
 )
 async def stop_enrolment(
-    company_id: AgentCompany, sequence_id: uuid.UUID, enrolment_id: uuid.UUID, ingest: IngestDep
+    company_id: AgentCompany, sequence_id: SequenceId, enrolment_id: EnrolmentId, ingest: IngestDep
 ) -> EnrolmentDetail:
     """Stop one enrolment now (reason `manual`); its unsent messages are cancelled."""
     async with ingest.plat.bus.unit() as unit:
@@ -510,7 +523,7 @@ async def stop_enrolment(
     responses=ex.listed(EnrolmentOut),
 )
 async def lead_enrolments(
-    company_id: AgentCompany, lead_id: uuid.UUID, ingest: IngestDep
+    company_id: AgentCompany, lead_id: LeadId, ingest: IngestDep
 ) -> list[EnrolmentOut]:
     """Every sequence the lead is or was in."""
     async with ingest.plat.pool.acquire() as conn:

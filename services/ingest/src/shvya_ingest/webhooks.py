@@ -56,9 +56,17 @@ def without_nul(value: Any) -> Any:
 @router.get("/whatsapp", response_class=PlainTextResponse)
 async def whatsapp_verify(
     ingest: IngestDep,
-    mode: Annotated[str | None, Query(alias="hub.mode")] = None,
-    token: Annotated[str | None, Query(alias="hub.verify_token")] = None,
-    challenge: Annotated[str | None, Query(alias="hub.challenge")] = None,
+    mode: Annotated[
+        str | None, Query(alias="hub.mode", description="`subscribe`; anything else is refused.")
+    ] = None,
+    token: Annotated[
+        str | None,
+        Query(alias="hub.verify_token", description="Must equal WHATSAPP_VERIFY_TOKEN."),
+    ] = None,
+    challenge: Annotated[
+        str | None,
+        Query(alias="hub.challenge", description="Meta's random value, echoed back as the body."),
+    ] = None,
 ) -> PlainTextResponse:
     """Meta's subscription handshake: echo `hub.challenge` when the verify token matches."""
     expected = ingest.settings.whatsapp_verify_token

@@ -39,7 +39,7 @@ from shvya_common.crypto import SecretsError
 from shvya_common.whatsapp.ownership import NotProven, ProofUnavailable, prove_number
 from shvya_ingest import examples as ex
 from shvya_ingest.auth import AdminCompany, OperatorDep, Principal, PrincipalDep, audit
-from shvya_ingest.v1.common import ERRORS, V1, IngestDep, not_found
+from shvya_ingest.v1.common import ERRORS, V1, AccountId, CompanyId, IngestDep, not_found
 
 router = APIRouter(prefix="/v1", dependencies=V1, tags=["channel accounts"], responses=ERRORS)
 
@@ -299,7 +299,7 @@ async def add_account(
     tags=["companies"],
 )
 async def operator_add_account(
-    company_id: uuid.UUID, body: AccountIn, ingest: IngestDep, caller: OperatorDep
+    company_id: CompanyId, body: AccountIn, ingest: IngestDep, caller: OperatorDep
 ) -> AccountOut:
     """An account for a company from the platform operator, who vouches for the number: e.g.
     one served by the platform's own Meta app, with no token of the company's."""
@@ -364,7 +364,7 @@ async def _create(
 
 @router.get("/channel-accounts/{account_id}", response_model=AccountOut)
 async def get_account(
-    account_id: uuid.UUID, company_id: AdminCompany, ingest: IngestDep
+    account_id: AccountId, company_id: AdminCompany, ingest: IngestDep
 ) -> AccountOut:
     row = await ingest.plat.pool.fetchrow(
         f"SELECT {_ACCOUNT} FROM channel_accounts WHERE id = $1 AND company_id = $2",
@@ -378,7 +378,7 @@ async def get_account(
 
 @router.patch("/channel-accounts/{account_id}", response_model=AccountOut)
 async def patch_account(
-    account_id: uuid.UUID,
+    account_id: AccountId,
     body: AccountPatch,
     company_id: AdminCompany,
     ingest: IngestDep,
@@ -444,7 +444,7 @@ async def patch_account(
 
 @router.delete("/channel-accounts/{account_id}", status_code=204)
 async def delete_account(
-    account_id: uuid.UUID, company_id: AdminCompany, ingest: IngestDep, caller: PrincipalDep
+    account_id: AccountId, company_id: AdminCompany, ingest: IngestDep, caller: PrincipalDep
 ) -> Response:
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(

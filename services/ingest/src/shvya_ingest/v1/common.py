@@ -1,4 +1,6 @@
-"""What every /v1 route shares: the per-key rate limit, cursor pagination and error helpers.
+"""What every /v1 route shares: the per-key rate limit, cursor pagination, error helpers and
+the parameters many routes take (item ids in the path, paging and lead filters in the query),
+each declared once with its description.
 
 Lists are ordered by (created_at, id) and paged with an opaque cursor (the last row's pair,
 base64url), so a page never skips or repeats a row while others are being added.
@@ -12,7 +14,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from fastapi import Depends, HTTPException, Query, Request
+from fastapi import Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from shvya_ingest import examples as ex
@@ -104,12 +106,59 @@ def limit_param(request: Request, limit: int) -> int:
     return limit
 
 
-Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page.")]
-Cursor = Annotated[str | None, Query(max_length=200, description="From `next_cursor`.")]
+Limit = Annotated[
+    int,
+    Query(ge=1, le=1000, description="Items per page, 1 to 1000 and at most MAX_PAGE_SIZE."),
+]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=200, description="The last page's `next_cursor`; none for the first page."),
+]
 Order = Annotated[
     Literal["oldest", "newest"],
     Query(description="`newest` pages back from the latest (a long history's end first)."),
 ]
+
+
+def page_limit(most: int) -> Any:
+    """The `limit` of a list paged by `offset`: 1 to `most` items per page."""
+    return Query(ge=1, le=most, description=f"Items per page, 1 to {most}.")
+
+
+Offset = Annotated[
+    int, Query(ge=0, description="How many items to skip before the page: 0 for the first.")
+]
+LeadFilter = Annotated[uuid.UUID | None, Query(description="Only those of this lead (its id).")]
+StageFilter = Annotated[
+    uuid.UUID | None, Query(description="Only leads in this pipeline stage (the stage's id).")
+]
+
+
+def _item_id(what: str) -> Any:
+    return Path(description=f"The {what}'s id (a UUID); another company's is not found.")
+
+
+AccountId = Annotated[uuid.UUID, _item_id("channel account")]
+ApiKeyId = Annotated[uuid.UUID, _item_id("API key")]
+CampaignId = Annotated[uuid.UUID, _item_id("campaign")]
+DeliveryId = Annotated[uuid.UUID, _item_id("webhook delivery")]
+DocumentId = Annotated[uuid.UUID, _item_id("knowledge-base document")]
+EndpointId = Annotated[uuid.UUID, _item_id("webhook endpoint")]
+EnrolmentId = Annotated[uuid.UUID, _item_id("enrolment")]
+LeadId = Annotated[uuid.UUID, _item_id("lead")]
+MailboxId = Annotated[uuid.UUID, _item_id("IMAP mailbox")]
+MessageId = Annotated[uuid.UUID, _item_id("message")]
+PipelineId = Annotated[uuid.UUID, _item_id("pipeline")]
+ReminderId = Annotated[uuid.UUID, _item_id("reminder")]
+ScheduleId = Annotated[uuid.UUID, _item_id("schedule")]
+SequenceId = Annotated[uuid.UUID, _item_id("sequence")]
+StageId = Annotated[uuid.UUID, _item_id("stage")]
+StepId = Annotated[uuid.UUID, _item_id("step")]
+SuppressionId = Annotated[uuid.UUID, _item_id("suppression")]
+TemplateId = Annotated[uuid.UUID, _item_id("template")]
+UserId = Annotated[uuid.UUID, _item_id("user")]
+# The operator's routes name a company in the path (its own key's routes never do).
+CompanyId = Annotated[uuid.UUID, Path(description="The company's id (a UUID).")]
 
 
 def order_sql(order: str) -> tuple[str, str]:

@@ -26,9 +26,12 @@ from shvya_ingest.v1.common import (
     V1,
     Cursor,
     IngestDep,
+    LeadFilter,
     Limit,
     Order,
     Page,
+    SuppressionId,
+    TemplateId,
     decode_cursor,
     limit_param,
     not_found,
@@ -113,7 +116,12 @@ _TEMPLATE = "id, name, channel, language, subject, body, status, created_at"
 
 @router.get("/templates", response_model=list[TemplateOut], responses=ex.listed(TemplateOut))
 async def list_templates(
-    company_id: AgentCompany, ingest: IngestDep, channel: str | None = None
+    company_id: AgentCompany,
+    ingest: IngestDep,
+    channel: Annotated[
+        str | None,
+        Query(description="Only templates of this channel: whatsapp_cloud, whatsapp_web, email."),
+    ] = None,
 ) -> list[TemplateOut]:
     rows = await ingest.plat.pool.fetch(
         f"SELECT {_TEMPLATE} FROM templates WHERE company_id = $1"
@@ -147,7 +155,7 @@ async def add_template(
 
 @router.get("/templates/{template_id}", response_model=TemplateOut)
 async def get_template(
-    template_id: uuid.UUID, company_id: AgentCompany, ingest: IngestDep
+    template_id: TemplateId, company_id: AgentCompany, ingest: IngestDep
 ) -> TemplateOut:
     row = await ingest.plat.pool.fetchrow(
         f"SELECT {_TEMPLATE} FROM templates WHERE id = $1 AND company_id = $2",
@@ -161,7 +169,7 @@ async def get_template(
 
 @router.patch("/templates/{template_id}", response_model=TemplateOut)
 async def patch_template(
-    template_id: uuid.UUID, body: TemplatePatch, company_id: AdminCompany, ingest: IngestDep
+    template_id: TemplateId, body: TemplatePatch, company_id: AdminCompany, ingest: IngestDep
 ) -> TemplateOut:
     row = await ingest.plat.pool.fetchrow(
         "UPDATE templates SET subject = coalesce($3, subject), body = coalesce($4, body),"
@@ -180,7 +188,7 @@ async def patch_template(
 
 @router.delete("/templates/{template_id}", status_code=204)
 async def delete_template(
-    template_id: uuid.UUID, company_id: AdminCompany, ingest: IngestDep
+    template_id: TemplateId, company_id: AdminCompany, ingest: IngestDep
 ) -> Response:
     gone = await ingest.plat.pool.fetchval(
         "DELETE FROM templates WHERE id = $1 AND company_id = $2 RETURNING id",
@@ -317,8 +325,20 @@ async def list_suppressions(
     request: Request,
     company_id: AgentCompany,
     ingest: IngestDep,
-    channel: str | None = None,
-    address: Annotated[str | None, Query(max_length=254)] = None,
+    channel: Annotated[
+        str | None,
+        Query(
+            description="Only suppressions of this channel: whatsapp_cloud, whatsapp_web, email."
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        Query(
+            max_length=254,
+            description="Only this address as stored (an E.164 phone number or an email"
+            " address), in any case.",
+        ),
+    ] = None,
     cursor: Cursor = None,
     limit: Limit = 100,
 ) -> Page[SuppressionOut]:
@@ -375,7 +395,7 @@ async def add_suppression(
 
 @router.delete("/suppressions/{suppression_id}", status_code=204)
 async def remove_suppression(
-    suppression_id: uuid.UUID,
+    suppression_id: SuppressionId,
     company_id: AdminCompany,
     ingest: IngestDep,
     caller: PrincipalDep,
@@ -435,8 +455,10 @@ async def list_events(
     company_id: AgentCompany,
     ingest: IngestDep,
     type: Annotated[list[str], Query(max_length=20, description="One or more types.")] = [],  # noqa: B006
-    lead_id: uuid.UUID | None = None,
-    since: datetime | None = None,
+    lead_id: LeadFilter = None,
+    since: Annotated[
+        datetime | None, Query(description="Only events at or after this time (ISO 8601).")
+    ] = None,
     cursor: Cursor = None,
     limit: Limit = 100,
     order: Order = "oldest",

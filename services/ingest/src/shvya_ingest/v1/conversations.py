@@ -29,8 +29,10 @@ from shvya_ingest.v1.common import (
     V1,
     Cursor,
     IngestDep,
+    LeadId,
     Limit,
     Page,
+    StageFilter,
     decode_cursor,
     encode_cursor,
     limit_param,
@@ -174,9 +176,17 @@ async def list_conversations(
     request: Request,
     company_id: AgentCompany,
     ingest: IngestDep,
-    view: View = "all",
-    channel: Channel | None = None,
-    stage_id: uuid.UUID | None = None,
+    view: Annotated[
+        View,
+        Query(
+            description="`all`; `unread`: inbound messages since an agent last looked;"
+            " `needs_human`: taken over, a reply that could not go, or the lead unanswered."
+        ),
+    ] = "all",
+    channel: Annotated[
+        Channel | None, Query(description="Only leads with a contact on this channel.")
+    ] = None,
+    stage_id: StageFilter = None,
     q: Annotated[str | None, Query(max_length=200, description="Name, phone or email.")] = None,
     cursor: Cursor = None,
     limit: Limit = 50,
@@ -217,7 +227,7 @@ class SeenOut(BaseModel):
 
 
 @router.post("/leads/{lead_id}/seen", response_model=SeenOut)
-async def mark_seen(lead_id: uuid.UUID, company_id: AgentCompany, ingest: IngestDep) -> SeenOut:
+async def mark_seen(lead_id: LeadId, company_id: AgentCompany, ingest: IngestDep) -> SeenOut:
     """The conversation was read: its unread count drops to 0 for the company's agents."""
     seen = await ingest.plat.pool.fetchval(
         "UPDATE leads SET agent_seen_at = now() WHERE id = $1 AND company_id = $2"
@@ -279,7 +289,7 @@ class ComposerOut(BaseModel):
 
 
 @router.get("/leads/{lead_id}/composer", response_model=ComposerOut)
-async def composer(lead_id: uuid.UUID, company_id: AgentCompany, ingest: IngestDep) -> ComposerOut:
+async def composer(lead_id: LeadId, company_id: AgentCompany, ingest: IngestDep) -> ComposerOut:
     """What a manual reply may be right now; the send itself goes through dispatch's policies."""
     pool = ingest.plat.pool
     lead = await pool.fetchrow(

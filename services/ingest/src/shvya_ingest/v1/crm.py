@@ -39,9 +39,13 @@ from shvya_ingest.v1.common import (
     V1,
     Cursor,
     IngestDep,
+    LeadId,
     Limit,
     Order,
     Page,
+    PipelineId,
+    StageFilter,
+    StageId,
     decode_cursor,
     limit_param,
     not_found,
@@ -54,6 +58,14 @@ log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/v1", dependencies=V1, tags=["CRM"], responses=ERRORS)
 
 Channel = Literal["whatsapp_cloud", "whatsapp_web", "email", "log"]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=200,
+        description="Any string up to 200 characters: a retry with the same key for the same"
+        " lead does the work once.",
+    ),
+]
 
 
 # --- pipelines and stages ----------------------------------------------------------------
@@ -172,7 +184,7 @@ async def add_pipeline(
 
 @router.patch("/pipelines/{pipeline_id}", response_model=PipelineOut)
 async def rename_pipeline(
-    pipeline_id: uuid.UUID, body: NameIn, company_id: AdminCompany, ingest: IngestDep
+    pipeline_id: PipelineId, body: NameIn, company_id: AdminCompany, ingest: IngestDep
 ) -> PipelineOut:
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
         done = await conn.fetchval(
@@ -188,7 +200,7 @@ async def rename_pipeline(
 
 @router.post("/pipelines/{pipeline_id}/archive", response_model=PipelineOut)
 async def archive_pipeline(
-    pipeline_id: uuid.UUID, company_id: AdminCompany, ingest: IngestDep
+    pipeline_id: PipelineId, company_id: AdminCompany, ingest: IngestDep
 ) -> PipelineOut:
     """Archive a pipeline (the default one cannot be: new leads go there)."""
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
@@ -210,7 +222,7 @@ async def archive_pipeline(
 
 @router.post("/pipelines/{pipeline_id}/stages", response_model=PipelineOut, status_code=201)
 async def add_stage(
-    pipeline_id: uuid.UUID, body: NameIn, company_id: AdminCompany, ingest: IngestDep
+    pipeline_id: PipelineId, body: NameIn, company_id: AdminCompany, ingest: IngestDep
 ) -> PipelineOut:
     """Add a stage at the end of the pipeline."""
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
@@ -233,7 +245,7 @@ async def add_stage(
 
 @router.post("/pipelines/{pipeline_id}/stages/order", response_model=PipelineOut)
 async def order_stages(
-    pipeline_id: uuid.UUID, body: StageOrderIn, company_id: AdminCompany, ingest: IngestDep
+    pipeline_id: PipelineId, body: StageOrderIn, company_id: AdminCompany, ingest: IngestDep
 ) -> PipelineOut:
     """Reorder the active stages; archived ones keep their places after them."""
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
@@ -283,7 +295,7 @@ async def _stage_pipeline(conn: Any, company_id: uuid.UUID, stage_id: uuid.UUID)
 
 @router.patch("/stages/{stage_id}", response_model=PipelineOut)
 async def rename_stage(
-    stage_id: uuid.UUID, body: NameIn, company_id: AdminCompany, ingest: IngestDep
+    stage_id: StageId, body: NameIn, company_id: AdminCompany, ingest: IngestDep
 ) -> PipelineOut:
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
         pipeline_id = await _stage_pipeline(conn, company_id, stage_id)
@@ -296,7 +308,7 @@ async def rename_stage(
 
 @router.post("/stages/{stage_id}/archive", response_model=PipelineOut)
 async def archive_stage(
-    stage_id: uuid.UUID, company_id: AdminCompany, ingest: IngestDep
+    stage_id: StageId, company_id: AdminCompany, ingest: IngestDep
 ) -> PipelineOut:
     """Archive a stage: leads may no longer move into it (those in it stay)."""
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
@@ -448,13 +460,31 @@ async def list_leads(
     request: Request,
     company_id: AgentCompany,
     ingest: IngestDep,
-    stage_id: uuid.UUID | None = None,
-    stage: Annotated[str | None, Query(max_length=100)] = None,
-    channel: Channel | None = None,
-    attribute: Annotated[list[str], Query(max_length=20)] = [],  # noqa: B006
+    stage_id: StageFilter = None,
+    stage: Annotated[
+        str | None,
+        Query(max_length=100, description="Only leads in a stage of this name (any case)."),
+    ] = None,
+    channel: Annotated[
+        Channel | None, Query(description="Only leads with a contact on this channel.")
+    ] = None,
+    attribute: Annotated[
+        list[str],
+        Query(
+            max_length=20,
+            description="`key:value`, e.g. `plan:annual`: only leads whose attribute has this"
+            " value; repeat for several (all must match, up to 20).",
+        ),
+    ] = [],  # noqa: B006
     q: Annotated[str | None, Query(max_length=200, description="Name, phone or email.")] = None,
-    active_since: datetime | None = None,
-    active_before: datetime | None = None,
+    active_since: Annotated[
+        datetime | None,
+        Query(description="Only leads whose last message (either way) is at or after this time."),
+    ] = None,
+    active_before: Annotated[
+        datetime | None,
+        Query(description="Only leads whose last message (either way) is before this time."),
+    ] = None,
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> Page[LeadOut]:
@@ -549,13 +579,13 @@ async def add_lead(body: LeadIn, company_id: AgentCompany, ingest: IngestDep) ->
 
 
 @router.get("/leads/{lead_id}", response_model=LeadOut)
-async def get_lead(lead_id: uuid.UUID, company_id: AgentCompany, ingest: IngestDep) -> LeadOut:
+async def get_lead(lead_id: LeadId, company_id: AgentCompany, ingest: IngestDep) -> LeadOut:
     return await _get_lead(ingest.plat.pool, company_id, lead_id)
 
 
 @router.patch("/leads/{lead_id}", response_model=LeadOut)
 async def patch_lead(
-    lead_id: uuid.UUID, body: LeadPatch, company_id: AgentCompany, ingest: IngestDep
+    lead_id: LeadId, body: LeadPatch, company_id: AgentCompany, ingest: IngestDep
 ) -> LeadOut:
     phone, email = _addresses(body.phone, body.email, ingest.settings.default_phone_region)
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
@@ -583,7 +613,7 @@ async def patch_lead(
 
 @router.post("/leads/{lead_id}/stage", response_model=LeadOut)
 async def move_stage(
-    lead_id: uuid.UUID,
+    lead_id: LeadId,
     body: StageMoveIn,
     company_id: AgentCompany,
     ingest: IngestDep,
@@ -639,7 +669,7 @@ async def move_stage(
 
 @router.post("/leads/{lead_id}/merge", response_model=LeadOut)
 async def merge_lead(
-    lead_id: uuid.UUID,
+    lead_id: LeadId,
     body: MergeIn,
     company_id: AgentCompany,
     ingest: IngestDep,
@@ -695,7 +725,7 @@ class ErasedOut(BaseModel):
 
 @router.delete("/leads/{lead_id}", response_model=ErasedOut)
 async def erase_lead(
-    lead_id: uuid.UUID, company_id: AdminCompany, ingest: IngestDep, caller: PrincipalDep
+    lead_id: LeadId, company_id: AdminCompany, ingest: IngestDep, caller: PrincipalDep
 ) -> ErasedOut:
     """GDPR erasure: delete the lead, its messages (with their revisions, reactions, statuses
     and received media, the stored files included), contacts, events, jobs, timers, enrolments,
@@ -877,7 +907,7 @@ def _message(row: Any) -> MessageOut:
 @router.get("/leads/{lead_id}/messages", response_model=Page[MessageOut])
 async def conversation(
     request: Request,
-    lead_id: uuid.UUID,
+    lead_id: LeadId,
     company_id: AgentCompany,
     ingest: IngestDep,
     cursor: Cursor = None,
@@ -910,12 +940,12 @@ async def conversation(
 
 @router.post("/leads/{lead_id}/messages", response_model=SendOut, status_code=202)
 async def send_message(
-    lead_id: uuid.UUID,
+    lead_id: LeadId,
     body: SendIn,
     company_id: AgentCompany,
     ingest: IngestDep,
     caller: PrincipalDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> SendOut:
     """Send a message by hand, through dispatch and every policy of its channel (outside the
     WhatsApp window free text is converted to the fallback template or held). An
@@ -982,14 +1012,14 @@ async def _handoff(
 
 @router.post("/leads/{lead_id}/handoff", response_model=HandoffOut)
 async def take_over(
-    lead_id: uuid.UUID, company_id: AgentCompany, ingest: IngestDep, caller: PrincipalDep
+    lead_id: LeadId, company_id: AgentCompany, ingest: IngestDep, caller: PrincipalDep
 ) -> HandoffOut:
     """An agent takes the conversation over: the AI does not answer this lead until released."""
     return await _handoff(ingest, company_id, lead_id, caller.actor)
 
 
 @router.delete("/leads/{lead_id}/handoff", response_model=HandoffOut)
-async def hand_back(lead_id: uuid.UUID, company_id: AgentCompany, ingest: IngestDep) -> HandoffOut:
+async def hand_back(lead_id: LeadId, company_id: AgentCompany, ingest: IngestDep) -> HandoffOut:
     """Hand the conversation back to the AI."""
     return await _handoff(ingest, company_id, lead_id, None)
 
@@ -1009,10 +1039,10 @@ class SummaryRequested(BaseModel):
 
 @router.post("/leads/{lead_id}/summary", status_code=202, response_model=SummaryRequested)
 async def request_summary(
-    lead_id: uuid.UUID,
+    lead_id: LeadId,
     company_id: AgentCompany,
     ingest: IngestDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> SummaryRequested:
     """Enqueue ai.summary for the lead; the result lands in the lead's `summary`."""
     if not await ingest.plat.pool.fetchval(

@@ -39,7 +39,7 @@ from shvya_ingest.auth import (
     company_of,
 )
 from shvya_ingest.repository import DEFAULT_STAGES
-from shvya_ingest.v1.common import ERRORS, V1, IngestDep, not_found
+from shvya_ingest.v1.common import ERRORS, V1, ApiKeyId, CompanyId, IngestDep, UserId, not_found
 
 router = APIRouter(
     prefix="/v1", dependencies=V1, tags=["companies, keys and users"], responses=ERRORS
@@ -306,7 +306,7 @@ async def list_companies(ingest: IngestDep, _: OperatorDep) -> list[CompanyOut]:
 
 
 @router.get("/companies/{company_id}", response_model=CompanyOut)
-async def get_company(company_id: uuid.UUID, ingest: IngestDep, _: OperatorDep) -> CompanyOut:
+async def get_company(company_id: CompanyId, ingest: IngestDep, _: OperatorDep) -> CompanyOut:
     return await _company(ingest.plat.pool, company_id)
 
 
@@ -329,7 +329,7 @@ async def _patch_company(
 
 @router.patch("/companies/{company_id}", response_model=CompanyOut)
 async def patch_company(
-    company_id: uuid.UUID, body: CompanyPatch, ingest: IngestDep, caller: OperatorDep
+    company_id: CompanyId, body: CompanyPatch, ingest: IngestDep, caller: OperatorDep
 ) -> CompanyOut:
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
         out = await _patch_company(conn, company_id, body)
@@ -339,7 +339,7 @@ async def patch_company(
 
 @router.post("/companies/{company_id}/api-keys", response_model=NewKeyOut, status_code=201)
 async def operator_key(
-    company_id: uuid.UUID, body: KeyIn, ingest: IngestDep, caller: OperatorDep
+    company_id: CompanyId, body: KeyIn, ingest: IngestDep, caller: OperatorDep
 ) -> NewKeyOut:
     """A key for a company from the operator (e.g. a new admin key when all were revoked)."""
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
@@ -382,7 +382,7 @@ async def add_key(
 
 @router.delete("/api-keys/{key_id}", status_code=204)
 async def revoke_key(
-    key_id: uuid.UUID, company_id: AdminCompany, ingest: IngestDep, caller: PrincipalDep
+    key_id: ApiKeyId, company_id: AdminCompany, ingest: IngestDep, caller: PrincipalDep
 ) -> Response:
     """Revoke a key (within KEY_CACHE_SECONDS on every replica; at once on this one)."""
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
@@ -429,7 +429,7 @@ async def add_user(
 
 
 @router.get("/users/{user_id}", response_model=UserOut)
-async def get_user(user_id: uuid.UUID, company_id: AdminCompany, ingest: IngestDep) -> UserOut:
+async def get_user(user_id: UserId, company_id: AdminCompany, ingest: IngestDep) -> UserOut:
     row = await ingest.plat.pool.fetchrow(
         f"SELECT {_USER} FROM users WHERE id = $1 AND company_id = $2", user_id, company_id
     )
@@ -440,7 +440,7 @@ async def get_user(user_id: uuid.UUID, company_id: AdminCompany, ingest: IngestD
 
 @router.patch("/users/{user_id}", response_model=UserOut)
 async def patch_user(
-    user_id: uuid.UUID,
+    user_id: UserId,
     body: UserPatch,
     company_id: AdminCompany,
     ingest: IngestDep,
@@ -479,7 +479,7 @@ async def patch_user(
 
 @router.delete("/users/{user_id}", status_code=204)
 async def delete_user(
-    user_id: uuid.UUID, company_id: AdminCompany, ingest: IngestDep, caller: PrincipalDep
+    user_id: UserId, company_id: AdminCompany, ingest: IngestDep, caller: PrincipalDep
 ) -> Response:
     async with ingest.plat.pool.acquire() as conn, conn.transaction():
         gone = await conn.fetchval(

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shvya_common.storage import MediaNotFound
 from shvya_ingest import examples as ex
 from shvya_ingest.auth import AgentCompany
-from shvya_ingest.v1.common import ERRORS, V1, ErrorOut, IngestDep, not_found
+from shvya_ingest.v1.common import ERRORS, V1, ErrorOut, IngestDep, MessageId, not_found
 
 router = APIRouter(prefix="/v1", dependencies=V1, tags=["media"], responses=ERRORS)
 
@@ -323,7 +323,7 @@ async def _message_items(ingest: Any, company_id: uuid.UUID, message_id: uuid.UU
 
 @router.get("/messages/{message_id}/media", response_model=MessageMediaOut)
 async def list_media(
-    message_id: uuid.UUID, company_id: AgentCompany, ingest: IngestDep
+    message_id: MessageId, company_id: AgentCompany, ingest: IngestDep
 ) -> MessageMediaOut:
     """The files a message carries (none for most), each with whether its bytes are stored and,
     if not, why."""
@@ -359,11 +359,18 @@ FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=FILE_RESPONSES,
 )
 async def get_media(
-    message_id: uuid.UUID,
+    message_id: MessageId,
     index: Annotated[int, Path(ge=0, le=1000, description="From the list's `index`.")],
     company_id: AgentCompany,
     ingest: IngestDep,
-    if_none_match: Annotated[str | None, Header(max_length=1000)] = None,
+    if_none_match: Annotated[
+        str | None,
+        Header(
+            max_length=1000,
+            description="ETags the client holds (or `*`): a 304 without the bytes if one is the"
+            " file's.",
+        ),
+    ] = None,
     range_: Annotated[
         str | None,
         Header(

@@ -266,8 +266,22 @@ async def dead_letters(
     request: Request,
     company_id: AdminCompany,
     ingest: IngestDep,
-    task: Annotated[str | None, Query(max_length=100)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    task: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            description="Only dead letters of this task, e.g. `ai.reply` (`dispatch.send` for"
+            " sends).",
+        ),
+    ] = None,
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=1000,
+            description="How many, newest first: 1 to 1000 and at most MAX_PAGE_SIZE.",
+        ),
+    ] = 100,
 ) -> DeadLetterList:
     """The company's dead letters, newest first, each with its last error."""
     limit = limit_param(request, limit)

@@ -25,7 +25,7 @@ from shvya_common.channel_accounts import web_profile
 from shvya_common.whatsapp import web_accounts as db
 from shvya_ingest import examples as ex
 from shvya_ingest.auth import AdminCompany, PrincipalDep, audit
-from shvya_ingest.v1.common import ERRORS, V1, IngestDep, not_found
+from shvya_ingest.v1.common import ERRORS, V1, AccountId, IngestDep, not_found
 
 router = APIRouter(prefix="/v1", dependencies=V1, tags=["channel accounts"], responses=ERRORS)
 
@@ -125,7 +125,7 @@ async def _state(ingest: IngestDep, account_id: uuid.UUID, profile: str) -> WebL
 
 @router.get("/channel-accounts/{account_id}/whatsapp-web", response_model=WebLoginOut)
 async def web_login(
-    account_id: uuid.UUID, company_id: AdminCompany, ingest: IngestDep
+    account_id: AccountId, company_id: AdminCompany, ingest: IngestDep
 ) -> WebLoginOut:
     return await _state(ingest, account_id, await _profile(ingest, company_id, account_id))
 
@@ -134,7 +134,7 @@ async def web_login(
     "/channel-accounts/{account_id}/whatsapp-web/link", response_model=WebLoginOut, status_code=202
 )
 async def request_link(
-    account_id: uuid.UUID,
+    account_id: AccountId,
     company_id: AdminCompany,
     ingest: IngestDep,
     caller: PrincipalDep,
@@ -167,7 +167,7 @@ async def request_link(
     responses=PNG,  # type: ignore[arg-type]
 )
 async def web_login_qr(
-    account_id: uuid.UUID, company_id: AdminCompany, ingest: IngestDep
+    account_id: AccountId, company_id: AdminCompany, ingest: IngestDep
 ) -> Response:
     """The current QR code; 404 when none is waiting (not started, linked or expired)."""
     profile = await _profile(ingest, company_id, account_id)
