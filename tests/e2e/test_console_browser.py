@@ -196,6 +196,21 @@ async def execute(db_url: str, query: str, *args: Any) -> None:
         await conn.close()
 
 
+async def unfed(db_url: str, lead_id: str) -> int:
+    """How many of the lead's events the scheduler's feed has not yet taken (and announced)."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM event_feed f JOIN events e ON e.id = f.event_id"
+                " WHERE e.lead_id = $1",
+                uuid.UUID(lead_id),
+            )
+        )
+    finally:
+        await conn.close()
+
+
 async def company(client: httpx.AsyncClient, token: str, name: str, email: str) -> dict[str, str]:
     made = await client.post(
         "/v1/companies",
@@ -447,8 +462,8 @@ async def test_the_console_end_to_end_in_chromium(platform, db_url, tmp_path):
 
         # 3e. A held send and a deferred one say why in the thread, and the deferral when it
         # will go: free text to a lead whose WhatsApp window closed a day ago (the company has
-        # no fallback template), and an email sent from the composer outside the company's
-        # email hours (an allowed hour two hours from now, in UTC).
+        # no fallback template), and an email sent outside the company's email hours (an
+        # allowed hour two hours from now, in UTC), both live in the open thread.
         stale = await client.post(
             "/v1/leads", json={"contact_name": "Stale Window", "phone": "+4915166665555"}, headers=h
         )
@@ -497,19 +512,24 @@ async def test_the_console_end_to_end_in_chromium(platform, db_url, tmp_path):
         )
         assert mail.status_code == 201, mail.text
         mail_id = mail.json()["id"]
+        # The thread opens once lead.created's notice is out, so that no re-read but the
+        # deferral's own can show it.
+        await eventually(lambda: unfed(db_url, mail_id), lambda n: n == 0, timeout=10)
         await page.goto(f"{url}/console/#/inbox/{mail_id}")
-        await page.get_by_label("Message").fill("Your quote, as promised.")
-        await page.get_by_role("button", name="Send").click()
-        deferred = await eventually(
-            lambda: client.get(f"/v1/leads/{mail_id}/messages", headers=h),
-            lambda r: [m["status"] for m in r.json()["items"]] == ["scheduled"],
-            timeout=15,
+        await page.get_by_label("Message").wait_for(timeout=5_000)
+        await page.evaluate("window.__threadOpen = true")
+        # Sent through the API, not the composer (whose own re-read could show the deferral
+        # by chance): the open thread learns of it only from message.deferred's live notice.
+        quote = await client.post(
+            f"/v1/leads/{mail_id}/messages", json={"text": "Your quote, as promised."}, headers=h
         )
-        [scheduled] = deferred.json()["items"]
-        # A deferral writes no event, so the open thread learns of it on its next read.
-        await page.reload()
-        note = page.locator(f".msg[data-message='{scheduled['id']}'] .note")
-        await note.wait_for(timeout=5_000)
+        assert quote.status_code == 202, quote.text
+        note = page.locator(
+            f".msg[data-message='{quote.json()['message_id']}'][data-status='scheduled'] .note"
+        )
+        await note.wait_for(timeout=15_000)
+        assert await page.evaluate("window.__threadOpen === true")
+        [scheduled] = (await client.get(f"/v1/leads/{mail_id}/messages", headers=h)).json()["items"]
         goes = await page.evaluate(
             "(at) => new Date(at).toLocaleString()", scheduled["meta"]["deferred_until"]
         )

@@ -654,6 +654,60 @@ async def test_a_sent_message_is_never_turned_into_unknown_by_a_stale_run(plat):
     assert [r["status"] for r in statuses] == ["sent", "sent"]
 
 
+async def test_a_deferral_writes_message_deferred_once_per_reason(plat):
+    """A send deferred twice with the same reason writes one `message.deferred`, a third
+    deferral with another reason writes a second, and a stale run's deferral writes none."""
+    company = await plat.pool.fetchval("INSERT INTO companies (name) VALUES ('D') RETURNING id")
+    lead = await plat.pool.fetchval(
+        "INSERT INTO leads (company_id, phone_e164) VALUES ($1, '+15550010') RETURNING id",
+        company,
+    )
+    params = SendParams(
+        company_id=company, lead_id=lead, channel="log", to="+1", text="t", send_key="later"
+    )
+    async with plat.bus.unit() as unit:
+        send_id = (await unit.request_send(params, priority=100))[0]
+    ledger = SendLedger(plat.pool)
+    env = envelope(send_id, task="dispatch.send", priority=100)
+    until = datetime.now(UTC) + timedelta(minutes=5)
+    pacing = "pacing: at least 15 s between log sends per recipient"
+    quiet = "quiet hours: log sends only 09:00-17:00 (UTC)"
+    for n, reason in enumerate([pacing, pacing, quiet]):
+        claim = await ledger.claim(env, max_attempts=6, lease=30, worker="a")
+        assert claim.action == "run"
+        assert await ledger.defer(env, claim.attempt, until + timedelta(seconds=n), reason)
+        assert not await ledger.defer(env, claim.attempt, until, "a stale run's reason")
+        async with plat.pool.acquire() as conn:  # what the resume timer does when it is due
+            assert await ledger.requeue(conn, send_id) is not None
+    events = await plat.pool.fetch(
+        "SELECT lead_id, payload FROM events WHERE company_id = $1 AND type = 'message.deferred'"
+        " ORDER BY created_at",
+        company,
+    )
+    assert [(e["lead_id"], e["payload"]) for e in events] == [
+        (
+            lead,
+            {
+                "message_id": str(send_id),
+                "channel": "log",
+                "reason": pacing,
+                "deferred_until": until.isoformat(),
+            },
+        ),
+        (
+            lead,
+            {
+                "message_id": str(send_id),
+                "channel": "log",
+                "reason": quiet,
+                "deferred_until": (until + timedelta(seconds=2)).isoformat(),
+            },
+        ),
+    ]
+    row = await plat.pool.fetchrow("SELECT attempts, meta FROM messages WHERE id = $1", send_id)
+    assert row["attempts"] == 0 and row["meta"]["deferred_reason"] == quiet
+
+
 async def test_a_second_copy_while_the_first_run_is_alive_waits_instead_of_running(plat):
     """A duplicate message for a job whose run is still alive (as after a partition longer
     than ack_wait, or a reconciler's copy) is held back; the handler runs once."""

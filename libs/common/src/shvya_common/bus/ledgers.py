@@ -613,6 +613,22 @@ class SendLedger:
     )
     UPDATE messages SET lease_until = NULL FROM locked WHERE messages.id = locked.id
     """
+    # Parks a send and gives the reason of its previous deferral: RETURNING sees only the new
+    # meta, so the old is read in the same statement, under the row's lock (FOR UPDATE re-checks
+    # the fence on the row's latest version).
+    _DEFER = """
+    WITH prior AS (
+        SELECT id, meta->>'deferred_reason' AS reason FROM messages
+         WHERE id = $1 AND attempts = $2 AND status = ANY($5::text[]) FOR UPDATE
+    )
+    UPDATE messages SET status = 'scheduled', attempts = attempts - 1, lease_until = NULL,
+           updated_at = now(),
+           meta = meta || jsonb_build_object('deferred_until', $3::text,
+                                             'deferred_reason', $4::text)
+      FROM prior WHERE messages.id = prior.id
+    RETURNING messages.company_id, messages.lead_id, messages.channel,
+              prior.reason AS prior_reason
+    """
 
     def __init__(self, pool: asyncpg.Pool, bookkeeping: asyncpg.Pool | None = None) -> None:
         self.pool = pool
@@ -700,13 +716,11 @@ class SendLedger:
         return True
 
     async def defer(self, env: JobEnvelope, attempt: int, until: datetime, reason: str) -> bool:
+        """Park the send in a timer, its attempt given back, with `message.deferred` when the
+        deferral is new or its reason changed (pacing re-defers a send every few seconds)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            moved = await conn.fetchval(
-                "UPDATE messages SET status = 'scheduled', attempts = attempts - 1,"
-                " lease_until = NULL, updated_at = now(),"
-                " meta = meta || jsonb_build_object('deferred_until', $3::text,"
-                " 'deferred_reason', $4::text)"
-                " WHERE id = $1 AND attempts = $2 AND status = ANY($5::text[]) RETURNING id",
+            moved = await conn.fetchrow(
+                self._DEFER,
                 env.job_id,
                 attempt,
                 until.isoformat(),
@@ -715,6 +729,19 @@ class SendLedger:
             )
             if moved is None:
                 return False
+            if moved["prior_reason"] != reason:
+                await record_event(
+                    conn,
+                    moved["company_id"],
+                    moved["lead_id"],
+                    EventType.MESSAGE_DEFERRED,
+                    {
+                        "message_id": str(env.job_id),
+                        "channel": moved["channel"],
+                        "reason": reason,
+                        "deferred_until": until.isoformat(),
+                    },
+                )
             await conn.execute(
                 _RESUME_TIMER,
                 until,

@@ -18,6 +18,9 @@ class EventType(StrEnum):
     MESSAGE_SEND_AMBIGUOUS = "message.send_ambiguous"
     MESSAGE_SUPPRESSED = "message.suppressed"
     MESSAGE_HELD = "message.held"
+    # Dispatch parked a send until later (quiet hours, pacing, a pause; payload: message_id,
+    # channel, reason, deferred_until); written when the deferral is new or its reason changed.
+    MESSAGE_DEFERRED = "message.deferred"
     MESSAGE_DEAD_LETTERED = "message.dead_lettered"
     MESSAGE_CONVERTED_TO_TEMPLATE = "message.converted_to_template"
     MESSAGE_PROVIDER_SENT = "message.provider_sent"
