@@ -36,9 +36,11 @@ from shvya_ingest.api import Ingest, admin, install_error_handlers, router
 from shvya_ingest.audit_trail import AuditTrail
 from shvya_ingest.fastpath import InboundFastPath
 from shvya_ingest.imap_reader import MailboxReaders
+from shvya_ingest.late_failures import LateFailures
 from shvya_ingest.middleware import EdgeMiddleware
 from shvya_ingest.settings import IngestSettings
 from shvya_ingest.smtp_receiver import start_smtp_receiver
+from shvya_ingest.status_policy import StatusPolicyConfig
 from shvya_ingest.whatsapp_web_inbound import registry as web_inbound
 
 log = structlog.get_logger(__name__)
@@ -76,6 +78,13 @@ def create_app(settings: IngestSettings) -> FastAPI:
                 keeper=plat.keeper,
             )
             await worker.start()
+            # Failed statuses that beat dispatch's record of their wamid (late_failures.py).
+            late_failures = LateFailures(
+                plat.bus,
+                StatusPolicyConfig.from_settings(settings),
+                settings.whatsapp_status_late_poll_seconds,
+            )
+            late_failures.start()
             settle_heap()
             # The same start and stop lines as the worker services (shvya_common.runtime), so
             # one log query follows all four; uvicorn listens once this lifespan has yielded.
@@ -84,6 +93,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
                 yield
             finally:
                 log.info("service_stopping")
+                await late_failures.stop()
                 await worker.stop()
                 # Stop receiving mail (SMTP, IMAP) before the pool closes.
                 if mailboxes is not None:

@@ -180,6 +180,13 @@ class IngestSettings(KnowledgeSettings, GraphSettings):
         description="A policy or spam block reported by a failed status (368, 131048) pauses"
         " this long.",
     )
+    whatsapp_status_late_poll_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="How often ingest looks for failed statuses that arrived before dispatch"
+        " recorded their wamid, to act on them once it has: the longest such a failure waits.",
+    )
     optout_keywords: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_OPTOUT_KEYWORDS),
         description="Comma-separated; an inbound message that is exactly one of these opts out.",

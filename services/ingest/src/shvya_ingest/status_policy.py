@@ -16,9 +16,10 @@ For a message WhatsApp accepted and then reported `failed`:
   writes again.
 
 Every decision writes one `message.delivery_policy` event. New sends go through the job bus
-(`request_send`) inside the webhook's transaction; their send keys make a repeated status a
-no-op. Messages keep their send status (`sent`): dispatch owns it; a held message is one whose
-failure was recorded and that nothing will resend.
+(`request_send`) inside the transaction that applied the status (the webhook's, or, for a
+failure that beat dispatch's record of the wamid, the `late_failures` pass's); their send keys
+make a repeated status a no-op. Messages keep their send status (`sent`): dispatch owns it; a
+held message is one whose failure was recorded and that nothing will resend.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
@@ -42,6 +43,9 @@ from shvya_common.whatsapp.templates import approved_fallback_template
 from shvya_ingest.statuses import Failure
 from shvya_ingest.whatsapp_repository import record_event
 
+if TYPE_CHECKING:
+    from shvya_ingest.settings import IngestSettings
+
 log = structlog.get_logger(__name__)
 
 _PURPOSES = frozenset({"reply", "followup", "marketing", "notification", "optout_confirmation"})
@@ -53,6 +57,15 @@ class StatusPolicyConfig:
     resend_max: int = 1
     pause_seconds: float = 3600.0
     block_pause_seconds: float = 86400.0
+
+    @classmethod
+    def from_settings(cls, settings: IngestSettings) -> StatusPolicyConfig:
+        return cls(
+            resend_seconds=settings.whatsapp_status_resend_seconds,
+            resend_max=settings.whatsapp_status_resend_max,
+            pause_seconds=settings.whatsapp_status_pause_seconds,
+            block_pause_seconds=settings.whatsapp_status_block_pause_seconds,
+        )
 
 
 def _first_code(errors: Sequence[dict[str, Any]]) -> tuple[int | None, str]:

@@ -7,8 +7,9 @@ message does not carry the provider id yet (the webhook beat dispatch's commit) 
 the database trigger applies it when the id arrives. Both sides hold the same per-id advisory
 lock, so no status slips between the two. New failures of known messages are returned, for the
 status policy (`status_policy`) to act on, unless the message was already delivered or read (a
-late 'failed' acted on would send it twice); a failure applied late by the trigger is recorded
-but not acted on.
+late 'failed' acted on would send it twice). A failure the trigger applies late is marked due
+for the policy by the trigger itself (`policy_due_at`, migration 0021, by the same rule), and
+`late_failures` acts on it.
 """
 
 from __future__ import annotations
@@ -117,6 +118,11 @@ class StatusOutcome:
     failures: list[Failure] = field(default_factory=list)
 
 
+async def lock_provider_ids(conn: asyncpg.Connection, ids: Sequence[str]) -> None:
+    """Take the per-id locks the trigger takes, until the caller's transaction ends."""
+    await conn.execute(_LOCK, list(ids))
+
+
 async def apply_statuses(
     conn: asyncpg.Connection, channel: str, reports: Sequence[StatusReport]
 ) -> StatusOutcome:
@@ -124,7 +130,7 @@ async def apply_statuses(
     if not reports:
         return StatusOutcome(0, 0, 0, 0)
     ids = [r.provider_message_id for r in reports]
-    await conn.execute(_LOCK, ids)
+    await lock_provider_ids(conn, ids)
     # A separate statement: its snapshot is taken after the locks, so it sees any message that
     # got its provider id while we waited.
     row = await conn.fetchrow(

@@ -382,13 +382,7 @@ class Notification:
     async def _apply_statuses(self, statuses: list[Status]) -> int:
         if not statuses:
             return 0
-        settings = self.ingest.settings
-        config = StatusPolicyConfig(
-            resend_seconds=settings.whatsapp_status_resend_seconds,
-            resend_max=settings.whatsapp_status_resend_max,
-            pause_seconds=settings.whatsapp_status_pause_seconds,
-            block_pause_seconds=settings.whatsapp_status_block_pause_seconds,
-        )
+        config = StatusPolicyConfig.from_settings(self.ingest.settings)
         try:
             outcome, taken = await self._status_unit(config, statuses)
         except OUTAGE_ERRORS:
