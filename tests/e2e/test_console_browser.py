@@ -536,6 +536,18 @@ async def test_the_console_end_to_end_in_chromium(platform, db_url, tmp_path):
         assert await note.inner_text() == (
             f"Deferred: quiet hours: email sends only {hours} (UTC) — goes at {goes}"
         )
+        # Both are on their lead's timeline, in words.
+        await page.goto(f"{url}/console/#/leads/{mail_id}")
+        deferral = page.locator(".timeline li[data-type='message.deferred']")
+        await deferral.wait_for(timeout=5_000)
+        assert (
+            f"send deferred on email: quiet hours: email sends only {hours} (UTC) — goes at {goes}"
+            in await deferral.inner_text()
+        )
+        await page.goto(f"{url}/console/#/leads/{stale_id}")
+        hold = page.locator(".timeline li[data-type='message.held']")
+        await hold.wait_for(timeout=5_000)
+        assert "send held on whatsapp_cloud: outside the 24-hour" in await hold.inner_text()
 
         # 4. Drag the lead to another stage; the event is on the lead's timeline.
         await page.goto(f"{url}/console/#/board")

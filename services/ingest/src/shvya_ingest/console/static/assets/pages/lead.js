@@ -26,6 +26,8 @@ function describe(e) {
     case "message.sent": return `sent on ${p.channel || ""}`;
     case "lead.handoff_started": return `taken over by ${p.by}`;
     case "lead.handoff_ended": return "handed back to the AI";
+    case "message.held": return `send held on ${p.channel || ""}: ${p.reason || "no reason given"}`;
+    case "message.deferred": return `send deferred on ${p.channel || ""}: ${p.reason || ""}${p.deferred_until ? ` — goes at ${new Date(p.deferred_until).toLocaleString()}` : ""}`;
     default: return Object.entries(p).slice(0, 3).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
   }
 }
