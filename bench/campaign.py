@@ -36,7 +36,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.rows import Since
 from bench.run import DURATION, Stack, yardstick
-from bench.stack import Refused, check_quiet, wait_until
+from bench.stack import Refused, check_quiet, run_bench, wait_until
 from shvya_common.apikeys import new_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -348,4 +348,4 @@ def write_section(section: str, marker: str = MARKER) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_bench(main)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from bench import rows  # noqa: E402
 from bench.campaign import write_section  # noqa: E402
 from bench.run import DURATION, step, yardstick  # noqa: E402
-from bench.stack import Refused, Stack, check_quiet, export_ref, stop  # noqa: E402
+from bench.stack import Refused, Stack, check_quiet, export_ref, run_bench, stop  # noqa: E402
 
 OUTBOX_COMMIT = os.environ.get("BENCH_RELAY_OUTBOX", "4df6896")
 ROUNDS = int(os.environ.get("BENCH_RELAY_ROUNDS", "3"))
@@ -188,8 +188,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Refused as refused:
-        print(str(refused), file=sys.stderr)
-        sys.exit(3)
+    run_bench(main)

@@ -47,6 +47,7 @@ from bench.stack import (  # noqa: E402
     Stack,
     check_quiet,
     export_ref,
+    run_bench,
     yardstick,
 )
 
@@ -452,8 +453,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Refused as refused:
-        print(str(refused), file=sys.stderr)
-        sys.exit(3)
+    run_bench(main)

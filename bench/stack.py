@@ -16,6 +16,7 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,19 @@ FAKE_KEY = "sk-bench"
 
 class Refused(SystemExit):
     """A run whose figures would mean nothing (errors, a busy machine): stop, say why."""
+
+
+REFUSED_EXIT = 3
+
+
+def run_bench(main: Callable[[], None]) -> None:
+    """A bench's entry point: a refused run prints why and exits with status 3, so a script
+    can tell it from a failure."""
+    try:
+        main()
+    except Refused as refused:
+        print(str(refused), file=sys.stderr)
+        sys.exit(REFUSED_EXIT)
 
 
 def ensure_wrk() -> str:
