@@ -274,19 +274,16 @@ class S3MediaStore:
         return StoredMedia(key, digest, len(data), mime_type)
 
     async def get(self, key: str) -> bytes:
-        s3 = await self._s3()
-        with self._errors("GetObject", _checked(key)):
-            found = await s3.get_object(Bucket=self.bucket, Key=key)
-            async with found["Body"] as body:
-                return await body.read()
+        return await self._get_object(key)
 
     async def get_range(self, key: str, start: int, length: int) -> bytes:
         _check_range(start, length)
+        return await self._get_object(key, Range=f"bytes={start}-{start + length - 1}")
+
+    async def _get_object(self, key: str, **extra: str) -> bytes:
         s3 = await self._s3()
         with self._errors("GetObject", _checked(key)):
-            found = await s3.get_object(
-                Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
-            )
+            found = await s3.get_object(Bucket=self.bucket, Key=key, **extra)
             async with found["Body"] as body:
                 return await body.read()
 
