@@ -278,12 +278,16 @@ class S3MediaStore:
 
     async def get_range(self, key: str, start: int, length: int) -> bytes:
         _check_range(start, length)
-        return await self._get_object(key, Range=f"bytes={start}-{start + length - 1}")
+        return await self._get_object(key, f"bytes={start}-{start + length - 1}")
 
-    async def _get_object(self, key: str, **extra: str) -> bytes:
+    async def _get_object(self, key: str, byte_range: str | None = None) -> bytes:
         s3 = await self._s3()
         with self._errors("GetObject", _checked(key)):
-            found = await s3.get_object(Bucket=self.bucket, Key=key, **extra)
+            found = await (
+                s3.get_object(Bucket=self.bucket, Key=key)
+                if byte_range is None
+                else s3.get_object(Bucket=self.bucket, Key=key, Range=byte_range)
+            )
             async with found["Body"] as body:
                 return await body.read()
 
