@@ -120,6 +120,68 @@ async def test_a_company_id_without_its_key_is_refused_and_writes_nothing(client
     assert after["messages"] == after["jobs"] == after["leads"] == 0
 
 
+async def test_concurrent_requests_of_two_companies_and_channels_are_each_filed_once(
+    client, db_url
+):
+    """Requests that arrive together are filed in one batch, a transaction per company and
+    channel run at once: each answer names its own message, filed in its key's company, and a
+    number writing on two channels of one company is one lead."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        companies = [
+            await conn.fetchval("INSERT INTO companies (name) VALUES ($1) RETURNING id", name)
+            for name in ("North", "South")
+        ]
+    finally:
+        await conn.close()
+    keys = {c: await make_key(db_url, c, "ingest") for c in companies}
+    sent = [
+        (company, channel, f"+1202555{n:04d}", f"{company} {channel} {n}")
+        for company in companies
+        for channel in ("whatsapp_cloud", "log")
+        for n in range(10)
+    ]
+    answers = await asyncio.gather(
+        *(
+            client.post(
+                "/inbound-message",
+                json={
+                    **GOOD,
+                    "company_id": str(c),
+                    "channel": ch,
+                    "phone_number": p,
+                    "message_text": t,
+                },
+                headers=bearer(keys[c]),
+            )
+            for c, ch, p, t in sent
+        )
+    )
+    assert [a.status_code for a in answers] == [200] * len(sent)
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT m.id, m.company_id, m.channel, m.body, l.phone_e164, j.id AS job_id"
+            " FROM messages m JOIN leads l ON l.id = m.lead_id"
+            " JOIN jobs j ON j.idempotency_key = 'ai.engage:' || m.id"
+        )
+        leads = await conn.fetchval("SELECT count(*) FROM leads")
+    finally:
+        await conn.close()
+    by_id = {str(r["id"]): r for r in rows}
+    assert len(rows) == len(sent)
+    for (company, channel, phone, text), answer in zip(sent, answers, strict=True):
+        row = by_id[answer.json()["message_id"]]
+        assert (row["company_id"], row["channel"], row["phone_e164"], row["body"]) == (
+            company,
+            channel,
+            phone,
+            text,
+        )
+        assert str(row["job_id"]) == answer.json()["job_id"]
+    assert leads == 20
+
+
 async def test_lead_is_upserted_by_normalised_phone_and_name_updated(client, db_url):
     """Two spellings of one number reach the same lead, whose name follows the latest message."""
     first = await client.post("/inbound-message", json=GOOD)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,6 +16,7 @@ import nats
 
 from shvya_ingest.app import create_app
 from shvya_ingest.settings import IngestSettings
+from tests.support import eventually
 
 APP_SECRET = "meta-app-secret-3f9c2a7e51b04d6f"
 VERIFY_TOKEN = "verify-token-7d1e9b2c"
@@ -121,6 +122,14 @@ def meta_payload(
         "object": "whatsapp_business_account",
         "entry": [{"id": WABA_ID, "changes": [{"value": value, "field": "messages"}]}],
     }
+
+
+async def jobs_in_stream(
+    nats_url: str, prefix: str, until: Callable[[dict[str, int]], bool]
+) -> dict[str, int]:
+    """The jobs waiting in JetStream per task, once `until` holds of them: a webhook is answered
+    at COMMIT and its jobs' publishes land just after, so a test waits for them (10 s)."""
+    return await eventually(lambda: job_subject_counts(nats_url, prefix), until, timeout=10)
 
 
 async def job_subject_counts(nats_url: str, prefix: str) -> dict[str, int]:

@@ -3,7 +3,8 @@ WhatsApp Cloud webhook, the email webhook or the SMTP receiver.
 
 `InboundFiler.file` files a batch in one unit of work of the job bus: one statement writes leads,
 messages, contacts and events, a second (the bus's) the new messages' ai.engage jobs; after
-COMMIT the bus publishes the jobs to JetStream. A success means the messages and their jobs are
+COMMIT the bus publishes the jobs to JetStream, and `file` returns without waiting for
+JetStream's acks (`wait_publish=False`). A success means the messages and their jobs are
 committed, and the relay republishes any job whose first publish did not land. A message that
 is an opt-out keyword gets no ai.engage job: it suppresses the sender on that channel and
 requests exactly one confirmation send (`purpose='optout_confirmation'`, send key
@@ -114,7 +115,7 @@ class InboundFiler:
             unique.append(replace(row, text=clip_body(row.text), optout=optout))
         if not unique:
             return []
-        async with self.plat.bus.unit(acquire_timeout=5) as unit:
+        async with self.plat.bus.unit(acquire_timeout=5, wait_publish=False) as unit:
             conn = unit.conn
             filed = await self.repo.file_inbound(
                 conn, route, identity=identity, channel=channel, rows=unique, task=self.engage.name

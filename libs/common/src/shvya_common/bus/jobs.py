@@ -92,15 +92,20 @@ class JobBus:
         await self.publisher.close()
 
     def unit(
-        self, conn: asyncpg.Connection | None = None, *, acquire_timeout: float | None = None
+        self,
+        conn: asyncpg.Connection | None = None,
+        *,
+        acquire_timeout: float | None = None,
+        wait_publish: bool = True,
     ) -> contextlib.AbstractAsyncContextManager[Unit]:
-        """A transaction whose enqueues are published after it commits."""
+        """A transaction whose enqueues are published after it commits (see `unit_of_work`)."""
         return unit_of_work(
             self.pool,
             self.publisher,
             max_attempts=self.max_attempts,
             conn=conn,
             acquire_timeout=acquire_timeout,
+            wait_publish=wait_publish,
         )
 
     async def enqueue_job(

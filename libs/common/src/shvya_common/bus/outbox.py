@@ -7,6 +7,12 @@ after COMMIT does the `Publisher` send the messages to JetStream, with `Nats-Msg
 row is committed, and the relay republishes it (`shvya_common.bus.relay`). A rolled-back unit
 publishes nothing, so no message ever names a row that does not exist.
 
+A unit opened with `wait_publish=False` returns at COMMIT and leaves its publish running
+behind it (ingest's filing: an HTTP answer that means "committed" need not wait for
+JetStream's ack, and the flusher that filed it can take the next batch). At most
+`BEHIND_LIMIT` such publishes run at once; past that the next caller waits for one to end, so
+a slow NATS slows the callers instead of piling up tasks. `close()` waits for them.
+
 Confirmations (`published_at`) are written in batches by a background flusher, not one
 statement per publish, so committing first costs ingest about one extra statement per batch
 of requests. A worker's claim also sets `published_at`, so most confirmations find the row
@@ -53,6 +59,8 @@ log = structlog.get_logger(__name__)
 
 PUBLISH_TIMEOUT_SECONDS = 5.0
 CONFIRM_INTERVAL_SECONDS = 0.5
+# Publishes left running behind their units' COMMIT (`wait_publish=False`), at most.
+BEHIND_LIMIT = 8
 Source = Literal["inline", "relay", "reconciler"]
 
 _INSERT_JOB = f"""
@@ -193,12 +201,15 @@ class Publisher:
         self.service = service
         self._confirmed: dict[LedgerName, list[Outgoing]] = {"jobs": [], "messages": []}
         self._flusher: asyncio.Task[None] | None = None
+        self._behind: set[asyncio.Task[list[Outgoing]]] = set()
 
     def start(self) -> None:
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name="outbox-confirm")
 
     async def close(self) -> None:
+        if self._behind:  # what is still unacknowledged after this is the relay's
+            await asyncio.wait(self._behind, timeout=PUBLISH_TIMEOUT_SECONDS)
         if self._flusher is not None:
             await cancel_and_wait([self._flusher])
             self._flusher = None
@@ -242,6 +253,15 @@ class Publisher:
             if confirm:
                 self._confirmed[item.ledger].append(item)
         return done
+
+    async def publish_behind(self, items: Sequence[Outgoing]) -> None:
+        """Start publishing `items` and return without waiting for JetStream's acks; waits
+        only while `BEHIND_LIMIT` earlier ones are still running."""
+        while len(self._behind) >= BEHIND_LIMIT:
+            await asyncio.wait(self._behind, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(self.publish(items), name="outbox-publish")
+        self._behind.add(task)
+        task.add_done_callback(self._behind.discard)
 
     async def _publish_one(self, item: Outgoing, timeout: float) -> bool:
         env = item.envelope
@@ -414,8 +434,10 @@ async def unit_of_work(
     max_attempts: int,
     conn: asyncpg.Connection | None = None,
     acquire_timeout: float | None = None,
+    wait_publish: bool = True,
 ) -> AsyncIterator[Unit]:
-    """Open a transaction, yield a `Unit`, COMMIT, then publish what it enqueued."""
+    """Open a transaction, yield a `Unit`, COMMIT, then publish what it enqueued: awaiting
+    JetStream's acks, or with `wait_publish=False` leaving the publish running behind."""
     async with contextlib.AsyncExitStack() as stack:
         if conn is None:
             conn = await stack.enter_async_context(pool.acquire(timeout=acquire_timeout))
@@ -429,4 +451,7 @@ async def unit_of_work(
         async with conn.transaction():
             yield unit
         if unit.outgoing:
-            await publisher.publish(unit.outgoing)
+            if wait_publish:
+                await publisher.publish(unit.outgoing)
+            else:
+                await publisher.publish_behind(unit.outgoing)
