@@ -83,6 +83,9 @@ class FilingBatcher:
                 continue
             key = (pending.route.company_id, pending.identity, pending.channel)
             groups.setdefault(key, []).append(pending)
+        if len(groups) == 1:  # the common case, without a task per group
+            await self._file_group(next(iter(groups.values())))
+            return
         # Each group is its own transaction, and they run at once: different companies share
         # no row, and two channels of one company that reach the same lead lock it in turn, in
         # the one order every filing takes (by address).
