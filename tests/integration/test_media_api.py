@@ -369,3 +369,68 @@ async def test_a_file_is_served_in_parts_to_range_requests(
         cached = await client.get(url, headers={**h, "Range": "bytes=0-9", "If-None-Match": etag})
         assert cached.status_code == 304 and cached.content == b""
         assert cached.headers["accept-ranges"] == "bytes"
+
+
+class CountingStore(LocalMediaStore):
+    """The media folder, recording how much each read asked for."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads: list[int | None] = []
+
+    async def get(self, key: str) -> bytes:
+        self.reads.append(None)  # the whole file
+        return await super().get(key)
+
+    async def get_range(self, key: str, start: int, length: int) -> bytes:
+        self.reads.append(length)
+        return await super().get_range(key, start, length)
+
+
+async def test_a_large_file_is_streamed_a_piece_at_a_time_whole_or_in_part(
+    base_env, admin_token, db_url, tmp_path: Path
+):
+    """A file larger than READ_CHUNK is read from the store a megabyte at a time and streamed
+    with its full Content-Length, whole (200) or from a range (206), never read whole; the
+    bytes that arrive are the file's."""
+    from shvya_ingest.v1.media import READ_CHUNK
+
+    media = tmp_path / "media"
+    video = (bytes(range(256)) * (READ_CHUNK // 256)) * 2 + b"tail of the video" * 1000
+    size = len(video)
+    async with api(base_env, MEDIA_DIR=str(media)) as client:
+        acme = await new_company(client, admin_token, "Acme")
+        h = bearer(acme["admin"])
+        mail = await filed_message(client, acme["admin"], "+15550601")
+        store = CountingStore(media)
+        client._transport.app.state.ingest.media = store  # type: ignore[attr-defined]
+        conn = await asyncpg.connect(db_url)
+        try:
+            company_id = await conn.fetchval("SELECT company_id FROM messages WHERE id = $1", mail)
+            stored = await store.put(company_id, video, "video/mp4")
+            entry = {"filename": "tour.mp4", "mime_type": "video/mp4", "size": size}
+            entry |= {"key": stored.key, "sha256": stored.sha256}
+            await conn.execute(
+                "UPDATE messages SET meta = meta || jsonb_build_object('attachments', $2::jsonb)"
+                " WHERE id = $1",
+                mail,
+                json.dumps([entry]),
+            )
+        finally:
+            await conn.close()
+        url = f"/v1/messages/{mail}/media/0"
+
+        whole = await client.get(url, headers=h)
+        assert whole.status_code == 200
+        assert whole.content == video and whole.headers["content-length"] == str(size)
+        assert store.reads == [READ_CHUNK, READ_CHUNK, size - 2 * READ_CHUNK]
+        sandboxed(whole)
+
+        store.reads.clear()
+        start = READ_CHUNK // 2
+        part = await client.get(url, headers={**h, "Range": f"bytes={start}-"})
+        assert part.status_code == 206 and part.content == video[start:]
+        assert part.headers["content-range"] == f"bytes {start}-{size - 1}/{size}"
+        assert part.headers["content-length"] == str(size - start)
+        assert store.reads == [READ_CHUNK, size - start - READ_CHUNK]
+        assert max(r or size for r in store.reads) <= READ_CHUNK

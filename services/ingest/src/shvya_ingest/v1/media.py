@@ -28,6 +28,11 @@ a range that starts past the end is a 416 with `Content-Range: bytes */size`. A 
 multi-range header, or an `If-Range` that is not the file's ETag, gets the whole file (a 200),
 as the RFC allows. The size is the one recorded when the file was stored, which is its stored
 length: a key is content-addressed.
+
+The bytes are read from the store in pieces of `READ_CHUNK` (1 MiB) and streamed, so serving
+a 25 MB video, whole or from a range, holds a megabyte in ingest rather than the file (the
+first piece is read before the answer starts, so a file gone from the store is still a 404;
+one that vanishes mid-answer ends it short of its Content-Length).
 """
 
 from __future__ import annotations
@@ -36,14 +41,16 @@ import mimetypes
 import re
 import unicodedata
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, HTTPException, Path, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from shvya_common.storage import MediaNotFound
+from shvya_common.storage import MediaNotFound, MediaStore
 from shvya_ingest import examples as ex
 from shvya_ingest.auth import AgentCompany
 from shvya_ingest.v1.common import ERRORS, V1, ErrorOut, IngestDep, MessageId, not_found
@@ -84,6 +91,8 @@ SECURITY_HEADERS = {
     "Accept-Ranges": "bytes",
 }
 MAX_FILENAME = 150
+# How much of a file is read from the store (and held) at a time while it is served.
+READ_CHUNK = 1024 * 1024
 # One range of bytes; longer numbers than any file's size are a malformed header.
 _RANGE = re.compile(r"bytes=(\d{0,18})-(\d{0,18})", re.IGNORECASE)
 
@@ -415,11 +424,13 @@ async def get_media(
             headers={**headers, "Content-Range": f"bytes */{size}"},
         )
     store = ingest.media
+    # What is read: the range asked for, else the whole file (by its recorded size).
+    part = span if span is not None else (range(size) if size else None)
     try:
-        if span is None:
-            data = await store.get(item.key)
+        if part is None:  # no size recorded, or an empty file
+            first = await store.get(item.key)
         else:
-            data = await store.get_range(item.key, span.start, len(span))
+            first = await store.get_range(item.key, part.start, min(len(part), READ_CHUNK))
     except MediaNotFound as err:
         raise HTTPException(
             404, f"file {index} of message {message_id} is no longer in the media store"
@@ -429,7 +440,23 @@ async def get_media(
         "inline" if inline else "attachment", item.out.filename
     )
     media_type = item.out.mime_type if inline and item.out.mime_type else DOWNLOAD_TYPE
-    if span is None:
-        return Response(data, media_type=media_type, headers=headers)
-    headers["Content-Range"] = f"bytes {span.start}-{span.stop - 1}/{size}"
-    return Response(data, status_code=206, media_type=media_type, headers=headers)
+    status = 200
+    if span is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {span.start}-{span.stop - 1}/{size}"
+    if part is None or len(part) <= READ_CHUNK:
+        return Response(first, status_code=status, media_type=media_type, headers=headers)
+    headers["Content-Length"] = str(len(part))
+    return StreamingResponse(
+        _pieces(store, item.key, part, first),
+        status_code=status,
+        media_type=media_type,
+        headers=headers,
+    )
+
+
+async def _pieces(store: MediaStore, key: str, part: range, first: bytes) -> AsyncIterator[bytes]:
+    """`part` of the file, `first` (its first READ_CHUNK bytes) and then a piece at a time."""
+    yield first
+    for start in range(part.start + len(first), part.stop, READ_CHUNK):
+        yield await store.get_range(key, start, min(READ_CHUNK, part.stop - start))
