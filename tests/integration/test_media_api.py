@@ -387,12 +387,13 @@ class CountingStore(LocalMediaStore):
         return await super().get_range(key, start, length)
 
 
-async def test_a_large_file_is_streamed_a_piece_at_a_time_whole_or_in_part(
+async def test_a_large_file_is_streamed_a_piece_at_a_time_and_head_reads_no_more(
     base_env, admin_token, db_url, tmp_path: Path
 ):
     """A file larger than READ_CHUNK is read from the store a megabyte at a time and streamed
     with its full Content-Length, whole (200) or from a range (206), never read whole; the
-    bytes that arrive are the file's."""
+    bytes that arrive are the file's. HEAD answers the same status and headers with no body,
+    reading only the first piece."""
     from shvya_ingest.v1.media import READ_CHUNK
 
     media = tmp_path / "media"
@@ -434,3 +435,20 @@ async def test_a_large_file_is_streamed_a_piece_at_a_time_whole_or_in_part(
         assert part.headers["content-length"] == str(size - start)
         assert store.reads == [READ_CHUNK, size - start - READ_CHUNK]
         assert max(r or size for r in store.reads) <= READ_CHUNK
+
+        store.reads.clear()
+        head = await client.head(url, headers=h)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == str(size)
+        assert head.headers["etag"] == f'"{stored.sha256}"'
+        assert head.headers["content-type"] == "video/mp4"
+        sandboxed(head)
+        head_part = await client.head(url, headers={**h, "Range": "bytes=-10"})
+        assert head_part.status_code == 206 and head_part.content == b""
+        assert head_part.headers["content-range"] == f"bytes {size - 10}-{size - 1}/{size}"
+        assert head_part.headers["content-length"] == "10"
+        # HEAD reads only the first piece (a file gone from the store is a 404, as for GET).
+        assert store.reads == [READ_CHUNK, 10]
+        (media / stored.key).unlink()
+        gone = await client.head(url, headers=h)
+        assert gone.status_code == 404

@@ -2,7 +2,8 @@
 
     GET /v1/messages/{id}/media            the message's files: kind, name, type, size,
                                            SHA-256 and whether the file is stored
-    GET /v1/messages/{id}/media/{index}    one file's bytes (an agent's key or a console session)
+    GET /v1/messages/{id}/media/{index}    one file's bytes (an agent's key or a console session);
+                                           HEAD for its headers alone
 
 A message's files are, in this order: the media a WhatsApp message carried (its `inbound_media`
 row, which dispatch's media.fetch fills in; index 0) and the attachments of an email
@@ -46,7 +47,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Header, HTTPException, Path, Response
+from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -363,11 +364,16 @@ FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.get(
+    "/messages/{message_id}/media/{index}", response_class=Response, responses=FILE_RESPONSES
+)
+@router.head(
     "/messages/{message_id}/media/{index}",
     response_class=Response,
     responses=FILE_RESPONSES,
+    summary="Head Media",
 )
 async def get_media(
+    request: Request,
     message_id: MessageId,
     index: Annotated[int, Path(ge=0, le=1000, description="From the list's `index`.")],
     company_id: AgentCompany,
@@ -398,7 +404,8 @@ async def get_media(
 ) -> Response:
     """One file's bytes, with its stored type when that is safe to show (see INLINE_TYPES),
     else as a download; 404 when the file is not stored (pending, refused, or gone from the
-    store). A Range request gets a 206 with only the bytes it asks for (416 past the end)."""
+    store). A Range request gets a 206 with only the bytes it asks for (416 past the end).
+    HEAD answers the same status and headers without the bytes."""
     items = await _message_items(ingest, company_id, message_id)
     if index >= len(items):
         raise HTTPException(404, f"message {message_id} has no file {index}")
@@ -444,6 +451,9 @@ async def get_media(
     if span is not None:
         status = 206
         headers["Content-Range"] = f"bytes {span.start}-{span.stop - 1}/{size}"
+    if request.method == "HEAD":  # the first piece was read: a file gone is a 404 here too
+        headers["Content-Length"] = str(len(part) if part is not None else len(first))
+        return Response(status_code=status, media_type=media_type, headers=headers)
     if part is None or len(part) <= READ_CHUNK:
         return Response(first, status_code=status, media_type=media_type, headers=headers)
     headers["Content-Length"] = str(len(part))
