@@ -14,7 +14,13 @@ import asyncpg
 import pytest
 
 from shvya_common.bus import Worker
-from shvya_common.bus.ledgers import JobLedger, SendLedger
+from shvya_common.bus.ledgers import (
+    JOB_COLUMNS,
+    JobLedger,
+    SendLedger,
+    mark_published,
+    outgoing_from_row,
+)
 from shvya_common.bus.relay import Relay, RelayConfig
 from shvya_common.bus.worker import JobContext
 from shvya_common.contracts import JobEnvelope, SendParams
@@ -421,6 +427,26 @@ async def test_confirmed_publishes_are_recorded_in_batches(plat):
         lambda: job_row(plat, job.id), lambda r: r["published_at"] is not None, timeout=10
     )
     assert row["status"] == "queued" and row["generation"] == 0
+
+
+async def test_a_confirmation_skips_a_row_another_transaction_holds_instead_of_waiting(plat):
+    """Confirmations never wait on a row lock (they deadlocked with claims, which lock in id
+    order): the held row stays unconfirmed, the free one is confirmed, and nothing blocks."""
+    ids = [uuid.uuid4(), uuid.uuid4()]
+    await plat.pool.execute(
+        "INSERT INTO jobs (id, task_name, task_params, priority, status)"
+        " SELECT id, 'test.work', '{}', 50, 'queued' FROM unnest($1::uuid[]) AS id",
+        ids,
+    )
+    rows = await plat.pool.fetch(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1)", ids)
+    items = [outgoing_from_row("jobs", r) for r in sorted(rows, key=lambda r: ids.index(r["id"]))]
+    async with plat.pool.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", ids[0])
+        await asyncio.wait_for(mark_published(plat.pool, "jobs", items), timeout=10)
+        confirmed = await plat.pool.fetch(
+            "SELECT id FROM jobs WHERE published_at IS NOT NULL AND id = ANY($1)", ids
+        )
+    assert [r["id"] for r in confirmed] == [ids[1]]
 
 
 async def test_the_relay_publishes_rows_whose_publish_was_never_confirmed(plat):

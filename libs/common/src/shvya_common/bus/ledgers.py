@@ -493,14 +493,26 @@ class JobLedger:
 
 
 async def mark_published(conn: Executor, table: LedgerName, items: list[Outgoing]) -> None:
-    """Record that JetStream confirmed these (id, generation) publishes."""
+    """Record that JetStream confirmed these (id, generation) publishes.
+
+    A row another transaction holds is skipped, not waited for: a worker's claim locks its
+    rows in id order and sets `published_at` itself, and this statement, locking a batch of
+    rows in the order they were confirmed, deadlocked with claims (PostgreSQL then waits
+    `deadlock_timeout`, a second, before cancelling one of them). A row skipped and left
+    unconfirmed is at worst republished by the relay, which JetStream de-duplicates."""
     if not items:
         return
     await conn.execute(
-        f"UPDATE {table} SET published_at = now()"
-        " FROM unnest($1::uuid[], $2::int[]) AS p(id, generation)"
-        f" WHERE {table}.id = p.id AND {table}.generation = p.generation"
-        f" AND {table}.published_at IS NULL",
+        f"""
+        WITH locked AS (
+            SELECT t.id FROM unnest($1::uuid[], $2::int[]) AS p(id, generation)
+            CROSS JOIN LATERAL (
+                SELECT id FROM {table}
+                 WHERE id = p.id AND generation = p.generation AND published_at IS NULL
+                 LIMIT 1 FOR UPDATE SKIP LOCKED) t
+        )
+        UPDATE {table} SET published_at = now() FROM locked WHERE {table}.id = locked.id
+        """,
         [i.envelope.job_id for i in items],
         [i.envelope.generation for i in items],
     )
