@@ -16,7 +16,8 @@ a slow NATS slows the callers instead of piling up tasks. `close()` waits for th
 Confirmations (`published_at`) are written in batches by a background flusher, not one
 statement per publish, so committing first costs ingest about one extra statement per batch
 of requests. A worker's claim also sets `published_at`, so most confirmations find the row
-already marked. Publishing skips a disconnected NATS at once instead of waiting out the
+already marked, and a confirmation skips a row another transaction holds (see
+`ledgers.mark_published`). Publishing skips a disconnected NATS at once instead of waiting out the
 publish timeout: the relay catches up when it is back.
 """
 
