@@ -17,7 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
-from shvya_common.storage import LocalMediaStore
+from shvya_common.storage import LocalMediaStore, StoredMedia
 from tests.integration.test_console_api import sign_in, tiny_png, user
 from tests.integration.test_tenants import api, inbound, key, new_company
 from tests.keys import bearer
@@ -104,6 +104,29 @@ async def with_attachments(
         json.dumps(entries),
     )
     return entries
+
+
+async def with_video(
+    db_url: str, store: LocalMediaStore, message_id: uuid.UUID, video: bytes
+) -> StoredMedia:
+    """Store `video` and attach it to the message as `tour.mp4`, as mail.file_email would."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        company_id = await conn.fetchval(
+            "SELECT company_id FROM messages WHERE id = $1", message_id
+        )
+        stored = await store.put(company_id, video, "video/mp4")
+        entry = {"filename": "tour.mp4", "mime_type": "video/mp4", "size": len(video)}
+        entry |= {"key": stored.key, "sha256": stored.sha256}
+        await conn.execute(
+            "UPDATE messages SET meta = meta || jsonb_build_object('attachments', $2::jsonb)"
+            " WHERE id = $1",
+            message_id,
+            json.dumps([entry]),
+        )
+    finally:
+        await conn.close()
+    return stored
 
 
 def sandboxed(answer: httpx.Response) -> None:
@@ -301,20 +324,7 @@ async def test_a_file_is_served_in_parts_to_range_requests(
         acme = await new_company(client, admin_token, "Acme")
         h = bearer(acme["admin"])
         mail = await filed_message(client, acme["admin"], "+15550501")
-        conn = await asyncpg.connect(db_url)
-        try:
-            company_id = await conn.fetchval("SELECT company_id FROM messages WHERE id = $1", mail)
-            stored = await LocalMediaStore(media).put(company_id, video, "video/mp4")
-            entry = {"filename": "tour.mp4", "mime_type": "video/mp4", "size": size}
-            entry |= {"key": stored.key, "sha256": stored.sha256}
-            await conn.execute(
-                "UPDATE messages SET meta = meta || jsonb_build_object('attachments', $2::jsonb)"
-                " WHERE id = $1",
-                mail,
-                json.dumps([entry]),
-            )
-        finally:
-            await conn.close()
+        stored = await with_video(db_url, LocalMediaStore(media), mail, video)
         url = f"/v1/messages/{mail}/media/0"
         etag = f'"{stored.sha256}"'
 
@@ -405,20 +415,7 @@ async def test_a_large_file_is_streamed_a_piece_at_a_time_and_head_reads_no_more
         mail = await filed_message(client, acme["admin"], "+15550601")
         store = CountingStore(media)
         client._transport.app.state.ingest.media = store  # type: ignore[attr-defined]
-        conn = await asyncpg.connect(db_url)
-        try:
-            company_id = await conn.fetchval("SELECT company_id FROM messages WHERE id = $1", mail)
-            stored = await store.put(company_id, video, "video/mp4")
-            entry = {"filename": "tour.mp4", "mime_type": "video/mp4", "size": size}
-            entry |= {"key": stored.key, "sha256": stored.sha256}
-            await conn.execute(
-                "UPDATE messages SET meta = meta || jsonb_build_object('attachments', $2::jsonb)"
-                " WHERE id = $1",
-                mail,
-                json.dumps([entry]),
-            )
-        finally:
-            await conn.close()
+        stored = await with_video(db_url, store, mail, video)
         url = f"/v1/messages/{mail}/media/0"
 
         whole = await client.get(url, headers=h)

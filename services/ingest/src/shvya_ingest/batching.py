@@ -45,12 +45,12 @@ class _Pending:
 
 
 class FilingBatcher:
-    def __init__(self, filer: InboundFiler, *, max_batch: int = 128, flushers: int = 1) -> None:
+    def __init__(self, filer: InboundFiler, *, max_batch: int = 128) -> None:
         self.filer = filer
         self.max_batch = max_batch
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
-        self._tasks = [asyncio.create_task(self._flusher()) for _ in range(flushers)]
+        self._task = asyncio.create_task(self._flusher())
 
     async def file_one(
         self, route: CompanyRoute, identity: Identity, channel: Channel, row: InboundRow
@@ -61,7 +61,7 @@ class FilingBatcher:
         return await future
 
     async def close(self) -> None:
-        await cancel_and_wait(self._tasks)
+        await cancel_and_wait([self._task])
         while self._queue:
             pending = self._queue.popleft()
             if not pending.future.done():
@@ -83,13 +83,16 @@ class FilingBatcher:
                 continue
             key = (pending.route.company_id, pending.identity, pending.channel)
             groups.setdefault(key, []).append(pending)
-        if len(groups) == 1:  # the common case, without a task per group
-            await self._file_group(next(iter(groups.values())))
+        if not groups:
             return
         # Each group is its own transaction, and they run at once: different companies share
         # no row, and two channels of one company that reach the same lead lock it in turn, in
-        # the one order every filing takes (by address).
-        await asyncio.gather(*(self._file_group(items) for items in groups.values()))
+        # the one order every filing takes (by address). The first runs in the flusher's own
+        # task: a task for a batch's only group, the common case, cost ~7% of throughput.
+        first, *rest = groups.values()
+        others = [asyncio.create_task(self._file_group(items)) for items in rest]
+        await self._file_group(first)
+        await asyncio.gather(*others)
 
     async def _file_group(self, items: list[_Pending]) -> None:
         first = items[0]
